@@ -1,0 +1,44 @@
+"""textenv: RL fine-tuning of text-generating transformers as an ordinary Gymnasium problem.
+
+>>> import gymnasium as gym, textenv
+>>> env = gym.make("TextGen-v0", model="tiny-sp", max_new_tokens=4)
+>>> obs, info = env.reset(seed=0)
+>>> sorted(obs), sorted(info)
+(['attention_mask', 'input_ids'], ['prompt', 'reference'])
+"""
+
+from gymnasium.envs.registration import register
+
+from textenv.data import Example, PromptDataset
+from textenv.envs import TextGenEnv, TextGenSeqEnv, TextGenSeqVectorEnv, TextGenVectorEnv
+from textenv.models import DEFAULT_MODEL, MODEL_NAMES, load_model, load_tokenizer
+from textenv.tasks import DEFAULT_TASK, TASKS, load_task
+
+__version__ = "0.1.0"
+
+register(
+    id="TextGen-v0",
+    entry_point="textenv.envs.token_env:TextGenEnv",
+    vector_entry_point="textenv.envs.token_vector_env:TextGenVectorEnv",
+)
+register(
+    id="TextGenSeq-v0",
+    entry_point="textenv.envs.seq_env:TextGenSeqEnv",
+    vector_entry_point="textenv.envs.seq_env:TextGenSeqVectorEnv",
+)
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "DEFAULT_TASK",
+    "MODEL_NAMES",
+    "TASKS",
+    "Example",
+    "PromptDataset",
+    "TextGenEnv",
+    "TextGenSeqEnv",
+    "TextGenSeqVectorEnv",
+    "TextGenVectorEnv",
+    "load_model",
+    "load_task",
+    "load_tokenizer",
+]

@@ -1,0 +1,156 @@
+"""How much does the environment itself cost next to the model it serves?
+
+Measures, in one run on the same machine:
+
+- the native vector env (``TextGen-v0``, ``vector_entry_point``): seconds per batched token step, averaged
+  over whole episodes, so the decoding and the one batched reward call at episode end are included;
+- the single env (``gym.make``) per token step, for reference;
+- one incremental SmolLM2-135M forward pass at the same batch size with the KV cache (``past_key_values``).
+
+and prints the ratio env / forward (target: under 5%) as a table and as JSON.
+
+    python -m benchmarks.env_overhead                 # batch 8, 64-token prompts, 48 new tokens
+    python -m benchmarks.env_overhead --model tiny-sp --episodes 2 --forward-steps 4   # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass
+from typing import cast
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+import textenv
+from textenv.envs import TextGenVectorEnv
+from textenv.models import DEFAULT_MODEL, load_model
+
+
+@dataclass
+class Args:
+    model: str = DEFAULT_MODEL
+    """model for the forward pass (its tokenizer is used by the env)"""
+    batch: int = 8
+    """number of sequences stepped at once"""
+    max_prompt_tokens: int = 64
+    """prompt width P"""
+    max_new_tokens: int = 48
+    """tokens per episode N"""
+    episodes: int = 10
+    """vector-env episodes to time (each is max_new_tokens batched steps)"""
+    forward_steps: int = 16
+    """incremental forward passes to time"""
+    seed: int = 0
+    """seed for prompts and actions"""
+    json: str = ""
+    """also write the results to this JSON file"""
+
+
+def parse_args(argv: list[str] | None = None) -> Args:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    for name, default in vars(Args()).items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
+    return Args(**vars(parser.parse_args(argv)))
+
+
+def time_vector_env(args: Args) -> float:
+    """Seconds per batched token step of the native vector env, episode ends and rewards included."""
+    envs = gym.make_vec(
+        "TextGen-v0",
+        num_envs=args.batch,
+        vectorization_mode="vector_entry_point",
+        model=args.model,
+        max_prompt_tokens=args.max_prompt_tokens,
+        max_new_tokens=args.max_new_tokens,
+    )
+    rng = np.random.default_rng(args.seed)
+    core = cast(TextGenVectorEnv, envs.unwrapped).core
+    eos = core.eos_token_id
+    steps = args.episodes * args.max_new_tokens
+    actions = rng.integers(0, core.vocab_size, size=(steps, args.batch))  # (steps, B)
+    actions[actions == eos] = eos + 1  # every episode runs the full N steps
+    envs.reset(seed=args.seed)
+    envs.step(actions[0])  # warm-up: reward model and tokenizer caches
+    start = time.perf_counter()
+    for step_actions in actions:
+        envs.step(step_actions)
+    return (time.perf_counter() - start) / steps
+
+
+def time_single_env(args: Args) -> float:
+    """Seconds per token step of one ``gym.make`` env (with its wrappers)."""
+    env = gym.make(
+        "TextGen-v0",
+        model=args.model,
+        max_prompt_tokens=args.max_prompt_tokens,
+        max_new_tokens=args.max_new_tokens,
+    )
+    env.reset(seed=args.seed)
+    steps = args.episodes * args.max_new_tokens
+    start = time.perf_counter()
+    for _ in range(steps):
+        _, _, terminated, truncated, _ = env.step(7)
+        if terminated or truncated:
+            env.reset()
+    return (time.perf_counter() - start) / steps
+
+
+@torch.no_grad()
+def time_forward(args: Args) -> float:
+    """Seconds per incremental forward pass at batch B with a KV cache over a P-token prompt."""
+    model = load_model(args.model)
+    generator = torch.Generator().manual_seed(args.seed)
+    vocab = model.config.vocab_size
+    prompt = torch.randint(0, vocab, (args.batch, args.max_prompt_tokens), generator=generator)  # (B, P)
+    out = model(input_ids=prompt, use_cache=True)
+    past, token = out.past_key_values, out.logits[:, -1:].argmax(-1)  # token: (B, 1)
+    for _ in range(2):  # warm-up
+        out = model(input_ids=token, past_key_values=past, use_cache=True)
+        past = out.past_key_values
+    start = time.perf_counter()
+    for _ in range(args.forward_steps):
+        out = model(input_ids=token, past_key_values=past, use_cache=True)
+        past, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+    return (time.perf_counter() - start) / args.forward_steps
+
+
+def main(argv: list[str] | None = None) -> dict[str, float | int | str]:
+    args = parse_args(argv)
+    textenv.load_tokenizer(args.model)  # build caches before timing
+    vector_step = time_vector_env(args)
+    single_step = time_single_env(args)
+    forward = time_forward(args)
+    results: dict[str, float | int | str] = {
+        **{k: v for k, v in asdict(args).items() if k != "json"},
+        "torch_threads": torch.get_num_threads(),
+        "vector_env_step_ms": vector_step * 1e3,
+        "vector_env_per_sequence_token_us": vector_step / args.batch * 1e6,
+        "single_env_step_us": single_step * 1e6,
+        "forward_step_ms": forward * 1e3,
+        "env_over_forward_pct": 100 * vector_step / forward,  # the headline number
+    }
+    print(f"{'measure':<40}{'value':>14}")
+    for key in (
+        "vector_env_step_ms",
+        "vector_env_per_sequence_token_us",
+        "single_env_step_us",
+        "forward_step_ms",
+        "env_over_forward_pct",
+    ):
+        print(f"{key:<40}{results[key]:>14.4f}")
+    ratio = 100 * vector_step / forward
+    verdict = "OK" if ratio < 5 else "OVER TARGET"
+    print(f"env cost is {ratio:.2f}% of a batch-{args.batch} forward pass (target < 5%): {verdict}")
+    print(json.dumps(results))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump(results, handle, indent=2)
+    return results
+
+
+if __name__ == "__main__":
+    main()

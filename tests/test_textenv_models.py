@@ -1,0 +1,94 @@
+"""Model layer: tiny models, name resolution, the crash-safe cache."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import textenv
+from textenv.cache import cached_dir
+
+
+@pytest.mark.parametrize(
+    ("name", "vocab", "arch"),
+    [
+        ("tiny-sp", 512, "LlamaForCausalLM"),
+        ("tiny-gpt2", 50257, "GPT2LMHeadModel"),
+        ("tiny-smollm2", 49152, "LlamaForCausalLM"),
+    ],
+)
+def test_tiny_models(name: str, vocab: int, arch: str) -> None:
+    textenv.load_model(name)  # make sure the cache entry exists
+    start = time.perf_counter()
+    model = textenv.load_model(name)
+    assert time.perf_counter() - start < 1.0
+    tokenizer = textenv.load_tokenizer(name)
+    assert type(model).__name__ == arch and model.config.vocab_size == vocab == len(tokenizer)
+    assert model.config.hidden_size == 64
+    assert not model.training
+    again = textenv.load_model(name)
+    for a, b in zip(model.parameters(), again.parameters(), strict=False):
+        assert torch.equal(a, b)
+    ids = tokenizer("Hello there, my friend", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert model(ids).logits.shape == (1, ids.shape[1], vocab)
+
+
+def test_gpt2_tokenizer_is_real_bpe() -> None:
+    tokenizer = textenv.load_tokenizer("tiny-gpt2")
+    assert tokenizer("Hello world").input_ids == [15496, 995]
+
+
+def test_local_directory(tmp_path: Path) -> None:
+    model = textenv.load_model("tiny-sp")
+    model.save_pretrained(tmp_path)
+    textenv.load_tokenizer("tiny-sp").save_pretrained(tmp_path)
+    assert textenv.load_model(tmp_path).config.vocab_size == 512
+    assert len(textenv.load_tokenizer(str(tmp_path))) == 512
+
+
+def test_cache_failed_build_leaves_nothing(tmp_path: Path) -> None:
+    def failing_build(out: Path) -> None:
+        (out / "model.safetensors").write_bytes(b"half")
+        raise RuntimeError("conversion crashed")
+
+    with pytest.raises(RuntimeError, match="conversion crashed"):
+        cached_dir("models/broken", failing_build, root=tmp_path)
+    leftovers = [p.name for p in (tmp_path / "models").iterdir() if not p.name.endswith(".lock")]
+    assert leftovers == []
+    calls = []
+    path = cached_dir("models/broken", lambda out: calls.append((out / "ok").write_text("1")), root=tmp_path)
+    assert (path / "ok").read_text() == "1" and len(calls) == 1
+
+
+def test_cache_lost_rename_race(tmp_path: Path) -> None:
+    final = tmp_path / "entry"
+
+    def racing_build(out: Path) -> None:  # another process finishes first while we build
+        (out / "mine").write_text("x")
+        final.mkdir()
+        (final / "theirs").write_text("y")
+
+    assert cached_dir("entry", racing_build, root=tmp_path) == final
+    assert [p.name for p in final.iterdir()] == ["theirs"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_cache_root_env_var(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from textenv.cache import cache_root
+
+    monkeypatch.setenv("TEXTENV_CACHE", str(tmp_path))
+    assert cache_root() == tmp_path
+    monkeypatch.delenv("TEXTENV_CACHE")
+    assert cache_root() == Path.home() / ".cache" / "textenv"
+
+
+def test_hub_id_offline_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    from textenv import models
+
+    monkeypatch.setattr(models, "_hub_reachable", lambda timeout=2.0: False)
+    with pytest.raises(OSError, match="local directory"):
+        textenv.load_model("someone/not-a-cached-model")

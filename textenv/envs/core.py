@@ -1,0 +1,284 @@
+"""Logic shared by the token-level and sequence-level environments, scalar and vectorised.
+
+:class:`TextGenCore` resolves the constructor arguments (tokenizer, dataset, reward function, sizes), builds
+the spaces, tokenizes and caches prompts, samples prompts (with RLOO groups), validates actions, decodes
+completions and scores them with checks on the reward function's output. The four environment classes only
+keep episode state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from gymnasium import spaces
+
+from textenv.data import Example, PromptDataset
+from textenv.models import DEFAULT_MODEL, load_tokenizer, model_dir
+from textenv.tasks import DEFAULT_TASK, load_task
+
+RewardFn = Callable[..., Any]
+MAX_CACHED_PROMPTS = 100_000  # tokenized prompts kept per env (about 1 KB each at P=64)
+
+
+class VaderCompound:
+    """Fallback default reward: the VADER compound sentiment of each completion, in [-1, 1]."""
+
+    def __init__(self) -> None:
+        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+        self._analyzer = SentimentIntensityAnalyzer()
+
+    def __call__(
+        self,
+        prompts: Sequence[str],
+        completions: Sequence[str],
+        references: Sequence[str | None] | None = None,
+    ) -> np.ndarray:
+        return np.array(
+            [self._analyzer.polarity_scores(c)["compound"] for c in completions], dtype=np.float32
+        )
+
+
+def default_reward() -> RewardFn:
+    """``rewards.VaderSentiment()`` when the rewards package provides it, else :class:`VaderCompound`."""
+    try:
+        from rewards.sentiment import VaderSentiment
+    except ImportError:
+        return VaderCompound()
+    return VaderSentiment()
+
+
+def _model_vocab_size(model: str | Path) -> int | None:
+    """The model config's ``vocab_size`` (reads config.json only, never the weights); None if unavailable."""
+    if str(model) == DEFAULT_MODEL:  # its tokenizer covers the model's 49152 ids; don't convert the weights
+        return None
+    try:
+        from transformers import AutoConfig
+
+        source = model_dir(model)
+        config = AutoConfig.from_pretrained(source) if isinstance(source, Path) else None
+    except (OSError, ValueError):
+        return None
+    size = getattr(config, "vocab_size", None)
+    return int(size) if size else None
+
+
+class PromptSampler:
+    """Draws dataset indices uniformly; with ``group_size=k`` each drawn index is yielded k times in a row."""
+
+    def __init__(self, dataset_size: int, group_size: int = 1) -> None:
+        self.dataset_size = dataset_size
+        self.group_size = group_size
+        self.index = 0
+        self.remaining = 0
+
+    def reset(self) -> None:
+        self.remaining = 0
+
+    def next(self, rng: np.random.Generator) -> int:
+        if self.remaining == 0:
+            self.index = int(rng.integers(self.dataset_size))
+            self.remaining = self.group_size
+        self.remaining -= 1
+        return self.index
+
+
+class TextGenCore:
+    """Resolved configuration and helpers shared by all text-generation environments.
+
+    Arguments are those of :class:`textenv.envs.TextGenEnv`. ``vocab_size`` is the larger of
+    ``len(tokenizer)`` and the model config's ``vocab_size`` (when ``model`` names a loadable model), so that
+    the action space covers every id the model can emit.
+    """
+
+    def __init__(
+        self,
+        model: str | Path | None = None,
+        tokenizer: Any | None = None,
+        task: str | None = None,
+        dataset: PromptDataset | Sequence[str | Example | dict[str, Any]] | None = None,
+        reward_fn: RewardFn | None = None,
+        max_prompt_tokens: int = 64,
+        max_new_tokens: int = 48,
+        group_size: int = 1,
+        split: str = "train",
+        vocab_size: int | None = None,
+    ) -> None:
+        for name, value in [
+            ("max_prompt_tokens", max_prompt_tokens),
+            ("max_new_tokens", max_new_tokens),
+            ("group_size", group_size),
+        ]:
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}={value!r} must be a positive int, e.g. {name}=8.")
+        if model is not None and tokenizer is not None:
+            raise ValueError(
+                "Pass either model= (a name or path, whose tokenizer is loaded) or tokenizer=, not both."
+            )
+        if task is not None and dataset is not None:
+            raise ValueError("Pass either task= (a built-in task name) or dataset= (your prompts), not both.")
+        if reward_fn is not None and not callable(reward_fn):
+            raise TypeError(
+                f"reward_fn must be callable (prompts, completions, references=None) -> array; "
+                f"got {type(reward_fn).__name__}."
+            )
+        if tokenizer is None:
+            model = DEFAULT_MODEL if model is None else model
+            tokenizer = load_tokenizer(model)
+        if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
+            tokenizer.pad_token = tokenizer.eos_token
+        if tokenizer.eos_token_id is None:
+            raise ValueError("The tokenizer has no eos_token; set tokenizer.eos_token before making the env.")
+        if dataset is None:
+            dataset = load_task(task or DEFAULT_TASK, split=split)
+        elif not isinstance(dataset, PromptDataset):
+            dataset = PromptDataset.from_list(dataset)
+        self.tokenizer = tokenizer
+        self.dataset: PromptDataset = dataset
+        self.reward_fn: RewardFn = reward_fn if reward_fn is not None else default_reward()
+        self.max_prompt_tokens = int(max_prompt_tokens)
+        self.max_new_tokens = int(max_new_tokens)
+        self.group_size = int(group_size)
+        self.eos_token_id = int(tokenizer.eos_token_id)
+        self.pad_token_id = int(tokenizer.pad_token_id)
+        model_vocab = _model_vocab_size(model) if model is not None else None
+        self.vocab_size = int(vocab_size or max(len(tokenizer), model_vocab or 0))
+        self._prompt_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    # ---- spaces -------------------------------------------------------------------------------------------
+    def token_box(self, length: int) -> spaces.Box:
+        return spaces.Box(low=0, high=self.vocab_size - 1, shape=(length,), dtype=np.int64)
+
+    def observation_space(self, length: int) -> spaces.Dict:
+        return spaces.Dict(
+            {
+                "input_ids": self.token_box(length),
+                "attention_mask": spaces.Box(low=0, high=1, shape=(length,), dtype=np.int64),
+            }
+        )
+
+    # ---- prompts ------------------------------------------------------------------------------------------
+    def encode_prompt(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """(input_ids, attention_mask), each (P,): left-padded, and truncated from the left if too long."""
+        if index not in self._prompt_cache:
+            ids = self.tokenizer(self.dataset[index].prompt, add_special_tokens=False)["input_ids"]
+            ids = ids[-self.max_prompt_tokens :]
+            pad = self.max_prompt_tokens - len(ids)
+            input_ids = np.array([self.pad_token_id] * pad + list(ids), dtype=np.int64)  # (P,)
+            mask = np.array([0] * pad + [1] * len(ids), dtype=np.int64)  # (P,)
+            if len(self._prompt_cache) < MAX_CACHED_PROMPTS:
+                self._prompt_cache[index] = (input_ids, mask)
+            return input_ids, mask
+        return self._prompt_cache[index]
+
+    def prompt_info(self, index: int) -> dict[str, Any]:
+        example = self.dataset[index]
+        return {"prompt": example.prompt, "reference": example.reference}
+
+    # ---- actions ------------------------------------------------------------------------------------------
+    def check_tokens(self, action: Any, shape: tuple[int, ...], what: str) -> np.ndarray:
+        """Validate token ids: integer dtype, the given shape, each in [0, vocab_size); returns int64."""
+        array = np.asarray(action)
+        if array.dtype == object or not np.issubdtype(array.dtype, np.integer):
+            raise TypeError(
+                f"{what} must be integer token ids (e.g. np.int64), got dtype {array.dtype}; "
+                "pass the ids as ints, e.g. env.action_space.sample()."
+            )
+        if array.shape != shape:
+            raise ValueError(f"{what} must have shape {shape}, got {array.shape}.")
+        if array.size and (array.min() < 0 or array.max() >= self.vocab_size):
+            bad = array[(array < 0) | (array >= self.vocab_size)].ravel()[0]
+            raise ValueError(
+                f"{what} contains token id {int(bad)} outside the vocabulary [0, {self.vocab_size}); "
+                "sample from env.action_space or the model's logits over the same tokenizer."
+            )
+        return array.astype(np.int64, copy=False)
+
+    # ---- completions and rewards --------------------------------------------------------------------------
+    def completion_ids(self, tokens: np.ndarray) -> np.ndarray:
+        """The completion part of generated ids: everything before the first EOS."""
+        eos = np.flatnonzero(tokens == self.eos_token_id)
+        return tokens[: eos[0]] if eos.size else tokens
+
+    def decode(self, completions: Sequence[np.ndarray]) -> list[str]:
+        """Decode completion ids (EOS already cut) in one batch call, skipping special tokens."""
+        return self.tokenizer.batch_decode([c.tolist() for c in completions], skip_special_tokens=True)
+
+    def score(self, indices: Sequence[int], completions: list[str]) -> np.ndarray:
+        """One batched reward call for the given prompt indices and completions; checks the output."""
+        examples = [self.dataset[i] for i in indices]
+        prompts = [e.prompt for e in examples]
+        references = [e.reference for e in examples]
+        name = getattr(self.reward_fn, "__name__", type(self.reward_fn).__name__)
+        raw = self.reward_fn(prompts, completions, references)
+        try:
+            scores = np.asarray(raw, dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError) as error:
+            raise TypeError(
+                f"reward_fn {name} returned {type(raw).__name__}, which is not a numeric array "
+                f"({error}); return np.ndarray of float32, one value per completion."
+            ) from error
+        if scores.shape != (len(completions),):
+            raise ValueError(
+                f"reward_fn {name} returned {scores.size} values for {len(completions)} completions; "
+                "it must return exactly one score per completion."
+            )
+        if not np.all(np.isfinite(scores)):
+            raise ValueError(
+                f"reward_fn {name} returned non-finite scores {scores.tolist()}; "
+                "make it return finite numbers (e.g. use np.nan_to_num or guard empty text)."
+            )
+        return scores.astype(np.float32)
+
+    def render_text(self, index: int, completion: str) -> str:
+        """The prompt, then the completion so far after a marker, as shown by ``render()``."""
+        return f"{self.dataset[index].prompt} ▶ {completion}"
+
+    def final_info(self, index: int, completion: str) -> dict[str, Any]:
+        example = self.dataset[index]
+        return {"prompt": example.prompt, "completion": completion, "reference": example.reference}
+
+
+class CoreAttributes:
+    """Exposes the core's settings on an environment (``env.unwrapped.tokenizer`` and friends)."""
+
+    core: TextGenCore
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.core.tokenizer
+
+    @property
+    def dataset(self) -> PromptDataset:
+        return self.core.dataset
+
+    @property
+    def reward_fn(self) -> RewardFn:
+        return self.core.reward_fn
+
+    @property
+    def max_prompt_tokens(self) -> int:
+        return self.core.max_prompt_tokens
+
+    @property
+    def max_new_tokens(self) -> int:
+        return self.core.max_new_tokens
+
+    @property
+    def eos_token_id(self) -> int:
+        return self.core.eos_token_id
+
+    @property
+    def pad_token_id(self) -> int:
+        return self.core.pad_token_id
+
+    @property
+    def vocab_size(self) -> int:
+        return self.core.vocab_size
+
+    @property
+    def group_size(self) -> int:
+        return self.core.group_size

@@ -1,0 +1,232 @@
+"""Sequence-level text generation: one whole completion per step (a contextual bandit)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+from gymnasium.utils import seeding
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from textenv.envs.core import CoreAttributes, PromptSampler, RewardFn, TextGenCore
+
+
+class TextGenSeqEnv(CoreAttributes, gym.Env):
+    """
+    ## Description
+
+    The sequence-level view of :class:`~textenv.envs.TextGenEnv`: the agent sees a prompt and answers with
+    a whole completion in one step, which is scored at once. Suited to GRPO/RLOO-style and bandit methods.
+
+    ## Action Space
+
+    ``MultiDiscrete([vocab_size] * N)`` with ``N = max_new_tokens``: the completion's token ids. The
+    completion ends at the first ``eos_token_id``; ids after it are ignored (fill them with anything).
+
+    ## Observation Space
+
+    ``Dict(input_ids=Box(int64, (P,)), attention_mask=Box(int64, (P,)))``: the prompt part of TextGen-v0's
+    observation, left-padded to ``P = max_prompt_tokens`` (truncated from the left if longer).
+
+    ## Rewards
+
+    ``reward_fn([prompt], [completion], [reference])`` for the single step.
+
+    ## Episode End
+
+    Always ``terminated`` after one step. ``info`` carries ``prompt``, ``completion`` and ``reference``.
+
+    ## Arguments
+
+    Same as :class:`~textenv.envs.TextGenEnv`: ``model`` or ``tokenizer``, ``task`` (+ ``split``) or
+    ``dataset``, ``reward_fn``, ``max_prompt_tokens=64``, ``max_new_tokens=48``, ``render_mode``,
+    ``group_size=1``, ``vocab_size=None``.
+
+    >>> import gymnasium as gym, numpy as np, textenv
+    >>> env = gym.make("TextGenSeq-v0", model="tiny-sp", dataset=["Once upon a time"], max_new_tokens=8)
+    >>> obs, info = env.reset(seed=0)
+    >>> tok = env.unwrapped.tokenizer
+    >>> ids = tok(" there was", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    >>> action = np.array(ids + [0] * (8 - len(ids)))
+    >>> obs, reward, terminated, truncated, info = env.step(action)
+    >>> terminated, info["completion"]
+    (True, 'there was')
+    """
+
+    metadata = {"render_modes": ["ansi", "human"], "render_fps": 4}
+
+    def __init__(
+        self,
+        model: str | Path | None = None,
+        tokenizer: Any | None = None,
+        task: str | None = None,
+        dataset: Any | None = None,
+        reward_fn: RewardFn | None = None,
+        max_prompt_tokens: int = 64,
+        max_new_tokens: int = 48,
+        render_mode: str | None = None,
+        group_size: int = 1,
+        split: str = "train",
+        vocab_size: int | None = None,
+    ) -> None:
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(
+                f"render_mode={render_mode!r} is not supported; use one of {self.metadata['render_modes']}."
+            )
+        self.core = TextGenCore(
+            model,
+            tokenizer,
+            task,
+            dataset,
+            reward_fn,
+            max_prompt_tokens,
+            max_new_tokens,
+            group_size,
+            split,
+            vocab_size,
+        )
+        self.render_mode = render_mode
+        self.action_space = spaces.MultiDiscrete(np.full(self.max_new_tokens, self.core.vocab_size))
+        self.observation_space = self.core.observation_space(self.max_prompt_tokens)
+        self._sampler = PromptSampler(len(self.dataset), group_size)
+        self._index = 0
+        self._completion = ""
+        self._done = True
+
+    def _obs(self) -> dict[str, np.ndarray]:
+        input_ids, attention_mask = self.core.encode_prompt(self._index)
+        return {"input_ids": input_ids.copy(), "attention_mask": attention_mask.copy()}
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        super().reset(seed=seed)
+        if seed is not None:
+            self._sampler.reset()
+        if options and "index" in options:
+            self._index = int(options["index"]) % len(self.dataset)
+        else:
+            self._index = self._sampler.next(self.np_random)
+        self._completion, self._done = "", False
+        if self.render_mode == "human":
+            self.render()
+        return self._obs(), self.core.prompt_info(self._index)
+
+    def step(self, action: Any) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
+        if self._done:
+            raise RuntimeError(
+                "step() was called after the episode ended (or before the first reset()); "
+                "call env.reset() to start a new episode."
+            )
+        tokens = self.core.check_tokens(action, (self.max_new_tokens,), "TextGenSeq-v0 action")
+        self._completion = self.core.decode([self.core.completion_ids(tokens)])[0]
+        reward = float(self.core.score([self._index], [self._completion])[0])
+        self._done = True
+        if self.render_mode == "human":
+            self.render()
+        return self._obs(), reward, True, False, self.core.final_info(self._index, self._completion)
+
+    def render(self) -> str | None:
+        """``"ansi"``: return prompt + completion (once stepped) as text; ``"human"``: print it."""
+        text = self.core.render_text(self._index, self._completion)
+        if self.render_mode == "human":
+            print(text)
+            return None
+        return text
+
+
+class TextGenSeqVectorEnv(CoreAttributes, VectorEnv):
+    """``num_envs`` sequence-level envs at once: B completions per step, scored in one ``reward_fn`` call.
+
+    Every row ends every step, so with ``AutoresetMode.SAME_STEP`` each step returns the next prompts, the
+    answered prompts in ``info["final_obs"]`` and ``prompt``/``completion``/``reference`` in
+    ``info["final_info"]``. ``reset(seed=s)`` seeds row i with ``s + i``.
+
+    >>> import gymnasium as gym, numpy as np, textenv
+    >>> envs = gym.make_vec("TextGenSeq-v0", num_envs=3, vectorization_mode="vector_entry_point",
+    ...                     model="tiny-sp", dataset=["Hello", "Good day"], max_new_tokens=4)
+    >>> obs, info = envs.reset(seed=0)
+    >>> obs, reward, terminated, truncated, info = envs.step(np.zeros((3, 4), dtype=np.int64))
+    >>> obs["input_ids"].shape, terminated.tolist(), len(info["final_info"]["completion"])
+    ((3, 64), [True, True, True], 3)
+    """
+
+    metadata = {"render_modes": ["ansi", "human"], "autoreset_mode": AutoresetMode.SAME_STEP}
+
+    def __init__(self, num_envs: int = 1, **kwargs: Any) -> None:
+        if not isinstance(num_envs, int) or num_envs < 1:
+            raise ValueError(f"num_envs={num_envs!r} must be a positive int.")
+        self.envs = [TextGenSeqEnv(**kwargs)]
+        self.core = self.envs[0].core
+        for _ in range(num_envs - 1):  # share the tokenizer, dataset and prompt cache
+            env = copy.copy(self.envs[0])
+            env._sampler = PromptSampler(len(self.dataset), self.group_size)
+            env._np_random = seeding.np_random()[0]
+            self.envs.append(env)
+        self.num_envs = num_envs
+        self.render_mode = self.envs[0].render_mode
+        self.single_action_space = self.envs[0].action_space
+        self.action_space = batch_space(self.single_action_space, num_envs)
+        self.single_observation_space = self.envs[0].observation_space
+        self.observation_space = batch_space(self.single_observation_space, num_envs)
+        self._started = False
+
+    def _obs(self) -> dict[str, np.ndarray]:
+        prompts = [self.core.encode_prompt(env._index) for env in self.envs]
+        return {
+            "input_ids": np.stack([p[0] for p in prompts]),
+            "attention_mask": np.stack([p[1] for p in prompts]),
+        }
+
+    def reset(
+        self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        super().reset(seed=seed if isinstance(seed, int) else None)
+        seeds = [seed + i for i in range(self.num_envs)] if isinstance(seed, int) else seed
+        if seeds is not None and len(seeds) != self.num_envs:
+            raise ValueError(f"Got {len(seeds)} seeds for {self.num_envs} envs; pass one per env or an int.")
+        indices = (options or {}).get("indices")
+        infos: dict[str, Any] = {}
+        for row, env in enumerate(self.envs):
+            row_options = None if indices is None else {"index": indices[row]}
+            _, info = env.reset(seed=None if seeds is None else seeds[row], options=row_options)
+            infos = self._add_info(infos, info, row)
+        self._started = True
+        return self._obs(), infos
+
+    def step(
+        self, actions: Any
+    ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        if not self._started:
+            raise RuntimeError("step() was called before reset(); call envs.reset() first.")
+        tokens = self.core.check_tokens(
+            actions, (self.num_envs, self.max_new_tokens), "TextGenSeq-v0 vector actions"
+        )
+        completions = self.core.decode([self.core.completion_ids(row) for row in tokens])
+        indices = [env._index for env in self.envs]
+        rewards = self.core.score(indices, completions)
+        final_obs = self._obs()
+        infos: dict[str, Any] = {}
+        for row, env in enumerate(self.envs):
+            obs = {key: value[row] for key, value in final_obs.items()}
+            infos = self._add_info(
+                infos,
+                {"final_obs": obs, "final_info": self.core.final_info(indices[row], completions[row])},
+                row,
+            )
+            _, info = env.reset()
+            infos = self._add_info(infos, info, row)
+        done = np.ones(self.num_envs, dtype=bool)
+        return self._obs(), rewards, done, ~done, infos
+
+    def render(self) -> tuple[str, ...] | None:
+        texts = tuple(self.core.render_text(env._index, env._completion) for env in self.envs)
+        if self.render_mode == "human":
+            print("\n".join(texts))
+            return None
+        return texts

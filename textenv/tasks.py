@@ -1,0 +1,103 @@
+"""Built-in prompt tasks. ``TASKS`` maps each task name to the function that builds its dataset.
+
+- ``"drugs-sentiment"`` (``DEFAULT_TASK``): continue a real drugs.com review positively. The prompt is the
+  first half of a review's words, the reference the rest; metadata holds the label, drug and condition.
+  Splits are the package's own files (600 train, 379 test).
+- ``"shakespeare"``: continue a speech. The prompt is the speaker and the first two lines of a speech with
+  at least three lines, the reference its third line. Every tenth speech is in ``"test"``, the rest in
+  ``"train"``.
+
+>>> ds = load_task("drugs-sentiment", split="test")
+>>> len(ds), ds.name, ds[0].metadata["label"] in ("positive", "neutral", "negative")
+(379, 'drugs-sentiment/test', True)
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from textenv import data
+from textenv.data import Example, PromptDataset
+
+DEFAULT_TASK = "drugs-sentiment"
+SPLITS = ("train", "test")
+_SPEAKER = re.compile(r"^[A-Z][A-Z' ,&-]*\.$")
+_FIRST_ACT = re.compile(r"^ACT [IV1]", re.MULTILINE)
+
+
+def drugs_sentiment(split: str = "train") -> PromptDataset:
+    """Positive continuation of drugs.com review openings (first half of the words → the rest)."""
+    examples = []
+    for row in data.drug_review_rows(split):
+        words = row["review"].split()
+        half = max(1, len(words) // 2)
+        examples.append(
+            Example(
+                prompt=" ".join(words[:half]),
+                reference=" " + " ".join(words[half:]) if words[half:] else None,
+                metadata={
+                    "label": row["label"],
+                    "rating": None,
+                    "drug": row["drug"],
+                    "condition": row["condition"],
+                    "id": row["id"],
+                },
+            )
+        )
+    return PromptDataset(examples, name=f"drugs-sentiment/{split}")
+
+
+def _speeches(text: str) -> list[tuple[str, list[str]]]:
+    """(speaker, lines) for every blank-line separated block that starts with an upper-case speaker name."""
+    speeches = []
+    for block in re.split(r"\n\s*\n", text):
+        lines = [line.strip() for line in block.strip().splitlines() if line.strip()]
+        if len(lines) > 1 and _SPEAKER.match(lines[0]):
+            speech = [line for line in lines[1:] if not line.startswith("[")]
+            speeches.append((lines[0].rstrip("."), speech))
+    return speeches
+
+
+def shakespeare(split: str = "train") -> PromptDataset:
+    """Continue a Shakespeare speech: speaker and two lines → the third line."""
+    examples = []
+    index = 0
+    for path in data.shakespeare_files():
+        work = path.stem.removesuffix("_gut")
+        text = data.strip_gutenberg(path.read_text(encoding="utf-8", errors="replace"))
+        first_act = _FIRST_ACT.search(text)  # skip the list of persons before the play starts
+        text = text[first_act.start() :] if first_act else text
+        for speaker, lines in _speeches(text):
+            if len(lines) < 3:
+                continue
+            in_test = index % 10 == 9
+            index += 1
+            if in_test != (split == "test"):
+                continue
+            examples.append(
+                Example(
+                    prompt=f"{speaker}.\n{lines[0]}\n{lines[1]}\n",
+                    reference=lines[2],
+                    metadata={"work": work, "speaker": speaker},
+                )
+            )
+    return PromptDataset(examples, name=f"shakespeare/{split}")
+
+
+TASKS: dict[str, Callable[[str], PromptDataset]] = {
+    "drugs-sentiment": drugs_sentiment,
+    "shakespeare": shakespeare,
+}
+
+
+def load_task(name: str = DEFAULT_TASK, split: str = "train") -> PromptDataset:
+    """Build the prompt dataset of a built-in task; ``split`` is ``"train"`` or ``"test"``."""
+    if name not in TASKS:
+        raise ValueError(
+            f"Unknown task {name!r}. Known tasks: {', '.join(TASKS)}. "
+            "Or pass dataset=PromptDataset.from_jsonl(...) / a list of prompts."
+        )
+    if split not in SPLITS:
+        raise ValueError(f"Unknown split {split!r}; use one of {', '.join(SPLITS)}.")
+    return TASKS[name](split)
