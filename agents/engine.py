@@ -1,0 +1,171 @@
+"""DeepSpeed engine for the trainable actor-critic: config loading, validation, defaults and initialisation.
+
+On CPU the default is one process without a launcher: the torch.distributed variables are filled in if
+missing (``MASTER_ADDR=127.0.0.1``, a free ``MASTER_PORT``, ``RANK=0``, ``WORLD_SIZE=1``, ``LOCAL_RANK=0``)
+and the process group uses gloo, with ZeRO stage 0 in fp32. On GPU the default is bf16 with ZeRO-2.
+
+Several processes: start the same script with DeepSpeed's launcher (``deepspeed --num_gpus 2 train.py``) or
+with torchrun (``torchrun --nproc_per_node 2 train.py``; on CPU add ``--master_port``); both set the variables
+above and every rank steps its own environments. ZeRO stages 0, 1 and 2 are supported; stage 3 (parameter
+partitioning) is refused because the KV-cached rollout needs whole parameters on every rank.
+
+>>> cfg = build_config({"zero_optimization": {"stage": 1}}, learning_rate=1e-5, max_grad_norm=1.0,
+...                    train_batch_size=8, on_gpu=False)
+>>> cfg["zero_optimization"]["stage"], cfg["gradient_clipping"], cfg["optimizer"]["params"]["lr"]
+(1, 1.0, 1e-05)
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CPU_DEFAULTS: dict[str, Any] = {
+    "zero_optimization": {"stage": 0},
+    "bf16": {"enabled": False},
+    "fp16": {"enabled": False},
+    "steps_per_print": 10**9,
+    "wall_clock_breakdown": False,
+}
+GPU_DEFAULTS: dict[str, Any] = {
+    "zero_optimization": {"stage": 2, "overlap_comm": True, "contiguous_gradients": True},
+    "bf16": {"enabled": True},
+    "steps_per_print": 10**9,
+    "wall_clock_breakdown": False,
+}
+
+
+def load_config(config: str | os.PathLike | dict | None) -> dict[str, Any]:
+    """A DeepSpeed config from a dict, a JSON file path or None (empty: defaults only), deep-copied."""
+    if config is None:
+        return {}
+    if isinstance(config, dict):
+        return copy.deepcopy(config)
+    path = Path(config)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"DeepSpeed config {str(path)!r} does not exist; pass a JSON file path or a dict"
+        )
+    try:
+        loaded = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"DeepSpeed config {str(path)!r} is not valid JSON ({err}); fix the file") from err
+    if not isinstance(loaded, dict):
+        raise ValueError(
+            f"DeepSpeed config {str(path)!r} must hold a JSON object, got {type(loaded).__name__}"
+        )
+    return loaded
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        out[key] = (
+            _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        )
+    return out
+
+
+def build_config(
+    config: str | os.PathLike | dict | None,
+    learning_rate: float,
+    max_grad_norm: float | None,
+    train_batch_size: int,
+    on_gpu: bool,
+) -> dict[str, Any]:
+    """Merge a user config over our defaults and validate it. User keys win, except the batch sizes, which
+    follow the agent's minibatch size (one ``engine.step()`` per minibatch, no accumulation)."""
+    user = load_config(config)
+    cfg = _merge(GPU_DEFAULTS if on_gpu else CPU_DEFAULTS, user)
+    if not on_gpu:
+        for key in ("bf16", "fp16"):
+            if cfg.get(key, {}).get("enabled") and key not in user:
+                cfg[key]["enabled"] = False
+    cfg.setdefault(
+        "optimizer", {"type": "AdamW", "params": {"lr": learning_rate, "eps": 1e-8, "weight_decay": 0.0}}
+    )
+    cfg["optimizer"].setdefault("params", {}).setdefault("lr", learning_rate)
+    if max_grad_norm is not None:
+        cfg.setdefault("gradient_clipping", max_grad_norm)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    for key in ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps"):
+        cfg.pop(key, None)
+    cfg["train_micro_batch_size_per_gpu"] = max(1, train_batch_size)
+    cfg["gradient_accumulation_steps"] = 1
+    cfg["train_batch_size"] = max(1, train_batch_size) * world
+    validate_config(cfg)
+    return cfg
+
+
+def validate_config(cfg: dict[str, Any]) -> None:
+    """Raise ``ValueError`` naming the bad key and the fix, for the mistakes DeepSpeed reports obscurely."""
+    zero = cfg.get("zero_optimization", {})
+    if not isinstance(zero, dict):
+        raise ValueError(f"'zero_optimization' must be an object like {{'stage': 2}}, got {zero!r}")
+    stage = zero.get("stage", 0)
+    if stage not in (0, 1, 2):
+        raise ValueError(
+            f"'zero_optimization.stage' is {stage!r}; use 0, 1 or 2 "
+            "(stage 3 partitions parameters, which the KV-cached rollout cannot use)"
+        )
+    if cfg.get("bf16", {}).get("enabled") and cfg.get("fp16", {}).get("enabled"):
+        raise ValueError("both 'bf16.enabled' and 'fp16.enabled' are true; enable at most one of them")
+    clip = cfg.get("gradient_clipping", 0.0)
+    if not isinstance(clip, (int, float)) or clip < 0:
+        raise ValueError(f"'gradient_clipping' must be a number >= 0 (0 disables it), got {clip!r}")
+    optimizer = cfg.get("optimizer", {})
+    if not isinstance(optimizer, dict) or "type" not in optimizer:
+        raise ValueError(f"'optimizer' must be an object with a 'type' such as 'AdamW', got {optimizer!r}")
+    lr = optimizer.get("params", {}).get("lr")
+    if not isinstance(lr, (int, float)) or lr <= 0:
+        raise ValueError(f"'optimizer.params.lr' must be a positive number, got {lr!r}")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def init_distributed() -> None:
+    """Start torch.distributed for DeepSpeed once: gloo on CPU, nccl on GPU, no launcher for 1 process."""
+    import deepspeed
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    os.environ.setdefault("LOCAL_RANK", "0")
+    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", verbose=False)
+
+
+def initialize(model: torch.nn.Module, config: dict[str, Any]) -> Any:
+    """``deepspeed.initialize`` on the trainable parameters of ``model``; returns the engine.
+
+    The engine builds the optimizer from ``config["optimizer"]``; on CPU a torch AdamW is passed in instead,
+    because DeepSpeed's own CPU Adam needs a compiled op.
+    """
+    import deepspeed
+
+    init_distributed()
+    params = [p for p in model.parameters() if p.requires_grad]
+    cfg = copy.deepcopy(config)
+    optimizer = None
+    if not torch.cuda.is_available():
+        spec = cfg.pop("optimizer")
+        if spec["type"].lower() not in ("adam", "adamw"):
+            raise ValueError(f"on CPU the optimizer must be Adam or AdamW, got {spec['type']!r}")
+        kwargs = {
+            k: v for k, v in spec.get("params", {}).items() if k in ("lr", "betas", "eps", "weight_decay")
+        }
+        optimizer = torch.optim.AdamW(params, **kwargs)
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=params, optimizer=optimizer, config=cfg)
+    return engine

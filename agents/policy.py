@@ -1,0 +1,225 @@
+"""Actor-critic around a transformers causal LM, the frozen reference model, and KV-cached stepping.
+
+Observation layout (the textenv contract, shared by any compatible env): ``input_ids`` and ``attention_mask``
+of length ``P + N``; the prompt is left-padded into the first ``P`` slots and the generated tokens are
+right-padded into the last ``N``. Position ids are always ``attention_mask.cumsum(-1) - 1`` clipped at 0
+(as ``generate`` does for left padding), in rollouts and in training alike, so the log-probs a rollout
+records equal the ones the update recomputes.
+
+Why a value head on the shared trunk rather than a separate critic: it costs one ``Linear(hidden, 1)``
+instead of a second copy of the model and its optimizer state (a 135M model plus AdamW is ~2.2 GB per copy
+in fp32), and a rollout step gets the value from the same forward that produces the logits, so stepping
+stays one forward per token. The price is that value-loss gradients reach the shared trunk; ``vf_coef``
+keeps them small, as in Ziegler et al. (2019) and TRL's ``AutoModelForCausalLMWithValueHead``.
+
+Dropout is switched off (``eval()`` mode) for good: with dropout, the log-probs of a rollout and of the update
+would differ even at identical weights, which breaks PPO's ratio.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from transformers import DynamicCache, PreTrainedModel
+from transformers.cache_utils import DynamicLayer
+
+from agents.losses import logprobs_from_logits
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position of every slot: the number of real tokens before it (left padding gets position 0).
+
+    >>> position_ids_from_mask(torch.tensor([[0, 0, 1, 1, 1]]))
+    tensor([[0, 0, 0, 1, 2]])
+    """
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+class ActorCritic(nn.Module):
+    """A causal LM (the actor) with a scalar value head on its last hidden state."""
+
+    def __init__(self, lm: PreTrainedModel) -> None:
+        super().__init__()
+        self.lm = lm.eval()
+        hidden_size = lm.config.get_text_config().hidden_size
+        self.value_head = nn.Linear(hidden_size, 1, dtype=lm.dtype)
+        nn.init.zeros_(self.value_head.weight)
+        nn.init.zeros_(self.value_head.bias)
+
+    def train(self, mode: bool = True) -> ActorCritic:  # dropout stays off; see the module docstring
+        return super().train(False)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+        past_key_values: DynamicCache | None = None,
+        logits_to_keep: int = 0,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (B, K, V) and values (B, K) of the last ``logits_to_keep`` positions (all if 0)."""
+        if position_ids is None:
+            position_ids = position_ids_from_mask(attention_mask)
+        out = self.lm(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=past_key_values is not None,
+            output_hidden_states=True,
+            logits_to_keep=logits_to_keep,
+        )
+        hidden = out.hidden_states[-1]  # (B, T, H)
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]  # (B, K, H)
+        values = self.value_head(hidden).squeeze(-1).float()  # (B, K)
+        return out.logits, values
+
+
+class ReferenceModel(nn.Module):
+    """Frozen copy of the initial LM; gives the per-token log-probs the KL penalty is measured against."""
+
+    def __init__(self, lm: PreTrainedModel) -> None:
+        super().__init__()
+        self.lm = copy.deepcopy(lm).eval().requires_grad_(False)
+
+    def train(self, mode: bool = True) -> ReferenceModel:
+        return super().train(False)
+
+    @torch.no_grad()
+    def logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_new: int) -> torch.Tensor:
+        """Log-probs (E, n_new) of the last ``n_new`` tokens of (E, T) sequences, from one forward."""
+        logits = self.lm(
+            input_ids=input_ids[:, :-1],
+            attention_mask=attention_mask[:, :-1],
+            position_ids=position_ids_from_mask(attention_mask[:, :-1]),
+            logits_to_keep=n_new,
+        ).logits  # (E, n_new, V)
+        return logprobs_from_logits(logits, input_ids[:, -n_new:])
+
+
+@dataclass
+class StepCache:
+    """Per-env KV cache for token-by-token rollouts: one batched ``DynamicCache`` for all B envs.
+
+    ``slot_mask`` (B, L) marks which of the L cached slots of each row hold real tokens; ``fed_ids`` and
+    ``fed_mask`` (B, P+N) are the observation prefix each row's cache holds (``fed_len`` (B,) tokens of it).
+    Rows whose observation no longer extends what they hold (a new episode, or any other caller's obs) are
+    re-prefilled. This object is the opaque ``state`` that :meth:`predict` hands back to SB3 callers.
+    """
+
+    past: DynamicCache | None = None
+    slot_mask: torch.Tensor | None = None
+    fed_ids: torch.Tensor | None = None
+    fed_mask: torch.Tensor | None = None
+    fed_len: torch.Tensor | None = None
+    prefill_tokens: int = field(default=0)
+
+
+def _check_layers(past: DynamicCache) -> None:
+    for layer in past.layers:
+        if type(layer) is not DynamicLayer:
+            raise NotImplementedError(
+                f"KV-cached stepping supports full-attention DynamicCache layers only, "
+                f"got {type(layer).__name__} "
+                "(sliding-window or quantized caches). Use a model without sliding-window attention, or the "
+                "sequence-level env TextGenSeq-v0, which generates with model.generate."
+            )
+
+
+def _write_rows(cache: StepCache, rows: torch.Tensor, prefill: DynamicCache, mask: torch.Tensor) -> None:
+    """Place a (k, Lp) prefill into the last Lp slots of ``rows`` of the batched cache; mask out the rest."""
+    assert cache.past is not None and cache.slot_mask is not None
+    _check_layers(prefill)
+    length, prefill_len = cache.slot_mask.shape[1], mask.shape[1]
+    if length < prefill_len:  # grow every row on the left with empty slots
+        grow = prefill_len - length
+        for layer in cache.past.layers:
+            pad = layer.keys.new_zeros(*layer.keys.shape[:2], grow, layer.keys.shape[-1])
+            layer.keys = torch.cat([pad, layer.keys], dim=-2)
+            pad = layer.values.new_zeros(*layer.values.shape[:2], grow, layer.values.shape[-1])
+            layer.values = torch.cat([pad, layer.values], dim=-2)
+        cache.slot_mask = torch.cat(
+            [cache.slot_mask.new_zeros(cache.slot_mask.shape[0], grow), cache.slot_mask], 1
+        )
+        length = prefill_len
+    start = length - prefill_len
+    for layer, new in zip(cache.past.layers, prefill.layers, strict=True):
+        layer.keys[rows, :, start:] = new.keys  # (k, H, Lp, D)
+        layer.values[rows, :, start:] = new.values
+    cache.slot_mask[rows] = 0
+    cache.slot_mask[rows, start:] = mask
+
+
+def _crop_left(cache: StepCache) -> None:
+    """Drop leading slots that no row uses (keeps the cache at most P+N slots long)."""
+    assert cache.past is not None and cache.slot_mask is not None
+    used = cache.slot_mask.any(0)  # (L,)
+    first = int(used.long().argmax()) if bool(used.any()) else cache.slot_mask.shape[1]
+    if first == 0:
+        return
+    for layer in cache.past.layers:
+        layer.keys = layer.keys[:, :, first:]
+        layer.values = layer.values[:, :, first:]
+    cache.slot_mask = cache.slot_mask[:, first:]
+
+
+@torch.no_grad()
+def cached_step(
+    model: ActorCritic,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    prompt_len: int,
+    cache: StepCache,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (B, V) and values (B,) for the next token of B observations, with one incremental forward.
+
+    Each row feeds only the last real token of its observation; everything before it must already be in the
+    cache. Rows where it is not (a new episode: only the prompt, or an unrelated observation) are first
+    prefilled with everything but that last token, in one (k, Lp) forward. ``cache`` is updated in place.
+    """
+    batch, total = input_ids.shape
+    gen_len = attention_mask[:, prompt_len:].sum(-1)  # (B,)
+    cur_len = prompt_len + gen_len  # layout length of each observation
+    need = cur_len - 1  # layout slots that must be cached before the last token is fed
+    if bool((attention_mask[torch.arange(batch), need] == 0).any()):
+        raise ValueError(
+            "an observation has no real token to feed: the prompt (first P slots) is empty or the "
+            "attention_mask does not follow the textenv layout"
+        )
+    fresh = cache.past is None or cache.fed_ids is None or cache.fed_ids.shape != input_ids.shape
+    if fresh:
+        stale = torch.ones(batch, dtype=torch.bool, device=input_ids.device)
+    else:
+        assert cache.fed_ids is not None and cache.fed_mask is not None and cache.fed_len is not None
+        in_prefix = torch.arange(total, device=input_ids.device)[None, :] < need[:, None]  # (B, P+N)
+        differs = ((cache.fed_ids != input_ids) | (cache.fed_mask != attention_mask)) & in_prefix
+        stale = (cache.fed_len != need) | differs.any(-1)
+    if bool(stale.any()):
+        rows = stale.nonzero().squeeze(-1)
+        prefill_len = int(need[rows].max())
+        ids = input_ids[rows, :prefill_len]  # (k, Lp)
+        keep = torch.arange(prefill_len, device=ids.device)[None, :] < need[rows, None]
+        mask = attention_mask[rows, :prefill_len] * keep  # the last real token is fed by the step below
+        prefill = DynamicCache(config=model.lm.config)
+        if prefill_len > 0:
+            model(ids, mask, past_key_values=prefill, logits_to_keep=1)
+            cache.prefill_tokens += int(mask.sum())
+        if fresh:
+            cache.past, cache.slot_mask = prefill, mask.clone()
+            _check_layers(prefill)
+        else:
+            _write_rows(cache, rows, prefill, mask)
+    assert cache.past is not None and cache.slot_mask is not None
+    rows = torch.arange(batch, device=input_ids.device)
+    last_token = input_ids[rows, need][:, None]  # (B, 1)
+    position = cache.slot_mask.sum(-1, keepdim=True)  # (B, 1): real tokens before it
+    step_mask = torch.cat([cache.slot_mask, cache.slot_mask.new_ones(batch, 1)], dim=1)  # (B, L+1)
+    logits, values = model(last_token, step_mask, position, past_key_values=cache.past, logits_to_keep=1)
+    cache.slot_mask = step_mask
+    cache.fed_ids, cache.fed_mask, cache.fed_len = input_ids.clone(), attention_mask.clone(), cur_len
+    _crop_left(cache)
+    return logits[:, -1].float(), values[:, -1]  # (B, V), (B,)

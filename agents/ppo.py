@@ -1,0 +1,148 @@
+"""PPO for transformer policies (Schulman et al. 2017; the RLHF recipe of Ziegler et al. 2019).
+
+Per-token reward = ``-kl_coef * (log pi - log pi_ref)`` on every generated token, plus the task reward on the
+last one. GAE(gamma, lambda) over the generated tokens, whitened advantages, clipped surrogate and
+clipped value loss, entropy bonus, several epochs of minibatches, gradient clipping (DeepSpeed
+``gradient_clipping``) and an early stop when the approximate KL to the rollout policy passes
+``1.5 * target_kl``. Every minibatch computes the log-probs and values of all its tokens in one forward pass.
+
+>>> PPOConfig(clip_range=0.2).n_epochs
+4
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from agents.base import TextAlgorithm
+from agents.config import AgentConfig
+from agents.losses import (
+    compute_gae,
+    entropy_from_logits,
+    logprobs_from_logits,
+    masked_mean,
+    masked_whiten,
+    ppo_clip_loss,
+    value_clip_loss,
+)
+
+
+@dataclass
+class PPOConfig(AgentConfig):
+    """PPO settings (on top of :class:`~agents.base.AgentConfig`)."""
+
+    n_epochs: int = 4
+    """Passes over each rollout."""
+    gamma: float = 1.0
+    """Discount over generated tokens."""
+    gae_lambda: float = 0.95
+    """GAE lambda."""
+    clip_range: float = 0.2
+    """PPO ratio clip."""
+    clip_range_vf: float | None = 0.2
+    """Value clip around the rollout values; None disables it."""
+    vf_coef: float = 0.1
+    """Weight of the value loss (small: the value head shares the LM trunk)."""
+    ent_coef: float = 0.0
+    """Weight of the entropy bonus."""
+    target_kl: float | None = 0.1
+    """Stop the epochs once the approximate KL to the rollout policy exceeds 1.5x this; None never stops."""
+    whiten_advantages: bool = True
+    """Normalise advantages over each rollout."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.n_epochs < 1:
+            raise ValueError(f"n_epochs must be >= 1, got {self.n_epochs}")
+        if not 0 < self.gamma <= 1 or not 0 <= self.gae_lambda <= 1:
+            raise ValueError(
+                f"need 0 < gamma <= 1 and 0 <= gae_lambda <= 1, got {self.gamma}, {self.gae_lambda}"
+            )
+        if self.clip_range <= 0:
+            raise ValueError(f"clip_range must be > 0, got {self.clip_range}; 0.2 is the usual value")
+        if self.clip_range_vf is not None and self.clip_range_vf <= 0:
+            raise ValueError(f"clip_range_vf must be > 0 or None, got {self.clip_range_vf}")
+        if self.vf_coef < 0 or self.ent_coef < 0:
+            raise ValueError("vf_coef and ent_coef must be >= 0")
+        if self.target_kl is not None and self.target_kl <= 0:
+            raise ValueError(f"target_kl must be > 0 or None, got {self.target_kl}")
+
+
+class PPO(TextAlgorithm):
+    """PPO with a DeepSpeed-backed actor-critic transformer, usable with SB3 callbacks and tools.
+
+    >>> import gymnasium as gym, textenv
+    >>> from agents import PPO
+    >>> env = gym.make_vec("TextGen-v0", num_envs=2, model="tiny-sp", max_new_tokens=4,
+    ...                    vectorization_mode="vector_entry_point")
+    >>> agent = PPO(env, model="tiny-sp", episodes_per_rollout=4, minibatch_size=4, seed=0)
+    >>> agent = agent.learn(total_timesteps=8)
+    >>> agent.num_timesteps >= 8
+    True
+    """
+
+    config_class = PPOConfig
+    algo_name = "PPO"
+    config: PPOConfig
+
+    def train(self) -> None:
+        cfg, n_new = self.config, self.max_new_tokens
+        batch = self.buffer.get(self.device)
+        scored = self._score_batch(batch)
+        mask = batch.gen_mask  # (E, N)
+        token_rewards = -self.kl_ctl.value * scored.kl  # (E, N)
+        last = (mask.sum(-1).long() - 1).clamp(min=0)  # (E,) index of each episode's last token
+        token_rewards[torch.arange(len(last)), last] += batch.rewards
+        advantages, returns = compute_gae(token_rewards, scored.old_values, mask, cfg.gamma, cfg.gae_lambda)
+        if cfg.whiten_advantages:
+            advantages = masked_whiten(advantages, mask)
+
+        pg_losses, value_losses, entropies, clip_fractions, approx_kls = [], [], [], [], []
+        continue_training = True
+        count = len(batch.rewards)
+        for _epoch in range(cfg.n_epochs):
+            for start in range(0, count, cfg.minibatch_size):
+                idx = torch.randperm(count, device=self.device) if start == 0 else idx  # noqa: F821
+                mb = idx[start : start + cfg.minibatch_size]
+                ids, attn, mb_mask = batch.input_ids[mb], batch.attention_mask[mb], mask[mb]
+                logits, values = self.engine(
+                    ids[:, :-1], attn[:, :-1], logits_to_keep=n_new
+                )  # (b, N, V), (b, N)
+                logits = self._mask_logits(logits)
+                logprobs = logprobs_from_logits(logits, ids[:, -n_new:])  # (b, N)
+                pg_loss, clip_fraction, approx_kl = ppo_clip_loss(
+                    logprobs, scored.old_logprobs[mb], advantages[mb], mb_mask, cfg.clip_range
+                )
+                value_loss = value_clip_loss(
+                    values, scored.old_values[mb], returns[mb], mb_mask, cfg.clip_range_vf
+                )
+                entropy = masked_mean(entropy_from_logits(logits.float()), mb_mask)
+                loss = pg_loss + cfg.vf_coef * value_loss - cfg.ent_coef * entropy
+                self._check_finite(loss)
+                self.engine.backward(loss)
+                self.engine.step()
+                pg_losses.append(pg_loss.item())
+                value_losses.append(value_loss.item())
+                entropies.append(entropy.item())
+                clip_fractions.append(clip_fraction.item())
+                approx_kls.append(approx_kl.item())
+                if cfg.target_kl is not None and approx_kl.item() > 1.5 * cfg.target_kl:
+                    continue_training = False
+                    break
+            self._n_updates += 1
+            if not continue_training:
+                break
+
+        episode_kl = float(scored.kl.sum(-1).mean())
+        self.kl_ctl.update(episode_kl, n_steps=count)
+        self.logger.record("rollout/kl", episode_kl)
+        self.logger.record("train/policy_loss", float(np.mean(pg_losses)))
+        self.logger.record("train/value_loss", float(np.mean(value_losses)))
+        self.logger.record("train/entropy", float(np.mean(entropies)))
+        self.logger.record("train/clip_fraction", float(np.mean(clip_fractions)))
+        self.logger.record("train/approx_kl", float(np.mean(approx_kls)))
+        self.logger.record("train/kl_coef", self.kl_ctl.value)
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")

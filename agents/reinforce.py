@@ -1,0 +1,130 @@
+"""REINFORCE with a baseline: a moving average of returns, or leave-one-out over k samples per prompt (RLOO).
+
+Each episode's return is its task reward minus ``kl_coef`` times its summed per-token KL to the reference
+(the same penalty as PPO). The advantage is the return minus the baseline; the loss is
+``-mean_tokens(advantage * log pi(token))``.
+
+- ``baseline="moving_average"``: an exponential moving average of past batch-mean returns.
+- ``baseline="rloo"`` (Ahmadian et al. 2024): the mean return of the *other* episodes with the same prompt in
+  the batch. Make the env with ``group_size=k`` so each prompt is drawn k times in a row; episodes whose
+  prompt appears once in the batch fall back to the moving average.
+
+>>> REINFORCEConfig(baseline="rloo").baseline
+'rloo'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from agents.base import TextAlgorithm
+from agents.config import AgentConfig
+from agents.losses import entropy_from_logits, logprobs_from_logits, masked_mean
+
+BASELINES = ("moving_average", "rloo")
+
+
+@dataclass
+class REINFORCEConfig(AgentConfig):
+    """REINFORCE settings (on top of :class:`~agents.base.AgentConfig`)."""
+
+    baseline: str = "moving_average"
+    """``"moving_average"`` or ``"rloo"`` (leave-one-out over episodes that share a prompt)."""
+    baseline_decay: float = 0.9
+    """Decay of the moving-average baseline."""
+    normalize_advantages: bool = False
+    """Divide advantages by their batch standard deviation."""
+    ent_coef: float = 0.0
+    """Weight of the entropy bonus."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.baseline not in BASELINES:
+            raise ValueError(f"baseline={self.baseline!r} is not known; use one of {BASELINES}")
+        if not 0 <= self.baseline_decay < 1:
+            raise ValueError(f"baseline_decay must be in [0, 1), got {self.baseline_decay}")
+
+
+def leave_one_out_baseline(returns: torch.Tensor, group_ids: torch.Tensor, fallback: float) -> torch.Tensor:
+    """For each episode the mean return of the others in its group; ``fallback`` for groups of one.
+
+    >>> leave_one_out_baseline(torch.tensor([1.0, 2.0, 3.0, 5.0]), torch.tensor([0, 0, 0, 1]), fallback=-1.0)
+    tensor([ 2.5000,  2.0000,  1.5000, -1.0000])
+    """
+    n_groups = int(group_ids.max()) + 1
+    sums = torch.zeros(n_groups, dtype=returns.dtype, device=returns.device).index_add_(0, group_ids, returns)
+    counts = torch.zeros(n_groups, dtype=returns.dtype, device=returns.device).index_add_(
+        0, group_ids, torch.ones_like(returns)
+    )
+    others = counts[group_ids] - 1
+    baseline = (sums[group_ids] - returns) / others.clamp(min=1)
+    return torch.where(others > 0, baseline, torch.full_like(returns, fallback))
+
+
+class REINFORCE(TextAlgorithm):
+    """REINFORCE (moving-average or RLOO baseline) with a DeepSpeed-backed transformer policy.
+
+    The value head of the shared actor-critic is not used. One gradient step per minibatch, one pass over each
+    rollout (the estimator is on-policy).
+    """
+
+    config_class = REINFORCEConfig
+    algo_name = "REINFORCE"
+    config: REINFORCEConfig
+
+    def _setup_model(self) -> None:
+        super()._setup_model()
+        self.baseline_value: float | None = None
+
+    def train(self) -> None:
+        cfg, n_new = self.config, self.max_new_tokens
+        batch = self.buffer.get(self.device)
+        scored = self._score_batch(batch)
+        mask = batch.gen_mask  # (E, N)
+        returns = batch.rewards - self.kl_ctl.value * scored.kl.sum(-1)  # (E,)
+        moving = self.baseline_value if self.baseline_value is not None else float(returns.mean())
+        if cfg.baseline == "rloo":
+            baseline = leave_one_out_baseline(returns, batch.group_ids, fallback=moving)
+        else:
+            baseline = torch.full_like(returns, moving)
+        advantages = returns - baseline
+        if cfg.normalize_advantages:
+            advantages = advantages / (advantages.std() + 1e-8)
+        self.baseline_value = cfg.baseline_decay * moving + (1 - cfg.baseline_decay) * float(returns.mean())
+
+        losses, entropies = [], []
+        count = len(batch.rewards)
+        order = torch.randperm(count, device=self.device)
+        for start in range(0, count, cfg.minibatch_size):
+            mb = order[start : start + cfg.minibatch_size]
+            ids, attn, mb_mask = batch.input_ids[mb], batch.attention_mask[mb], mask[mb]
+            logits, _ = self.engine(ids[:, :-1], attn[:, :-1], logits_to_keep=n_new)  # (b, N, V)
+            logits = self._mask_logits(logits)
+            logprobs = logprobs_from_logits(logits, ids[:, -n_new:])  # (b, N)
+            entropy = masked_mean(entropy_from_logits(logits.float()), mb_mask)
+            loss = -masked_mean(advantages[mb, None] * logprobs, mb_mask) - cfg.ent_coef * entropy
+            self._check_finite(loss)
+            self.engine.backward(loss)
+            self.engine.step()
+            losses.append(loss.item())
+            entropies.append(entropy.item())
+        self._n_updates += 1
+
+        episode_kl = float(scored.kl.sum(-1).mean())
+        self.kl_ctl.update(episode_kl, n_steps=count)
+        self.logger.record("rollout/kl", episode_kl)
+        self.logger.record("train/policy_loss", float(np.mean(losses)))
+        self.logger.record("train/entropy", float(np.mean(entropies)))
+        self.logger.record("train/baseline", float(baseline.mean()))
+        self.logger.record("train/kl_coef", self.kl_ctl.value)
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {"baseline_value": self.baseline_value}
+
+    def _load_extra_state(self, state: dict[str, Any]) -> None:
+        self.baseline_value = state.get("baseline_value")

@@ -1,0 +1,162 @@
+"""Throughput of the agents against the physical limits of the same model, batch and lengths.
+
+Measures in one run:
+
+1. rollout tokens/s through the gym API (TextGen-v0 vector env, PPO's KV-cached stepping) vs
+   ``model.generate()`` with its KV cache on the same prompts (target ratio >= 0.9);
+2. PPO update tokens/s (one epoch over the rollout, reference forward included) vs a bare
+   forward + backward + AdamW step over the same minibatches (target ratio >= 0.8);
+3. peak resident memory (RSS) of the process.
+
+Usage::
+
+    python -m benchmarks.throughput                                  # SmolLM2-135M, batch 8, 64 + 48 tokens
+    python -m benchmarks.throughput --model tiny-smollm2 --batch 4 --new-tokens 8   # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+from dataclasses import asdict, dataclass
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+import textenv  # noqa: F401  (registers the envs)
+from agents import PPO
+from agents.policy import position_ids_from_mask
+
+
+@dataclass
+class Args:
+    model: str = "smollm2-135m-instruct"
+    """Model name (textenv.load_model) or HF directory."""
+    batch: int = 8
+    """Environments stepped at once (= generate() batch)."""
+    prompt_tokens: int = 64
+    """P, prompt slots."""
+    new_tokens: int = 48
+    """N, completion slots."""
+    minibatch: int = 4
+    """PPO minibatch (episodes per optimizer step)."""
+    repeats: int = 2
+    """Timed repetitions (the best is reported)."""
+    threads: int = 0
+    """torch threads (0: torch's default)."""
+
+
+def parse() -> Args:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    for name, value in asdict(Args()).items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+    return Args(**vars(parser.parse_args()))
+
+
+def zero_reward(prompts, completions, references=None) -> np.ndarray:
+    return np.zeros(len(completions), dtype=np.float32)
+
+
+def main() -> dict[str, float]:
+    args = parse()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    env = gym.make_vec(
+        "TextGen-v0",
+        num_envs=args.batch,
+        model=args.model,
+        max_prompt_tokens=args.prompt_tokens,
+        max_new_tokens=args.new_tokens,
+        reward_fn=zero_reward,
+        vectorization_mode="vector_entry_point",
+    )
+    agent = PPO(
+        env,
+        model=args.model,
+        episodes_per_rollout=args.batch,
+        minibatch_size=args.minibatch,
+        n_epochs=1,
+        target_kl=None,
+        seed=0,
+    )
+    lm, n_new = agent.module.lm, args.new_tokens
+
+    # 1. rollout through the gym API vs generate()
+    rollout_tps = 0.0
+    _, callback = agent._setup_learn(total_timesteps=10**9)
+    for _ in range(args.repeats):
+        agent._last_obs = agent.env.reset()
+        agent._step_cache = type(agent._step_cache)()
+        agent.collect_rollouts(agent.env, callback)
+        rollout_tps = max(rollout_tps, agent._rollout_tokens / agent._rollout_time)
+    batch = agent.buffer.get()
+    prompt_ids = batch.input_ids[:, : args.prompt_tokens]  # (B, P)
+    prompt_mask = batch.attention_mask[:, : args.prompt_tokens]
+    generate_tps = 0.0
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        with torch.no_grad():
+            out = lm.generate(
+                input_ids=prompt_ids,
+                attention_mask=prompt_mask,
+                max_new_tokens=n_new,
+                do_sample=True,
+                top_k=0,
+                pad_token_id=agent.pad_token_id,
+                eos_token_id=agent.eos_token_id,
+            )
+        elapsed = time.perf_counter() - start
+        generated = out[:, args.prompt_tokens :]  # (B, <=N)
+        tokens = int((generated != agent.pad_token_id).sum()) or generated.numel()
+        generate_tps = max(generate_tps, tokens / elapsed)
+
+    # 2. PPO update vs bare forward + backward + optimizer step (same minibatches)
+    tokens = float(batch.gen_mask.sum())
+    update_tps = 0.0
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        agent.train()
+        update_tps = max(update_tps, tokens / (time.perf_counter() - start))
+    bare_tps = 0.0
+    optimizer = torch.optim.AdamW(lm.parameters(), lr=1e-7)
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        for first in range(0, len(batch.rewards), args.minibatch):
+            ids = batch.input_ids[first : first + args.minibatch, :-1]  # (b, P+N-1)
+            mask = batch.attention_mask[first : first + args.minibatch, :-1]
+            logits = lm(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=position_ids_from_mask(mask),
+                logits_to_keep=n_new,
+            ).logits  # (b, N, V)
+            loss = torch.log_softmax(logits.float(), -1).mean()
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        bare_tps = max(bare_tps, tokens / (time.perf_counter() - start))
+
+    result = {
+        "model": args.model,
+        "batch": args.batch,
+        "prompt_tokens": args.prompt_tokens,
+        "new_tokens": n_new,
+        "rollout_tokens_per_s": round(rollout_tps, 1),
+        "generate_tokens_per_s": round(generate_tps, 1),
+        "rollout_vs_generate": round(rollout_tps / generate_tps, 3),
+        "ppo_update_tokens_per_s": round(update_tps, 1),
+        "bare_train_tokens_per_s": round(bare_tps, 1),
+        "update_vs_bare": round(update_tps / bare_tps, 3),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""KV-cached stepping gives the same log-probs and values as one full forward of the whole episode."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+from agents.policy import ActorCritic, StepCache, cached_step, position_ids_from_mask
+
+P, N, V = 6, 5, 50
+
+
+def tiny_llama() -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        vocab_size=V,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    return LlamaForCausalLM(config)
+
+
+def tiny_gpt2() -> GPT2LMHeadModel:
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(
+        GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=V, bos_token_id=1, eos_token_id=2)
+    )
+
+
+def make_obs(prompt_lens: list[int], gen: list[list[int]], prompts: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    ids = torch.zeros(len(prompt_lens), P + N, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, (plen, tokens) in enumerate(zip(prompt_lens, gen, strict=True)):
+        ids[i, P - plen : P], mask[i, P - plen : P] = prompts[i, :plen], 1
+        ids[i, P : P + len(tokens)], mask[i, P : P + len(tokens)] = torch.tensor(tokens, dtype=torch.long), 1
+    return ids, mask
+
+
+@pytest.mark.parametrize("make_lm", [tiny_llama, tiny_gpt2])
+def test_cached_step_matches_full_forward(make_lm) -> None:
+    model = ActorCritic(make_lm())
+    torch.nn.init.normal_(model.value_head.weight, std=0.1)
+    gen = torch.Generator().manual_seed(1)
+    prompts = torch.randint(3, V, (3, P), generator=gen)
+    prompt_lens = [6, 3, 1]
+    # row 1 resets after 2 tokens (new prompt, new length), like SB3's same-step autoreset
+    lengths = [[0, 1, 2, 3, 4], [0, 1, 2, 0, 1], [0, 1, 2, 3, 4]]
+    tokens = torch.randint(3, V, (3, N), generator=gen)
+    cache = StepCache()
+    for step in range(5):
+        if step == 3:
+            prompts[1] = torch.randint(3, V, (P,), generator=gen)
+            prompt_lens[1] = 4
+        gens = [tokens[i, : lengths[i][step]].tolist() for i in range(3)]
+        ids, mask = make_obs(prompt_lens, gens, prompts)
+        logits, values = cached_step(model, ids, mask, P, cache)
+        with torch.no_grad():
+            full_logits, full_values = model(ids, mask, position_ids_from_mask(mask))
+        last = P + torch.tensor([len(g) for g in gens]) - 1
+        rows = torch.arange(3)
+        torch.testing.assert_close(logits, full_logits[rows, last], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(values, full_values[rows, last], atol=1e-4, rtol=1e-4)
+        assert cache.slot_mask is not None and cache.slot_mask.shape[1] <= P + N
