@@ -1,0 +1,59 @@
+"""Lexicon sentiment reward (VADER)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from rewards.validation import check_batch, check_scores
+
+
+@dataclass
+class VaderSentiment:
+    """VADER compound sentiment of each completion, in ``[-1, 1]`` (positive text scores above 0).
+
+    ``vaderSentiment``'s rule-based lexicon model; fast, no model weights. Prompts and references are ignored.
+    An empty completion scores 0.0 (neutral). ``scale`` multiplies the score, e.g. ``scale=-1`` rewards
+    negative text.
+
+    >>> reward = VaderSentiment()
+    >>> scores = reward(["Review:", "Review:"], ["I love it, it works great!", "Awful. It made me sick."])
+    >>> bool(scores[0] > 0.5 and scores[1] < -0.5)
+    True
+    >>> reward(["Review:"], [""]).tolist()
+    [0.0]
+    """
+
+    scale: float = 1.0
+    """Multiplies the compound score."""
+    _analyzer: Any = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not np.isfinite(self.scale):
+            raise ValueError(f"scale={self.scale} must be a finite number, e.g. 1.0 or -1.0")
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"scale": self.scale, "_analyzer": None}
+
+    def compound(self, texts: Sequence[str]) -> np.ndarray:
+        """The unscaled VADER compound score of each text."""
+        if self._analyzer is None:
+            from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+            self._analyzer = SentimentIntensityAnalyzer()
+        return np.array(
+            [self._analyzer.polarity_scores(text)["compound"] for text in texts], dtype=np.float64
+        )
+
+    def __call__(
+        self,
+        prompts: Sequence[str],
+        completions: Sequence[str],
+        references: Sequence[str | None] | None = None,
+    ) -> np.ndarray:
+        _, completion_list, _ = check_batch(prompts, completions, references)
+        scores = self.scale * self.compound(completion_list)
+        return check_scores(scores, len(completion_list), type(self).__name__)
