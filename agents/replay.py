@@ -1,0 +1,173 @@
+"""Replay buffer of token transitions for :class:`~agents.dqn.DQN`, stored as episodes plus positions.
+
+A token-level transition is ``(s_t, a_t, r_t, s_{t+1})`` where ``s_t`` is the prompt plus the first ``t``
+generated tokens. Storing the padded (P+N) observation per transition would cost ``2 * (P+N) * 8`` bytes each;
+instead every episode's token ids are kept once (the real prompt tokens, then the completion, in the
+smallest unsigned integer type that holds the vocabulary) and a transition is two small integers: its
+episode id and its position ``t``. A sampled transition's states are rebuilt from its episode in the
+observation layout.
+
+Capacity counts transitions (SB3's ``buffer_size``) in a ring: a new episode overwrites the oldest
+transitions, and an episode's token ids are dropped once none of its transitions is left.
+
+>>> buf = ReplayBuffer(buffer_size=4, prompt_len=2, max_new_tokens=3, pad_token_id=0, vocab_size=512)
+>>> buf.add(prompt_ids=[7], tokens=[5, 6], reward=1.0)
+>>> buf.add(prompt_ids=[8, 9], tokens=[4, 4, 4], reward=0.5)   # overwrites the first episode's 1st transition
+>>> len(buf), buf.n_episodes
+(4, 2)
+>>> batch = buf.sample(2, np.random.default_rng(0))   # 2 transitions of 1 episode: U=1 row
+>>> batch.input_ids.tolist(), batch.positions.tolist(), batch.rows.tolist()
+([[8, 9, 4, 4, 4]], [1, 0], [0, 0])
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+
+class ReplaySamples(NamedTuple):
+    """``batch_size`` transitions: their U distinct episodes in the observation layout plus where they are."""
+
+    input_ids: torch.Tensor  # (U, P+N) int64, prompt left-padded to P, completion right-padded to N
+    attention_mask: torch.Tensor  # (U, P+N) int64
+    gen_mask: torch.Tensor  # (U, N) float32, 1 on generated tokens
+    rewards: torch.Tensor  # (U,) float32, the episode's final reward
+    rows: torch.Tensor  # (B,) int64, episode row of each sampled transition
+    positions: torch.Tensor  # (B,) int64, index t of the sampled token within the completion
+
+
+class ReplayBuffer:
+    """Ring buffer of ``buffer_size`` token transitions; see the module docstring for the storage scheme."""
+
+    def __init__(
+        self, buffer_size: int, prompt_len: int, max_new_tokens: int, pad_token_id: int, vocab_size: int
+    ) -> None:
+        if buffer_size < 1:
+            raise ValueError(f"buffer_size must be >= 1 transition, got {buffer_size}")
+        if max_new_tokens >= 2**15:
+            raise ValueError(f"max_new_tokens={max_new_tokens} is too large for int16 positions")
+        self.buffer_size, self.prompt_len, self.max_new_tokens = buffer_size, prompt_len, max_new_tokens
+        self.pad_token_id = pad_token_id
+        self.token_dtype = np.dtype(np.uint16 if vocab_size <= 2**16 else np.int32)
+        self.episode_of = np.zeros(buffer_size, dtype=np.int64)  # episode id of each transition slot
+        self.position_of = np.zeros(buffer_size, dtype=np.int16)  # its t
+        self.episodes: dict[
+            int, tuple[np.ndarray, int, float]
+        ] = {}  # id -> (token ids, prompt length, reward)
+        self.live: dict[int, int] = {}  # id -> transitions of it still stored
+        self.next_slot, self.size, self.next_episode = 0, 0, 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    @property
+    def n_episodes(self) -> int:
+        return len(self.episodes)
+
+    def add(self, prompt_ids: list[int] | np.ndarray, tokens: list[int] | np.ndarray, reward: float) -> None:
+        """One finished episode: its real (unpadded) prompt tokens, generated tokens and final reward."""
+        tokens = np.asarray(tokens).reshape(-1)
+        if len(tokens) == 0:
+            return
+        if len(tokens) > self.max_new_tokens:
+            raise ValueError(
+                f"episode has {len(tokens)} tokens, more than max_new_tokens={self.max_new_tokens}"
+            )
+        episode = self.next_episode
+        self.next_episode += 1
+        prompt = np.asarray(prompt_ids).reshape(-1)[-self.prompt_len :]
+        self.episodes[episode] = (
+            np.concatenate([prompt, tokens]).astype(self.token_dtype),
+            len(prompt),
+            reward,
+        )
+        self.live[episode] = 0
+        for t in range(min(len(tokens), self.buffer_size)):
+            slot = self.next_slot
+            if self.size == self.buffer_size:
+                self._release(int(self.episode_of[slot]))
+            self.episode_of[slot], self.position_of[slot] = episode, t
+            self.live[episode] += 1
+            self.next_slot = (slot + 1) % self.buffer_size
+            self.size = min(self.size + 1, self.buffer_size)
+
+    def _release(self, episode: int) -> None:
+        self.live[episode] -= 1
+        if self.live[episode] == 0:
+            del self.live[episode], self.episodes[episode]
+
+    def sample(
+        self, batch_size: int, rng: np.random.Generator, device: torch.device | str = "cpu"
+    ) -> ReplaySamples:
+        """``batch_size`` transitions drawn uniformly (with replacement), grouped by episode."""
+        if self.size == 0:
+            raise ValueError("cannot sample from an empty replay buffer; collect episodes first")
+        slots = rng.integers(0, self.size, size=batch_size)
+        episode_ids, rows = np.unique(self.episode_of[slots], return_inverse=True)
+        count, prompt_len = len(episode_ids), self.prompt_len
+        ids = np.full((count, prompt_len + self.max_new_tokens), self.pad_token_id, dtype=np.int64)
+        mask = np.zeros_like(ids)
+        rewards = np.zeros(count, dtype=np.float32)
+        for row, episode in enumerate(episode_ids):
+            stored, n_prompt, rewards[row] = self.episodes[int(episode)]
+            end = prompt_len + len(stored) - n_prompt
+            ids[row, prompt_len - n_prompt : end] = stored
+            mask[row, prompt_len - n_prompt : end] = 1
+        return ReplaySamples(
+            input_ids=torch.as_tensor(ids, device=device),
+            attention_mask=torch.as_tensor(mask, device=device),
+            gen_mask=torch.as_tensor(mask[:, prompt_len:].astype(np.float32), device=device),
+            rewards=torch.as_tensor(rewards, device=device),
+            rows=torch.as_tensor(rows.reshape(-1), device=device),
+            positions=torch.as_tensor(self.position_of[slots].astype(np.int64), device=device),
+        )
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held: transition arrays, token arrays (with their object headers) and the episode tables."""
+        # sys.getsizeof of an ndarray that owns its data includes the data buffer
+        tokens = sum(sys.getsizeof(entry[0]) + sys.getsizeof(entry) for entry in self.episodes.values())
+        tables = sys.getsizeof(self.episodes) + sys.getsizeof(self.live) + 64 * len(self.live)
+        return int(self.episode_of.nbytes + self.position_of.nbytes + tokens + tables)
+
+    # ---- persistence (optional part of a checkpoint) ----------------------------------------------------
+    def save(self, path: Path) -> None:
+        """Write the buffer to ``path`` (an ``.npz``): flat token arena plus per-episode offsets."""
+        ids = np.array(list(self.episodes), dtype=np.int64)
+        entries = [self.episodes[int(i)] for i in ids]
+        lengths = np.array([len(e[0]) for e in entries], dtype=np.int64)
+        arena = np.concatenate([e[0] for e in entries]) if entries else np.zeros(0, self.token_dtype)
+        np.savez(
+            path,
+            ids=ids,
+            lengths=lengths,
+            prompt_lengths=np.array([e[1] for e in entries], dtype=np.int64),
+            rewards=np.array([e[2] for e in entries], dtype=np.float64),
+            live=np.array([self.live[int(i)] for i in ids], dtype=np.int64),
+            arena=arena,
+            episode_of=self.episode_of,
+            position_of=self.position_of,
+            counters=np.array([self.next_slot, self.size, self.next_episode], dtype=np.int64),
+        )
+
+    def load(self, path: Path) -> None:
+        """Restore what :meth:`save` wrote (same ``buffer_size``)."""
+        data = np.load(path)
+        if len(data["episode_of"]) != self.buffer_size:
+            raise ValueError(
+                f"saved replay buffer holds {len(data['episode_of'])} slots, this agent's buffer_size is "
+                f"{self.buffer_size}; load with the same buffer_size"
+            )
+        self.episode_of, self.position_of = data["episode_of"].copy(), data["position_of"].copy()
+        self.next_slot, self.size, self.next_episode = (int(x) for x in data["counters"])
+        starts = np.concatenate([[0], np.cumsum(data["lengths"])])
+        self.episodes, self.live = {}, {}
+        for k, episode in enumerate(data["ids"].tolist()):
+            stored = data["arena"][starts[k] : starts[k + 1]].astype(self.token_dtype)
+            self.episodes[episode] = (stored, int(data["prompt_lengths"][k]), float(data["rewards"][k]))
+            self.live[episode] = int(data["live"][k])
