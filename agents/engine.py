@@ -4,15 +4,26 @@ On CPU the default is one process without a launcher: the torch.distributed vari
 missing (``MASTER_ADDR=127.0.0.1``, a free ``MASTER_PORT``, ``RANK=0``, ``WORLD_SIZE=1``, ``LOCAL_RANK=0``)
 and the process group uses gloo, with ZeRO stage 0 in fp32. On GPU the default is bf16 with ZeRO-2.
 
-Several processes: start the same script with DeepSpeed's launcher (``deepspeed --num_gpus 2 train.py``) or
-with torchrun (``torchrun --nproc_per_node 2 train.py``; on CPU add ``--master_port``); both set the variables
-above and every rank steps its own environments. ZeRO stages 0, 1 and 2 are supported; stage 3 (parameter
-partitioning) is refused because the KV-cached rollout needs whole parameters on every rank.
+Several processes (N on one machine): start the same script with either launcher::
+
+    torchrun --nproc_per_node N script.py [args]   # CPU or GPU; add --master_port PORT if 29500 is taken
+    deepspeed --num_gpus N script.py [args]        # appends --local_rank=R to the script's own arguments
+
+Both set the variables above, so :func:`init_distributed` joins their process group instead of making one.
+Every rank steps its own environments and DeepSpeed averages the gradients across ranks: with each rank's
+loss a mean over its own minibatch of b episodes, N ranks take the step one process would take on N * b
+(``train_batch_size`` becomes ``b * WORLD_SIZE``). ``tests/test_agents_distributed.py`` runs the torchrun
+command with 2 CPU processes (gloo) and checks the averaged gradient and the parameters after one step
+against one process on the whole batch, for ZeRO stages 0, 1 and 2 and with gradient clipping. ZeRO stages
+0, 1 and 2 are supported; stage 3 (parameter partitioning) is refused because the KV-cached rollout needs
+whole parameters on every rank.
 
 >>> cfg = build_config({"zero_optimization": {"stage": 1}}, learning_rate=1e-5, max_grad_norm=1.0,
 ...                    train_batch_size=8, on_gpu=False)
 >>> cfg["zero_optimization"]["stage"], cfg["gradient_clipping"], cfg["optimizer"]["params"]["lr"]
 (1, 1.0, 1e-05)
+>>> build_config(None, 1e-5, max_grad_norm=None, train_batch_size=8, on_gpu=False)["gradient_clipping"]
+0.0
 """
 
 from __future__ import annotations
@@ -91,8 +102,8 @@ def build_config(
         "optimizer", {"type": "AdamW", "params": {"lr": learning_rate, "eps": 1e-8, "weight_decay": 0.0}}
     )
     cfg["optimizer"].setdefault("params", {}).setdefault("lr", learning_rate)
-    if max_grad_norm is not None:
-        cfg.setdefault("gradient_clipping", max_grad_norm)
+    # None must disable clipping explicitly: DeepSpeed's own default for a missing key is 1.0
+    cfg.setdefault("gradient_clipping", max_grad_norm if max_grad_norm is not None else 0.0)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     for key in ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps"):
         cfg.pop(key, None)
