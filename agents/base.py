@@ -8,17 +8,19 @@ incremental forward per step; sequence-level envs with ``model.generate``), ``pr
 A subclass sets ``config_class`` and ``algo_name`` and implements ``train()``, which consumes
 ``self.buffer.get()`` (an :class:`~agents.buffer.EpisodeBatch`). Extension points for other agents (e.g. a
 value-based DQN): ``_build_modules()`` (what is trained), ``_action_from_logits()`` (how actions are chosen),
-``_on_step_stats()`` (what a rollout records per token) and ``_rollout_done()`` (when a rollout ends).
+``_on_step_stats()`` (what a rollout records per token), ``_rollout_done()`` (when a rollout ends), and for
+checkpoints ``_extra_state()`` (JSON-able state) and ``_save_extra_files()`` (files such as a target network).
+Run records (run directory, HParams, sample texts) live in :mod:`agents.run_logging`, the pre-update scoring
+of a rollout in :mod:`agents.scoring`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from pathlib import Path
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, TypeVar
 
 import gymnasium as gym
 import numpy as np
@@ -26,40 +28,33 @@ import torch
 from gymnasium import spaces
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.logger import HParam, TensorBoardOutputFormat, configure
 from stable_baselines3.common.vec_env import VecEnv
-from transformers import GenerationConfig, PreTrainedModel
+from transformers import PreTrainedModel
 
-from agents import checkpoint, engine
+from agents import checkpoint, engine, run_logging
 from agents.buffer import EpisodeBatch, EpisodeBuffer
-from agents.config import AgentConfig
+from agents.config import AgentConfig, AlgorithmConfig
 from agents.layout import env_attr, load_lm, read_layout
 from agents.losses import AdaptiveKLController, logprobs_from_logits
-from agents.policy import ActorCritic, ReferenceModel, StepCache, cached_step
+from agents.policy import ActorCritic, ReferenceModel, StepCache, cached_step, generate_completions
+from agents.scoring import ScoredBatch, score_batch
 from agents.vec_env import wrap_vector_env
-from rewards import kl_penalty
 
-
-class ScoredBatch(NamedTuple):
-    """Per-token statistics of an :class:`EpisodeBatch` computed before an update, all (E, N)."""
-
-    old_logprobs: torch.Tensor
-    old_values: torch.Tensor
-    ref_logprobs: torch.Tensor
-    kl: torch.Tensor  # log-ratio to the reference, 0 on padding
+SelfTextAlgorithm = TypeVar("SelfTextAlgorithm", bound="TextAlgorithm")
 
 
 class TextAlgorithm(BaseAlgorithm):
     """Shared base of :class:`~agents.PPO` and :class:`~agents.REINFORCE`; see the module docstring."""
 
-    config_class: ClassVar[type[AgentConfig]] = AgentConfig
+    config_class: ClassVar[type[AlgorithmConfig]] = AgentConfig
     algo_name: ClassVar[str] = "text"
+    config: AlgorithmConfig
 
     def __init__(
         self,
         env: gym.Env | gym.vector.VectorEnv | VecEnv | str,
         model: str | os.PathLike | PreTrainedModel = "smollm2-135m-instruct",
-        config: AgentConfig | None = None,
+        config: AlgorithmConfig | None = None,
         deepspeed_config: str | os.PathLike | dict | None = None,
         tensorboard_log: str | None = None,
         seed: int | None = None,
@@ -142,26 +137,10 @@ class TextAlgorithm(BaseAlgorithm):
         mask = torch.as_tensor(np.asarray(obs["attention_mask"]), device=self.device).long()
         return ids, mask
 
-    @torch.no_grad()
     def _generate(self, ids: torch.Tensor, mask: torch.Tensor, deterministic: bool) -> torch.Tensor:
-        """Sequence-level action: (B, N) completion ids from ``generate`` (pure sampling, no top-k/top-p)."""
-        config = GenerationConfig(
-            max_new_tokens=self.max_new_tokens,
-            do_sample=not deterministic,
-            top_k=0,
-            top_p=1.0,
-            temperature=1.0,
-            pad_token_id=self.pad_token_id,
-            eos_token_id=self.eos_token_id,
-        )
-        vocab = self._lm.get_output_embeddings().weight.shape[0]
-        if vocab > self.n_actions:
-            config.suppress_tokens = list(range(self.n_actions, vocab))
-        out = self.module.lm.generate(input_ids=ids, attention_mask=mask, generation_config=config)
-        completion = out[:, ids.shape[1] :]  # (B, <=N)
-        actions = torch.full((ids.shape[0], self.max_new_tokens), self.pad_token_id, device=ids.device)
-        actions[:, : completion.shape[1]] = completion
-        return actions
+        """Sequence-level action: (B, N) completion ids; see :func:`agents.policy.generate_completions`."""
+        n_new, n_actions, pad, eos = self.max_new_tokens, self.n_actions, self.pad_token_id, self.eos_token_id
+        return generate_completions(self.module.lm, ids, mask, n_new, n_actions, pad, eos, deterministic)
 
     def predict(
         self,
@@ -185,7 +164,9 @@ class TextAlgorithm(BaseAlgorithm):
 
     # ---- rollouts ------------------------------------------------------------------------------------------
     def _rollout_done(self) -> bool:
-        """Extension point: when the current rollout is complete."""
+        """Extension point: when the current rollout is complete (here: ``episodes_per_rollout`` episodes)."""
+        if not isinstance(self.config, AgentConfig):
+            raise NotImplementedError(f"{type(self).__name__} must override _rollout_done")
         return len(self.buffer) >= self.config.episodes_per_rollout
 
     def _record_sample(self, info: dict[str, Any], tokens: list[int] | np.ndarray) -> None:
@@ -294,15 +275,9 @@ class TextAlgorithm(BaseAlgorithm):
 
     def _run_logger(self, tb_log_name: str) -> Any:
         """A logger writing to ``<tensorboard_log>/<env-id>/<algo>/seed<k>-<time>/`` + config.json."""
-        spec = self._env_attr("spec")
-        env_id = getattr(spec, "id", None) or "env"
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        self.run_dir = Path(str(self.tensorboard_log)) / env_id / tb_log_name / f"seed{self.seed}-{stamp}"
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        checkpoint.atomic_write_text(
-            self.run_dir / "config.json", json.dumps(self._hparams(), indent=2, default=str)
-        )
-        return configure(str(self.run_dir), ["stdout", "tensorboard"] if self.verbose else ["tensorboard"])
+        env_id = getattr(self._env_attr("spec"), "id", None) or "env"
+        self.run_dir = run_logging.make_run_dir(str(self.tensorboard_log), env_id, tb_log_name, self.seed)
+        return run_logging.configure_run(self.run_dir, self._hparams(), self.verbose)
 
     def _hparams(self) -> dict[str, Any]:
         return {
@@ -315,6 +290,14 @@ class TextAlgorithm(BaseAlgorithm):
             **dataclasses.asdict(self.config),
             "deepspeed": self.ds_config,
         }
+
+    def _record_hparams(self) -> None:
+        """The scalar settings as TensorBoard's HParams table (see :mod:`agents.run_logging`)."""
+        run_logging.record_hparams(self.logger, self._hparams())
+
+    def _log_samples(self, samples: list[tuple[str, str]]) -> None:
+        """(prompt, completion) pairs as TensorBoard text at the current timestep."""
+        run_logging.log_samples(self.logger, samples, self.num_timesteps)
 
     def learn(
         self,
@@ -330,10 +313,7 @@ class TextAlgorithm(BaseAlgorithm):
             total_timesteps, callback, reset_num_timesteps, tb_log_name or self.algo_name, progress_bar
         )
         callback.on_training_start({"total_timesteps": total_timesteps}, {})
-        hparams = {k: v for k, v in self._hparams().items() if isinstance(v, (int, float, str, bool))}
-        self.logger.record(
-            "hparams", HParam(hparams, {"rollout/ep_rew_mean": 0.0}), exclude=("stdout", "log", "json", "csv")
-        )
+        self._record_hparams()
         iteration = 0
         assert self.env is not None
         while self.num_timesteps < total_timesteps:
@@ -361,10 +341,7 @@ class TextAlgorithm(BaseAlgorithm):
         self.logger.record("rollout/ep_len_mean", float(batch.gen_mask.sum(-1).mean()))
         self.logger.record("time/tokens_per_s", self._rollout_tokens / max(self._rollout_time, 1e-9))
         self.logger.record("time/total_timesteps", self.num_timesteps, exclude="tensorboard")
-        for fmt in self.logger.output_formats:
-            if isinstance(fmt, TensorBoardOutputFormat) and self._samples:
-                text = "\n\n".join(f"**prompt:** {p}  \n**completion:** {c}" for p, c in self._samples)
-                fmt.writer.add_text("rollout/samples", text, self.num_timesteps)
+        self._log_samples(self._samples)
 
     def _check_finite(self, loss: torch.Tensor) -> None:
         if not torch.isfinite(loss).all():
@@ -375,25 +352,10 @@ class TextAlgorithm(BaseAlgorithm):
                 "Lower learning_rate, or check the reward function for NaN/inf"
             )
 
-    @torch.no_grad()
     def _score_batch(self, batch: EpisodeBatch) -> ScoredBatch:
-        """Behaviour log-probs/values (computed here for sequence-level rollouts), reference log-probs and the
-        per-token KL, in forward passes over whole episodes (chunks of ``minibatch_size``)."""
-        n_new, chunk = self.max_new_tokens, self.config.minibatch_size
-        old_logprobs, old_values, ref_logprobs = [], [], []
-        for start in range(0, len(batch.rewards), chunk):
-            ids = batch.input_ids[start : start + chunk]  # (b, P+N)
-            mask = batch.attention_mask[start : start + chunk]
-            ref_logprobs.append(self.reference.logprobs(ids, mask, n_new))
-            if batch.old_logprobs is None:
-                logits, values = self.module(ids[:, :-1], mask[:, :-1], logits_to_keep=n_new)  # (b, N, V)
-                old_logprobs.append(logprobs_from_logits(self._mask_logits(logits), ids[:, -n_new:]))
-                old_values.append(values)
-        logprobs = torch.cat(old_logprobs) if batch.old_logprobs is None else batch.old_logprobs
-        values = torch.cat(old_values) if batch.old_values is None else batch.old_values
-        ref = torch.cat(ref_logprobs)
-        kl = kl_penalty(logprobs, ref, kind="kl") * batch.gen_mask  # (E, N)
-        return ScoredBatch(logprobs, values, ref, kl)
+        """See :func:`agents.scoring.score_batch` (forwards over ``minibatch_size`` episodes at a time)."""
+        chunk = self.config.minibatch_size
+        return score_batch(batch, self.module, self.reference, self.max_new_tokens, chunk, self._mask_logits)
 
     def _extra_state(self) -> dict[str, Any]:
         """Extension point: algorithm state (JSON-able) that a checkpoint must restore, e.g. a baseline."""
@@ -401,6 +363,12 @@ class TextAlgorithm(BaseAlgorithm):
 
     def _load_extra_state(self, state: dict[str, Any]) -> None:
         pass
+
+    def _save_extra_files(self, directory: Path) -> None:
+        """Extension point: write extra checkpoint files into ``directory`` (before its atomic swap)."""
+
+    def _load_extra_files(self, directory: Path) -> None:
+        """Extension point: read what :meth:`_save_extra_files` wrote (last step of :meth:`load`)."""
 
     # ---- saving --------------------------------------------------------------------------------------------
     def _excluded_save_params(self) -> list[str]:
@@ -415,12 +383,12 @@ class TextAlgorithm(BaseAlgorithm):
         checkpoint.export_lm(self, Path(path))
 
     @classmethod
-    def load(
-        cls,
+    def load(  # type: ignore[override]
+        cls: type[SelfTextAlgorithm],
         path: str | os.PathLike,
         env: Any = None,
-        device: torch.device | str = "auto",  # type: ignore[override]
+        device: torch.device | str = "auto",
         **kwargs: Any,
-    ) -> TextAlgorithm:
+    ) -> SelfTextAlgorithm:
         """Rebuild an agent from :meth:`save`'s directory and restore its exact training state."""
         return checkpoint.load(cls, Path(path), env=env, device=device, **kwargs)

@@ -8,6 +8,7 @@ A saved agent is a directory::
     value_head.pt       the value head
     deepspeed/          DeepSpeed checkpoint: weights and optimizer state (ZeRO-aware)
     rng.pt              Python, NumPy and torch RNG states
+    ...                 files of the algorithm (``_save_extra_files``; DQN: ``target.pt``, ``replay.npz``)
 
 SB3's ``CheckpointCallback`` calls ``save("<dir>/<prefix>_<n>_steps.zip")``; the ``.zip`` suffix is dropped.
 """
@@ -20,13 +21,15 @@ import random
 import shutil
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import torch
 
 if TYPE_CHECKING:
     from agents.base import TextAlgorithm
+
+AgentT = TypeVar("AgentT", bound="TextAlgorithm")
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -97,6 +100,7 @@ def save(agent: TextAlgorithm, path: Path) -> None:
             "extra": agent._extra_state(),
         }
         (tmp / "agent.json").write_text(json.dumps(state, indent=2))
+        agent._save_extra_files(tmp)
 
     _atomic_dir(_clean(path), build)
 
@@ -107,9 +111,7 @@ def _jsonable(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
-def load(
-    cls: type[TextAlgorithm], path: Path, env: Any = None, device: Any = "auto", **kwargs: Any
-) -> TextAlgorithm:
+def load(cls: type[AgentT], path: Path, env: Any = None, device: Any = "auto", **kwargs: Any) -> AgentT:
     """Rebuild ``cls`` from :func:`save`'s directory and restore its training state exactly."""
     path = _clean(path)
     state_file = path / "agent.json"
@@ -146,4 +148,5 @@ def load(
     random.setstate(rng["python"])
     np.random.set_state(rng["numpy"])
     torch.set_rng_state(rng["torch"])
+    agent._load_extra_files(path)
     return agent

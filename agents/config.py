@@ -1,4 +1,6 @@
-"""Settings shared by the policy-gradient agents (each agent's config dataclass extends :class:`AgentConfig`).
+"""Agent settings: :class:`AgentConfig`, the base of the policy-gradient configs, and
+:class:`AlgorithmConfig`, what :class:`~agents.base.TextAlgorithm` reads from any agent's config
+(e.g. ``agents.dqn.DQNConfig``).
 
 >>> AgentConfig(minibatch_size=8).episodes_per_rollout
 64
@@ -7,6 +9,28 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+
+class AlgorithmConfig(Protocol):
+    """A config dataclass with the settings the shared base uses to build the engine and the KL controller."""
+
+    __dataclass_fields__: ClassVar[dict[str, Any]]
+
+    @property
+    def learning_rate(self) -> float: ...
+    @property
+    def max_grad_norm(self) -> float | None: ...
+    @property
+    def minibatch_size(self) -> int: ...
+    @property
+    def init_kl_coef(self) -> float: ...
+    @property
+    def target_kl_ref(self) -> float | None: ...
+    @property
+    def kl_horizon(self) -> int: ...
+    @property
+    def max_new_tokens(self) -> int | None: ...
 
 
 @dataclass

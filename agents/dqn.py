@@ -5,10 +5,11 @@ a after s. Initialised from the pretrained LM, the greedy action argmax_a Q(s, a
 episode is one sequence, so one forward pass over E sampled episodes yields Q(s_t, .) for every one of their
 tokens (E, N, V), and the n-step targets Q_target(s_{t+n}, .) come from one target-network forward over the
 same episodes. Double DQN: the online network picks argmax_a Q(s_{t+n}, a), the target network values it.
+The math (n-step targets, double DQN, the conservative penalty, epsilon-greedy exploration) is in
+:mod:`agents.q_learning`, the replay buffer in :mod:`agents.replay`.
 
->>> n_step_targets(torch.tensor([[0.0, 0.0, 1.0]]), torch.tensor([[5.0, 6.0, 7.0]]), torch.ones(1, 3),
-...                gamma=0.5, n_steps=2)
-tensor([[1.7500, 0.5000, 1.0000]])
+>>> DQNConfig(train_freq=4).train_freq
+(4, 'step')
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from gymnasium import spaces
-from stable_baselines3.common.logger import HParam, TensorBoardOutputFormat
 from stable_baselines3.common.utils import LinearSchedule, polyak_update, safe_mean
 from stable_baselines3.common.vec_env import VecEnv
 from transformers import PreTrainedModel
@@ -34,6 +34,7 @@ from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsW
 from agents.base import TextAlgorithm
 from agents.losses import logprobs_from_logits
 from agents.policy import ActorCritic, StepCache, cached_step, position_ids_from_mask
+from agents.q_learning import conservative_penalty, episode_td_targets, epsilon_greedy
 from agents.replay import ReplayBuffer
 
 TRAIN_FREQ_UNITS = ("step", "episode")
@@ -90,35 +91,29 @@ class DQNConfig:
         self.train_freq = (int(self.train_freq[0]), str(self.train_freq[1]))
         bs, eps = self.batch_size, (self.exploration_initial_eps, self.exploration_final_eps)
         unit_ok = self.train_freq[0] >= 1 and self.train_freq[1] in TRAIN_FREQ_UNITS
+        sizes_ok = min(bs, self.target_update_interval, self.n_steps) >= 1
+        steps_bad = self.gradient_steps == 0 or self.gradient_steps < -1
+        rates_ok = 0 < self.tau <= 1 and 0 < self.gamma <= 1
+        eps_ok = all(0 <= e <= 1 for e in eps) and 0 < self.exploration_fraction <= 1
+        ref_ok = self.conservative_coef >= 0 and self.top_k >= 0 and 0 < self.top_p <= 1
         fix = {  # message (what is wrong, how to fix) -> is it wrong
             f"train_freq={self.train_freq}: use e.g. 4, (4, 'step') or (1, 'episode')": not unit_ok,
             f"learning_rate must be > 0, got {self.learning_rate}; try 1e-5": self.learning_rate <= 0,
             f"batch_size={bs} > buffer_size: raise buffer_size or lower batch_size": bs > self.buffer_size,
-            "batch_size, target_update_interval, n_steps must be >= 1": min(
-                bs, self.target_update_interval, self.n_steps
-            )
-            < 1,
+            "batch_size, target_update_interval, n_steps must be >= 1": not sizes_ok,
             "learning_starts must be >= 0": self.learning_starts < 0,
-            "gradient_steps must be >= 1, or -1 (as many as env steps)": self.gradient_steps in (0,)
-            or self.gradient_steps < -1,
-            f"need 0 < tau <= 1 and 0 < gamma <= 1, got {self.tau}, {self.gamma}": not (
-                0 < self.tau <= 1 and 0 < self.gamma <= 1
-            ),
-            f"exploration eps must be in [0, 1] and exploration_fraction in (0, 1], got {eps}": not (
-                all(0 <= e <= 1 for e in eps) and 0 < self.exploration_fraction <= 1
-            ),
+            "gradient_steps must be >= 1, or -1 (as many as env steps)": steps_bad,
+            f"need 0 < tau <= 1 and 0 < gamma <= 1, got {self.tau}, {self.gamma}": not rates_ok,
+            f"exploration eps must be in [0, 1] and exploration_fraction in (0, 1], got {eps}": not eps_ok,
             "need conservative_coef >= 0, top_k >= 0 (0: off), 0 < top_p <= 1, reward_scale > 0": not (
-                self.conservative_coef >= 0
-                and self.top_k >= 0
-                and 0 < self.top_p <= 1
-                and self.reward_scale > 0
+                ref_ok and self.reward_scale > 0
             ),
         }
         for message, wrong in fix.items():
             if wrong:
                 raise ValueError(message)
 
-    # what TextAlgorithm reads from a config: the DeepSpeed micro batch and a (disabled) KL controller
+    # what TextAlgorithm reads from a config: the DeepSpeed micro batch, a disabled KL control
     @property
     def minibatch_size(self) -> int:
         return self.batch_size
@@ -131,53 +126,6 @@ class DQNConfig:
         settings: dict[str, Any] = dict(batch_size=32, buffer_size=50_000, learning_starts=2_000, n_steps=8)
         settings.update(gradient_steps=8, target_update_interval=2_000, reward_scale=5.0)
         return cls(**{**settings, **overrides})
-
-
-def n_step_targets(
-    rewards: torch.Tensor, bootstrap: torch.Tensor, mask: torch.Tensor, gamma: float, n_steps: int
-) -> torch.Tensor:
-    """n-step TD targets over right-padded episodes that end (terminally) at their last real token.
-
-    ``rewards[e, t]`` is the reward after token t, ``bootstrap[e, t]`` the value of the state *before* token t
-    and ``mask`` 1 on real tokens, all (E, N). Target of token t:
-    ``sum_{k<n} gamma^k r_{t+k} + gamma^n bootstrap_{t+n}``, where terms past the episode end are 0.
-    Example in the module docstring: 0.25 * 7 = 1.75; 0.5 * 1 = 0.5 (no bootstrap past the end); 1.
-    """
-    mask = mask.to(rewards.dtype)
-    n_new = rewards.shape[1]
-    rewards, bootstrap = rewards * mask, bootstrap * mask
-    targets = torch.zeros_like(rewards)
-    for k in range(min(n_steps, n_new)):
-        targets[:, : n_new - k] += gamma**k * rewards[:, k:]
-    if n_steps < n_new:
-        targets[:, : n_new - n_steps] += gamma**n_steps * bootstrap[:, n_steps:]
-    return targets * mask
-
-
-def double_dqn_values(online_q: torch.Tensor, target_q: torch.Tensor) -> torch.Tensor:
-    """Q_target(s, argmax_a Q_online(s, a)) for (..., V) Q-values -> (...).
-
-    >>> double_dqn_values(torch.tensor([[1.0, 3.0]]), torch.tensor([[10.0, 2.0]]))
-    tensor([2.])
-    """
-    return target_q.gather(-1, online_q.argmax(-1, keepdim=True)).squeeze(-1)
-
-
-def conservative_penalty(q: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
-    """CQL towards the reference: ``logsumexp_a Q(s, a) - sum_a pi_ref(a|s) Q(s, a)``, mean over states.
-
-    Equals the cross-entropy of softmax(Q) against pi_ref, i.e. ``KL(pi_ref || softmax Q)`` plus a constant.
-
-    >>> conservative_penalty(torch.zeros(1, 2), torch.log(torch.tensor([[0.5, 0.5]])))   # log 2
-    tensor(0.6931)
-    """
-    return (torch.logsumexp(q, -1) - (ref_logprobs.exp() * q).sum(-1)).mean()
-
-
-def _action_space(env: Any) -> Any:
-    if isinstance(env, gym.vector.VectorEnv):
-        return env.single_action_space
-    return None if isinstance(env, str) else getattr(env, "action_space", None)
 
 
 class DQN(TextAlgorithm):
@@ -211,9 +159,9 @@ class DQN(TextAlgorithm):
         agent.learn(total_timesteps=50_000)
     """
 
-    config_class = DQNConfig  # type: ignore[assignment]
+    config_class = DQNConfig
     algo_name = "DQN"
-    config: DQNConfig  # type: ignore[assignment]
+    config: DQNConfig
 
     def __init__(
         self,
@@ -222,14 +170,16 @@ class DQN(TextAlgorithm):
         config: DQNConfig | None = None,
         **kwargs: Any,
     ) -> None:
-        space = _action_space(env)
+        space = getattr(env, "action_space", None)  # None for an env id string
+        if isinstance(env, gym.vector.VectorEnv):
+            space = env.single_action_space
         if space is not None and not isinstance(space, spaces.Discrete):
             raise ValueError(
                 f"DQN needs a token-level env with a Discrete(vocab) action space (TextGen-v0), got {space}. "
                 "For the sequence-level TextGenSeq-v0 (MultiDiscrete actions) "
                 "use agents.PPO or agents.REINFORCE"
             )
-        super().__init__(env, model, config, **kwargs)  # type: ignore[arg-type]
+        super().__init__(env, model, config, **kwargs)
 
     def _build_modules(self) -> None:
         super()._build_modules()  # self.module: the Q-network (its value head is unused); self.reference
@@ -253,22 +203,15 @@ class DQN(TextAlgorithm):
         self.last_target_update = 0
         self._rollout_start = 0
         self._reference_cache = StepCache()
-        self._log_samples: list[tuple[str, str]] = []
+        self._pending_samples: list[tuple[str, str]] = []  # rollout samples not yet logged
         self.warpers: list[Any] = [TopKLogitsWarper(cfg.top_k)] if cfg.top_k else []
         self.warpers += [TopPLogitsWarper(cfg.top_p)] if cfg.top_p < 1 else []
 
     # ---- acting --------------------------------------------------------------------------------------------
     def _explore_exploit(self, q: torch.Tensor, ref_logits: torch.Tensor, epsilon: float) -> torch.Tensor:
         """(B,) tokens: a top-k/top-p sample of the reference LM with probability epsilon, else argmax Q."""
-        greedy = q[:, : self.n_actions].argmax(-1)  # (B,)
-        if epsilon <= 0:
-            return greedy
-        logits = ref_logits[:, : self.n_actions].float()  # (B, V)
-        for warper in self.warpers:
-            logits = warper(None, logits)
-        sampled = torch.distributions.Categorical(logits=logits).sample()
-        explore = torch.rand(len(greedy), device=greedy.device) < epsilon
-        return torch.where(explore, sampled, greedy)
+        n_actions = self.n_actions
+        return epsilon_greedy(q[:, :n_actions], ref_logits[:, :n_actions], epsilon, self.warpers)
 
     def _token_step(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, tuple]:
         self._update_current_progress_remaining(self.num_timesteps, self._total_timesteps)
@@ -314,7 +257,7 @@ class DQN(TextAlgorithm):
             prompt = [t for t, m in zip(episode.prompt_ids, episode.prompt_mask, strict=True) if m]
             self.replay.add(prompt, episode.tokens, episode.reward)
         self._episode_num += len(self.buffer.finished)
-        self._log_samples = (self._log_samples + self._samples)[:4]
+        self._pending_samples = (self._pending_samples + self._samples)[:4]
         return running
 
     # ---- learning ------------------------------------------------------------------------------------------
@@ -330,11 +273,8 @@ class DQN(TextAlgorithm):
             q = logits[..., :n_actions].float()  # (U, N, A): Q(s_t, .) for every generated slot t
             with torch.no_grad():
                 target_logits, _ = self.target(ids, attn, logits_to_keep=n_new)
-                bootstrap = double_dqn_values(q.detach(), target_logits[..., :n_actions].float())  # (U, N)
-                last = (mask.sum(-1).long() - 1).clamp(min=0)  # (U,) index of each episode's last token
-                rewards = torch.zeros_like(mask)
-                rewards[torch.arange(len(last)), last] = batch.rewards * cfg.reward_scale
-                targets = n_step_targets(rewards, bootstrap, mask, cfg.gamma, cfg.n_steps)  # (U, N)
+                target_q, rewards = target_logits[..., :n_actions].float(), batch.rewards * cfg.reward_scale
+                targets = episode_td_targets(q.detach(), target_q, mask, rewards, cfg.gamma, cfg.n_steps)
             actions = batch.input_ids[:, -n_new:]  # (U, N) the token taken in each state
             q_taken = q.gather(-1, actions[..., None]).squeeze(-1)  # (U, N)
             rows, positions = batch.rows, batch.positions  # (B,)
@@ -389,10 +329,7 @@ class DQN(TextAlgorithm):
             total_timesteps, callback, reset_num_timesteps, tb_log_name or self.algo_name, progress_bar
         )
         callback.on_training_start(locals(), globals())
-        hparams = {k: v for k, v in self._hparams().items() if isinstance(v, (int, float, str, bool))}
-        self.logger.record(
-            "hparams", HParam(hparams, {"rollout/ep_rew_mean": 0.0}), exclude=("stdout", "log", "json", "csv")
-        )
+        self._record_hparams()
         last_dump = self._episode_num
         assert self.env is not None
         while self.num_timesteps < total_timesteps:
@@ -423,11 +360,8 @@ class DQN(TextAlgorithm):
         self.logger.record("time/fps", int((self.num_timesteps - self._num_timesteps_at_start) / elapsed))
         self.logger.record("time/episodes", self._episode_num, exclude="tensorboard")
         self.logger.record("time/total_timesteps", self.num_timesteps, exclude="tensorboard")
-        for fmt in self.logger.output_formats:
-            if isinstance(fmt, TensorBoardOutputFormat) and self._log_samples:
-                text = "\n\n".join(f"**prompt:** {p}  \n**completion:** {c}" for p, c in self._log_samples)
-                fmt.writer.add_text("rollout/samples", text, self.num_timesteps)
-        self._log_samples = []
+        self._log_samples(self._pending_samples)
+        self._pending_samples = []
         self.logger.dump(step=self.num_timesteps)
 
     # ---- saving --------------------------------------------------------------------------------------------
@@ -443,13 +377,16 @@ class DQN(TextAlgorithm):
         self.last_target_update = int(state["last_target_update"])
         self.replay_rng.bit_generator.state = state["replay_rng"]
 
-    def save(self, path: str | os.PathLike, exclude: Any = None, include: Any = None) -> None:  # type: ignore[override]
-        """The base checkpoint plus ``target.pt`` and (if ``save_replay_buffer``) ``replay.npz``."""
-        super().save(path)
-        directory = Path(path).with_suffix("") if Path(path).suffix == ".zip" else Path(path)
+    def _save_extra_files(self, directory: Path) -> None:
+        """The target network (``target.pt``) and, if ``save_replay_buffer``, the replay (``replay.npz``)."""
         torch.save(self.target.lm.state_dict(), directory / "target.pt")
         if self.config.save_replay_buffer:
             self.save_replay_buffer(directory / "replay.npz")
+
+    def _load_extra_files(self, directory: Path) -> None:
+        self.target.lm.load_state_dict(torch.load(directory / "target.pt", map_location=self.device))
+        if (directory / "replay.npz").is_file():
+            self.load_replay_buffer(directory / "replay.npz")
 
     def save_replay_buffer(self, path: str | os.PathLike) -> None:
         """SB3's ``save_replay_buffer``: the compact buffer as an ``.npz`` file."""
@@ -458,16 +395,3 @@ class DQN(TextAlgorithm):
     def load_replay_buffer(self, path: str | os.PathLike) -> None:
         """SB3's ``load_replay_buffer``."""
         self.replay.load(Path(path))
-
-    @classmethod
-    def load(  # type: ignore[override]
-        cls, path: str | os.PathLike, env: Any = None, device: Any = "auto", **kwargs: Any
-    ) -> DQN:
-        """Rebuild a DQN from :meth:`save`'s directory: weights, optimizer, target, replay, RNG, counters."""
-        agent = super().load(path, env=env, device=device, **kwargs)
-        assert isinstance(agent, DQN)
-        directory = Path(path).with_suffix("") if Path(path).suffix == ".zip" else Path(path)
-        agent.target.lm.load_state_dict(torch.load(directory / "target.pt", map_location=agent.device))
-        if (directory / "replay.npz").is_file():
-            agent.load_replay_buffer(directory / "replay.npz")
-        return agent

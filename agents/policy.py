@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
-from transformers import DynamicCache, PreTrainedModel
+from transformers import DynamicCache, GenerationConfig, PreTrainedModel
 from transformers.cache_utils import DynamicLayer
 
 from agents.losses import logprobs_from_logits
@@ -223,3 +224,40 @@ def cached_step(
     cache.fed_ids, cache.fed_mask, cache.fed_len = input_ids.clone(), attention_mask.clone(), cur_len
     _crop_left(cache)
     return logits[:, -1].float(), values[:, -1]  # (B, V), (B,)
+
+
+@torch.no_grad()
+def generate_completions(
+    lm: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    max_new_tokens: int,
+    n_actions: int,
+    pad_token_id: int,
+    eos_token_id: int | None,
+    deterministic: bool,
+) -> torch.Tensor:
+    """Sequence-level actions: (B, N) completions of (B, T) prompts from ``lm.generate``, right-padded.
+
+    ``lm`` is a transformers causal LM (a ``PreTrainedModel`` with ``GenerationMixin``).
+
+    Pure sampling (no top-k/top-p, temperature 1), or greedy when ``deterministic``; token ids
+    ``>= n_actions`` (vocabulary rows outside the action space) are never generated.
+    """
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=not deterministic,
+        top_k=0,
+        top_p=1.0,
+        temperature=1.0,
+        pad_token_id=pad_token_id,
+        eos_token_id=eos_token_id,
+    )
+    vocab = lm.get_output_embeddings().weight.shape[0]
+    if vocab > n_actions:
+        config.suppress_tokens = list(range(n_actions, vocab))
+    out = lm.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
+    completion = out[:, input_ids.shape[1] :]  # (B, <=N)
+    actions = torch.full((input_ids.shape[0], max_new_tokens), pad_token_id, device=input_ids.device)
+    actions[:, : completion.shape[1]] = completion
+    return actions

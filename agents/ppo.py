@@ -32,7 +32,7 @@ from agents.losses import (
 
 @dataclass
 class PPOConfig(AgentConfig):
-    """PPO settings (on top of :class:`~agents.base.AgentConfig`)."""
+    """PPO settings (on top of :class:`~agents.config.AgentConfig`)."""
 
     n_epochs: int = 4
     """Passes over each rollout."""

@@ -30,7 +30,7 @@ BASELINES = ("moving_average", "rloo")
 
 @dataclass
 class REINFORCEConfig(AgentConfig):
-    """REINFORCE settings (on top of :class:`~agents.base.AgentConfig`)."""
+    """REINFORCE settings (on top of :class:`~agents.config.AgentConfig`)."""
 
     baseline: str = "moving_average"
     """``"moving_average"`` or ``"rloo"`` (leave-one-out over episodes that share a prompt)."""

@@ -14,7 +14,8 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.logger import Logger
 
 import textenv  # noqa: F401  (registers the envs)
-from agents.dqn import DQN, DQNConfig, conservative_penalty, double_dqn_values, n_step_targets
+from agents.dqn import DQN, DQNConfig
+from agents.q_learning import conservative_penalty, double_dqn_values, n_step_targets
 from agents.replay import ReplayBuffer
 from agents.vec_env import wrap_vector_env
 
