@@ -104,9 +104,9 @@ class PPO(TextAlgorithm):
         continue_training = True
         count = len(batch.rewards)
         for _epoch in range(cfg.n_epochs):
+            order = torch.randperm(count, device=self.device)
             for start in range(0, count, cfg.minibatch_size):
-                idx = torch.randperm(count, device=self.device) if start == 0 else idx  # noqa: F821
-                mb = idx[start : start + cfg.minibatch_size]
+                mb = order[start : start + cfg.minibatch_size]
                 ids, attn, mb_mask = batch.input_ids[mb], batch.attention_mask[mb], mask[mb]
                 logits, values = self.engine(
                     ids[:, :-1], attn[:, :-1], logits_to_keep=n_new

@@ -18,6 +18,7 @@ import re
 from collections.abc import Callable
 
 from textenv import data
+from textenv.benchmark_tasks import error_correction
 from textenv.data import Example, PromptDataset
 
 DEFAULT_TASK = "drugs-sentiment"
@@ -88,6 +89,7 @@ def shakespeare(split: str = "train") -> PromptDataset:
 TASKS: dict[str, Callable[[str], PromptDataset]] = {
     "drugs-sentiment": drugs_sentiment,
     "shakespeare": shakespeare,
+    "error-correction": error_correction,
 }
 
 

@@ -1,0 +1,275 @@
+"""Comparison report of benchmark runs: markdown tables (mean ± std over seeds) and learning curves.
+
+    python -m benchmarks.report runs/                  # writes runs/report/report.md and runs/report/*.png
+    python -m benchmarks.report runs/ --out docs/results --tags rollout/ep_rew_mean eval/reward
+
+Every directory below the given paths that holds TensorBoard event files is one run; it belongs to the group
+``<env-id>/<algo>`` named by its ``summary.json`` (written by :mod:`benchmarks.run`) or, without one, by its
+path ``.../<env-id>/<algo>/seed<k>-<time>/``. Scalars are read with TensorBoard's ``EventAccumulator``.
+
+- Table per env id: one row per scalar tag, one column per algorithm; each cell is the mean ± sample std over
+  seeds of the run's last value of that tag (for ``eval/*``, the evaluation after training), and ``(n=k)``.
+- Curves per env id and tag: one line per algorithm (the mean over seeds, on the union of their steps,
+  interpolated) with a band of ± one std; x is env steps (generated tokens).
+- Provenance: the model, budget, machine and package versions of every group, from the summaries.
+- ``vs_trl.json`` directly in a given path (from :mod:`benchmarks.vs_trl`) becomes the "vs TRL" table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+CURVE_TAGS = ("rollout/ep_rew_mean", "rollout/kl", "eval/reward")
+"""Tags plotted by default, beside every ``rollout/<side metric>`` a run logged."""
+
+
+@dataclass
+class Run:
+    """One run: its group, its scalars ``tag -> (steps, values)`` and its summary (may be empty)."""
+
+    path: Path
+    env_id: str
+    algo: str
+    scalars: dict[str, tuple[np.ndarray, np.ndarray]]
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def load_run(path: Path) -> Run:
+    """Read every scalar of the event files in ``path`` (all events kept, not TensorBoard's sample)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(path), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    scalars = {}
+    for tag in accumulator.Tags()["scalars"]:
+        events = accumulator.Scalars(tag)
+        scalars[tag] = (np.array([e.step for e in events]), np.array([e.value for e in events], dtype=float))
+    summary_file = path / "summary.json"
+    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+    env_id = summary.get("env_id") or path.parent.parent.name
+    algo = summary.get("args", {}).get("algo") or path.parent.name
+    return Run(path, env_id, algo, scalars, summary)
+
+
+def find_runs(paths: list[str | Path]) -> list[Run]:
+    """All run directories (those holding ``events.out.tfevents*``) below ``paths``, sorted by path."""
+    directories = sorted(
+        {event.parent for root in paths for event in Path(root).rglob("events.out.tfevents*")}
+    )
+    return [load_run(directory) for directory in directories]
+
+
+def mean_std(values: list[float]) -> str:
+    """``"mean ± std (n=k)"`` with the sample std (0 for one value).
+
+    >>> mean_std([1.0, 2.0, 3.0])
+    '2 ± 1 (n=3)'
+    """
+    array = np.asarray(values, dtype=float)
+    std = float(array.std(ddof=1)) if len(array) > 1 else 0.0
+    return f"{array.mean():.4g} ± {std:.2g} (n={len(array)})"
+
+
+def group(runs: list[Run]) -> dict[str, dict[str, list[Run]]]:
+    """``env_id -> algo -> runs``."""
+    groups: dict[str, dict[str, list[Run]]] = defaultdict(lambda: defaultdict(list))
+    for run in runs:
+        groups[run.env_id][run.algo].append(run)
+    return groups
+
+
+def table(by_algo: dict[str, list[Run]]) -> str:
+    """Markdown table: rows are tags, columns algorithms, cells mean ± std of the last values over seeds."""
+    algos = sorted(by_algo)
+    tags = sorted({tag for runs in by_algo.values() for run in runs for tag in run.scalars})
+    lines = ["| metric | " + " | ".join(algos) + " |", "|---" * (len(algos) + 1) + "|"]
+    for tag in tags:
+        cells = []
+        for algo in algos:
+            finals = [float(run.scalars[tag][1][-1]) for run in by_algo[algo] if tag in run.scalars]
+            cells.append(mean_std(finals) if finals else "–")
+        lines.append(f"| {tag} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def curve(runs: list[Run], tag: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(steps, mean, std) of ``tag`` over ``runs`` on the union of their steps (each run interpolated within
+    its own range; a step counts the runs that reached it)."""
+    series = [run.scalars[tag] for run in runs if tag in run.scalars and len(run.scalars[tag][0])]
+    if not series:
+        return None
+    steps = np.unique(np.concatenate([s for s, _ in series]))
+    grid = np.full((len(series), len(steps)), np.nan)
+    for row, (s, v) in enumerate(series):
+        inside = (steps >= s.min()) & (steps <= s.max())
+        grid[row, inside] = np.interp(steps[inside], s, v)
+    counts = np.sum(~np.isnan(grid), 0)
+    mean = np.nanmean(grid, 0)
+    std = np.where(counts > 1, np.nanstd(np.where(np.isnan(grid), mean, grid), 0, ddof=0), 0.0)
+    return steps, mean, std
+
+
+def plot(env_id: str, by_algo: dict[str, list[Run]], tag: str, out: Path) -> Path | None:
+    """One PNG: a line per algorithm with a ± std band over seeds; None if no run logged ``tag``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    drawn = False
+    for algo in sorted(by_algo):
+        result = curve(by_algo[algo], tag)
+        if result is None:
+            continue
+        steps, mean, std = result
+        marker = "o" if len(steps) < 4 else None
+        axis.plot(steps, mean, label=f"{algo} (n={len(by_algo[algo])})", marker=marker)
+        axis.fill_between(steps, mean - std, mean + std, alpha=0.2)
+        drawn = True
+    if not drawn:
+        plt.close(figure)
+        return None
+    axis.set(title=f"{env_id}: {tag}", xlabel="env steps (generated tokens)", ylabel=tag)
+    axis.grid(alpha=0.3)
+    axis.legend()
+    path = out / f"{env_id}__{tag.replace('/', '_')}.png"
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def overoptimisation(env_id: str, by_algo: dict[str, list[Run]], gold: str, out: Path) -> Path | None:
+    """Proxy reward (the trained-on reward) and ``gold`` against the KL to the reference, each iteration of
+    every run: a gold curve that falls while the proxy still rises is over-optimisation (None: not logged)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tags = ("rollout/ep_rew_mean", gold)
+    runs = [
+        (algo, r)
+        for algo in sorted(by_algo)
+        for r in by_algo[algo]
+        if {"rollout/kl", *tags} <= set(r.scalars)
+    ]
+    if not runs:
+        return None
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for index, (algo, run) in enumerate(runs):
+        kl = run.scalars["rollout/kl"]
+        for axis, tag in zip(axes, tags, strict=True):
+            steps, values = run.scalars[tag]
+            x = np.interp(steps, kl[0], kl[1])  # KL at the steps the metric was logged
+            axis.plot(
+                x,
+                values,
+                marker=".",
+                color=f"C{sorted(by_algo).index(algo)}",
+                label=algo if index == 0 or runs[index - 1][0] != algo else None,
+            )
+    for axis, tag in zip(axes, ("proxy: " + tags[0], "gold: " + gold), strict=True):
+        axis.set(xlabel="KL to reference (per episode)", ylabel=tag, title=f"{env_id}: {tag}")
+        axis.grid(alpha=0.3)
+        axis.legend()
+    path = out / f"{env_id}__overoptimisation.png"
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def provenance(by_algo: dict[str, list[Run]]) -> list[str]:
+    """Lines saying which model, budget, machine and versions produced each group's runs."""
+    lines = []
+    for algo in sorted(by_algo):
+        for run in by_algo[algo]:
+            summary = run.summary
+            if not summary:
+                lines.append(f"- {algo} `{run.path.name}`: no summary.json")
+                continue
+            args, machine, versions = (
+                summary.get("args", {}),
+                summary.get("machine", {}),
+                summary.get("versions", {}),
+            )
+            lines.append(
+                f"- {algo} seed {summary.get('seed')}: model `{args.get('model')}`, "
+                f"budget `{args.get('budget')}`, "
+                f"{summary.get('timesteps')} steps in {summary.get('wall_time_s', 0):.0f} s on "
+                f"{machine.get('gpu') or machine.get('processor')} ({machine.get('cpu_count')} CPUs, "
+                f"{machine.get('torch_threads')} torch threads); "
+                + ", ".join(f"{k} {v}" for k, v in versions.items() if v)
+                + f"; `{summary.get('command', '')}`"
+            )
+    return lines
+
+
+def write_report(paths: list[str | Path], out: Path, tags: list[str] | None = None) -> Path:
+    """Write ``out/report.md`` and the PNG curves for every run under ``paths``; returns the markdown path."""
+    runs = find_runs(paths)
+    if not runs:
+        raise SystemExit(
+            f"No TensorBoard event files under {', '.join(map(str, paths))}; run benchmarks.run first."
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    sections = [
+        "# Benchmark report",
+        "",
+        f"{len(runs)} runs read from {', '.join(map(str, paths))}. "
+        "Cells: mean ± sample std over seeds of each "
+        "run's last value (eval/*: after training). Regenerate with "
+        f"`python -m benchmarks.report {' '.join(map(str, paths))}`.",
+    ]
+    for env_id, by_algo in sorted(group(runs).items()):
+        sections += ["", f"## {env_id}", "", table(by_algo), ""]
+        logged = {tag for runs_ in by_algo.values() for run in runs_ for tag in run.scalars}
+        wanted = tags or [
+            t for t in logged if t in CURVE_TAGS or (t.startswith("rollout/") and t[8:].isalpha())
+        ]
+        for tag in sorted(set(wanted)):
+            png = plot(env_id, by_algo, tag, out)
+            if png is not None:
+                sections.append(f"![{env_id} {tag}]({png.name})")
+        png = overoptimisation(env_id, by_algo, "rollout/classifier", out)
+        if png is not None:
+            sections.append(f"![{env_id} proxy vs gold]({png.name})")
+        sections += ["", "Produced by:", *provenance(by_algo)]
+    for root in paths:
+        comparison = Path(root) / "vs_trl.json"
+        if comparison.is_file():
+            from benchmarks.vs_trl import markdown
+
+            payload = json.loads(comparison.read_text())
+            settings = ", ".join(f"{k}={v}" for k, v in payload["args"].items())
+            sections += ["", f"## vs TRL ({comparison})", "", markdown(payload["results"]), "", settings]
+    report = out / "report.md"
+    report.write_text("\n".join(sections) + "\n")
+    return report
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("paths", nargs="+", help="run directories or roots to search (e.g. runs/)")
+    parser.add_argument("--out", default=None, help="output directory (default: <first path>/report)")
+    parser.add_argument(
+        "--tags", nargs="*", default=None, help="scalar tags to plot (default: reward, KL, side metrics)"
+    )
+    args = parser.parse_args(argv)
+    out = Path(args.out) if args.out else Path(args.paths[0]) / "report"
+    report = write_report(args.paths, out, args.tags)
+    print(f"wrote {report}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,417 @@
+"""Run a benchmark task with an algorithm over several seeds; every number lands in TensorBoard and JSON.
+
+    python -m benchmarks.run --task sentiment --algo ppo --seeds 0 1 2 --budget 20it
+    python -m benchmarks.run --suite cpu            # the whole published CPU benchmark, then the report
+
+Tasks (``textenv.benchmark_tasks``): ``sentiment``, ``error-rate``, ``similarity``, ``preference``.
+Algorithms: ``zero-shot`` (the untrained model), ``ppo``, ``reinforce`` (moving-average baseline), ``rloo``
+(REINFORCE with a leave-one-out baseline over ``--group-size`` samples per prompt), ``dqn``.
+
+Budget: ``--budget 20000`` is env steps, i.e. generated tokens summed over all envs (``total_timesteps``);
+``--budget 20it`` is rollout/update iterations of ``--episodes-per-rollout`` episodes each.
+
+Each seed writes ``<logdir>/<env-id>/<algo>/seed<k>-<time>/``: TensorBoard events (the agent's ``rollout/``,
+``train/``, ``time/`` scalars; ``rollout/<metric>`` for every side metric of the task on the training
+samples, logged each iteration; ``eval/*`` on the fixed test prompts before and after training) and
+``summary.json`` (the full config, the seed, package versions, the machine, wall time and the evaluations).
+Evaluation samples ``--eval-prompts`` test prompts (the first ones of the test split) with pure sampling
+(temperature 1, no top-k/top-p) under ``torch.manual_seed(seed)``, so before and after use the same seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import importlib.metadata
+import inspect
+import json
+import os
+import platform
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from textenv import benchmark_tasks
+from textenv.benchmark_tasks import BENCHMARKS
+
+ALGOS = ("zero-shot", "ppo", "reinforce", "rloo", "dqn")
+PACKAGES = ("textenv", "torch", "transformers", "deepspeed", "gymnasium", "stable-baselines3", "numpy", "trl")
+
+
+@dataclass
+class Args:
+    task: str = "sentiment"
+    """Benchmark task: sentiment, error-rate, similarity or preference."""
+    algo: str = "zero-shot"
+    """zero-shot, ppo, reinforce, rloo or dqn."""
+    seeds: list[int] = field(default_factory=lambda: [0])
+    """Seeds; one run each (seeds the agent, the prompt sampler and the evaluation samples)."""
+    budget: str = "10it"
+    """Training budget: '<n>' env steps (generated tokens over all envs) or '<n>it' iterations."""
+    model: str = "smollm2-135m-instruct"
+    """Policy model: a textenv model name or a local HF directory."""
+    reward: str | None = None
+    """Override the task's reward (e.g. 'vader' for sentiment); None keeps the task's own."""
+    reward_model: str | None = None
+    """Preference task: directory of a trained PreferenceRewardModel; None uses (or trains) the cached one."""
+    num_envs: int = 16
+    """Environments stepped in one batch."""
+    episodes_per_rollout: int = 32
+    """Finished episodes per iteration (rollout + update)."""
+    minibatch_size: int = 8
+    """Episodes per gradient step."""
+    learning_rate: float = 1e-5
+    """AdamW learning rate."""
+    init_kl_coef: float = 0.05
+    """KL penalty coefficient against the reference (initial value of the adaptive controller)."""
+    group_size: int = 4
+    """rloo: samples per prompt."""
+    max_new_tokens: int | None = None
+    """Completion length N; None keeps the task's."""
+    eval_prompts: int = 64
+    """Held-out test prompts evaluated before and after training."""
+    eval_batch_size: int = 16
+    """Prompts per generate() call in evaluation."""
+    heldout_texts: int = 32
+    """Held-out human reviews whose perplexity under the policy measures drift (sentiment, preference)."""
+    logdir: str = "runs"
+    """Root directory of the runs."""
+    suite: str | None = None
+    """Run a named suite (cpu, gpu, smoke): its (task, algo, budget) list for each seed, then (not smoke)
+    benchmarks.vs_trl, then benchmarks.report on --logdir."""
+    threads: int | None = None
+    """torch intra-op threads; None keeps torch's default."""
+    progress_bar: bool = True
+    """Show a progress bar."""
+
+    def __post_init__(self) -> None:
+        if self.task not in BENCHMARKS:
+            raise ValueError(f"--task {self.task!r} is not known; use one of {', '.join(BENCHMARKS)}.")
+        if self.algo not in ALGOS:
+            raise ValueError(f"--algo {self.algo!r} is not known; use one of {', '.join(ALGOS)}.")
+        if self.suite is not None and self.suite not in SUITES:
+            raise ValueError(f"--suite {self.suite!r} is not known; use one of {', '.join(SUITES)}.")
+        parse_budget(self.budget)
+
+
+SUITES: dict[str, list[tuple[str, str, str]]] = {
+    "cpu": [(task, algo, "20000") for task in BENCHMARKS for algo in ALGOS],
+    "gpu": [(task, algo, "200000") for task in BENCHMARKS for algo in ALGOS],
+    "smoke": [("sentiment", "zero-shot", "1it"), ("error-rate", "ppo", "1it")],
+}
+"""Named suites: every (task, algo, budget) of a published table, run for each of --seeds. Budgets are env
+steps (generated tokens), equal for every algorithm: about 10 PPO iterations of 32 episodes x 48 tokens."""
+
+
+def parse_budget(budget: str) -> tuple[int, str]:
+    """``'20000'`` -> ``(20000, 'steps')``; ``'20it'`` -> ``(20, 'iterations')``.
+
+    >>> parse_budget("20it"), parse_budget("4096")
+    ((20, 'iterations'), (4096, 'steps'))
+    """
+    text = budget.strip().lower()
+    unit = "iterations" if text.endswith("it") else "steps"
+    try:
+        value = int(text.removesuffix("it"))
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(
+            f"--budget {budget!r} is not valid; use e.g. 20000 (env steps) or 20it (iterations)."
+        )
+    return value, unit
+
+
+def parse_args(argv: list[str] | None = None) -> Args:
+    """Build the CLI from the fields of :class:`Args` (each field's docstring is its --help)."""
+    tree = ast.parse(inspect.getsource(Args))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs = {
+        getattr(node.target, "id", ""): body[i + 1].value.value
+        for i, node in enumerate(body[:-1])
+        if isinstance(node, ast.AnnAssign) and isinstance(body[i + 1], ast.Expr)
+    }
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
+    for item in dataclasses.fields(Args):
+        flag, default = "--" + item.name.replace("_", "-"), Args().__getattribute__(item.name)
+        help_text = f"{docs.get(item.name, '')} (default: {default})"
+        if isinstance(default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+        elif item.name == "seeds":
+            parser.add_argument(flag, type=int, nargs="+", default=default, help=help_text)
+        else:
+            kind = {"int": int, "float": float, "int | None": int}.get(str(item.type), str)
+            parser.add_argument(flag, type=kind, default=default, help=help_text)
+    return Args(**vars(parser.parse_args(argv)))
+
+
+# ---- evaluation -----------------------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate(
+    lm: Any, reference: Any, env: Any, args: Args, seed: int, metrics: dict[str, Any]
+) -> dict[str, Any]:
+    """Sample completions for the first ``args.eval_prompts`` test prompts and score them (see module doc)."""
+    core, tokenizer = env.unwrapped.core, env.unwrapped.tokenizer
+    count = min(args.eval_prompts, len(core.dataset))
+    was_training, n_new = lm.training, core.max_new_tokens
+    lm.eval()
+    torch.manual_seed(seed)
+    completions, kls, lengths = [], [], []
+    for start in range(0, count, args.eval_batch_size):
+        encoded = [core.encode_prompt(i) for i in range(start, min(count, start + args.eval_batch_size))]
+        ids = torch.as_tensor(np.stack([e[0] for e in encoded]))  # (B, P)
+        mask = torch.as_tensor(np.stack([e[1] for e in encoded]))  # (B, P)
+        sampling = {"do_sample": True, "top_k": 0, "top_p": 1.0, "temperature": 1.0, "max_new_tokens": n_new}
+        out = lm.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            pad_token_id=core.pad_token_id,
+            eos_token_id=core.eos_token_id,
+            **sampling,
+        )[:, ids.shape[1] :]  # (B, <=N), padded after EOS
+        is_eos = (out == core.eos_token_id).long()
+        gen_mask = ((is_eos.cumsum(-1) - is_eos) == 0).long()  # (B, N): tokens up to the first EOS, inclusive
+        full_ids, full_mask = torch.cat([ids, out], 1), torch.cat([mask, gen_mask], 1)  # (B, P+N)
+        if reference is not lm:
+            n_gen = out.shape[1]
+            log_ratio = benchmark_tasks.sequence_logprobs(
+                lm, full_ids, full_mask, n_gen
+            ) - benchmark_tasks.sequence_logprobs(reference, full_ids, full_mask, n_gen)  # (B, n_gen)
+            kls += (log_ratio * gen_mask).sum(-1).tolist()
+        lengths += gen_mask.sum(-1).tolist()
+        completions += core.decode([core.completion_ids(row) for row in out.numpy()])
+    examples = [core.dataset[i] for i in range(count)]
+    prompts, references = [e.prompt for e in examples], [e.reference for e in examples]
+    scores = core.score(range(count), completions)
+    results: dict[str, Any] = {
+        "reward": float(scores.mean()),
+        "reward_std": float(scores.std()),
+        "kl_to_reference": float(np.mean(kls)) if kls else 0.0,
+        "distinct_1": benchmark_tasks.distinct_n(completions, 1),
+        "distinct_2": benchmark_tasks.distinct_n(completions, 2),
+        "completion_tokens": float(np.mean(lengths)),
+    }
+    for name, metric in metrics.items():
+        results[name] = float(np.mean(metric(prompts, completions, references)))
+    if BENCHMARKS[args.task].heldout_text and args.heldout_texts:
+        results["heldout_perplexity"] = benchmark_tasks.perplexity(
+            lm, tokenizer, benchmark_tasks.heldout_reviews(args.heldout_texts)
+        )
+    lm.train(was_training)
+    results["_samples"] = completions[:4]
+    return results
+
+
+# ---- training -------------------------------------------------------------------------------------------
+def agent_class(algo: str) -> Any:
+    import agents
+
+    name = {"ppo": "PPO", "reinforce": "REINFORCE", "rloo": "REINFORCE", "dqn": "DQN"}[algo]
+    if not hasattr(agents, name):
+        raise SystemExit(
+            f"--algo {algo} needs agents.{name}, which this checkout does not provide yet "
+            f"(agents/{algo}.py). Use --algo ppo, reinforce or rloo, or update the repository."
+        )
+    return getattr(agents, name)
+
+
+def step_cap(iterations: int, episodes: int, num_envs: int, max_new_tokens: int) -> int:
+    """An env-step bound that ``iterations`` iterations never reach (each collects at most ``episodes`` plus
+    ``num_envs`` in-flight episodes of ``max_new_tokens`` tokens), so an iteration budget is what stops
+    training and the progress bar has a finite total.
+
+    >>> step_cap(2, 8, 4, 10)
+    240
+    """
+    return iterations * (episodes + num_envs) * max_new_tokens
+
+
+def make_callbacks(args: Args, metrics: dict[str, Any]) -> list[Any]:
+    """Per-iteration side metrics on the training samples, and the iteration budget."""
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class RolloutMetrics(BaseCallback):
+        """Logs ``rollout/<name>`` (mean over the iteration's finished episodes) for each side metric."""
+
+        def _on_rollout_start(self) -> None:
+            self.samples: list[tuple[str, str, str | None]] = []
+
+        def _on_step(self) -> bool:
+            for info, done in zip(self.locals["infos"], self.locals["dones"], strict=True):
+                if done and "completion" in info:
+                    self.samples.append((info["prompt"], info["completion"], info.get("reference")))
+            return True
+
+        def _on_rollout_end(self) -> None:
+            if self.samples:
+                prompts, completions, references = map(list, zip(*self.samples, strict=True))
+                for name, metric in metrics.items():
+                    self.logger.record(
+                        f"rollout/{name}", float(np.mean(metric(prompts, completions, references)))
+                    )
+
+    class IterationBudget(BaseCallback):
+        """Stops training after ``limit`` rollout/update iterations."""
+
+        def __init__(self, limit: int) -> None:
+            super().__init__()
+            self.limit, self.done = limit, 0
+
+        def _on_rollout_end(self) -> None:
+            self.done += 1
+
+        def _on_step(self) -> bool:
+            return self.done < self.limit
+
+    budget, unit = parse_budget(args.budget)
+    return [RolloutMetrics()] + ([IterationBudget(budget)] if unit == "iterations" else [])
+
+
+def environment(args: Args) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"model": args.model, "reward": args.reward, "reward_model": args.reward_model}
+    if args.max_new_tokens is not None:
+        kwargs["max_new_tokens"] = args.max_new_tokens
+    if args.algo == "rloo":
+        kwargs["group_size"] = args.group_size
+    return kwargs
+
+
+def versions() -> dict[str, str | None]:
+    found: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+    }
+
+
+def log_eval(logger: Any, results: dict[str, Any], step: int) -> None:
+    for name, value in results.items():
+        if not name.startswith("_"):
+            logger.record(f"eval/{name}", value)
+    logger.dump(step=step)
+
+
+def run_seed(args: Args, seed: int, command: str = "") -> Path:
+    """One run: evaluate, train (unless zero-shot), evaluate again; returns the run directory."""
+    from stable_baselines3.common.logger import configure
+
+    import textenv
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    spec = BENCHMARKS[args.task]
+    run_dir = Path(args.logdir) / spec.env_id / args.algo / f"seed{seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+    logger = configure(str(run_dir), ["tensorboard"])
+    env_kwargs = environment(args)
+    eval_env = gym.make(spec.env_id, split="test", **env_kwargs)
+    metrics = {name: benchmark_tasks.build_reward(name) for name in spec.metrics}
+    agent, hparams = None, {}
+    if args.algo == "zero-shot":
+        lm = reference = textenv.load_model(args.model)
+    else:
+        algo = agent_class(args.algo)
+        train_env = gym.make_vec(
+            spec.env_id, num_envs=args.num_envs, vectorization_mode="vector_entry_point", **env_kwargs
+        )
+        wanted = {
+            "learning_rate": args.learning_rate,
+            "episodes_per_rollout": args.episodes_per_rollout,
+            "minibatch_size": args.minibatch_size,
+            "init_kl_coef": args.init_kl_coef,
+            "baseline": "rloo" if args.algo == "rloo" else "moving_average",
+        }
+        names = {f.name for f in dataclasses.fields(algo.config_class)}
+        agent = algo(
+            train_env, model=args.model, seed=seed, **{k: v for k, v in wanted.items() if k in names}
+        )
+        agent.set_logger(logger)
+        lm, reference = agent.module.lm, agent.reference.lm
+        hparams = agent._hparams()
+    start = time.perf_counter()
+    before = after = evaluate(lm, reference, eval_env, args, seed, metrics)
+    log_eval(logger, before, step=0)
+    timesteps = 0
+    if agent is not None:
+        budget, unit = parse_budget(args.budget)
+        n_new = int(eval_env.get_wrapper_attr("max_new_tokens"))
+        agent.learn(
+            total_timesteps=budget
+            if unit == "steps"
+            else step_cap(budget, args.episodes_per_rollout, args.num_envs, n_new),
+            callback=make_callbacks(args, metrics),
+            tb_log_name=args.algo,
+            progress_bar=args.progress_bar,
+        )
+        timesteps = agent.num_timesteps
+        after = evaluate(lm, reference, eval_env, args, seed, metrics)
+        log_eval(logger, after, step=timesteps)
+    logger.close()
+    summary = {
+        "env_id": spec.env_id,
+        "benchmark": dataclasses.asdict(spec),
+        "args": dataclasses.asdict(args),
+        "seed": seed,
+        "agent": hparams,
+        "env_kwargs": env_kwargs,
+        "timesteps": timesteps,
+        "wall_time_s": time.perf_counter() - start,
+        "eval_before": before,
+        "eval_after": after,
+        "versions": versions(),
+        "machine": machine(),
+        "command": command,
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    return run_dir
+
+
+def main(argv: list[str] | None = None) -> list[Path]:
+    args = parse_args(argv)
+    command = " ".join(["python -m benchmarks.run", *(sys.argv[1:] if argv is None else argv)])
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    plan = SUITES[args.suite] if args.suite else [(args.task, args.algo, args.budget)]
+    run_dirs = []
+    for task, algo, budget in plan:
+        job = dataclasses.replace(args, task=task, algo=algo, budget=budget)
+        for seed in args.seeds:
+            run_dir = run_seed(job, seed, command)
+            summary = json.loads((run_dir / "summary.json").read_text())
+            print(
+                f"{task} {algo} seed {seed}: eval reward {summary['eval_before']['reward']:.4f} -> "
+                f"{summary['eval_after']['reward']:.4f} ({summary['wall_time_s']:.0f} s) in {run_dir}"
+            )
+            run_dirs.append(run_dir)
+    if args.suite:
+        from benchmarks import report, vs_trl
+
+        if args.suite != "smoke":
+            vs_trl.main(["--model", args.model, "--out", str(Path(args.logdir) / "vs_trl.json")])
+        report.main([args.logdir])
+    return run_dirs
+
+
+if __name__ == "__main__":
+    main()

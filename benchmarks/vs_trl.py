@@ -1,0 +1,264 @@
+"""Side by side with TRL: the same task, model, reward, batch and lengths, on the same machine, in one run.
+
+    python -m benchmarks.vs_trl                                   # SmolLM2-135M, sentiment, 10 minutes each
+    python -m benchmarks.vs_trl --model tiny-sp --seconds 5 --max-new-tokens 8 --eval-prompts 4   # smoke
+
+Contestants, each given the same wall-clock budget (``--seconds``; training stops at the first iteration
+boundary after it):
+
+- ``trl-grpo``: ``trl.GRPOTrainer`` with ``--batch`` completions per step in groups of ``--group-size`` per
+  prompt (``num_generations``), one gradient step per generation batch, ``beta`` = our KL coefficient,
+  ``use_cpu`` without bf16 when no GPU, pure sampling (temperature 1, no top-k/top-p), prompts left-truncated
+  to ``P`` tokens beforehand (GRPOConfig has no prompt length limit).
+- ``ours-rloo``: :class:`agents.REINFORCE` with the leave-one-out baseline on the same groups.
+- ``ours-ppo``: :class:`agents.PPO` with ``--batch`` episodes per rollout.
+
+Reported per contestant: iterations, wall time per iteration (mean, and median: robust to a slow first step
+and to other load on the machine), completion tokens per second (generated tokens,
+counted up to EOS, over total training wall time: generation plus update), the training reward of the last
+iteration and the mean reward on the same held-out test prompts after training, sampled with the same seed by
+:func:`benchmarks.run.evaluate`. Written as JSON (``--out``) and printed as a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from benchmarks import run
+from textenv.benchmark_tasks import BENCHMARKS, build_reward
+
+
+@dataclass
+class CompareArgs:
+    model: str = "smollm2-135m-instruct"
+    """Policy model (textenv name or local HF directory)."""
+    task: str = "sentiment"
+    """Benchmark task (see textenv.benchmark_tasks)."""
+    reward: str = ""
+    """Reward override (e.g. vader); empty keeps the task's reward."""
+    seconds: float = 600.0
+    """Wall-clock training budget of each contestant."""
+    batch: int = 16
+    """Completions per iteration (TRL: per_device_train_batch_size = generation_batch_size)."""
+    group_size: int = 4
+    """Completions per prompt (TRL num_generations; our RLOO group)."""
+    max_new_tokens: int = 48
+    """Completion length N."""
+    learning_rate: float = 1e-5
+    """AdamW learning rate for all."""
+    kl_coef: float = 0.05
+    """KL coefficient to the reference (TRL beta; our init_kl_coef, fixed)."""
+    eval_prompts: int = 32
+    """Held-out test prompts scored after training."""
+    seed: int = 0
+    """Seed of every contestant and of the evaluation samples."""
+    contestants: str = "trl-grpo,ours-rloo,ours-ppo"
+    """Comma-separated subset to run."""
+    out: str = "runs/vs_trl.json"
+    """Where the JSON results go."""
+
+
+def parse_args(argv: list[str] | None) -> CompareArgs:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.vs_trl", description=__doc__.split("\n\n")[0])
+    for name, default in vars(CompareArgs()).items():
+        parser.add_argument("--" + name.replace("_", "-"), type=type(default), default=default)
+    return CompareArgs(**vars(parser.parse_args(argv)))
+
+
+def env_kwargs(args: CompareArgs) -> dict[str, Any]:
+    return {"model": args.model, "reward": args.reward or None, "max_new_tokens": args.max_new_tokens}
+
+
+def finish(
+    name: str, lm: Any, reference: Any, args: CompareArgs, history: list[tuple[float, float, int]]
+) -> dict:
+    """Summary of a contestant from its per-iteration (elapsed s, mean reward, completion tokens) history."""
+    eval_env = gym.make(BENCHMARKS[args.task].env_id, split="test", **env_kwargs(args))
+    eval_args = run.Args(task=args.task, eval_prompts=args.eval_prompts, heldout_texts=0)
+    evaluation = run.evaluate(lm, reference, eval_env, eval_args, args.seed, {})
+    seconds = history[-1][0] if history else 0.0
+    tokens = sum(h[2] for h in history)
+    return {
+        "contestant": name,
+        "iterations": len(history),
+        "seconds": seconds,
+        "seconds_per_iteration": seconds / max(1, len(history)),
+        "median_seconds_per_iteration": float(np.median(np.diff([0.0] + [h[0] for h in history])))
+        if history
+        else float("nan"),
+        "completion_tokens_per_s": tokens / max(seconds, 1e-9),
+        "last_train_reward": history[-1][1] if history else float("nan"),
+        "eval_reward": evaluation["reward"],
+        "eval_kl_to_reference": evaluation["kl_to_reference"],
+        "history": history,
+    }
+
+
+def train_trl(args: CompareArgs) -> dict:
+    """GRPOTrainer on the task's train prompts (left-truncated to P tokens), stopped after ``seconds``."""
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from transformers.trainer_callback import PrinterCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    import textenv
+    from textenv.models import model_dir
+
+    spec = BENCHMARKS[args.task]
+    tokenizer = textenv.load_tokenizer(args.model)
+    dataset = run.benchmark_tasks.benchmark_dataset(spec.task, "train")
+    prompts = [
+        tokenizer.decode(
+            tokenizer(e.prompt, add_special_tokens=False)["input_ids"][-spec.max_prompt_tokens :]
+        )
+        for e in dataset
+    ]
+    train_data = Dataset.from_dict({"prompt": prompts, "reference": [e.reference or "" for e in dataset]})
+    reward_fn = build_reward(args.reward or spec.reward)
+
+    def reward(
+        prompts: list[str], completions: list[str], reference: list[str], **_: Any
+    ) -> list[float | None]:
+        return [float(x) for x in reward_fn(prompts, completions, reference)]
+
+    history: list[tuple[float, float, int]] = []
+    budget = args  # the callback's own `args` parameter is TRL's config
+
+    class Clock(TrainerCallback):
+        def on_train_begin(self, *_: Any, **__: Any) -> None:
+            self.start = time.perf_counter()
+
+        def on_log(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            logs = kwargs.get("logs") or {}
+            if "reward" in logs:
+                tokens = int(round(logs.get("completions/mean_length", 0.0) * budget.batch))
+                history.append((time.perf_counter() - self.start, float(logs["reward"]), tokens))
+                control.should_training_stop = history[-1][0] >= budget.seconds
+
+    use_gpu = torch.cuda.is_available()
+    config = GRPOConfig(
+        output_dir=str(Path(args.out).parent / "trl-grpo"),
+        per_device_train_batch_size=args.batch,
+        generation_batch_size=args.batch,
+        num_generations=args.group_size,
+        max_completion_length=args.max_new_tokens,
+        num_iterations=1,
+        learning_rate=args.learning_rate,
+        beta=args.kl_coef,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        max_steps=10**6,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=not use_gpu,
+        bf16=use_gpu,
+        seed=args.seed,
+        disable_tqdm=True,
+    )
+    model = str(model_dir(args.model))  # a local HF directory: TRL builds its reference model from it too
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=reward,
+        args=config,
+        train_dataset=train_data,
+        processing_class=tokenizer,
+        callbacks=[Clock()],
+    )
+    trainer.remove_callback(PrinterCallback)  # it prints every log dict to stdout
+    trainer.train()
+    lm = trainer.accelerator.unwrap_model(trainer.model)
+    reference = textenv.load_model(args.model)
+    return finish("trl-grpo", lm, reference, args, history)
+
+
+def train_ours(args: CompareArgs, algo: str) -> dict:
+    """Our agent on the registered benchmark env, stopped after ``seconds``."""
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    spec = BENCHMARKS[args.task]
+    kwargs = env_kwargs(args) | ({"group_size": args.group_size} if algo == "rloo" else {})
+    env = gym.make_vec(spec.env_id, num_envs=args.batch, vectorization_mode="vector_entry_point", **kwargs)
+    settings = {
+        "learning_rate": args.learning_rate,
+        "episodes_per_rollout": args.batch,
+        "minibatch_size": max(1, args.batch // 2),
+        "init_kl_coef": args.kl_coef,
+        "target_kl_ref": None,
+    }
+    agent = run.agent_class(algo)(
+        env, model=args.model, seed=args.seed, **settings, **({"baseline": "rloo"} if algo == "rloo" else {})
+    )
+    history: list[tuple[float, float, int]] = []
+
+    class Clock(BaseCallback):
+        def _on_training_start(self) -> None:
+            self.start, self.tokens = time.perf_counter(), 0
+            self.rewards: list[float] = []
+
+        def _on_step(self) -> bool:
+            self.tokens += int(self.training_env.num_envs)
+            self.rewards += [
+                float(r) for r, d in zip(self.locals["rewards"], self.locals["dones"], strict=True) if d
+            ]
+            return not history or history[-1][0] < args.seconds
+
+        def _on_rollout_start(self) -> None:  # the previous iteration (rollout + update) has finished
+            if self.rewards:
+                history.append((time.perf_counter() - self.start, float(np.mean(self.rewards)), self.tokens))
+            self.rewards, self.tokens = [], 0
+
+    agent.learn(total_timesteps=10**12, callback=Clock())
+    return finish(f"ours-{algo}", agent.module.lm, agent.reference.lm, args, history)
+
+
+def markdown(results: list[dict]) -> str:
+    lines = [
+        "| contestant | iterations | s / iteration (median) | completion tokens / s | last train reward | "
+        "eval reward |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['contestant']} | {r['iterations']} | {r['seconds_per_iteration']:.2f} "
+            f"({r.get('median_seconds_per_iteration', float('nan')):.2f}) | "
+            f"{r['completion_tokens_per_s']:.1f} | {r['last_train_reward']:.4f} | {r['eval_reward']:.4f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    args = parse_args(argv)
+    results = []
+    for name in args.contestants.split(","):
+        torch.manual_seed(args.seed)
+        results.append(
+            train_trl(args) if name == "trl-grpo" else train_ours(args, name.removeprefix("ours-"))
+        )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "args": dataclasses.asdict(args),
+        "results": results,
+        "versions": run.versions(),
+        "machine": run.machine(),
+    }
+    out.write_text(json.dumps(payload, indent=2) + "\n")
+    print(markdown(results))
+    print(f"wrote {out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

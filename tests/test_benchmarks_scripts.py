@@ -1,0 +1,208 @@
+"""Smoke runs of the benchmark scripts on the tiny model with tiny budgets (each a few seconds on 2 cores)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import agents
+from benchmarks import quickstart, report, run, vs_trl
+
+TINY = [
+    "--model",
+    "tiny-sp",
+    "--threads",
+    "1",
+    "--no-progress-bar",
+    "--eval-prompts",
+    "4",
+    "--eval-batch-size",
+    "4",
+]
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def test_run_then_report(tmp_path: Path) -> None:
+    logdir = str(tmp_path / "runs")
+    zero = run.main(
+        [
+            "--task",
+            "sentiment",
+            "--reward",
+            "vader",
+            "--algo",
+            "zero-shot",
+            "--seeds",
+            "0",
+            "1",
+            "--heldout-texts",
+            "2",
+            "--max-new-tokens",
+            "6",
+            "--logdir",
+            logdir,
+            *TINY,
+        ]
+    )
+    ppo = run.main(
+        [
+            "--task",
+            "error-rate",
+            "--algo",
+            "ppo",
+            "--budget",
+            "1it",
+            "--num-envs",
+            "4",
+            "--episodes-per-rollout",
+            "4",
+            "--minibatch-size",
+            "4",
+            "--max-new-tokens",
+            "4",
+            "--logdir",
+            logdir,
+            *TINY,
+        ]
+    )
+    assert [p.parent.name for p in zero] == ["zero-shot", "zero-shot"] and zero[
+        0
+    ].parent.parent.name == "TextGen-Sentiment-v0"
+    summary = json.loads((ppo[0] / "summary.json").read_text())
+    assert summary["seed"] == 0 and summary["versions"]["torch"] and summary["timesteps"] > 0
+    assert {"reward", "kl_to_reference", "distinct_1", "distinct_2", "cer"} <= set(summary["eval_after"])
+    assert "heldout_perplexity" in json.loads((zero[0] / "summary.json").read_text())["eval_after"]
+
+    markdown = report.main([logdir, "--out", str(tmp_path / "report")]).read_text()
+    assert "## TextGen-ErrorRate-v0" in markdown and "| eval/reward |" in markdown and "(n=2)" in markdown
+    assert "tiny-sp" in markdown  # provenance from the summaries
+    assert (tmp_path / "report" / "TextGen-ErrorRate-v0__rollout_ep_rew_mean.png").stat().st_size > 1000
+
+
+def test_run_seeds_are_reproducible(tmp_path: Path) -> None:
+    args = [
+        "--task",
+        "similarity",
+        "--reward",
+        "chrf",
+        "--max-new-tokens",
+        "4",
+        "--logdir",
+        str(tmp_path),
+        *TINY,
+    ]
+    first, second = run.main(args), run.main(args)
+    rewards = [json.loads((d / "summary.json").read_text())["eval_after"]["reward"] for d in first + second]
+    assert rewards[0] == rewards[1]
+
+
+def test_run_dqn_or_explain_that_it_is_missing(tmp_path: Path) -> None:
+    argv = [
+        "--task",
+        "error-rate",
+        "--algo",
+        "dqn",
+        "--budget",
+        "8",
+        "--num-envs",
+        "2",
+        "--max-new-tokens",
+        "2",
+    ]
+    if not hasattr(agents, "DQN"):
+        with pytest.raises(SystemExit, match="agents.DQN"):
+            run.main([*argv, "--logdir", str(tmp_path), *TINY])
+        return
+    (run_dir,) = run.main([*argv, "--logdir", str(tmp_path), *TINY])
+    assert json.loads((run_dir / "summary.json").read_text())["timesteps"] >= 8
+
+
+def test_bad_budget_says_how_to_fix() -> None:
+    with pytest.raises(ValueError, match="20it"):
+        run.parse_args(["--budget", "lots"])
+
+
+def test_quickstart_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    before, after = quickstart.main(
+        [
+            "--model",
+            "tiny-sp",
+            "--iterations",
+            "1",
+            "--episodes",
+            "4",
+            "--num-envs",
+            "4",
+            "--minibatch-size",
+            "4",
+            "--max-new-tokens",
+            "4",
+            "--eval-prompts",
+            "4",
+            "--logdir",
+            str(tmp_path),
+        ]
+    )
+    out = capsys.readouterr().out
+    assert "before training" in out and "tensorboard --logdir" in out
+    assert isinstance(before, float) and isinstance(after, float)
+
+
+def test_vs_trl_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "vs.json"
+    results = vs_trl.main(
+        [
+            "--model",
+            "tiny-sp",
+            "--reward",
+            "vader",
+            "--seconds",
+            "0.5",
+            "--batch",
+            "4",
+            "--group-size",
+            "2",
+            "--max-new-tokens",
+            "4",
+            "--eval-prompts",
+            "2",
+            "--contestants",
+            "trl-grpo,ours-rloo",
+            "--out",
+            str(out),
+        ]
+    )
+    assert [r["contestant"] for r in results] == ["trl-grpo", "ours-rloo"]
+    assert all(r["iterations"] >= 1 and r["completion_tokens_per_s"] > 0 for r in results)
+    assert json.loads(out.read_text())["versions"]["trl"]
+
+
+def test_report_aggregates_seeds_and_plots_proxy_against_gold(tmp_path: Path) -> None:
+    from stable_baselines3.common.logger import configure
+
+    for algo, offset in [("ppo", 0.0), ("reinforce", 1.0)]:
+        for seed in (0, 1):
+            logger = configure(
+                str(tmp_path / "TextGen-Preference-v0" / algo / f"seed{seed}-x"), ["tensorboard"]
+            )
+            for step in (10, 20, 30):
+                logger.record("rollout/ep_rew_mean", offset + seed + step / 10)
+                logger.record("rollout/kl", step / 10)
+                logger.record("rollout/classifier", 1.0 - step / 100)
+                logger.dump(step=step)
+            logger.close()
+    markdown = report.main([str(tmp_path)]).read_text()
+    # last values: ppo seeds 3 and 4 -> 3.5 ± 0.71; reinforce 4 and 5 -> 4.5 ± 0.71
+    assert "| rollout/ep_rew_mean | 3.5 ± 0.71 (n=2) | 4.5 ± 0.71 (n=2) |" in markdown
+    assert (tmp_path / "report" / "TextGen-Preference-v0__overoptimisation.png").is_file()
+    result = report.curve(report.find_runs([tmp_path / "TextGen-Preference-v0" / "ppo"]), "rollout/kl")
+    assert result is not None
+    steps, mean, std = result
+    assert steps.tolist() == [10, 20, 30] and mean.tolist() == [1.0, 2.0, 3.0] and std.tolist() == [0, 0, 0]

@@ -1,0 +1,79 @@
+"""The benchmark tasks: seeded noise, deterministic splits, preference pairs and the env factories."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+from textenv import benchmark_tasks
+from textenv.benchmark_tasks import BENCHMARKS, corrupt, error_correction, preference_pairs
+
+
+def test_corrupt_is_seeded_and_always_changes_the_text() -> None:
+    text = "I have been taking this medicine for three weeks now"
+    first = [corrupt(text, np.random.default_rng(seed)) for seed in range(20)]
+    again = [corrupt(text, np.random.default_rng(seed)) for seed in range(20)]
+    assert first == again
+    assert all(noisy != text for noisy in first)
+    assert len(set(first)) > 10  # different seeds give different noise
+
+
+def test_corrupt_rejects_bad_rates() -> None:
+    with pytest.raises(ValueError, match="typo_rate"):
+        corrupt("a b c", np.random.default_rng(0), typo_rate=1.5)
+
+
+def test_error_correction_splits_are_deterministic_and_disjoint() -> None:
+    test = error_correction("test")
+    error_correction.cache_clear()
+    assert [e.prompt for e in error_correction("test")] == [e.prompt for e in test]
+    train_refs = {e.reference for e in error_correction("train")}
+    assert len(test) == 300 and {e.metadata["source"] for e in test} == {"drugs.com", "shakespeare"}
+    assert test[0].prompt.startswith("Fix the typos: ") and test[0].prompt.endswith("\nCorrected:")
+    overlap = sum(e.reference in train_refs for e in test)
+    assert overlap < 0.05 * len(test)  # only repeated stock phrases can occur in both splits
+
+
+def test_preference_pairs_prefer_positive_continuations() -> None:
+    from textenv.data import drug_review_rows
+
+    halves: dict[str, set[str]] = {"positive": set(), "negative": set()}
+    for row in drug_review_rows("test"):
+        words = row["review"].split()
+        if row["label"] in halves:
+            halves[row["label"]].add(" " + " ".join(words[max(1, len(words) // 2) :]))
+    triples = preference_pairs("test")
+    assert triples == preference_pairs("test")
+    assert all(
+        chosen in halves["positive"] and rejected in halves["negative"] for _, chosen, rejected in triples
+    )
+    assert len(triples) == 342  # one pair per positive or negative test review
+
+
+def test_benchmark_env_ids_make_checked_envs() -> None:
+    env = gym.make("TextGen-ErrorRate-v0", model="tiny-sp", max_new_tokens=4, split="test")
+    check_env(env.unwrapped, skip_render_check=True)
+    obs, info = env.reset(seed=0)
+    assert info["prompt"].startswith("Fix the typos:") and obs["input_ids"].shape == (64 + 4,)
+    for _ in range(4):
+        obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
+    assert truncated and float(reward) <= 0.0 and "completion" in info
+    vec = gym.make_vec(
+        "TextGen-Sentiment-v0",
+        num_envs=2,
+        vectorization_mode="vector_entry_point",
+        model="tiny-sp",
+        reward="vader",
+        max_new_tokens=3,
+    )
+    assert vec.num_envs == 2 and vec.unwrapped.max_new_tokens == 3  # type: ignore[attr-defined]
+
+
+def test_unknown_names_say_what_to_use() -> None:
+    with pytest.raises(ValueError, match="sentiment"):
+        benchmark_tasks.env_kwargs("nope")
+    with pytest.raises(ValueError, match="classifier"):
+        benchmark_tasks.build_reward("nope")
+    assert set(BENCHMARKS) == {"sentiment", "error-rate", "similarity", "preference"}
