@@ -343,9 +343,10 @@ def run_seed(args: Args, seed: int, command: str = "") -> Path:
             "baseline": "rloo" if args.algo == "rloo" else "moving_average",
         }
         names = {f.name for f in dataclasses.fields(algo.config_class)}
-        agent = algo(
-            train_env, model=args.model, seed=seed, **{k: v for k, v in wanted.items() if k in names}
-        )
+        settings = {k: v for k, v in wanted.items() if k in names}
+        if args.algo == "dqn":  # DQN's preset for a 135M model: a few replay updates per round of episodes
+            settings = {"config": algo.config_class.smollm2_sentiment(**settings)}
+        agent = algo(train_env, model=args.model, seed=seed, **settings)
         agent.set_logger(logger)
         lm, reference = agent.module.lm, agent.reference.lm
         hparams = agent._hparams()
