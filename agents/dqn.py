@@ -124,7 +124,7 @@ class DQNConfig:
     def smollm2_sentiment(cls, **overrides: Any) -> DQNConfig:
         """Settings for SmolLM2-135M on the default sentiment task (benchmarks at equal samples vs PPO)."""
         settings: dict[str, Any] = dict(batch_size=16, buffer_size=50_000, learning_starts=1_536, n_steps=8)
-        # one round of 4 updates per 16 finished episodes: a 135M update on CPU costs seconds, not milliseconds
+        # one round of 4 updates per 16 finished episodes: a 135M update on CPU takes seconds
         settings.update(train_freq=(16, "episode"), gradient_steps=4, target_update_interval=1_536)
         settings.update(reward_scale=5.0)
         return cls(**{**settings, **overrides})
