@@ -246,6 +246,15 @@ class CoreAttributes:
     """Exposes the core's settings on an environment (``env.unwrapped.tokenizer`` and friends)."""
 
     core: TextGenCore
+    metadata: dict[str, Any]
+
+    def _setup_core(self, render_mode: str | None, *core_args: Any) -> None:
+        """Check ``render_mode`` against ``metadata`` and build the shared core from the env's arguments."""
+        modes = self.metadata["render_modes"]
+        if render_mode is not None and render_mode not in modes:
+            raise ValueError(f"render_mode={render_mode!r} is not supported; use one of {modes}.")
+        self.core = TextGenCore(*core_args)
+        self.render_mode = render_mode
 
     @property
     def tokenizer(self) -> Any:

@@ -13,7 +13,7 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from textenv.envs.core import CoreAttributes, PromptSampler, RewardFn, TextGenCore
+from textenv.envs.core import CoreAttributes, PromptSampler, RewardFn
 
 
 class TextGenSeqEnv(CoreAttributes, gym.Env):
@@ -74,11 +74,8 @@ class TextGenSeqEnv(CoreAttributes, gym.Env):
         split: str = "train",
         vocab_size: int | None = None,
     ) -> None:
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(
-                f"render_mode={render_mode!r} is not supported; use one of {self.metadata['render_modes']}."
-            )
-        self.core = TextGenCore(
+        self._setup_core(
+            render_mode,
             model,
             tokenizer,
             task,
@@ -90,7 +87,6 @@ class TextGenSeqEnv(CoreAttributes, gym.Env):
             split,
             vocab_size,
         )
-        self.render_mode = render_mode
         self.action_space = spaces.MultiDiscrete(np.full(self.max_new_tokens, self.core.vocab_size))
         self.observation_space = self.core.observation_space(self.max_prompt_tokens)
         self._sampler = PromptSampler(len(self.dataset), group_size)

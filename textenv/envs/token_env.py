@@ -9,7 +9,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from textenv.envs.core import CoreAttributes, PromptSampler, RewardFn, TextGenCore
+from textenv.envs.core import CoreAttributes, PromptSampler, RewardFn
 
 
 class TextGenEnv(CoreAttributes, gym.Env):
@@ -84,11 +84,8 @@ class TextGenEnv(CoreAttributes, gym.Env):
         split: str = "train",
         vocab_size: int | None = None,
     ) -> None:
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(
-                f"render_mode={render_mode!r} is not supported; use one of {self.metadata['render_modes']}."
-            )
-        self.core = TextGenCore(
+        self._setup_core(
+            render_mode,
             model,
             tokenizer,
             task,
@@ -100,7 +97,6 @@ class TextGenEnv(CoreAttributes, gym.Env):
             split,
             vocab_size,
         )
-        self.render_mode = render_mode
         self.action_space = spaces.Discrete(self.core.vocab_size)
         self.observation_space = self.core.observation_space(self.max_prompt_tokens + self.max_new_tokens)
         self._sampler = PromptSampler(len(self.dataset), group_size)

@@ -11,7 +11,7 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from textenv.envs.core import CoreAttributes, PromptSampler, RewardFn, TextGenCore
+from textenv.envs.core import CoreAttributes, PromptSampler, RewardFn
 
 
 class TextGenVectorEnv(CoreAttributes, VectorEnv):
@@ -59,11 +59,8 @@ class TextGenVectorEnv(CoreAttributes, VectorEnv):
     ) -> None:
         if not isinstance(num_envs, int) or num_envs < 1:
             raise ValueError(f"num_envs={num_envs!r} must be a positive int.")
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(
-                f"render_mode={render_mode!r} is not supported; use one of {self.metadata['render_modes']}."
-            )
-        self.core = TextGenCore(
+        self._setup_core(
+            render_mode,
             model,
             tokenizer,
             task,
@@ -76,7 +73,6 @@ class TextGenVectorEnv(CoreAttributes, VectorEnv):
             vocab_size,
         )
         self.num_envs = num_envs
-        self.render_mode = render_mode
         P, N = self.max_prompt_tokens, self.max_new_tokens
         self.single_action_space = spaces.Discrete(self.core.vocab_size)
         self.action_space = spaces.MultiDiscrete(np.full(num_envs, self.core.vocab_size))
