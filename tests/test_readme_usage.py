@@ -1,0 +1,80 @@
+"""The README's quick tour, run as written but with the tiny model and a small budget."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+from stable_baselines3.common.callbacks import CheckpointCallback, EvalCallback
+from stable_baselines3.common.evaluation import evaluate_policy
+from transformers import AutoModelForCausalLM
+
+import rewards
+import textenv  # noqa: F401
+from agents import PPO
+from agents.vec_env import wrap_vector_env
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = {"model": "tiny-sp", "max_new_tokens": 6}
+
+
+def test_env_tour() -> None:
+    env = gym.make("TextGen-v0", render_mode="ansi", **SMALL)
+    obs, info = env.reset(seed=0)
+    assert obs["input_ids"].shape == (64 + 6,) and "prompt" in info
+    obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
+    assert isinstance(env.render(), str) and env.render()
+    venv = gym.make_vec("TextGen-v0", num_envs=8, vectorization_mode="vector_entry_point", **SMALL)
+    assert venv.reset(seed=0)[0]["input_ids"].shape == (8, 70)
+    seq = gym.make("TextGenSeq-v0", **SMALL)
+    assert seq.reset(seed=0)[0]["input_ids"].shape == (64,)
+
+
+def test_agent_tour(tmp_path: Path) -> None:
+    reward_fn = rewards.WeightedSum(
+        [rewards.VaderSentiment(), rewards.RepetitionPenalty()], weights=[1.0, 0.2]
+    )
+    env = gym.make_vec(
+        "TextGen-v0", num_envs=4, vectorization_mode="vector_entry_point", reward_fn=reward_fn, **SMALL
+    )
+    eval_env = wrap_vector_env(
+        gym.make_vec(
+            "TextGen-v0",
+            num_envs=2,
+            split="test",
+            vectorization_mode="vector_entry_point",
+            reward_fn=reward_fn,
+            **SMALL,
+        )
+    )
+    agent = PPO(
+        env,
+        model="tiny-sp",
+        deepspeed_config=str(ROOT / "agents/configs/ds_cpu.json"),
+        tensorboard_log=str(tmp_path / "runs"),
+        episodes_per_rollout=8,
+        minibatch_size=4,
+        seed=0,
+    )
+    checkpoints = tmp_path / "ckpt"
+    agent.learn(
+        total_timesteps=160,
+        callback=[CheckpointCallback(20, str(checkpoints)), EvalCallback(eval_env, eval_freq=20)],
+    )
+    assert agent.num_timesteps >= 160
+    assert any(checkpoints.iterdir()), "CheckpointCallback wrote nothing"
+    mean, std = evaluate_policy(agent, eval_env, n_eval_episodes=4)
+    assert np.isfinite(mean) and np.isfinite(std)
+
+    agent.save(tmp_path / "ppo_sentiment")
+    loaded = PPO.load(tmp_path / "ppo_sentiment", env=env)
+    for (name, a), (_, b) in zip(
+        agent.module.state_dict().items(), loaded.module.state_dict().items(), strict=True
+    ):
+        assert np.array_equal(a.numpy(), b.numpy()), name
+
+    agent.export(tmp_path / "ppo_sentiment_hf")
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "ppo_sentiment_hf")
+    for name, tensor in plain.state_dict().items():
+        assert np.array_equal(tensor.numpy(), agent.module.lm.state_dict()[name].numpy()), name
