@@ -94,6 +94,7 @@ class TextAlgorithm(BaseAlgorithm):
         self.reference = ReferenceModel(self._reference_lm or self._lm).to(self.device)
 
     def _setup_model(self) -> None:
+        assert self.env is not None  # __init__ and load always pass an env
         layout = read_layout(self.env, self._lm, self.config.max_new_tokens, self.model_source)
         self.token_level, self.n_actions = layout.token_level, layout.n_actions
         self.prompt_len, self.max_new_tokens = layout.prompt_len, layout.max_new_tokens
@@ -109,7 +110,8 @@ class TextAlgorithm(BaseAlgorithm):
         )
         self.ds_config = ds_config
         self.engine = engine.initialize(self.module, ds_config)
-        self.policy = self.module  # SB3 names the trained module `policy`
+        # SB3 names the trained module `policy`; ours is an nn.Module, not an SB3 BasePolicy
+        self.policy = self.module  # type: ignore[assignment]
         self.kl_ctl = AdaptiveKLController(
             self.config.init_kl_coef, self.config.target_kl_ref, self.config.kl_horizon
         )
@@ -142,7 +144,7 @@ class TextAlgorithm(BaseAlgorithm):
         n_new, n_actions, pad, eos = self.max_new_tokens, self.n_actions, self.pad_token_id, self.eos_token_id
         return generate_completions(self.module.lm, ids, mask, n_new, n_actions, pad, eos, deterministic)
 
-    def predict(
+    def predict(  # type: ignore[override]  # textenv observations are always Dict(input_ids, attention_mask)
         self,
         observation: dict[str, np.ndarray],
         state: Any = None,
@@ -374,7 +376,8 @@ class TextAlgorithm(BaseAlgorithm):
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "engine", "module", "reference", "_lm", "_reference_lm"]
 
-    def save(self, path: str | os.PathLike, exclude: Any = None, include: Any = None) -> None:  # noqa: ARG002
+    # override: a checkpoint is a directory, so no file objects (SB3's save also takes a BufferedIOBase)
+    def save(self, path: str | os.PathLike, exclude: Any = None, include: Any = None) -> None:  # type: ignore[override]  # noqa: ARG002
         """A resumable checkpoint directory: HF export (``model/``), reference, optimizer, KL, RNG."""
         checkpoint.save(self, Path(path))
 

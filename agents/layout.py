@@ -54,7 +54,7 @@ def read_layout(env: VecEnv, lm: PreTrainedModel, max_new_tokens: int | None, mo
             "attention_mask=Box(int64, (T,))) as TextGen-v0 / TextGenSeq-v0 provide"
         )
     shape = obs_space["input_ids"].shape
-    if len(shape) != 1 or obs_space["attention_mask"].shape != shape:
+    if shape is None or len(shape) != 1 or obs_space["attention_mask"].shape != shape:
         raise ValueError(f"input_ids and attention_mask must both be 1-D of equal length, got {obs_space}")
     length = shape[0]
     if isinstance(action_space, spaces.MultiDiscrete):

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, cast
 
 import torch
 from torch import nn
@@ -120,6 +120,18 @@ class StepCache:
     prefill_tokens: int = field(default=0)
 
 
+class _KVLayer(Protocol):
+    """A filled full-attention cache layer: ``DynamicLayer`` with its (B, H, L, D) tensors set."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+
+
+def _kv_layers(past: DynamicCache) -> list[_KVLayer]:
+    """``past.layers`` typed as filled ``DynamicLayer``s (what :func:`_check_layers` and a prefill ensure)."""
+    return cast("list[_KVLayer]", past.layers)
+
+
 def _check_layers(past: DynamicCache) -> None:
     for layer in past.layers:
         if type(layer) is not DynamicLayer:
@@ -138,7 +150,7 @@ def _write_rows(cache: StepCache, rows: torch.Tensor, prefill: DynamicCache, mas
     length, prefill_len = cache.slot_mask.shape[1], mask.shape[1]
     if length < prefill_len:  # grow every row on the left with empty slots
         grow = prefill_len - length
-        for layer in cache.past.layers:
+        for layer in _kv_layers(cache.past):
             pad = layer.keys.new_zeros(*layer.keys.shape[:2], grow, layer.keys.shape[-1])
             layer.keys = torch.cat([pad, layer.keys], dim=-2)
             pad = layer.values.new_zeros(*layer.values.shape[:2], grow, layer.values.shape[-1])
@@ -148,7 +160,7 @@ def _write_rows(cache: StepCache, rows: torch.Tensor, prefill: DynamicCache, mas
         )
         length = prefill_len
     start = length - prefill_len
-    for layer, new in zip(cache.past.layers, prefill.layers, strict=True):
+    for layer, new in zip(_kv_layers(cache.past), _kv_layers(prefill), strict=True):
         layer.keys[rows, :, start:] = new.keys  # (k, H, Lp, D)
         layer.values[rows, :, start:] = new.values
     cache.slot_mask[rows] = 0
@@ -162,7 +174,7 @@ def _crop_left(cache: StepCache) -> None:
     first = int(used.long().argmax()) if bool(used.any()) else cache.slot_mask.shape[1]
     if first == 0:
         return
-    for layer in cache.past.layers:
+    for layer in _kv_layers(cache.past):
         layer.keys = layer.keys[:, :, first:]
         layer.values = layer.values[:, :, first:]
     cache.slot_mask = cache.slot_mask[:, first:]

@@ -60,8 +60,8 @@ class GymnasiumVecEnv(VecEnv):
                 for key, value in final_info.items():
                     if not key.startswith("_") and final_info.get(f"_{key}", np.ones(self.num_envs, bool))[i]:
                         infos[i][key] = value[i]
-        for i in range(self.num_envs):
-            infos[i]["TimeLimit.truncated"] = bool(truncated[i] and not terminated[i])
+        for env_index in range(self.num_envs):
+            infos[env_index]["TimeLimit.truncated"] = bool(truncated[env_index] and not terminated[env_index])
         return obs, np.asarray(rewards, dtype=np.float32), dones, infos
 
     def close(self) -> None:
@@ -76,7 +76,7 @@ class GymnasiumVecEnv(VecEnv):
 
     def get_attr(self, attr_name: str, indices: Any = None) -> list[Any]:
         value = getattr(self._target(), attr_name)
-        return [value] * len(self._get_indices(indices))
+        return [value] * len(list(self._get_indices(indices)))
 
     def set_attr(self, attr_name: str, value: Any, indices: Any = None) -> None:
         setattr(self._target(), attr_name, value)
@@ -85,10 +85,10 @@ class GymnasiumVecEnv(VecEnv):
         self, method_name: str, *method_args: Any, indices: Any = None, **method_kwargs: Any
     ) -> list[Any]:
         result = getattr(self._target(), method_name)(*method_args, **method_kwargs)
-        return [result] * len(self._get_indices(indices))
+        return [result] * len(list(self._get_indices(indices)))
 
     def env_is_wrapped(self, wrapper_class: type, indices: Any = None) -> list[bool]:
-        return [False] * len(self._get_indices(indices))
+        return [False] * len(list(self._get_indices(indices)))
 
     def get_images(self) -> list[np.ndarray]:
         return []

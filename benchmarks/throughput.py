@@ -21,6 +21,7 @@ import json
 import resource
 import time
 from dataclasses import asdict, dataclass
+from typing import cast
 
 import gymnasium as gym
 import numpy as np
@@ -64,7 +65,7 @@ def zero_reward(prompts, completions, references=None) -> np.ndarray:
     return np.zeros(len(completions), dtype=np.float32)
 
 
-def main() -> dict[str, float]:
+def main() -> dict[str, object]:
     args = parse()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -91,10 +92,12 @@ def main() -> dict[str, float]:
     # 1. rollout through the gym API vs generate()
     rollout_tps = 0.0
     _, callback = agent._setup_learn(total_timesteps=10**9)
+    venv = agent.env
+    assert venv is not None
     for _ in range(args.repeats):
-        agent._last_obs = agent.env.reset()
+        agent._last_obs = cast("dict[str, np.ndarray]", venv.reset())
         agent._step_cache = type(agent._step_cache)()
-        agent.collect_rollouts(agent.env, callback)
+        agent.collect_rollouts(venv, callback)
         rollout_tps = max(rollout_tps, agent._rollout_tokens / agent._rollout_time)
     batch = agent.buffer.get()
     prompt_ids = batch.input_ids[:, : args.prompt_tokens]  # (B, P)
