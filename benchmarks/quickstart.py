@@ -22,6 +22,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 import textenv  # noqa: F401  (registers TextGen-v0)
 from agents import PPO
 from benchmarks import run
+from benchmarks.evaluation import evaluate
 from textenv.benchmark_tasks import build_reward
 
 
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> tuple[float, float]:
     eval_args = run.Args(task="sentiment", eval_prompts=args.eval_prompts, heldout_texts=0)
     policy, reference = agent.module.lm, agent.reference.lm
 
-    before = run.evaluate(policy, reference, test_env, eval_args, args.seed, {})
+    before = evaluate(policy, reference, test_env, eval_args, args.seed, {})
     print(f"before training: mean {args.reward} reward {before['reward']:.4f} on {args.eval_prompts} prompts")
     print(f"  sample: {before['_samples'][0]!r}")
 
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> tuple[float, float]:
     agent.learn(total_timesteps=steps, callback=budget, tb_log_name="ppo", progress_bar=args.iterations > 0)
     minutes = (time.perf_counter() - start) / 60
 
-    after = run.evaluate(policy, reference, test_env, eval_args, args.seed, {})
+    after = evaluate(policy, reference, test_env, eval_args, args.seed, {})
     print(
         f"after {clock.iterations} PPO iterations ({minutes:.1f} min, {agent.num_timesteps} tokens): "
         f"mean {args.reward} reward {after['reward']:.4f} (was {before['reward']:.4f}), "

@@ -39,6 +39,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from benchmarks.evaluation import evaluate
 from textenv import benchmark_tasks
 from textenv.benchmark_tasks import BENCHMARKS
 
@@ -106,6 +107,8 @@ SUITES: dict[str, list[tuple[str, str, str]]] = {
     "cpu": [(task, algo, "20000") for task in BENCHMARKS for algo in ALGOS],
     "gpu": [(task, algo, "200000") for task in BENCHMARKS for algo in ALGOS],
     "smoke": [("sentiment", "zero-shot", "1it"), ("error-rate", "ppo", "1it")],
+    # the CPU table in the README: sentiment only, every algorithm at an equal 4608 generated tokens
+    "sentiment-cpu": [("sentiment", algo, "4608") for algo in ("zero-shot", "ppo", "reinforce", "dqn")],
 }
 """Named suites: every (task, algo, budget) of a published table, run for each of --seeds. Budgets are env
 steps (generated tokens), equal for every algorithm: about 10 PPO iterations of 32 episodes x 48 tokens."""
@@ -151,63 +154,6 @@ def parse_args(argv: list[str] | None = None) -> Args:
             kind = {"int": int, "float": float, "int | None": int}.get(str(item.type), str)
             parser.add_argument(flag, type=kind, default=default, help=help_text)
     return Args(**vars(parser.parse_args(argv)))
-
-
-# ---- evaluation -----------------------------------------------------------------------------------------
-@torch.no_grad()
-def evaluate(
-    lm: Any, reference: Any, env: Any, args: Args, seed: int, metrics: dict[str, Any]
-) -> dict[str, Any]:
-    """Sample completions for the first ``args.eval_prompts`` test prompts and score them (see module doc)."""
-    core, tokenizer = env.unwrapped.core, env.unwrapped.tokenizer
-    count = min(args.eval_prompts, len(core.dataset))
-    was_training, n_new = lm.training, core.max_new_tokens
-    lm.eval()
-    torch.manual_seed(seed)
-    completions, kls, lengths = [], [], []
-    for start in range(0, count, args.eval_batch_size):
-        encoded = [core.encode_prompt(i) for i in range(start, min(count, start + args.eval_batch_size))]
-        ids = torch.as_tensor(np.stack([e[0] for e in encoded]))  # (B, P)
-        mask = torch.as_tensor(np.stack([e[1] for e in encoded]))  # (B, P)
-        sampling = {"do_sample": True, "top_k": 0, "top_p": 1.0, "temperature": 1.0, "max_new_tokens": n_new}
-        out = lm.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            pad_token_id=core.pad_token_id,
-            eos_token_id=core.eos_token_id,
-            **sampling,
-        )[:, ids.shape[1] :]  # (B, <=N), padded after EOS
-        is_eos = (out == core.eos_token_id).long()
-        gen_mask = ((is_eos.cumsum(-1) - is_eos) == 0).long()  # (B, N): tokens up to the first EOS, inclusive
-        full_ids, full_mask = torch.cat([ids, out], 1), torch.cat([mask, gen_mask], 1)  # (B, P+N)
-        if reference is not lm:
-            n_gen = out.shape[1]
-            log_ratio = benchmark_tasks.sequence_logprobs(
-                lm, full_ids, full_mask, n_gen
-            ) - benchmark_tasks.sequence_logprobs(reference, full_ids, full_mask, n_gen)  # (B, n_gen)
-            kls += (log_ratio * gen_mask).sum(-1).tolist()
-        lengths += gen_mask.sum(-1).tolist()
-        completions += core.decode([core.completion_ids(row) for row in out.numpy()])
-    examples = [core.dataset[i] for i in range(count)]
-    prompts, references = [e.prompt for e in examples], [e.reference for e in examples]
-    scores = core.score(range(count), completions)
-    results: dict[str, Any] = {
-        "reward": float(scores.mean()),
-        "reward_std": float(scores.std()),
-        "kl_to_reference": float(np.mean(kls)) if kls else 0.0,
-        "distinct_1": benchmark_tasks.distinct_n(completions, 1),
-        "distinct_2": benchmark_tasks.distinct_n(completions, 2),
-        "completion_tokens": float(np.mean(lengths)),
-    }
-    for name, metric in metrics.items():
-        results[name] = float(np.mean(metric(prompts, completions, references)))
-    if BENCHMARKS[args.task].heldout_text and args.heldout_texts:
-        results["heldout_perplexity"] = benchmark_tasks.perplexity(
-            lm, tokenizer, benchmark_tasks.heldout_reviews(args.heldout_texts)
-        )
-    lm.train(was_training)
-    results["_samples"] = completions[:4]
-    return results
 
 
 # ---- training -------------------------------------------------------------------------------------------

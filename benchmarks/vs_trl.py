@@ -17,7 +17,7 @@ Reported per contestant: iterations, wall time per iteration (mean, and median: 
 and to other load on the machine), completion tokens per second (generated tokens,
 counted up to EOS, over total training wall time: generation plus update), the training reward of the last
 iteration and the mean reward on the same held-out test prompts after training, sampled with the same seed by
-:func:`benchmarks.run.evaluate`. Written as JSON (``--out``) and printed as a markdown table.
+:func:`benchmarks.evaluation.evaluate`. Written as JSON (``--out``) and printed as a markdown table.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from benchmarks import run
+from benchmarks.evaluation import evaluate
 from textenv.benchmark_tasks import BENCHMARKS, build_reward
 
 
@@ -85,7 +86,7 @@ def finish(
     """Summary of a contestant from its per-iteration (elapsed s, mean reward, completion tokens) history."""
     eval_env = gym.make(BENCHMARKS[args.task].env_id, split="test", **env_kwargs(args))
     eval_args = run.Args(task=args.task, eval_prompts=args.eval_prompts, heldout_texts=0)
-    evaluation = run.evaluate(lm, reference, eval_env, eval_args, args.seed, {})
+    evaluation = evaluate(lm, reference, eval_env, eval_args, args.seed, {})
     seconds = history[-1][0] if history else 0.0
     tokens = sum(h[2] for h in history)
     return {
