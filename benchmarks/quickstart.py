@@ -12,8 +12,10 @@ test prompts, sampled with the same seed, and finally the command that opens Ten
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import gymnasium as gym
 import torch
@@ -130,7 +132,8 @@ def main(argv: list[str] | None = None) -> tuple[float, float]:
         f"KL to the start {after['kl_to_reference']:.3f}"
     )
     print(f"  sample: {after['_samples'][0]!r}")
-    print(f"open TensorBoard with:  tensorboard --logdir {agent.run_dir}")
+    tensorboard = Path(sys.executable).parent / "tensorboard"  # the venv's own, also when it is not activated
+    print(f"open TensorBoard with:  {tensorboard} --logdir {agent.run_dir}")
     return before["reward"], after["reward"]
 
 
