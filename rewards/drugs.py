@@ -17,6 +17,7 @@ import json
 import os
 import re
 import zipfile
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -49,17 +50,39 @@ def clean_review(raw: str) -> str:
     >>> clean_review('"I didn&#039;t  like it"')
     "I didn't like it"
     """
-    return re.sub(r"\s+", " ", html.unescape(raw).strip().strip('"')).strip()
+    return re.sub(r"\s+", " ", unescape(raw).strip().strip('"')).strip()
 
 
-def drug_reviews(split: str = "train") -> list[tuple[str, str]]:
-    """``(review text, label)`` pairs of one split; label: ``"positive"``, ``"neutral"`` or ``"negative"``."""
+def unescape(text: str) -> str:
+    """Unescape HTML entities until stable (some reviews are escaped twice, e.g. ``&amp;#039;``).
+
+    >>> unescape("it&amp;#039;s")
+    "it's"
+    """
+    while (unescaped := html.unescape(text)) != text:
+        text = unescaped
+    return text
+
+
+@lru_cache(maxsize=2)
+def drug_review_rows(split: str = "train") -> tuple[dict[str, str], ...]:
+    """Every row of one split with the file's own columns (``rating`` holds the label); ``review`` is cleaned
+    with :func:`clean_review`, ``drugName`` and ``condition`` are unescaped. The one reader of the zip."""
     if split not in SPLITS:
         raise ValueError(f"split={split!r} is not known; use 'train' or 'test'")
     with zipfile.ZipFile(drugs_zip_path()) as archive:
         text = archive.read(SPLITS[split]).decode("utf-8")
-    rows = csv.DictReader(io.StringIO(text), delimiter="\t")
-    return [(clean_review(row["review"]), row["rating"]) for row in rows if row["rating"] in LABELS]
+    rows = []
+    for row in csv.DictReader(io.StringIO(text), delimiter="\t"):
+        cleaned = {"review": clean_review(row["review"])}
+        cleaned.update({key: unescape(row[key]) for key in ("drugName", "condition")})
+        rows.append({**row, **cleaned})
+    return tuple(rows)
+
+
+def drug_reviews(split: str = "train") -> list[tuple[str, str]]:
+    """``(review text, label)`` pairs of one split; label: ``"positive"``, ``"neutral"`` or ``"negative"``."""
+    return [(row["review"], row["rating"]) for row in drug_review_rows(split) if row["rating"] in LABELS]
 
 
 def drug_sentiment_data(split: str = "train") -> tuple[list[str], list[int]]:

