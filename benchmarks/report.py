@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,7 +88,7 @@ def group(runs: list[Run]) -> dict[str, dict[str, list[Run]]]:
 
 def table(by_algo: dict[str, list[Run]]) -> str:
     """Markdown table: rows are tags, columns algorithms, cells mean ± std of the last values over seeds."""
-    algos = sorted(by_algo)
+    algos = ordered(by_algo)
     tags = sorted({tag for runs in by_algo.values() for run in runs for tag in run.scalars})
     lines = ["| metric | " + " | ".join(algos) + " |", "|---" * (len(algos) + 1) + "|"]
     for tag in tags:
@@ -125,7 +126,7 @@ def plot(env_id: str, by_algo: dict[str, list[Run]], tag: str, out: Path) -> Pat
 
     figure, axis = plt.subplots(figsize=(6, 4))
     drawn = False
-    for algo in sorted(by_algo):
+    for algo in ordered(by_algo):
         result = curve(by_algo[algo], tag)
         if result is None:
             continue
@@ -191,7 +192,7 @@ def overoptimisation(env_id: str, by_algo: dict[str, list[Run]], gold: str, out:
 def provenance(by_algo: dict[str, list[Run]]) -> list[str]:
     """Lines saying which model, budget, machine and versions produced each group's runs."""
     lines = []
-    for algo in sorted(by_algo):
+    for algo in ordered(by_algo):
         for run in by_algo[algo]:
             summary = run.summary
             if not summary:
@@ -214,7 +215,88 @@ def provenance(by_algo: dict[str, list[Run]]) -> list[str]:
     return lines
 
 
-def write_report(paths: list[str | Path], out: Path, tags: list[str] | None = None) -> Path:
+ALGO_ORDER = ("zero-shot", "ppo", "reinforce", "rloo", "dqn")
+SKIPPED = ("reward_std", "completion_tokens", "distinct_1")
+"""Evaluation metrics left out of the headline table (they stay in the full per-task tables)."""
+README_BEGIN, README_END = "<!-- benchmarks.report: begin -->", "<!-- benchmarks.report: end -->"
+
+
+def ordered(algos: Any) -> list[str]:
+    """Algorithms in table order: zero-shot, ppo, reinforce, rloo, dqn, then any others alphabetically."""
+    return sorted(algos, key=lambda a: (ALGO_ORDER.index(a) if a in ALGO_ORDER else len(ALGO_ORDER), a))
+
+
+def headline(groups: dict[str, dict[str, list[Run]]]) -> str:
+    """One table for all tasks, from the runs' summaries: every evaluation metric after training, the paired
+    change of the reward (after - before, same seed and prompts) and the wall time; mean ± std over seeds."""
+    algos = ordered({algo for by_algo in groups.values() for algo in by_algo})
+    lines = ["| env id | metric | " + " | ".join(algos) + " |", "|---" * (len(algos) + 2) + "|"]
+    for env_id, by_algo in sorted(groups.items()):
+        summaries = {
+            a: [r.summary for r in runs if r.summary.get("eval_after")] for a, runs in by_algo.items()
+        }
+        names = sorted({k for ss in summaries.values() for s in ss for k in s["eval_after"]})
+        rows: list[tuple[str, Any]] = [("reward", lambda s: s["eval_after"]["reward"])]
+        rows.append(
+            ("reward change (paired)", lambda s: s["eval_after"]["reward"] - s["eval_before"]["reward"])
+        )
+        rows += [
+            (name, lambda s, name=name: s["eval_after"].get(name))
+            for name in names
+            if name not in ("reward", *SKIPPED) and not name.startswith("_")
+        ]
+        rows.append(("wall time (s)", lambda s: s.get("wall_time_s")))
+        for label, get in rows:
+            cells = []
+            for algo in algos:
+                values = [v for v in (get(s) for s in summaries.get(algo, [])) if v is not None]
+                cells.append(mean_std(values) if values else "–")
+            lines.append(f"| {env_id} | {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def extras(root: Path) -> list[str]:
+    """Sections for the JSON results of the suite's extras found directly in ``root``."""
+    sections = []
+    comparison = root / "vs_trl.json"
+    if comparison.is_file():
+        from benchmarks.vs_trl import markdown
+
+        payload = json.loads(comparison.read_text())
+        settings = ", ".join(f"{k}={v}" for k, v in payload["args"].items())
+        sections += ["", f"## vs TRL ({comparison})", "", markdown(payload["results"]), "", settings]
+    for name, title in [
+        ("throughput.json", "Throughput ratios (benchmarks.throughput)"),
+        ("env_overhead.json", "Environment overhead (benchmarks.env_overhead)"),
+        ("reward_speed.json", "Reward speed (benchmarks.reward_speed)"),
+    ]:
+        path = root / name
+        if path.is_file():
+            payload = json.loads(path.read_text())
+            flat = payload.get("samples_per_s", payload)  # reward_speed nests its figures
+            rows = [
+                f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in flat.items()
+            ]
+            sections += ["", f"## {title}", "", "| measure | value |", "|---|---|", *rows]
+    return sections
+
+
+def update_readme(readme: Path, block: str) -> None:
+    """Replace the text between README_BEGIN and README_END in ``readme`` (written to a temporary name, then
+    renamed, so an interrupted write leaves the old file)."""
+    text = readme.read_text()
+    if README_BEGIN not in text or README_END not in text:
+        raise SystemExit(f"{readme} has no {README_BEGIN} ... {README_END} block; add the two markers first.")
+    head, rest = text.split(README_BEGIN, 1)
+    tail = rest.split(README_END, 1)[1]
+    temporary = readme.with_name(readme.name + ".tmp")
+    temporary.write_text(f"{head}{README_BEGIN}\n{block}\n{README_END}{tail}")
+    temporary.replace(readme)
+
+
+def write_report(
+    paths: list[str | Path], out: Path, tags: list[str] | None = None, readme: Path | None = None
+) -> Path:
     """Write ``out/report.md`` and the PNG curves for every run under ``paths``; returns the markdown path."""
     runs = find_runs(paths)
     if not runs:
@@ -229,7 +311,12 @@ def write_report(paths: list[str | Path], out: Path, tags: list[str] | None = No
         "Cells: mean ± sample std over seeds of each "
         "run's last value (eval/*: after training). Regenerate with "
         f"`python -m benchmarks.report {' '.join(map(str, paths))}`.",
+        "",
+        "## Summary",
+        "",
+        headline(group(runs)),
     ]
+    figures = []
     for env_id, by_algo in sorted(group(runs).items()):
         sections += ["", f"## {env_id}", "", table(by_algo), ""]
         logged = {tag for runs_ in by_algo.values() for run in runs_ for tag in run.scalars}
@@ -240,20 +327,30 @@ def write_report(paths: list[str | Path], out: Path, tags: list[str] | None = No
             png = plot(env_id, by_algo, tag, out)
             if png is not None:
                 sections.append(f"![{env_id} {tag}]({png.name})")
+                figures += [png] if tag == "eval/reward" else []
         png = overoptimisation(env_id, by_algo, "rollout/classifier", out)
         if png is not None:
             sections.append(f"![{env_id} proxy vs gold]({png.name})")
         sections += ["", "Produced by:", *provenance(by_algo)]
     for root in paths:
-        comparison = Path(root) / "vs_trl.json"
-        if comparison.is_file():
-            from benchmarks.vs_trl import markdown
-
-            payload = json.loads(comparison.read_text())
-            settings = ", ".join(f"{k}={v}" for k, v in payload["args"].items())
-            sections += ["", f"## vs TRL ({comparison})", "", markdown(payload["results"]), "", settings]
+        sections += extras(Path(root))
     report = out / "report.md"
-    report.write_text("\n".join(sections) + "\n")
+    temporary = out / "report.md.tmp"
+    temporary.write_text("\n".join(sections) + "\n")
+    temporary.replace(report)
+    if readme is not None:
+        where = Path(os.path.relpath(out, readme.parent))
+        block = "\n".join(
+            [
+                headline(group(runs)),
+                "",
+                f"Full tables, every curve and provenance: [{where}/report.md]({where}/report.md).",
+                "",
+            ]
+            + [f"![{png.stem}]({where / png.name})" for png in figures]
+            + [line for root in paths for line in extras(Path(root))]
+        )
+        update_readme(readme, block)
     return report
 
 
@@ -264,9 +361,15 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument(
         "--tags", nargs="*", default=None, help="scalar tags to plot (default: reward, KL, side metrics)"
     )
+    parser.add_argument(
+        "--readme",
+        default=None,
+        help=f"also put the summary table and reward curves into this markdown file, between {README_BEGIN} "
+        f"and {README_END}",
+    )
     args = parser.parse_args(argv)
     out = Path(args.out) if args.out else Path(args.paths[0]) / "report"
-    report = write_report(args.paths, out, args.tags)
+    report = write_report(args.paths, out, args.tags, Path(args.readme) if args.readme else None)
     print(f"wrote {report}")
     return report
 

@@ -86,8 +86,14 @@ class Args:
     logdir: str = "runs"
     """Root directory of the runs."""
     suite: str | None = None
-    """Run a named suite (cpu, gpu, smoke): its (task, algo, budget) list for each seed, then (not smoke)
-    benchmarks.vs_trl, then benchmarks.report on --logdir."""
+    """Run a named suite (cpu, gpu, smoke, sentiment-cpu): its (task, algo, budget) jobs for each seed, then
+    (cpu, gpu) vs_trl, throughput, env_overhead and reward_speed, then benchmarks.report on --logdir."""
+    workers: int = 1
+    """Suite: jobs run at once, each in its own process (with --threads 1 unless --threads is given)."""
+    resume: bool = True
+    """Suite: skip a job whose run (same task, algo, seed, budget) already has a summary.json in --logdir."""
+    extras: bool = True
+    """Suite: after the runs, also run the suite's extras (vs_trl, throughput, env_overhead, reward_speed)."""
     threads: int | None = None
     """torch intra-op threads; None keeps torch's default."""
     progress_bar: bool = True
@@ -103,15 +109,43 @@ class Args:
         parse_budget(self.budget)
 
 
-SUITES: dict[str, list[tuple[str, str, str]]] = {
-    "cpu": [(task, algo, "20000") for task in BENCHMARKS for algo in ALGOS],
-    "gpu": [(task, algo, "200000") for task in BENCHMARKS for algo in ALGOS],
-    "smoke": [("sentiment", "zero-shot", "1it"), ("error-rate", "ppo", "1it")],
-    # the CPU table in the README: sentiment only, every algorithm at an equal 4608 generated tokens
-    "sentiment-cpu": [("sentiment", algo, "4608") for algo in ("zero-shot", "ppo", "reinforce", "dqn")],
+@dataclass(frozen=True)
+class Suite:
+    """A published table: ``jobs`` are (task, algo, budget), each run for every seed; ``settings`` override
+    the command-line defaults of :class:`Args` for every job (an option given on the command line wins)."""
+
+    jobs: list[tuple[str, str, str]]
+    settings: dict[str, Any] = field(default_factory=dict)
+    extras: bool = True
+    """After the runs: benchmarks.vs_trl, throughput, env_overhead and reward_speed into the same logdir."""
+    trl_seconds: int = 240
+    """Wall-clock training budget of each contestant of benchmarks.vs_trl."""
+    publish: str | None = None
+    """Where the report goes (None: ``<logdir>/report``); a published suite also rewrites README.md's
+    ``benchmarks.report`` block when run from the repository root."""
+
+
+#: generated tokens per run, equal for every algorithm of a task: two PPO iterations of 32 episodes of the
+#: task's completion length (48, 40, 24 and 48 tokens)
+CPU_BUDGET = {"sentiment": "3072", "error-rate": "2560", "similarity": "1536", "preference": "3072"}
+TABLE_ALGOS = ("zero-shot", "ppo", "reinforce", "dqn")
+SUITES: dict[str, Suite] = {
+    "cpu": Suite(
+        [(task, algo, CPU_BUDGET[task]) for task in BENCHMARKS for algo in TABLE_ALGOS],
+        {"eval_prompts": 32, "heldout_texts": 16},
+        publish="benchmarks/results/cpu",
+    ),
+    "gpu": Suite([(task, algo, "200000") for task in BENCHMARKS for algo in TABLE_ALGOS], trl_seconds=600),
+    "smoke": Suite([("sentiment", "zero-shot", "1it"), ("error-rate", "ppo", "1it")], extras=False),
+    # the longer single-seed sentiment table of the first release: every algorithm at 4608 generated tokens
+    "sentiment-cpu": Suite(
+        [("sentiment", algo, "4608") for algo in TABLE_ALGOS],
+        {"eval_prompts": 32, "heldout_texts": 16},
+        extras=False,
+    ),
 }
-"""Named suites: every (task, algo, budget) of a published table, run for each of --seeds. Budgets are env
-steps (generated tokens), equal for every algorithm: about 10 PPO iterations of 32 episodes x 48 tokens."""
+"""Named suites. ``cpu`` is the README's table (about two hours for three seeds with ``--workers 2`` on 2
+cores); ``gpu`` the same at a GPU-sized budget."""
 
 
 def parse_budget(budget: str) -> tuple[int, str]:
@@ -290,8 +324,13 @@ def run_seed(args: Args, seed: int, command: str = "") -> Path:
         }
         names = {f.name for f in dataclasses.fields(algo.config_class)}
         settings = {k: v for k, v in wanted.items() if k in names}
-        if args.algo == "dqn":  # DQN's preset for a 135M model: a few replay updates per round of episodes
-            settings = {"config": algo.config_class.smollm2_sentiment(**settings)}
+        if args.algo == "dqn":  # DQN's preset for a 135M model: a few replay updates per round of episodes,
+            # learning from the second round on (so it trains at every budget), target synced every 2 rounds
+            preset = algo.config_class.smollm2_sentiment(**settings)
+            freq = preset.train_freq[0] if isinstance(preset.train_freq, tuple) else 1
+            round_tokens = freq * int(eval_env.get_wrapper_attr("max_new_tokens"))
+            warmup = {"learning_starts": round_tokens, "target_update_interval": 2 * round_tokens}
+            settings = {"config": dataclasses.replace(preset, **warmup)}
         agent = algo(train_env, model=args.model, seed=seed, **settings)
         agent.set_logger(logger)
         lm, reference = agent.module.lm, agent.reference.lm
@@ -334,30 +373,115 @@ def run_seed(args: Args, seed: int, command: str = "") -> Path:
     return run_dir
 
 
+def finished(args: Args, seed: int) -> Path | None:
+    """The run directory of an earlier run of this (task, algo, seed, budget) in ``args.logdir``, if any."""
+    root = Path(args.logdir) / BENCHMARKS[args.task].env_id / args.algo
+    for summary_path in sorted(root.glob(f"seed{seed}-*/summary.json")):
+        summary = json.loads(summary_path.read_text())
+        if summary["args"]["budget"] == args.budget and summary["seed"] == seed:
+            return summary_path.parent
+    return None
+
+
+def job_argv(job: Args, seed: int) -> list[str]:
+    """The command line that runs ``job`` for ``seed`` alone (every option that differs from its default)."""
+    argv = ["--task", job.task, "--algo", job.algo, "--budget", job.budget, "--seeds", str(seed)]
+    defaults = Args()
+    for item in dataclasses.fields(Args):
+        value = getattr(job, item.name)
+        if item.name in ("task", "algo", "budget", "seeds", "suite", "workers", "resume", "extras"):
+            continue
+        if value != getattr(defaults, item.name) and value is not None:
+            flag = "--" + item.name.replace("_", "-")
+            if isinstance(value, bool):
+                argv.append(flag if value else flag.replace("--", "--no-", 1))
+            else:
+                argv += [flag, str(value)]
+    return argv
+
+
+def run_suite(args: Args, command: str) -> list[Path]:
+    """Every job of ``args.suite`` for every seed (skipping finished ones with ``--resume``), ``args.workers``
+    at a time in separate processes; then the suite's extras and the report."""
+    import subprocess
+    from concurrent.futures import ThreadPoolExecutor
+
+    suite = SUITES[args.suite or ""]
+    defaults = Args()
+    settings = {k: v for k, v in suite.settings.items() if getattr(args, k) == getattr(defaults, k)}
+    if args.workers > 1 and args.threads is None:
+        settings["threads"] = 1
+    plan = [
+        (dataclasses.replace(args, task=task, algo=algo, budget=budget, **settings), seed)
+        for seed in args.seeds
+        for task, algo, budget in suite.jobs
+    ]
+
+    def launch(item: tuple[Args, int]) -> Path | None:
+        job, seed = item
+        done = finished(job, seed) if args.resume else None
+        if done is not None:
+            print(f"{job.task} {job.algo} seed {seed}: already in {done}", flush=True)
+            return done
+        if args.workers == 1:
+            return run_one(job, seed, command)
+        argv = [sys.executable, "-m", "benchmarks.run", *job_argv(job, seed), "--no-progress-bar"]
+        result = subprocess.run(argv, capture_output=True, text=True)
+        print(result.stdout.strip().splitlines()[-1] if result.stdout.strip() else "", flush=True)
+        if result.returncode:
+            print(f"FAILED: {' '.join(argv)}\n{result.stderr[-3000:]}", flush=True)
+            return None
+        return finished(job, seed)
+
+    with ThreadPoolExecutor(max_workers=max(1, args.workers)) as pool:
+        results = pool.map(launch, plan)
+        if args.progress_bar and args.workers > 1:  # one bar over the jobs (each job's own bar is off)
+            from tqdm import tqdm
+
+            results = tqdm(results, total=len(plan), desc=f"suite {args.suite}", unit="run")
+        run_dirs = [d for d in results if d is not None]
+    if len(run_dirs) < len(plan):
+        raise SystemExit(
+            f"{len(plan) - len(run_dirs)} of {len(plan)} runs failed (see above); rerun to resume."
+        )
+    if suite.extras and args.extras:
+        from benchmarks import env_overhead, reward_speed, throughput, vs_trl
+
+        logdir = Path(args.logdir)
+        vs_trl.main(
+            ["--model", args.model, "--seconds", str(suite.trl_seconds), "--out", str(logdir / "vs_trl.json")]
+        )
+        throughput.main(["--model", args.model, "--json", str(logdir / "throughput.json")])
+        env_overhead.main(["--model", args.model, "--json", str(logdir / "env_overhead.json")])
+        reward_speed.main(["--json", str(logdir / "reward_speed.json")])
+    from benchmarks import report
+
+    argv = [args.logdir]
+    if suite.publish:
+        argv += ["--out", suite.publish] + (["--readme", "README.md"] if Path("README.md").is_file() else [])
+    report.main(argv)
+    return run_dirs
+
+
+def run_one(job: Args, seed: int, command: str) -> Path:
+    run_dir = run_seed(job, seed, command)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    print(
+        f"{job.task} {job.algo} seed {seed}: eval reward {summary['eval_before']['reward']:.4f} -> "
+        f"{summary['eval_after']['reward']:.4f} ({summary['wall_time_s']:.0f} s) in {run_dir}",
+        flush=True,
+    )
+    return run_dir
+
+
 def main(argv: list[str] | None = None) -> list[Path]:
     args = parse_args(argv)
     command = " ".join(["python -m benchmarks.run", *(sys.argv[1:] if argv is None else argv)])
     if args.threads:
         torch.set_num_threads(args.threads)
-    plan = SUITES[args.suite] if args.suite else [(args.task, args.algo, args.budget)]
-    run_dirs = []
-    for task, algo, budget in plan:
-        job = dataclasses.replace(args, task=task, algo=algo, budget=budget)
-        for seed in args.seeds:
-            run_dir = run_seed(job, seed, command)
-            summary = json.loads((run_dir / "summary.json").read_text())
-            print(
-                f"{task} {algo} seed {seed}: eval reward {summary['eval_before']['reward']:.4f} -> "
-                f"{summary['eval_after']['reward']:.4f} ({summary['wall_time_s']:.0f} s) in {run_dir}"
-            )
-            run_dirs.append(run_dir)
     if args.suite:
-        from benchmarks import report, vs_trl
-
-        if args.suite != "smoke":
-            vs_trl.main(["--model", args.model, "--out", str(Path(args.logdir) / "vs_trl.json")])
-        report.main([args.logdir])
-    return run_dirs
+        return run_suite(args, command)
+    return [run_one(args, seed, command) for seed in args.seeds]
 
 
 if __name__ == "__main__":

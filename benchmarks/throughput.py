@@ -21,6 +21,7 @@ import json
 import resource
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import cast
 
 import gymnasium as gym
@@ -50,23 +51,25 @@ class Args:
     """Timed repetitions (the best is reported)."""
     threads: int = 0
     """torch threads (0: torch's default)."""
+    json: str = ""
+    """Also write the results to this JSON file."""
 
 
-def parse() -> Args:
+def parse(argv: list[str] | None = None) -> Args:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     for name, value in asdict(Args()).items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
-    return Args(**vars(parser.parse_args()))
+    return Args(**vars(parser.parse_args(argv)))
 
 
 def zero_reward(prompts, completions, references=None) -> np.ndarray:
     return np.zeros(len(completions), dtype=np.float32)
 
 
-def main() -> dict[str, object]:
-    args = parse()
+def main(argv: list[str] | None = None) -> dict[str, object]:
+    args = parse(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     env = gym.make_vec(
@@ -162,6 +165,8 @@ def main() -> dict[str, object]:
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
     print(json.dumps(result, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 

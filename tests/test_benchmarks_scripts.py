@@ -110,7 +110,7 @@ def test_run_dqn_or_explain_that_it_is_missing(tmp_path: Path) -> None:
         "--algo",
         "dqn",
         "--budget",
-        "8",
+        "80",
         "--num-envs",
         "2",
         "--max-new-tokens",
@@ -121,7 +121,9 @@ def test_run_dqn_or_explain_that_it_is_missing(tmp_path: Path) -> None:
             run.main([*argv, "--logdir", str(tmp_path), *TINY])
         return
     (run_dir,) = run.main([*argv, "--logdir", str(tmp_path), *TINY])
-    assert json.loads((run_dir / "summary.json").read_text())["timesteps"] >= 8
+    assert json.loads((run_dir / "summary.json").read_text())["timesteps"] >= 80
+    # learning starts after one round of 16 episodes (32 tokens), so even this budget trains
+    assert "train/td_loss" in report.load_run(run_dir).scalars
 
 
 def test_bad_budget_says_how_to_fix() -> None:
@@ -206,3 +208,54 @@ def test_report_aggregates_seeds_and_plots_proxy_against_gold(tmp_path: Path) ->
     assert result is not None
     steps, mean, std = result
     assert steps.tolist() == [10, 20, 30] and mean.tolist() == [1.0, 2.0, 3.0] and std.tolist() == [0, 0, 0]
+
+
+def test_job_argv_repeats_every_changed_option() -> None:
+    job = run.Args(task="similarity", algo="ppo", budget="2it", threads=1, progress_bar=False, eval_prompts=4)
+    argv = run.job_argv(job, seed=3)
+    assert argv[:8] == ["--task", "similarity", "--algo", "ppo", "--budget", "2it", "--seeds", "3"]
+    assert {"--no-progress-bar", "--eval-prompts", "4", "--threads", "1"} <= set(argv)
+    assert run.parse_args(argv) == run.Args(**{**vars(job), "seeds": [3]})
+
+
+def test_suite_runs_in_worker_processes_and_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    jobs = [("similarity", "zero-shot", "1it"), ("error-rate", "ppo", "1it")]
+    settings = {"max_new_tokens": 2, "num_envs": 2, "episodes_per_rollout": 2, "minibatch_size": 2}
+    monkeypatch.setitem(run.SUITES, "tiny", run.Suite(jobs, settings, extras=False))
+    argv = ["--suite", "tiny", "--seeds", "0", "--workers", "2", "--logdir", str(tmp_path), *TINY]
+    first = run.main(argv)
+    assert sorted(p.parent.name for p in first) == ["ppo", "zero-shot"]
+    summary = json.loads((first[1] / "summary.json").read_text())
+    assert summary["args"]["max_new_tokens"] == 2 and summary["args"]["threads"] == 1
+    assert (tmp_path / "report" / "report.md").is_file()
+    capsys.readouterr()
+    again = run.main(argv)  # every job is finished: nothing runs again
+    assert again == first and capsys.readouterr().out.count("already in") == 2
+
+
+def test_report_rewrites_only_the_readme_block(tmp_path: Path) -> None:
+    from stable_baselines3.common.logger import configure
+
+    for algo, reward in [("zero-shot", 0.25), ("ppo", 0.75)]:
+        run_dir = tmp_path / "runs" / "TextGen-Sentiment-v0" / algo / "seed0-x"
+        logger = configure(str(run_dir), ["tensorboard"])
+        logger.record("eval/reward", reward)
+        logger.dump(step=0)
+        logger.close()
+        evals = {"before": {"reward": 0.25, "kl_to_reference": 0.0}, "after": {"reward": reward}}
+        summary = {"env_id": "TextGen-Sentiment-v0", "args": {"algo": algo}, "seed": 0, "wall_time_s": 5.0}
+        summary |= {f"eval_{when}": values for when, values in evals.items()}
+        (run_dir / "summary.json").write_text(json.dumps(summary))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{report.README_BEGIN}\nstale\n{report.README_END}\noutro\n")
+    argv = [str(tmp_path / "runs"), "--out", str(tmp_path / "results"), "--readme", str(readme)]
+    report.main(argv)
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("outro\n") and "stale" not in text
+    assert "| TextGen-Sentiment-v0 | reward change (paired) | 0 ± 0 (n=1) | 0.5 ± 0 (n=1) |" in text
+    assert "](results/TextGen-Sentiment-v0__eval_reward.png)" in text
+    readme.write_text("no markers\n")
+    with pytest.raises(SystemExit, match="benchmarks.report: begin"):
+        report.main(argv)
