@@ -1,8 +1,9 @@
 """``python -m benchmarks ...`` is ``python -m benchmarks.run ...``; the whole published CPU benchmark is
 
-    python -m benchmarks --suite cpu --seeds 0 1 2
+    python -m benchmarks --suite cpu --seeds 0 1 2 --workers 2 --logdir runs/cpu
 
-(every task x algorithm x seed, then ``benchmarks.vs_trl``, then ``benchmarks.report runs/``).
+(every task x algorithm x seed, then ``benchmarks.vs_trl``, ``throughput``, ``env_overhead`` and
+``reward_speed``, then ``benchmarks.report``, which rewrites ``benchmarks/results/cpu/`` and README tables).
 The other scripts: ``python -m benchmarks.report runs/``, ``python -m benchmarks.vs_trl`` and
 ``python -m benchmarks.quickstart``.
 """

@@ -327,10 +327,11 @@ def write_report(
             png = plot(env_id, by_algo, tag, out)
             if png is not None:
                 sections.append(f"![{env_id} {tag}]({png.name})")
-                figures += [png] if tag == "eval/reward" else []
+                figures += [png] if tag == "rollout/ep_rew_mean" else []
         png = overoptimisation(env_id, by_algo, "rollout/classifier", out)
         if png is not None:
             sections.append(f"![{env_id} proxy vs gold]({png.name})")
+            figures.append(png)
         sections += ["", "Produced by:", *provenance(by_algo)]
     for root in paths:
         sections += extras(Path(root))

@@ -1,7 +1,12 @@
 """Run a benchmark task with an algorithm over several seeds; every number lands in TensorBoard and JSON.
 
     python -m benchmarks.run --task sentiment --algo ppo --seeds 0 1 2 --budget 20it
-    python -m benchmarks.run --suite cpu            # the whole published CPU benchmark, then the report
+    python -m benchmarks.run --suite cpu --seeds 0 1 2 --workers 2 --logdir runs/cpu   # every README figure
+
+A suite runs its (task, algo, budget) jobs for every seed, ``--workers`` at a time in separate processes,
+skipping jobs that already have a finished run in ``--logdir`` (so it resumes); then (cpu, gpu) the extras
+``benchmarks.vs_trl``, ``throughput``, ``env_overhead`` and ``reward_speed``; then ``benchmarks.report``,
+which for ``cpu`` writes ``benchmarks/results/cpu/`` and rewrites README.md's ``benchmarks.report`` block.
 
 Tasks (``textenv.benchmark_tasks``): ``sentiment``, ``error-rate``, ``similarity``, ``preference``.
 Algorithms: ``zero-shot`` (the untrained model), ``ppo``, ``reinforce`` (moving-average baseline), ``rloo``

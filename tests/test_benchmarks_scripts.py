@@ -242,6 +242,7 @@ def test_report_rewrites_only_the_readme_block(tmp_path: Path) -> None:
         run_dir = tmp_path / "runs" / "TextGen-Sentiment-v0" / algo / "seed0-x"
         logger = configure(str(run_dir), ["tensorboard"])
         logger.record("eval/reward", reward)
+        logger.record("rollout/ep_rew_mean", reward)
         logger.dump(step=0)
         logger.close()
         evals = {"before": {"reward": 0.25, "kl_to_reference": 0.0}, "after": {"reward": reward}}
@@ -255,7 +256,7 @@ def test_report_rewrites_only_the_readme_block(tmp_path: Path) -> None:
     text = readme.read_text()
     assert text.startswith("intro\n") and text.endswith("outro\n") and "stale" not in text
     assert "| TextGen-Sentiment-v0 | reward change (paired) | 0 ± 0 (n=1) | 0.5 ± 0 (n=1) |" in text
-    assert "](results/TextGen-Sentiment-v0__eval_reward.png)" in text
+    assert "](results/TextGen-Sentiment-v0__rollout_ep_rew_mean.png)" in text  # the learning curves
     readme.write_text("no markers\n")
     with pytest.raises(SystemExit, match="benchmarks.report: begin"):
         report.main(argv)
