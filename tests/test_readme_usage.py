@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import shlex
 from pathlib import Path
 
 import gymnasium as gym
@@ -78,3 +80,18 @@ def test_agent_tour(tmp_path: Path) -> None:
     plain = AutoModelForCausalLM.from_pretrained(tmp_path / "ppo_sentiment_hf")
     for name, tensor in plain.state_dict().items():
         assert np.array_equal(tensor.numpy(), agent.module.lm.state_dict()[name].numpy()), name
+
+
+def test_readme_benchmark_commands_parse() -> None:
+    """Every ``python -m benchmarks.run`` command in the README is a valid command line of today's CLI."""
+    from benchmarks import run
+
+    parts = (ROOT / "README.md").read_text().replace("\\\n", " ").split("```")
+    prose, fenced = "".join(parts[::2]), "".join(parts[1::2])
+    inline = re.findall(r"`[^`]*?-m benchmarks\.run ([^`]*)`", prose)  # may wrap lines
+    blocks = re.findall(r"^\S*python -m benchmarks\.run ([^#\n]*)", fenced, flags=re.MULTILINE)
+    commands = inline + blocks
+    assert len(inline) >= 2 and len(blocks) >= 2
+    for command in commands:
+        argv = shlex.split(command)
+        run.parse_args(argv)  # raises SystemExit / ValueError on an unknown option or value
