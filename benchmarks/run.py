@@ -49,6 +49,7 @@ from textenv import benchmark_tasks
 from textenv.benchmark_tasks import BENCHMARKS
 
 ALGOS = ("zero-shot", "ppo", "reinforce", "rloo", "dqn")
+DISTRIBUTED_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
 PACKAGES = ("textenv", "torch", "transformers", "deepspeed", "gymnasium", "stable-baselines3", "numpy", "trl")
 
 
@@ -431,7 +432,10 @@ def run_suite(args: Args, command: str) -> list[Path]:
         if args.workers == 1:
             return run_one(job, seed, command)
         argv = [sys.executable, "-m", "benchmarks.run", *job_argv(job, seed), "--no-progress-bar"]
-        result = subprocess.run(argv, capture_output=True, text=True)
+        # each job is its own single-process DeepSpeed world: drop a parent's torch.distributed rendezvous
+        # (a parent that initialised DeepSpeed still listens on its MASTER_PORT)
+        env = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_VARIABLES}
+        result = subprocess.run(argv, capture_output=True, text=True, env=env)
         print(result.stdout.strip().splitlines()[-1] if result.stdout.strip() else "", flush=True)
         if result.returncode:
             print(f"FAILED: {' '.join(argv)}\n{result.stderr[-3000:]}", flush=True)
@@ -447,7 +451,8 @@ def run_suite(args: Args, command: str) -> list[Path]:
         run_dirs = [d for d in results if d is not None]
     if len(run_dirs) < len(plan):
         raise SystemExit(
-            f"{len(plan) - len(run_dirs)} of {len(plan)} runs failed (see above); rerun to resume."
+            f"{len(plan) - len(run_dirs)} of {len(plan)} runs failed (see above); run the same command "
+            "again to resume (finished runs are skipped)."
         )
     if suite.extras and args.extras:
         from benchmarks import env_overhead, reward_speed, throughput, vs_trl
