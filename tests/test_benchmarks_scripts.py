@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import agents
-from benchmarks import quickstart, report, run, vs_trl
+from benchmarks import quickstart, report, run, suite, vs_trl
 
 TINY = [
     "--model",
@@ -212,7 +212,7 @@ def test_report_aggregates_seeds_and_plots_proxy_against_gold(tmp_path: Path) ->
 
 def test_job_argv_repeats_every_changed_option() -> None:
     job = run.Args(task="similarity", algo="ppo", budget="2it", threads=1, progress_bar=False, eval_prompts=4)
-    argv = run.job_argv(job, seed=3)
+    argv = suite.job_argv(job, seed=3)
     assert argv[:8] == ["--task", "similarity", "--algo", "ppo", "--budget", "2it", "--seeds", "3"]
     assert {"--no-progress-bar", "--eval-prompts", "4", "--threads", "1"} <= set(argv)
     assert run.parse_args(argv) == run.Args(**{**vars(job), "seeds": [3]})
@@ -223,7 +223,7 @@ def test_suite_runs_in_worker_processes_and_resumes(
 ) -> None:
     jobs = [("similarity", "zero-shot", "1it"), ("error-rate", "ppo", "1it")]
     settings = {"max_new_tokens": 2, "num_envs": 2, "episodes_per_rollout": 2, "minibatch_size": 2}
-    monkeypatch.setitem(run.SUITES, "tiny", run.Suite(jobs, settings, extras=False))
+    monkeypatch.setitem(suite.SUITES, "tiny", suite.Suite(jobs, settings, extras=False))
     argv = ["--suite", "tiny", "--seeds", "0", "--workers", "2", "--logdir", str(tmp_path), *TINY]
     first = run.main(argv)
     assert sorted(p.parent.name for p in first) == ["ppo", "zero-shot"]

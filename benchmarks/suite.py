@@ -1,0 +1,157 @@
+"""Benchmark suites: the published tables as lists of jobs, run in worker processes, resumed, then reported.
+
+    python -m benchmarks.run --suite cpu --seeds 0 1 2 --workers 2 --logdir runs/cpu   # every README figure
+
+A suite runs its (task, algo, budget) jobs for every seed, ``--workers`` at a time in separate processes,
+skipping jobs that already have a finished run in ``--logdir`` (so it resumes); then (cpu, gpu) the extras
+``benchmarks.vs_trl``, ``throughput``, ``env_overhead`` and ``reward_speed``; then ``benchmarks.report``,
+which for ``cpu`` writes ``benchmarks/results/cpu/`` and rewrites README.md's ``benchmarks.report`` block.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmarks.run import Args, run_one
+from textenv.benchmark_tasks import BENCHMARKS
+
+DISTRIBUTED_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A published table: ``jobs`` are (task, algo, budget), each run for every seed; ``settings`` override
+    the command-line defaults of :class:`Args` for every job (an option given on the command line wins)."""
+
+    jobs: list[tuple[str, str, str]]
+    settings: dict[str, Any] = field(default_factory=dict)
+    extras: bool = True
+    """After the runs: benchmarks.vs_trl, throughput, env_overhead and reward_speed into the same logdir."""
+    trl_seconds: int = 240
+    """Wall-clock training budget of each contestant of benchmarks.vs_trl."""
+    publish: str | None = None
+    """Where the report goes (None: ``<logdir>/report``); a published suite also rewrites README.md's
+    ``benchmarks.report`` block when run from the repository root."""
+
+
+#: generated tokens per run, equal for every algorithm of a task: two PPO iterations of 32 episodes of the
+#: task's completion length (48, 40, 24 and 48 tokens)
+CPU_BUDGET = {"sentiment": "3072", "error-rate": "2560", "similarity": "1536", "preference": "3072"}
+TABLE_ALGOS = ("zero-shot", "ppo", "reinforce", "dqn")
+SUITES: dict[str, Suite] = {
+    "cpu": Suite(
+        [(task, algo, CPU_BUDGET[task]) for task in BENCHMARKS for algo in TABLE_ALGOS],
+        {"eval_prompts": 32, "heldout_texts": 16},
+        publish="benchmarks/results/cpu",
+    ),
+    "gpu": Suite([(task, algo, "200000") for task in BENCHMARKS for algo in TABLE_ALGOS], trl_seconds=600),
+    "smoke": Suite([("sentiment", "zero-shot", "1it"), ("error-rate", "ppo", "1it")], extras=False),
+    # the longer single-seed sentiment table of the first release: every algorithm at 4608 generated tokens
+    "sentiment-cpu": Suite(
+        [("sentiment", algo, "4608") for algo in TABLE_ALGOS],
+        {"eval_prompts": 32, "heldout_texts": 16},
+        extras=False,
+    ),
+}
+"""Named suites. ``cpu`` is the README's table (about two hours for three seeds with ``--workers 2`` on 2
+cores); ``gpu`` the same at a GPU-sized budget."""
+
+
+def finished(args: Args, seed: int) -> Path | None:
+    """The run directory of an earlier run of this (task, algo, seed, budget) in ``args.logdir``, if any."""
+    root = Path(args.logdir) / BENCHMARKS[args.task].env_id / args.algo
+    for summary_path in sorted(root.glob(f"seed{seed}-*/summary.json")):
+        summary = json.loads(summary_path.read_text())
+        if summary["args"]["budget"] == args.budget and summary["seed"] == seed:
+            return summary_path.parent
+    return None
+
+
+def job_argv(job: Args, seed: int) -> list[str]:
+    """The command line that runs ``job`` for ``seed`` alone (every option that differs from its default)."""
+    argv = ["--task", job.task, "--algo", job.algo, "--budget", job.budget, "--seeds", str(seed)]
+    defaults = Args()
+    for item in dataclasses.fields(Args):
+        value = getattr(job, item.name)
+        if item.name in ("task", "algo", "budget", "seeds", "suite", "workers", "resume", "extras"):
+            continue
+        if value != getattr(defaults, item.name) and value is not None:
+            flag = "--" + item.name.replace("_", "-")
+            if isinstance(value, bool):
+                argv.append(flag if value else flag.replace("--", "--no-", 1))
+            else:
+                argv += [flag, str(value)]
+    return argv
+
+
+def run_suite(args: Args, command: str) -> list[Path]:
+    """Every job of ``args.suite`` for every seed (skipping finished ones with ``--resume``), ``args.workers``
+    at a time in separate processes; then the suite's extras and the report."""
+    import subprocess
+    from concurrent.futures import ThreadPoolExecutor
+
+    suite = SUITES[args.suite or ""]
+    defaults = Args()
+    settings = {k: v for k, v in suite.settings.items() if getattr(args, k) == getattr(defaults, k)}
+    if args.workers > 1 and args.threads is None:
+        settings["threads"] = 1
+    plan = [
+        (dataclasses.replace(args, task=task, algo=algo, budget=budget, **settings), seed)
+        for seed in args.seeds
+        for task, algo, budget in suite.jobs
+    ]
+
+    def launch(item: tuple[Args, int]) -> Path | None:
+        job, seed = item
+        done = finished(job, seed) if args.resume else None
+        if done is not None:
+            print(f"{job.task} {job.algo} seed {seed}: already in {done}", flush=True)
+            return done
+        if args.workers == 1:
+            return run_one(job, seed, command)
+        argv = [sys.executable, "-m", "benchmarks.run", *job_argv(job, seed), "--no-progress-bar"]
+        # each job is its own single-process DeepSpeed world: drop a parent's torch.distributed rendezvous
+        # (a parent that initialised DeepSpeed still listens on its MASTER_PORT)
+        env = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_VARIABLES}
+        result = subprocess.run(argv, capture_output=True, text=True, env=env)
+        print(result.stdout.strip().splitlines()[-1] if result.stdout.strip() else "", flush=True)
+        if result.returncode:
+            print(f"FAILED: {' '.join(argv)}\n{result.stderr[-3000:]}", flush=True)
+            return None
+        return finished(job, seed)
+
+    with ThreadPoolExecutor(max_workers=max(1, args.workers)) as pool:
+        results = pool.map(launch, plan)
+        if args.progress_bar and args.workers > 1:  # one bar over the jobs (each job's own bar is off)
+            from tqdm import tqdm
+
+            results = tqdm(results, total=len(plan), desc=f"suite {args.suite}", unit="run")
+        run_dirs = [d for d in results if d is not None]
+    if len(run_dirs) < len(plan):
+        raise SystemExit(
+            f"{len(plan) - len(run_dirs)} of {len(plan)} runs failed (see above); run the same command "
+            "again to resume (finished runs are skipped)."
+        )
+    if suite.extras and args.extras:
+        from benchmarks import env_overhead, reward_speed, throughput, vs_trl
+
+        logdir = Path(args.logdir)
+        vs_trl.main(
+            ["--model", args.model, "--seconds", str(suite.trl_seconds), "--out", str(logdir / "vs_trl.json")]
+        )
+        throughput.main(["--model", args.model, "--json", str(logdir / "throughput.json")])
+        env_overhead.main(["--model", args.model, "--json", str(logdir / "env_overhead.json")])
+        reward_speed.main(["--json", str(logdir / "reward_speed.json")])
+    from benchmarks import report
+
+    argv = [args.logdir]
+    if suite.publish:
+        argv += ["--out", suite.publish] + (["--readme", "README.md"] if Path("README.md").is_file() else [])
+    report.main(argv)
+    return run_dirs
