@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from agents.checkpoint import atomic_write_text
+
 CURVE_TAGS = ("rollout/ep_rew_mean", "rollout/kl", "eval/reward")
 """Tags plotted by default, beside every ``rollout/<side metric>`` a run logged."""
 
@@ -289,9 +291,7 @@ def update_readme(readme: Path, block: str) -> None:
         raise SystemExit(f"{readme} has no {README_BEGIN} ... {README_END} block; add the two markers first.")
     head, rest = text.split(README_BEGIN, 1)
     tail = rest.split(README_END, 1)[1]
-    temporary = readme.with_name(readme.name + ".tmp")
-    temporary.write_text(f"{head}{README_BEGIN}\n{block}\n{README_END}{tail}")
-    temporary.replace(readme)
+    atomic_write_text(readme, f"{head}{README_BEGIN}\n{block}\n{README_END}{tail}")
 
 
 def write_report(
@@ -304,6 +304,8 @@ def write_report(
             f"No TensorBoard event files under {', '.join(map(str, paths))}; run benchmarks.run first."
         )
     out.mkdir(parents=True, exist_ok=True)
+    groups = group(runs)
+    summary = headline(groups)
     sections = [
         "# Benchmark report",
         "",
@@ -314,10 +316,10 @@ def write_report(
         "",
         "## Summary",
         "",
-        headline(group(runs)),
+        summary,
     ]
     figures = []
-    for env_id, by_algo in sorted(group(runs).items()):
+    for env_id, by_algo in sorted(groups.items()):
         sections += ["", f"## {env_id}", "", table(by_algo), ""]
         logged = {tag for runs_ in by_algo.values() for run in runs_ for tag in run.scalars}
         wanted = tags or [
@@ -333,23 +335,20 @@ def write_report(
             sections.append(f"![{env_id} proxy vs gold]({png.name})")
             figures.append(png)
         sections += ["", "Produced by:", *provenance(by_algo)]
-    for root in paths:
-        sections += extras(Path(root))
+    extra_sections = [line for root in paths for line in extras(Path(root))]
     report = out / "report.md"
-    temporary = out / "report.md.tmp"
-    temporary.write_text("\n".join(sections) + "\n")
-    temporary.replace(report)
+    atomic_write_text(report, "\n".join(sections + extra_sections) + "\n")
     if readme is not None:
         where = Path(os.path.relpath(out, readme.parent))
         block = "\n".join(
             [
-                headline(group(runs)),
+                summary,
                 "",
                 f"Full tables, every curve and provenance: [{where}/report.md]({where}/report.md).",
                 "",
             ]
             + [f"![{png.stem}]({where / png.name})" for png in figures]
-            + [line for root in paths for line in extras(Path(root))]
+            + extra_sections
         )
         update_readme(readme, block)
     return report

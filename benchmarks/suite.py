@@ -64,9 +64,10 @@ cores); ``gpu`` the same at a GPU-sized budget."""
 
 
 def finished(args: Args, seed: int) -> Path | None:
-    """The run directory of an earlier run of this (task, algo, seed, budget) in ``args.logdir``, if any."""
+    """The newest finished run of this (task, algo, seed, budget) in ``args.logdir``, if any."""
     root = Path(args.logdir) / BENCHMARKS[args.task].env_id / args.algo
-    for summary_path in sorted(root.glob(f"seed{seed}-*/summary.json")):
+    newest_first = sorted(root.glob(f"seed{seed}-*/summary.json"), reverse=True)  # names end in the time
+    for summary_path in newest_first:
         summary = json.loads(summary_path.read_text())
         if summary["args"]["budget"] == args.budget and summary["seed"] == seed:
             return summary_path.parent
@@ -126,13 +127,16 @@ def run_suite(args: Args, command: str) -> list[Path]:
             return None
         return finished(job, seed)
 
-    with ThreadPoolExecutor(max_workers=max(1, args.workers)) as pool:
-        results = pool.map(launch, plan)
-        if args.progress_bar and args.workers > 1:  # one bar over the jobs (each job's own bar is off)
-            from tqdm import tqdm
+    if args.workers == 1:  # in this process, one after the other, each with its own progress bar
+        run_dirs = [d for d in map(launch, plan) if d is not None]
+    else:
+        with ThreadPoolExecutor(max_workers=args.workers) as pool:
+            results = pool.map(launch, plan)
+            if args.progress_bar:  # one bar over the jobs (each job's own bar is off)
+                from tqdm import tqdm
 
-            results = tqdm(results, total=len(plan), desc=f"suite {args.suite}", unit="run")
-        run_dirs = [d for d in results if d is not None]
+                results = tqdm(results, total=len(plan), desc=f"suite {args.suite}", unit="run")
+            run_dirs = [d for d in results if d is not None]
     if len(run_dirs) < len(plan):
         raise SystemExit(
             f"{len(plan) - len(run_dirs)} of {len(plan)} runs failed (see above); run the same command "

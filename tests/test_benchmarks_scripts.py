@@ -233,6 +233,12 @@ def test_suite_runs_in_worker_processes_and_resumes(
     capsys.readouterr()
     again = run.main(argv)  # every job is finished: nothing runs again
     assert again == first and capsys.readouterr().out.count("already in") == 2
+    # one worker runs the same jobs in this process, with the same results
+    single = run.main([*argv[:5], "1", "--logdir", str(tmp_path / "one"), *TINY])
+    rewards = [
+        [json.loads((d / "summary.json").read_text())["eval_after"] for d in dirs] for dirs in (first, single)
+    ]
+    assert rewards[0] == rewards[1]
 
 
 def test_report_rewrites_only_the_readme_block(tmp_path: Path) -> None:
