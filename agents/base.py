@@ -1,17 +1,18 @@
 """TextAlgorithm: the shared base of the transformer agents (an SB3 ``BaseAlgorithm``).
 
-It owns what every agent needs: loading the LM, the actor-critic and the frozen reference model, the DeepSpeed
-engine, collecting rollouts through the environment API (token-level envs with the per-env KV cache, one
-incremental forward per step; sequence-level envs with ``model.generate``), ``predict`` for SB3 tools,
-``learn`` with SB3 callbacks and logger, and checkpoints (see :mod:`agents.checkpoint`).
+It owns what every agent needs: loading the LM, the trained network (``self.policy``, an
+:class:`~agents.policy.ActorCritic`, wrapped by the DeepSpeed engine ``self.engine``) and the frozen reference
+(``self.reference``), acting through the environment API (token-level envs with the per-env KV cache, one
+incremental forward per step; sequence-level envs with ``model.generate``), the rollout collector
+(:mod:`agents.rollout`), ``predict`` for SB3 tools, ``learn`` with SB3 callbacks and logger, and checkpoints
+(:mod:`agents.checkpoint` writes what :meth:`TextAlgorithm._checkpoint_state` hands over).
 
 A subclass sets ``config_class`` and ``algo_name`` and implements ``train()``, which consumes
-``self.buffer.get()`` (an :class:`~agents.buffer.EpisodeBatch`). Extension points for other agents (e.g. a
-value-based DQN): ``_build_modules()`` (what is trained), ``_action_from_logits()`` (how actions are chosen),
-``_on_step_stats()`` (what a rollout records per token), ``_rollout_done()`` (when a rollout ends), and for
-checkpoints ``_extra_state()`` (JSON-able state) and ``_save_extra_files()`` (files such as a target network).
-Run records (run directory, HParams, sample texts) live in :mod:`agents.run_logging`, the pre-update scoring
-of a rollout in :mod:`agents.scoring`.
+``self.rollout_batch`` (a :class:`~agents.rollout.RolloutBatch`, built once per rollout). Extension points
+for other agents (e.g. the value-based DQN): ``_build_networks()`` (what is trained), ``_token_step()``
+(how a token is chosen and what is recorded), ``_rollout_done()`` (when a rollout ends), and for
+checkpoints ``_extra_state()`` / ``_load_extra_state()`` (JSON-able state) and ``_extra_modules()``
+(networks saved as safetensors, such as a target network).
 """
 
 from __future__ import annotations
@@ -29,26 +30,28 @@ from gymnasium import spaces
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecEnv
+from torch import nn
 from transformers import PreTrainedModel
 
 from agents import checkpoint, engine, run_logging
-from agents.buffer import EpisodeBatch, EpisodeBuffer
-from agents.config import AgentConfig, AlgorithmConfig
+from agents.config import AlgorithmConfig, PolicyGradientConfig
 from agents.layout import env_attr, load_lm, read_layout
 from agents.losses import AdaptiveKLController, logprobs_from_logits
-from agents.policy import ActorCritic, ReferenceModel, StepCache, cached_step, generate_completions
-from agents.scoring import ScoredBatch, score_batch
+from agents.policy import ActorCritic, FrozenLM, StepCache, action_logits, cached_step, generate_completions
+from agents.rollout import RolloutBatch, RolloutCollector
 from agents.vec_env import wrap_vector_env
 
 SelfTextAlgorithm = TypeVar("SelfTextAlgorithm", bound="TextAlgorithm")
 
 
 class TextAlgorithm(BaseAlgorithm):
-    """Shared base of :class:`~agents.PPO` and :class:`~agents.REINFORCE`; see the module docstring."""
+    """Shared base of :class:`~agents.PPO`, :class:`~agents.REINFORCE` and :class:`~agents.DQN`; see the
+    module docstring."""
 
-    config_class: ClassVar[type[AlgorithmConfig]] = AgentConfig
+    config_class: ClassVar[type[AlgorithmConfig]] = PolicyGradientConfig
     algo_name: ClassVar[str] = "text"
     config: AlgorithmConfig
+    policy: ActorCritic  # type: ignore[assignment]  # SB3 types it as BasePolicy; ours is the trained nn.Module
 
     def __init__(
         self,
@@ -67,7 +70,7 @@ class TextAlgorithm(BaseAlgorithm):
             env = wrap_vector_env(env)
         self.config = dataclasses.replace(config or self.config_class(), **config_kwargs)
         self.model_source = model if not isinstance(model, PreTrainedModel) else None
-        self._lm = load_lm(model)
+        self._initial_lm: PreTrainedModel | None = load_lm(model)
         self._reference_lm = load_lm(reference_model) if reference_model is not None else None
         self.deepspeed_config = deepspeed_config
         super().__init__(
@@ -88,48 +91,50 @@ class TextAlgorithm(BaseAlgorithm):
         assert self.env is not None
         return env_attr(self.env, name)
 
-    def _build_modules(self) -> None:
-        """Extension point: the trainable module (here the actor-critic) and the reference model."""
-        self.module = ActorCritic(self._lm).to(self.device)
-        self.reference = ReferenceModel(self._reference_lm or self._lm).to(self.device)
+    def _build_networks(self, lm: PreTrainedModel, reference_lm: PreTrainedModel) -> None:
+        """Extension point: the trained network ``self.policy`` and the frozen ``self.reference``."""
+        self.policy = ActorCritic(lm).to(self.device)
+        self.reference = FrozenLM(reference_lm).to(self.device)
 
     def _setup_model(self) -> None:
-        assert self.env is not None  # __init__ and load always pass an env
-        layout = read_layout(self.env, self._lm, self.config.max_new_tokens, self.model_source)
+        assert self.env is not None and self._initial_lm is not None  # __init__ and load always pass them
+        lm, self._initial_lm = self._initial_lm, None  # from here on the LM is self.policy.lm
+        layout = read_layout(self.env, lm, self.config.max_new_tokens, self.model_source)
         self.token_level, self.n_actions = layout.token_level, layout.n_actions
         self.prompt_len, self.max_new_tokens = layout.prompt_len, layout.max_new_tokens
         self.pad_token_id, self.eos_token_id = layout.pad_token_id, layout.eos_token_id
         self.set_random_seed(self.seed)
-        self._build_modules()
-        ds_config = engine.build_config(
+        self._build_networks(lm, self._reference_lm or lm)
+        self._reference_lm = None
+        self.ds_config = engine.build_config(
             self.deepspeed_config,
             self.config.learning_rate,
             self.config.max_grad_norm,
-            self.config.minibatch_size,
+            self.config.micro_batch_size,
             on_gpu=self.device.type == "cuda",
         )
-        self.ds_config = ds_config
-        self.engine = engine.initialize(self.module, ds_config)
-        # SB3 names the trained module `policy`; ours is an nn.Module, not an SB3 BasePolicy
-        self.policy = self.module  # type: ignore[assignment]
-        self.kl_ctl = AdaptiveKLController(
-            self.config.init_kl_coef, self.config.target_kl_ref, self.config.kl_horizon
+        self.engine = engine.initialize(self.policy, self.ds_config)
+        self.kl_ctl: AdaptiveKLController | None = None
+        if isinstance(self.config, PolicyGradientConfig):
+            self.kl_ctl = AdaptiveKLController(
+                self.config.init_kl_coef, self.config.target_kl_ref, self.config.kl_horizon
+            )
+        self.rollout = RolloutCollector(
+            self.n_envs,
+            self.prompt_len,
+            self.max_new_tokens,
+            self.pad_token_id,
+            self.eos_token_id,
+            self.token_level,
         )
-        self.buffer = EpisodeBuffer(self.prompt_len, self.max_new_tokens, self.pad_token_id)
+        self.rollout_batch: RolloutBatch | None = None
+        self._act = self._token_step if self.token_level else self._sequence_step
         self._step_cache = StepCache()
-        self._untracked: set[int] = set()
         self.run_dir: Path | None = None
-        self._samples: list[tuple[str, str]] = []
 
     # ---- acting --------------------------------------------------------------------------------------------
-    def _mask_logits(self, logits: torch.Tensor) -> torch.Tensor:
-        if logits.shape[-1] > self.n_actions:
-            logits = logits.clone()
-            logits[..., self.n_actions :] = -torch.inf
-        return logits
-
-    def _action_from_logits(self, logits: torch.Tensor, deterministic: bool) -> torch.Tensor:
-        """Extension point: (B, V) logits -> (B,) token ids (sampled, or argmax when deterministic)."""
+    def _sample(self, logits: torch.Tensor, deterministic: bool) -> torch.Tensor:
+        """(B, n_actions) logits -> (B,) token ids (sampled, or argmax when deterministic)."""
         if deterministic:
             return logits.argmax(-1)
         return torch.distributions.Categorical(logits=logits).sample()
@@ -142,7 +147,7 @@ class TextAlgorithm(BaseAlgorithm):
     def _generate(self, ids: torch.Tensor, mask: torch.Tensor, deterministic: bool) -> torch.Tensor:
         """Sequence-level action: (B, N) completion ids; see :func:`agents.policy.generate_completions`."""
         n_new, n_actions, pad, eos = self.max_new_tokens, self.n_actions, self.pad_token_id, self.eos_token_id
-        return generate_completions(self.module.lm, ids, mask, n_new, n_actions, pad, eos, deterministic)
+        return generate_completions(self.policy.lm, ids, mask, n_new, n_actions, pad, eos, deterministic)
 
     def predict(  # type: ignore[override]  # textenv observations are always Dict(input_ids, attention_mask)
         self,
@@ -160,44 +165,54 @@ class TextAlgorithm(BaseAlgorithm):
             actions = self._generate(ids, mask, deterministic).cpu().numpy()
             return (actions[0] if single else actions), None
         cache = state if isinstance(state, StepCache) else StepCache()
-        logits, _ = cached_step(self.module, ids, mask, self.prompt_len, cache)
-        actions = self._action_from_logits(self._mask_logits(logits), deterministic).cpu().numpy()
+        logits, _ = cached_step(self.policy, ids, mask, self.prompt_len, cache)
+        actions = self._sample(action_logits(logits, self.n_actions), deterministic).cpu().numpy()
         return (actions[0] if single else actions), cache
+
+    def _token_step(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, tuple | None]:
+        """Extension point: (B,) sampled tokens and the per-token (log-prob, value) the update needs."""
+        logits, values = cached_step(self.policy, ids, mask, self.prompt_len, self._step_cache)
+        logits = action_logits(logits, self.n_actions)  # (B, A)
+        actions = self._sample(logits, deterministic=False)
+        assert values is not None
+        return actions, (logprobs_from_logits(logits, actions).cpu().numpy(), values.float().cpu().numpy())
+
+    def _sequence_step(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, None]:
+        """(B, N) generated completions; their log-probs are computed when the rollout is scored."""
+        return self._generate(ids, mask, deterministic=False), None
 
     # ---- rollouts ------------------------------------------------------------------------------------------
     def _rollout_done(self) -> bool:
         """Extension point: when the current rollout is complete (here: ``episodes_per_rollout`` episodes)."""
-        if not isinstance(self.config, AgentConfig):
-            raise NotImplementedError(f"{type(self).__name__} must override _rollout_done")
-        return len(self.buffer) >= self.config.episodes_per_rollout
-
-    def _record_sample(self, info: dict[str, Any], tokens: list[int] | np.ndarray) -> None:
-        if len(self._samples) >= 4:
-            return
-        completion = info.get("completion")
-        if completion is None:
-            tokenizer = self._env_attr("tokenizer")
-            completion = tokenizer.decode(list(tokens)) if tokenizer is not None else str(list(tokens))
-        self._samples.append((str(info.get("prompt", "")), str(completion)))
+        assert isinstance(self.config, PolicyGradientConfig)
+        return len(self.rollout) >= self.config.episodes_per_rollout
 
     def collect_rollouts(self, env: VecEnv, callback: BaseCallback) -> bool:
-        """Step ``env`` until ``episodes_per_rollout`` episodes have finished; False if a callback stopped."""
-        self.buffer.clear()
-        self._samples = []
-        self._rollout_tokens, start = 0, time.perf_counter()
+        """Step ``env`` until the rollout is done, then build ``self.rollout_batch``; False if a callback
+        stopped training."""
+        self.rollout.clear()
+        self.rollout_batch = None
+        start = time.perf_counter()
+        tokenizer = self._env_attr("tokenizer")
         callback.on_rollout_start()
         while not self._rollout_done():
             obs = self._last_obs
             assert isinstance(obs, dict)
             ids, mask = self._obs_tensors(obs)
-            if self.token_level:
-                actions, stats = self._token_step(ids, mask)
-            else:
-                actions, stats = self._generate(ids, mask, deterministic=False), None
+            actions, stats = self._act(ids, mask)
             np_actions = actions.cpu().numpy()
             new_obs, rewards, dones, infos = env.step(np_actions)
             self.num_timesteps += env.num_envs
-            self._store(ids, mask, np_actions, stats, rewards, dones, infos)
+            self.rollout.record(
+                np.asarray(obs["input_ids"]),
+                np.asarray(obs["attention_mask"]),
+                np_actions,
+                stats,
+                rewards,
+                dones,
+                infos,
+                tokenizer,
+            )
             callback.update_locals(
                 {
                     "new_obs": new_obs,
@@ -212,50 +227,9 @@ class TextAlgorithm(BaseAlgorithm):
             self._update_info_buffer(infos, dones)
             self._last_obs, self._last_episode_starts = new_obs, dones  # type: ignore[assignment]
         self._rollout_time = time.perf_counter() - start
+        self.rollout_batch = self.rollout.build(self.device)
         callback.on_rollout_end()
         return True
-
-    def _token_step(
-        self, ids: torch.Tensor, mask: torch.Tensor
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        logits, values = cached_step(self.module, ids, mask, self.prompt_len, self._step_cache)
-        logits = self._mask_logits(logits)
-        actions = self._action_from_logits(logits, deterministic=False)
-        return actions, self._on_step_stats(logits, values, actions)
-
-    def _on_step_stats(self, logits: torch.Tensor, values: torch.Tensor, actions: torch.Tensor) -> tuple:
-        """Extension point: per-token statistics a token-level rollout stores (log-prob, value)."""
-        return logprobs_from_logits(logits, actions).cpu(), values.float().cpu()
-
-    def _store(self, ids, mask, actions, stats, rewards, dones, infos) -> None:  # noqa: ANN001
-        prompt_ids = ids[:, : self.prompt_len].cpu().numpy()
-        prompt_mask = mask[:, : self.prompt_len].cpu().numpy()
-        if not self.token_level:
-            for i in range(len(actions)):
-                tokens = list(actions[i])
-                if self.eos_token_id is not None and self.eos_token_id in tokens:
-                    tokens = tokens[: tokens.index(self.eos_token_id) + 1]
-                self.buffer.add(prompt_ids[i], prompt_mask[i], tokens, float(rewards[i]))
-                self._rollout_tokens += len(tokens)
-                self._record_sample(infos[i], tokens)
-            return
-        gen_len = mask[:, self.prompt_len :].sum(-1).cpu().numpy()
-        logprobs, values = stats
-        for i in range(len(actions)):
-            if gen_len[i] == 0:
-                self._untracked.discard(i)
-                self.buffer.start(i, prompt_ids[i], prompt_mask[i])
-            elif not self.buffer.is_running(i):
-                self._untracked.add(i)  # joined mid-episode (e.g. after load): skip until it ends
-            self._rollout_tokens += 1
-            if i not in self._untracked:
-                self.buffer.append(i, int(actions[i]), float(logprobs[i]), float(values[i]))
-                if dones[i]:
-                    episode = self.buffer.running[i]
-                    self._record_sample(infos[i], episode.tokens)
-                    self.buffer.finish(i, float(rewards[i]))
-            elif dones[i]:
-                self._untracked.discard(i)
 
     # ---- learning ------------------------------------------------------------------------------------------
     def train(self) -> None:
@@ -293,14 +267,6 @@ class TextAlgorithm(BaseAlgorithm):
             "deepspeed": self.ds_config,
         }
 
-    def _record_hparams(self) -> None:
-        """The scalar settings as TensorBoard's HParams table (see :mod:`agents.run_logging`)."""
-        run_logging.record_hparams(self.logger, self._hparams())
-
-    def _log_samples(self, samples: list[tuple[str, str]]) -> None:
-        """(prompt, completion) pairs as TensorBoard text at the current timestep."""
-        run_logging.log_samples(self.logger, samples, self.num_timesteps)
-
     def learn(
         self,
         total_timesteps: int,
@@ -315,7 +281,7 @@ class TextAlgorithm(BaseAlgorithm):
             total_timesteps, callback, reset_num_timesteps, tb_log_name or self.algo_name, progress_bar
         )
         callback.on_training_start({"total_timesteps": total_timesteps}, {})
-        self._record_hparams()
+        run_logging.record_hparams(self.logger, self._hparams())
         iteration = 0
         assert self.env is not None
         while self.num_timesteps < total_timesteps:
@@ -327,7 +293,8 @@ class TextAlgorithm(BaseAlgorithm):
             train_start = time.perf_counter()
             self.train()
             self._step_cache = StepCache()  # cached K/V were computed with the old weights
-            tokens = float(self.buffer.get().gen_mask.sum())
+            assert self.rollout_batch is not None
+            tokens = float(self.rollout_batch.gen_mask.sum())
             self.logger.record(
                 "time/train_tokens_per_s", tokens / max(time.perf_counter() - train_start, 1e-9)
             )
@@ -338,12 +305,13 @@ class TextAlgorithm(BaseAlgorithm):
         return self
 
     def _log_rollout(self) -> None:
-        batch = self.buffer.get()
+        batch = self.rollout_batch
+        assert batch is not None
         self.logger.record("rollout/ep_rew_mean", float(batch.rewards.mean()))
         self.logger.record("rollout/ep_len_mean", float(batch.gen_mask.sum(-1).mean()))
-        self.logger.record("time/tokens_per_s", self._rollout_tokens / max(self._rollout_time, 1e-9))
+        self.logger.record("time/tokens_per_s", self.rollout.tokens / max(self._rollout_time, 1e-9))
         self.logger.record("time/total_timesteps", self.num_timesteps, exclude="tensorboard")
-        self._log_samples(self._samples)
+        run_logging.log_samples(self.logger, self.rollout.samples, self.num_timesteps)
 
     def _check_finite(self, loss: torch.Tensor) -> None:
         if not torch.isfinite(loss).all():
@@ -354,36 +322,67 @@ class TextAlgorithm(BaseAlgorithm):
                 "Lower learning_rate, or check the reward function for NaN/inf"
             )
 
-    def _score_batch(self, batch: EpisodeBatch) -> ScoredBatch:
-        """See :func:`agents.scoring.score_batch` (forwards over ``minibatch_size`` episodes at a time)."""
-        chunk = self.config.minibatch_size
-        return score_batch(batch, self.module, self.reference, self.max_new_tokens, chunk, self._mask_logits)
-
+    # ---- checkpoints ---------------------------------------------------------------------------------------
     def _extra_state(self) -> dict[str, Any]:
         """Extension point: algorithm state (JSON-able) that a checkpoint must restore, e.g. a baseline."""
         return {}
 
     def _load_extra_state(self, state: dict[str, Any]) -> None:
-        pass
+        """Extension point: restore what :meth:`_extra_state` returned."""
 
-    def _save_extra_files(self, directory: Path) -> None:
-        """Extension point: write extra checkpoint files into ``directory`` (before its atomic swap)."""
+    def _extra_modules(self) -> dict[str, nn.Module]:
+        """Extension point: networks besides the policy that a checkpoint holds, by file stem."""
+        return {}
 
-    def _load_extra_files(self, directory: Path) -> None:
-        """Extension point: read what :meth:`_save_extra_files` wrote (last step of :meth:`load`)."""
+    def _checkpoint_state(self) -> checkpoint.AgentState:
+        """Everything :func:`agents.checkpoint.save` writes, handed over explicitly."""
+        ds_config = self.deepspeed_config
+        return checkpoint.AgentState(
+            algo=type(self).__name__,
+            config=dataclasses.asdict(self.config),
+            settings={
+                "seed": self.seed,
+                "model_source": str(self.model_source),
+                "max_new_tokens": self.max_new_tokens,
+                "deepspeed_config": ds_config
+                if isinstance(ds_config, (dict, type(None)))
+                else str(ds_config),
+            },
+            counters={
+                "num_timesteps": self.num_timesteps,
+                "n_updates": self._n_updates,
+                "episode_num": self._episode_num,
+            },
+            extra={"kl_ctl": self.kl_ctl.state_dict() if self.kl_ctl else None, **self._extra_state()},
+        )
 
-    # ---- saving --------------------------------------------------------------------------------------------
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "engine", "module", "reference", "_lm", "_reference_lm"]
+        return [*super()._excluded_save_params(), "engine", "reference", "rollout", "rollout_batch"]
 
     # override: a checkpoint is a directory, so no file objects (SB3's save also takes a BufferedIOBase)
     def save(self, path: str | os.PathLike, exclude: Any = None, include: Any = None) -> None:  # type: ignore[override]  # noqa: ARG002
-        """A resumable checkpoint directory: HF export (``model/``), reference, optimizer, KL, RNG."""
-        checkpoint.save(self, Path(path))
+        """A resumable checkpoint directory: HF export (``model/``), reference, optimizer, counters, RNG."""
+        checkpoint.save(
+            Path(path),
+            self._checkpoint_state(),
+            lms={"model": self.policy.lm, "reference": self.reference.lm},
+            modules={"value_head": self.policy.value_head, **self._extra_modules()},
+            engine=self.engine,
+            tokenizer=self._env_attr("tokenizer") if self.env is not None else None,
+            files=self._extra_files(),
+        )
+
+    def _extra_files(self) -> dict[str, Any]:
+        """Extension point: ``{file name: writer(path)}`` for further checkpoint files (DQN's replay)."""
+        return {}
+
+    def _load_extra_files(self, directory: Path) -> None:
+        """Extension point: read what :meth:`_extra_files` wrote (last step of :meth:`load`)."""
 
     def export(self, path: str | os.PathLike) -> None:
         """The trained LM alone as an HF directory (safetensors) that ``AutoModelForCausalLM`` loads."""
-        checkpoint.export_lm(self, Path(path))
+        tokenizer = self._env_attr("tokenizer") if self.env is not None else None
+        checkpoint.export_lm(self.policy.lm, Path(path), tokenizer)
 
     @classmethod
     def load(  # type: ignore[override]
@@ -394,4 +393,31 @@ class TextAlgorithm(BaseAlgorithm):
         **kwargs: Any,
     ) -> SelfTextAlgorithm:
         """Rebuild an agent from :meth:`save`'s directory and restore its exact training state."""
-        return checkpoint.load(cls, Path(path), env=env, device=device, **kwargs)
+        saved = checkpoint.read(Path(path), cls.__name__)
+        if env is None:
+            raise ValueError(
+                "load needs env=...: the agent's layout (P, N, vocabulary) is checked against it"
+            )
+        settings = saved.state.settings
+        agent = cls(
+            env,
+            model=saved.load_lm("model"),
+            config=cls.config_class(**saved.state.config),
+            reference_model=saved.load_lm("reference"),
+            deepspeed_config=kwargs.pop("deepspeed_config", settings["deepspeed_config"]),
+            seed=settings["seed"],
+            device=device,
+            **kwargs,
+        )
+        agent.model_source = settings["model_source"]
+        saved.load_modules({"value_head": agent.policy.value_head, **agent._extra_modules()}, agent.device)
+        saved.load_engine(agent.engine)
+        counters = saved.state.counters
+        agent.num_timesteps, agent._n_updates = counters["num_timesteps"], counters["n_updates"]
+        agent._episode_num = counters["episode_num"]
+        if agent.kl_ctl is not None:
+            agent.kl_ctl.load_state_dict(saved.state.extra["kl_ctl"])
+        agent._load_extra_state(saved.state.extra)
+        saved.restore_rng()
+        agent._load_extra_files(saved.path)
+        return agent

@@ -1,62 +1,70 @@
-"""Saving, exporting and resuming agents. Every write is atomic: built under a temporary name, then renamed.
+"""Saving, exporting and resuming agents, from the state an agent hands over (:class:`AgentState`).
 
 A saved agent is a directory::
 
-    agent.json          algorithm, config, layout, counters, KL controller state
+    agent.json          algorithm, config, settings, counters, algorithm state (JSON)
     model/              the trained LM as an HF directory (safetensors; AutoModelForCausalLM loads it)
     reference/          the frozen reference LM (HF directory)
-    value_head.pt       the value head
+    value_head.safetensors, ...   further networks (DQN: target.safetensors)
     deepspeed/          DeepSpeed checkpoint: weights and optimizer state (ZeRO-aware)
-    rng.pt              Python, NumPy and torch RNG states
-    ...                 files of the algorithm (``_save_extra_files``; DQN: ``target.pt``, ``replay.npz``)
+    rng.json            Python, NumPy and torch RNG states
+    ...                 further files of the algorithm (DQN: replay.npz)
+
+Our own files hold no pickles: JSON, safetensors and ``.npz`` read with ``allow_pickle=False``.
+
+Every write goes through :func:`rewards.storage.atomic_directory`: the checkpoint is built under a
+temporary name, fsynced and then swapped in, so the path always holds a whole checkpoint, the old or the new
+one. A directory that is not a checkpoint, or a file, is never replaced.
 
 SB3's ``CheckpointCallback`` calls ``save("<dir>/<prefix>_<n>_steps.zip")``; the ``.zip`` suffix is dropped.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import os
 import random
-import shutil
-import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
-if TYPE_CHECKING:
-    from agents.base import TextAlgorithm
+from rewards.storage import atomic_directory, recover_directory
 
-AgentT = TypeVar("AgentT", bound="TextAlgorithm")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+STATE_FILE = "agent.json"
+RNG_FILE = "rng.json"
 
 
-def _atomic_dir(path: Path, build: Any) -> None:
-    """Build a directory under a temporary name, then swap it in (an old one is removed only afterwards)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.mkdir()
-    try:
-        build(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = path.with_name(f".{path.name}.{uuid.uuid4().hex}.old")
-    if path.exists():
-        os.replace(path, old)
-    os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
+@dataclasses.dataclass
+class AgentState:
+    """The JSON part of a checkpoint: what the agent is and where it stands."""
+
+    algo: str
+    config: dict[str, Any]
+    settings: dict[str, Any]  # seed, model_source, max_new_tokens, deepspeed_config
+    counters: dict[str, int]  # num_timesteps, n_updates, episode_num
+    extra: dict[str, Any]  # algorithm state: KL controller, baselines, exploration...
 
 
-def _clean(path: Path) -> Path:
+def checkpoint_path(path: Path) -> Path:
+    """The directory a checkpoint lives in: ``path`` without SB3's ``.zip`` suffix."""
     return path.with_suffix("") if path.suffix == ".zip" else path
+
+
+def _check_target(path: Path, what: str) -> None:
+    """Refuse to replace anything but an earlier checkpoint (or export) of ours."""
+    if path.is_file() or path.is_symlink():
+        raise FileExistsError(f"{str(path)!r} is a file; {what} writes a directory. Choose another path")
+    if path.is_dir() and any(path.iterdir()):
+        ours = (path / STATE_FILE).is_file() or (path / "config.json").is_file() and what == "export"
+        if not ours:
+            raise FileExistsError(
+                f"{str(path)!r} is a non-empty directory that does not hold a textenv {what}; "
+                "its files would be lost. Choose a new or empty directory"
+            )
 
 
 def _save_hf(lm: Any, directory: Path, tokenizer: Any = None) -> None:
@@ -65,88 +73,114 @@ def _save_hf(lm: Any, directory: Path, tokenizer: Any = None) -> None:
         tokenizer.save_pretrained(directory)
 
 
-def export_lm(agent: TextAlgorithm, path: Path) -> None:
-    """The trained LM (and the env tokenizer, when the env exposes one) as an HF directory."""
-    tokenizer = agent._env_attr("tokenizer") if agent.env is not None else None
-    _atomic_dir(_clean(path), lambda tmp: _save_hf(agent.module.lm, tmp, tokenizer))
+def export_lm(lm: Any, path: Path, tokenizer: Any = None) -> None:
+    """The LM (and the env tokenizer, when given) as an HF directory, written atomically."""
+    path = checkpoint_path(path)
+    _check_target(path, "export")
+    with atomic_directory(path) as tmp:
+        _save_hf(lm, tmp, tokenizer)
 
 
-def save(agent: TextAlgorithm, path: Path) -> None:
-    """Write the full training state of ``agent`` to the directory ``path``."""
-    tokenizer = agent._env_attr("tokenizer") if agent.env is not None else None
-
-    def build(tmp: Path) -> None:
-        _save_hf(agent.module.lm, tmp / "model", tokenizer)
-        _save_hf(agent.reference.lm, tmp / "reference")
-        torch.save(agent.module.value_head.state_dict(), tmp / "value_head.pt")
-        agent.engine.save_checkpoint(str(tmp / "deepspeed"), tag="state", save_latest=False)
-        torch.save(
-            {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
-            tmp / "rng.pt",
-        )
-        state = {
-            "algo": type(agent).__name__,
-            "config": _jsonable(agent.config),
-            "seed": agent.seed,
-            "model_source": str(agent.model_source),
-            "max_new_tokens": agent.max_new_tokens,
-            "deepspeed_config": agent.deepspeed_config
-            if isinstance(agent.deepspeed_config, (dict, type(None)))
-            else str(agent.deepspeed_config),
-            "num_timesteps": agent.num_timesteps,
-            "n_updates": agent._n_updates,
-            "episode_num": agent._episode_num,
-            "kl_ctl": agent.kl_ctl.state_dict(),
-            "extra": agent._extra_state(),
-        }
-        (tmp / "agent.json").write_text(json.dumps(state, indent=2))
-        agent._save_extra_files(tmp)
-
-    _atomic_dir(_clean(path), build)
+def _rng_state() -> dict[str, Any]:
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)  # type: ignore[misc]
+    return {
+        "python": [version, list(internal), gauss],
+        "numpy": [name, np.asarray(keys).tolist(), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state().tolist(),
+    }
 
 
-def _jsonable(config: Any) -> dict[str, Any]:
-    import dataclasses
+def _save_module(module: nn.Module, file: Path) -> None:
+    """``module``'s state as safetensors; tensors that share storage (tied weights) are stored once, and
+    views into DeepSpeed's flat buffers are copied out first."""
+    from safetensors.torch import save_file
 
-    return dataclasses.asdict(config)
+    tensors: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[tuple[int, tuple[int, ...], tuple[int, ...]], str] = {}
+    for name, tensor in module.state_dict().items():
+        key = (tensor.data_ptr(), tuple(tensor.shape), tuple(tensor.stride()))
+        if tensor.numel() and key in seen:
+            aliases[name] = seen[key]
+            continue
+        seen[key] = name
+        tensors[name] = tensor.detach().clone().contiguous()
+    save_file(tensors, str(file), metadata={"aliases": json.dumps(aliases)})
 
 
-def load(cls: type[AgentT], path: Path, env: Any = None, device: Any = "auto", **kwargs: Any) -> AgentT:
-    """Rebuild ``cls`` from :func:`save`'s directory and restore its training state exactly."""
-    path = _clean(path)
-    state_file = path / "agent.json"
+def _load_module(module: nn.Module, file: Path, device: torch.device | str) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(file), framework="pt") as handle:
+        aliases = json.loads((handle.metadata() or {}).get("aliases", "{}"))
+    tensors = load_file(str(file), device=str(device))
+    tensors.update({alias: tensors[name] for alias, name in aliases.items()})
+    module.load_state_dict(tensors, strict=True)
+
+
+def save(
+    path: Path,
+    state: AgentState,
+    lms: dict[str, Any],
+    modules: dict[str, nn.Module],
+    engine: Any,
+    tokenizer: Any = None,
+    files: dict[str, Callable[[Path], None]] | None = None,
+) -> None:
+    """Write a checkpoint to the directory ``path``: ``lms`` as HF directories (the first one with the
+    tokenizer), ``modules`` as safetensors, the DeepSpeed ``engine``, the RNG states, ``files`` by writer."""
+    path = checkpoint_path(path)
+    _check_target(path, "checkpoint")
+    with atomic_directory(path) as tmp:
+        for index, (name, lm) in enumerate(lms.items()):
+            _save_hf(lm, tmp / name, tokenizer if index == 0 else None)
+        for name, module in modules.items():
+            _save_module(module, tmp / f"{name}.safetensors")
+        engine.save_checkpoint(str(tmp / "deepspeed"), tag="state", save_latest=False)
+        (tmp / RNG_FILE).write_text(json.dumps(_rng_state()))
+        for name, write in (files or {}).items():
+            write(tmp / name)
+        (tmp / STATE_FILE).write_text(json.dumps(dataclasses.asdict(state), indent=2))
+
+
+class SavedAgent:
+    """A checkpoint directory opened for loading: its :class:`AgentState` and readers for the rest."""
+
+    def __init__(self, path: Path, state: AgentState) -> None:
+        self.path, self.state = path, state
+
+    def load_lm(self, name: str) -> Any:
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(self.path / name, use_safetensors=True)  # never a pickle
+
+    def load_modules(self, modules: dict[str, nn.Module], device: torch.device | str) -> None:
+        for name, module in modules.items():
+            _load_module(module, self.path / f"{name}.safetensors", device)
+
+    def load_engine(self, engine: Any) -> None:
+        engine.load_checkpoint(str(self.path / "deepspeed"), tag="state", load_module_strict=True)
+
+    def restore_rng(self) -> None:
+        rng = json.loads((self.path / RNG_FILE).read_text())
+        version, internal, gauss = rng["python"]
+        random.setstate((version, tuple(internal), gauss))
+        name, keys, pos, has_gauss, cached = rng["numpy"]
+        np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+        torch.set_rng_state(torch.tensor(rng["torch"], dtype=torch.uint8))
+
+
+def read(path: Path, algo: str) -> SavedAgent:
+    """Open the checkpoint at ``path`` (written by :func:`save`) for an agent of class ``algo``."""
+    path = recover_directory(checkpoint_path(path))
+    state_file = path / STATE_FILE
     if not state_file.is_file():
         raise FileNotFoundError(
-            f"{str(path)!r} is not a saved agent (no agent.json); pass the directory save() wrote"
+            f"{str(path)!r} is not a saved agent (no {STATE_FILE}); pass the directory save() wrote"
         )
-    state = json.loads(state_file.read_text())
-    if state["algo"] != cls.__name__:
-        raise ValueError(f"{str(path)!r} holds a {state['algo']} agent; load it with {state['algo']}.load")
-    if env is None:
-        raise ValueError("load needs env=...: the agent's layout (P, N, vocabulary) is checked against it")
-    from transformers import AutoModelForCausalLM
-
-    config = cls.config_class(**state["config"])
-    agent = cls(
-        env,
-        model=AutoModelForCausalLM.from_pretrained(path / "model"),
-        config=config,
-        reference_model=AutoModelForCausalLM.from_pretrained(path / "reference"),
-        deepspeed_config=kwargs.pop("deepspeed_config", state["deepspeed_config"]),
-        seed=state["seed"],
-        device=device,
-        **kwargs,
-    )
-    agent.model_source = state["model_source"]
-    agent.module.value_head.load_state_dict(torch.load(path / "value_head.pt", map_location=agent.device))
-    agent.engine.load_checkpoint(str(path / "deepspeed"), tag="state", load_module_strict=True)
-    agent.num_timesteps, agent._n_updates = state["num_timesteps"], state["n_updates"]
-    agent._episode_num = state["episode_num"]
-    agent.kl_ctl.load_state_dict(state["kl_ctl"])
-    agent._load_extra_state(state["extra"])
-    rng = torch.load(path / "rng.pt", weights_only=False)
-    random.setstate(rng["python"])
-    np.random.set_state(rng["numpy"])
-    torch.set_rng_state(rng["torch"])
-    agent._load_extra_files(path)
-    return agent
+    state = AgentState(**json.loads(state_file.read_text()))
+    if state.algo != algo:
+        raise ValueError(f"{str(path)!r} holds a {state.algo} agent; load it with {state.algo}.load")
+    return SavedAgent(path, state)

@@ -14,7 +14,6 @@ The math (n-step targets, double DQN, the conservative penalty, epsilon-greedy e
 
 from __future__ import annotations
 
-import copy
 import os
 import time
 from dataclasses import dataclass
@@ -28,12 +27,14 @@ import torch.nn.functional as F
 from gymnasium import spaces
 from stable_baselines3.common.utils import LinearSchedule, polyak_update, safe_mean
 from stable_baselines3.common.vec_env import VecEnv
+from torch import nn
 from transformers import PreTrainedModel
 from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
+from agents import run_logging
 from agents.base import TextAlgorithm
-from agents.losses import logprobs_from_logits
-from agents.policy import ActorCritic, StepCache, cached_step, position_ids_from_mask
+from agents.config import AlgorithmConfig
+from agents.policy import FrozenLM, StepCache, action_logits, cached_step, completion_logits
 from agents.q_learning import conservative_penalty, episode_td_targets, epsilon_greedy
 from agents.replay import ReplayBuffer
 
@@ -41,11 +42,10 @@ TRAIN_FREQ_UNITS = ("step", "episode")
 
 
 @dataclass
-class DQNConfig:
-    """DQN settings; the names follow Stable-Baselines3's ``DQN`` where one exists."""
+class DQNConfig(AlgorithmConfig):
+    """DQN settings (on top of :class:`~agents.config.AlgorithmConfig`); the names follow Stable-Baselines3's
+    ``DQN`` where one exists."""
 
-    learning_rate: float = 1e-5
-    """AdamW step size (DeepSpeed's ``optimizer.params.lr`` wins if the DeepSpeed config sets it)."""
     buffer_size: int = 100_000
     """Replay capacity in token transitions."""
     learning_starts: int = 1_000
@@ -78,14 +78,15 @@ class DQNConfig:
     """... and from its top-p nucleus (1.0: no nucleus filter)."""
     reward_scale: float = 1.0
     """Factor on env rewards in the TD targets (Q is in logit units; raise it when logit gaps are large)."""
-    max_grad_norm: float | None = 1.0
-    """Gradient clipping (DeepSpeed ``gradient_clipping``); None disables it."""
     save_replay_buffer: bool = True
     """Include the replay buffer in :meth:`DQN.save` checkpoints (needed for an exact resume)."""
-    max_new_tokens: int | None = None
-    """N, the completion slots of the observation; None reads the env attribute ``max_new_tokens``."""
+
+    @property
+    def micro_batch_size(self) -> int:
+        return self.batch_size
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if isinstance(self.train_freq, int):
             self.train_freq = (self.train_freq, "step")
         self.train_freq = (int(self.train_freq[0]), str(self.train_freq[1]))
@@ -98,7 +99,6 @@ class DQNConfig:
         ref_ok = self.conservative_coef >= 0 and self.top_k >= 0 and 0 < self.top_p <= 1
         fix = {  # message (what is wrong, how to fix) -> is it wrong
             f"train_freq={self.train_freq}: use e.g. 4, (4, 'step') or (1, 'episode')": not unit_ok,
-            f"learning_rate must be > 0, got {self.learning_rate}; try 1e-5": self.learning_rate <= 0,
             f"batch_size={bs} > buffer_size: raise buffer_size or lower batch_size": bs > self.buffer_size,
             "batch_size, target_update_interval, n_steps must be >= 1": not sizes_ok,
             "learning_starts must be >= 0": self.learning_starts < 0,
@@ -112,13 +112,6 @@ class DQNConfig:
         for message, wrong in fix.items():
             if wrong:
                 raise ValueError(message)
-
-    # what TextAlgorithm reads from a config: the DeepSpeed micro batch, a disabled KL control
-    @property
-    def minibatch_size(self) -> int:
-        return self.batch_size
-
-    init_kl_coef, target_kl_ref, kl_horizon = 0.0, None, 10_000
 
     @classmethod
     def smollm2_sentiment(cls, **overrides: Any) -> DQNConfig:
@@ -183,17 +176,18 @@ class DQN(TextAlgorithm):
             )
         super().__init__(env, model, config, **kwargs)
 
-    def _build_modules(self) -> None:
-        super()._build_modules()  # self.module: the Q-network (its value head is unused); self.reference
-        self.target = ActorCritic(copy.deepcopy(self.module.lm)).requires_grad_(False).to(self.device)
-        self.reference_stepper = ActorCritic(self.reference.lm).to(self.device)  # shares reference weights
+    def _build_networks(self, lm: PreTrainedModel, reference_lm: PreTrainedModel) -> None:
+        """``self.policy``: the Q-network (the LM's logits; its value head is unused), ``self.reference`` and
+        the target network ``self.target``."""
+        super()._build_networks(lm, reference_lm)
+        self.target = FrozenLM(lm).to(self.device)
 
     def _setup_model(self) -> None:
         super()._setup_model()
         if not self.token_level:
             raise ValueError("DQN needs a token-level env (TextGen-v0); use agents.PPO or agents.REINFORCE")
         cfg = self.config
-        self.target.to(dtype=next(self.module.parameters()).dtype)
+        self.target.to(dtype=next(self.policy.parameters()).dtype)
         self.replay = ReplayBuffer(
             cfg.buffer_size, self.prompt_len, self.max_new_tokens, self.pad_token_id, self.n_actions
         )
@@ -212,17 +206,16 @@ class DQN(TextAlgorithm):
     # ---- acting --------------------------------------------------------------------------------------------
     def _explore_exploit(self, q: torch.Tensor, ref_logits: torch.Tensor, epsilon: float) -> torch.Tensor:
         """(B,) tokens: a top-k/top-p sample of the reference LM with probability epsilon, else argmax Q."""
-        n_actions = self.n_actions
-        return epsilon_greedy(q[:, :n_actions], ref_logits[:, :n_actions], epsilon, self.warpers)
+        q, ref_logits = action_logits(q, self.n_actions), action_logits(ref_logits, self.n_actions)
+        return epsilon_greedy(q, ref_logits, epsilon, self.warpers)
 
-    def _token_step(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+    def _token_step(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, None]:
+        """The epsilon-greedy token; nothing is recorded per token (the replay keeps whole episodes)."""
         self._update_current_progress_remaining(self.num_timesteps, self._total_timesteps)
         self.exploration_rate = self.exploration_schedule(self._current_progress_remaining)
-        q, _ = cached_step(self.module, ids, mask, self.prompt_len, self._step_cache)  # (B, V)
-        ref, _ = cached_step(self.reference_stepper, ids, mask, self.prompt_len, self._reference_cache)
-        actions = self._explore_exploit(q, ref, self.exploration_rate)
-        stats = logprobs_from_logits(ref, actions).cpu(), q.gather(-1, actions[:, None]).squeeze(-1).cpu()
-        return actions, stats
+        q, _ = cached_step(self.policy, ids, mask, self.prompt_len, self._step_cache)  # (B, V)
+        ref, _ = cached_step(self.reference, ids, mask, self.prompt_len, self._reference_cache)
+        return self._explore_exploit(q, ref, self.exploration_rate), None
 
     def predict(  # type: ignore[override]
         self,
@@ -237,10 +230,10 @@ class DQN(TextAlgorithm):
         if single:
             ids, mask = ids[None], mask[None]  # (1, T)
         q_cache, ref_cache = state if isinstance(state, tuple) else (StepCache(), StepCache())
-        q, _ = cached_step(self.module, ids, mask, self.prompt_len, q_cache)
+        q, _ = cached_step(self.policy, ids, mask, self.prompt_len, q_cache)
         ref = q
         if not deterministic:
-            ref, _ = cached_step(self.reference_stepper, ids, mask, self.prompt_len, ref_cache)
+            ref, _ = cached_step(self.reference, ids, mask, self.prompt_len, ref_cache)
         actions = self._explore_exploit(q, ref, 0.0 if deterministic else self.exploration_rate).cpu().numpy()
         return (actions[0] if single else actions), (q_cache, ref_cache)
 
@@ -248,18 +241,21 @@ class DQN(TextAlgorithm):
     def _rollout_done(self) -> bool:
         frequency, unit = self.config.train_freq  # type: ignore[misc]
         if unit == "episode":
-            return len(self.buffer) >= frequency
+            return len(self.rollout) >= frequency
         return self.num_timesteps - self._rollout_start >= frequency * self.n_envs
 
     def collect_rollouts(self, env: VecEnv, callback: Any) -> bool:
         """Step ``env`` for ``train_freq`` (base loop), then move the finished episodes into the replay."""
         self._rollout_start = self.num_timesteps
         running = super().collect_rollouts(env, callback)
-        for episode in self.buffer.finished:
-            prompt = [t for t, m in zip(episode.prompt_ids, episode.prompt_mask, strict=True) if m]
-            self.replay.add(prompt, episode.tokens, episode.reward)
-        self._episode_num += len(self.buffer.finished)
-        self._pending_samples = (self._pending_samples + self._samples)[:4]
+        prompt_len = self.prompt_len
+        for episode in self.rollout.episodes:
+            ids, mask = episode.input_ids, episode.attention_mask.astype(bool)  # (P+N,)
+            self.replay.add(
+                ids[:prompt_len][mask[:prompt_len]], ids[prompt_len:][mask[prompt_len:]], episode.reward
+            )
+        self._episode_num += len(self.rollout)
+        self._pending_samples = (self._pending_samples + self.rollout.samples)[:4]
         return running
 
     # ---- learning ------------------------------------------------------------------------------------------
@@ -270,12 +266,12 @@ class DQN(TextAlgorithm):
         losses, td_losses, penalties, q_means, target_means = [], [], [], [], []
         for _ in range(gradient_steps):
             batch = self.replay.sample(batch_size, self.replay_rng, self.device)
-            ids, attn, mask = batch.input_ids[:, :-1], batch.attention_mask[:, :-1], batch.gen_mask
-            logits, _ = self.engine(ids, attn, logits_to_keep=n_new)  # (U, N, V)
-            q = logits[..., :n_actions].float()  # (U, N, A): Q(s_t, .) for every generated slot t
+            ids, attn, mask = batch.input_ids, batch.attention_mask, batch.gen_mask
+            logits, _ = completion_logits(self.engine, ids, attn, n_new, n_actions)  # (U, N, A)
+            q = logits.float()  # Q(s_t, .) for every generated slot t
             with torch.no_grad():
-                target_logits, _ = self.target(ids, attn, logits_to_keep=n_new)
-                target_q, rewards = target_logits[..., :n_actions].float(), batch.rewards * cfg.reward_scale
+                target_logits, _ = completion_logits(self.target, ids, attn, n_new, n_actions)
+                target_q, rewards = target_logits.float(), batch.rewards * cfg.reward_scale
                 targets = episode_td_targets(q.detach(), target_q, mask, rewards, cfg.gamma, cfg.n_steps)
             actions = batch.input_ids[:, -n_new:]  # (U, N) the token taken in each state
             q_taken = q.gather(-1, actions[..., None]).squeeze(-1)  # (U, N)
@@ -283,12 +279,9 @@ class DQN(TextAlgorithm):
             td_loss = F.smooth_l1_loss(q_taken[rows, positions], targets[rows, positions])
             loss = td_loss
             if cfg.conservative_coef > 0:
-                ref_logits = self.reference.lm(
-                    input_ids=ids,
-                    attention_mask=attn,
-                    position_ids=position_ids_from_mask(attn),
-                    logits_to_keep=n_new,
-                ).logits[rows, positions, :n_actions]  # (B, A)
+                with torch.no_grad():
+                    ref_logits, _ = completion_logits(self.reference, ids, attn, n_new, n_actions)
+                ref_logits = ref_logits[rows, positions]  # (B, A)
                 penalty = conservative_penalty(q[rows, positions], torch.log_softmax(ref_logits.float(), -1))
                 loss = td_loss + cfg.conservative_coef * penalty
                 penalties.append(penalty.item())
@@ -312,7 +305,7 @@ class DQN(TextAlgorithm):
         due = (self.num_timesteps - self.last_target_update) // self.config.target_update_interval
         if due > 0:
             tau = 1.0 - (1.0 - self.config.tau) ** due
-            polyak_update(self.module.lm.parameters(), self.target.lm.parameters(), tau)
+            polyak_update(self.policy.lm.parameters(), self.target.lm.parameters(), tau)
             self.last_target_update += due * self.config.target_update_interval
 
     def learn(  # type: ignore[override]
@@ -330,8 +323,8 @@ class DQN(TextAlgorithm):
         total_timesteps, callback = self._setup_learn(
             total_timesteps, callback, reset_num_timesteps, tb_log_name or self.algo_name, progress_bar
         )
-        callback.on_training_start(locals(), globals())
-        self._record_hparams()
+        callback.on_training_start({"total_timesteps": total_timesteps}, {})
+        run_logging.record_hparams(self.logger, self._hparams())
         last_dump = self._episode_num
         assert self.env is not None
         while self.num_timesteps < total_timesteps:
@@ -362,7 +355,7 @@ class DQN(TextAlgorithm):
         self.logger.record("time/fps", int((self.num_timesteps - self._num_timesteps_at_start) / elapsed))
         self.logger.record("time/episodes", self._episode_num, exclude="tensorboard")
         self.logger.record("time/total_timesteps", self.num_timesteps, exclude="tensorboard")
-        self._log_samples(self._pending_samples)
+        run_logging.log_samples(self.logger, self._pending_samples, self.num_timesteps)
         self._pending_samples = []
         self.logger.dump(step=self.num_timesteps)
 
@@ -379,14 +372,14 @@ class DQN(TextAlgorithm):
         self.last_target_update = int(state["last_target_update"])
         self.replay_rng.bit_generator.state = state["replay_rng"]
 
-    def _save_extra_files(self, directory: Path) -> None:
-        """The target network (``target.pt``) and, if ``save_replay_buffer``, the replay (``replay.npz``)."""
-        torch.save(self.target.lm.state_dict(), directory / "target.pt")
-        if self.config.save_replay_buffer:
-            self.save_replay_buffer(directory / "replay.npz")
+    def _extra_modules(self) -> dict[str, nn.Module]:
+        return {"target": self.target.lm}
+
+    def _extra_files(self) -> dict[str, Any]:
+        """The replay buffer (``replay.npz``) when ``save_replay_buffer`` is set."""
+        return {"replay.npz": self.save_replay_buffer} if self.config.save_replay_buffer else {}
 
     def _load_extra_files(self, directory: Path) -> None:
-        self.target.lm.load_state_dict(torch.load(directory / "target.pt", map_location=self.device))
         if (directory / "replay.npz").is_file():
             self.load_replay_buffer(directory / "replay.npz")
 

@@ -1,8 +1,9 @@
 """DeepSpeed engine for the trainable actor-critic: config loading, validation, defaults and initialisation.
 
-On CPU the default is one process without a launcher: the torch.distributed variables are filled in if
-missing (``MASTER_ADDR=127.0.0.1``, a free ``MASTER_PORT``, ``RANK=0``, ``WORLD_SIZE=1``, ``LOCAL_RANK=0``)
-and the process group uses gloo, with ZeRO stage 0 in fp32. On GPU the default is bf16 with ZeRO-2.
+On CPU the default is one process without a launcher: the torch.distributed variables are filled in while
+DeepSpeed starts if missing (``MASTER_ADDR=127.0.0.1``, a free ``MASTER_PORT``, ``RANK=0``, ``WORLD_SIZE=1``,
+``LOCAL_RANK=0``; removed again afterwards) and the process group uses gloo, with ZeRO stage 0 in fp32.
+On GPU the default is bf16 with ZeRO-2.
 
 Several processes (N on one machine): start the same script with either launcher::
 
@@ -28,10 +29,13 @@ whole parameters on every rank.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
+import pickle
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -144,25 +148,74 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+LAUNCHER_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")
+
+
+@contextlib.contextmanager
+def launcher_environment() -> Iterator[None]:
+    """The torch.distributed variables a launcher would set, for one process without a launcher.
+
+    Missing ones are set for the duration of the block and removed afterwards, so that creating an agent
+    leaves ``os.environ`` as it found it (a child process started later picks its own free port).
+    """
+    added = {}
+    defaults = {"MASTER_ADDR": "127.0.0.1", "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}
+    for name in LAUNCHER_VARIABLES:
+        if name not in os.environ:
+            added[name] = os.environ[name] = defaults.get(name) or str(_free_port())
+    try:
+        yield
+    finally:
+        for name, value in added.items():
+            if os.environ.get(name) == value:
+                del os.environ[name]
+
+
 def init_distributed() -> None:
     """Start torch.distributed for DeepSpeed once: gloo on CPU, nccl on GPU, no launcher for 1 process."""
     import deepspeed
 
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", str(_free_port()))
-    os.environ.setdefault("RANK", "0")
-    os.environ.setdefault("WORLD_SIZE", "1")
-    os.environ.setdefault("LOCAL_RANK", "0")
-    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", verbose=False)
+    with launcher_environment():
+        deepspeed.init_distributed(
+            dist_backend="nccl" if torch.cuda.is_available() else "gloo", verbose=False
+        )
+
+
+SAFE_CHECKPOINT_GLOBALS = (
+    "deepspeed.runtime.fp16.loss_scaler.LossScaler",
+    "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler",
+    "deepspeed.runtime.zero.config.ZeroStageEnum",
+    "deepspeed.utils.tensor_fragment.fragment_address",
+)
+"""The only non-tensor classes DeepSpeed's ZeRO 0-2 checkpoints hold: plain records and an enum."""
+
+
+def safe_torch_load(path: str, map_location: Any = None) -> Any:
+    """``torch.load`` of a DeepSpeed checkpoint file, without unpickling arbitrary objects (weights only)."""
+    import importlib
+
+    allowed = []
+    for qualified in SAFE_CHECKPOINT_GLOBALS:
+        module, _, name = qualified.rpartition(".")
+        allowed.append(getattr(importlib.import_module(module), name))
+    try:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ValueError(
+            f"refused to load {path!r}: it holds objects other than tensors and plain data ({error}). "
+            "textenv never unpickles code from a checkpoint; re-save it with a trusted textenv"
+        ) from error
 
 
 def initialize(model: torch.nn.Module, config: dict[str, Any]) -> Any:
     """``deepspeed.initialize`` on the trainable parameters of ``model``; returns the engine.
 
     The engine builds the optimizer from ``config["optimizer"]``; on CPU a torch AdamW is passed in instead,
-    because DeepSpeed's own CPU Adam needs a compiled op.
+    because DeepSpeed's own CPU Adam needs a compiled op. The engine's checkpoint reader is replaced by
+    :func:`safe_torch_load`, so loading a checkpoint never unpickles code.
     """
     import deepspeed
 
@@ -178,5 +231,9 @@ def initialize(model: torch.nn.Module, config: dict[str, Any]) -> Any:
             k: v for k, v in spec.get("params", {}).items() if k in ("lr", "betas", "eps", "weight_decay")
         }
         optimizer = torch.optim.AdamW(params, **kwargs)
-    engine, *_ = deepspeed.initialize(model=model, model_parameters=params, optimizer=optimizer, config=cfg)
+    with launcher_environment():
+        engine, *_ = deepspeed.initialize(
+            model=model, model_parameters=params, optimizer=optimizer, config=cfg
+        )
+    engine.checkpoint_engine.load = safe_torch_load
     return engine

@@ -1,4 +1,4 @@
-"""Pure math for the policy-gradient agents: GAE, masked statistics, PPO losses, adaptive KL.
+"""Pure math for the policy-gradient agents: GAE, masked statistics, PPO losses, the KL penalty, adaptive KL.
 
 Every function takes and returns torch tensors and holds no state, except :class:`AdaptiveKLController`,
 whose state is two floats (so a checkpoint can restore it exactly). Masks are float or bool tensors of the
@@ -132,9 +132,11 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
 
     >>> entropy_from_logits(torch.zeros(1, 4))   # uniform over 4: log 4
     tensor([1.3863])
+    >>> entropy_from_logits(torch.tensor([[0.0, 0.0, -torch.inf]]))   # a masked token adds nothing: log 2
+    tensor([0.6931])
     """
     logp = torch.log_softmax(logits, dim=-1)
-    return -(logp.exp() * logp).sum(-1)
+    return -(logp.exp() * logp.masked_fill(torch.isneginf(logp), 0.0)).sum(-1)  # 0 * log 0 = 0
 
 
 def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -145,6 +147,52 @@ def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Te
     """
     logp = torch.log_softmax(logits.float(), dim=-1)
     return torch.gather(logp, -1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+KL_KINDS = ("kl", "abs", "mse", "full")
+
+
+def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: str = "kl") -> torch.Tensor:
+    """Per-token penalty from the log-ratio ``logprobs - ref_logprobs`` of policy to reference (torch).
+
+    ``kind`` picks the estimator of ``KL(policy || reference)`` at each token:
+
+    - ``"kl"``: ``logprobs - ref_logprobs`` (k1; unbiased, can be negative; DeepSpeed-Chat's reward term);
+    - ``"abs"``: ``|logprobs - ref_logprobs|``;
+    - ``"mse"``: ``0.5 * (logprobs - ref_logprobs) ** 2`` (k2);
+    - ``"full"``: the exact KL over the vocabulary. Here both arguments are full log-distributions of shape
+      ``(..., vocab)`` and the result has shape ``(...)``: ``sum_v p(v) * (logprobs[v] - ref_logprobs[v])``.
+
+    For the first three kinds the arguments are the log-probs of the sampled tokens, ``(B, T)``, and the
+    result has the same shape. The agent usually subtracts ``beta * kl_penalty(...)`` from the per-token
+    reward; mask padding yourself.
+
+    >>> logprobs, ref_logprobs = torch.tensor([[-1.0, -2.0]]), torch.tensor([[-1.5, -1.0]])
+    >>> kl_penalty(logprobs, ref_logprobs).tolist()
+    [[0.5, -1.0]]
+    >>> kl_penalty(logprobs, ref_logprobs, kind="abs").tolist()
+    [[0.5, 1.0]]
+    >>> kl_penalty(logprobs, ref_logprobs, kind="mse").tolist()
+    [[0.125, 0.5]]
+    >>> p, q = torch.tensor([0.5, 0.5]).log(), torch.tensor([0.25, 0.75]).log()
+    >>> round(kl_penalty(p, q, kind="full").item(), 4)  # 0.5*ln 2 + 0.5*ln(2/3)
+    0.1438
+    """
+    if kind not in KL_KINDS:
+        raise ValueError(f"kind={kind!r} is not known; use one of {KL_KINDS}")
+    if logprobs.shape != ref_logprobs.shape:
+        raise ValueError(
+            f"logprobs has shape {tuple(logprobs.shape)} but ref_logprobs has {tuple(ref_logprobs.shape)}; "
+            "pass both for the same tokens"
+        )
+    log_ratio = logprobs - ref_logprobs
+    if kind == "kl":
+        return log_ratio
+    if kind == "abs":
+        return log_ratio.abs()
+    if kind == "mse":
+        return 0.5 * log_ratio.square()
+    return torch.nn.functional.kl_div(ref_logprobs, logprobs, log_target=True, reduction="none").sum(-1)
 
 
 class AdaptiveKLController:

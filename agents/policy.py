@@ -1,10 +1,15 @@
-"""Actor-critic around a transformers causal LM, the frozen reference model, and KV-cached stepping.
+"""Actor-critic around a transformers causal LM, frozen LM copies, completion scoring and KV-cached stepping.
 
 Observation layout (the textenv contract, shared by any compatible env): ``input_ids`` and ``attention_mask``
 of length ``P + N``; the prompt is left-padded into the first ``P`` slots and the generated tokens are
 right-padded into the last ``N``. Position ids are always ``attention_mask.cumsum(-1) - 1`` clipped at 0
 (as ``generate`` does for left padding), in rollouts and in training alike, so the log-probs a rollout
 records equal the ones the update recomputes.
+
+Every agent and the pre-update scoring read a batch of episodes through two functions, SB3's
+``evaluate_actions`` for text: :func:`completion_logits` (one forward over whole episodes: the logits of the
+N completion slots, restricted to the action space by :func:`action_logits`, and the values) and
+:func:`evaluate_completions` (plus the log-probs and entropy of the tokens taken).
 
 Why a value head on the shared trunk rather than a separate critic: it costs one ``Linear(hidden, 1)``
 instead of a second copy of the model and its optimizer state (a 135M model plus AdamW is ~2.2 GB per copy
@@ -20,14 +25,14 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any, Protocol, cast
+from typing import Any, NamedTuple, Protocol, cast
 
 import torch
 from torch import nn
 from transformers import DynamicCache, GenerationConfig, PreTrainedModel
 from transformers.cache_utils import DynamicLayer
 
-from agents.losses import logprobs_from_logits
+from agents.losses import entropy_from_logits, logprobs_from_logits
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -62,16 +67,8 @@ class ActorCritic(nn.Module):
         logits_to_keep: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits (B, K, V) and values (B, K) of the last ``logits_to_keep`` positions (all if 0)."""
-        if position_ids is None:
-            position_ids = position_ids_from_mask(attention_mask)
-        out = self.lm(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=past_key_values,
-            use_cache=past_key_values is not None,
-            output_hidden_states=True,
-            logits_to_keep=logits_to_keep,
+        out = lm_forward(
+            self.lm, input_ids, attention_mask, position_ids, past_key_values, logits_to_keep, hidden=True
         )
         hidden = out.hidden_states[-1]  # (B, T, H)
         if logits_to_keep:
@@ -80,26 +77,107 @@ class ActorCritic(nn.Module):
         return out.logits, values
 
 
-class ReferenceModel(nn.Module):
-    """Frozen copy of the initial LM; gives the per-token log-probs the KL penalty is measured against."""
+class FrozenLM(nn.Module):
+    """A copy of a causal LM that takes no gradient step: the KL penalty's reference, DQN's target network.
+
+    Its ``forward`` has :class:`ActorCritic`'s signature and returns ``(logits, None)`` (no value head), so
+    :func:`completion_logits` and :func:`cached_step` take either.
+    """
 
     def __init__(self, lm: PreTrainedModel) -> None:
         super().__init__()
         self.lm = copy.deepcopy(lm).eval().requires_grad_(False)
 
-    def train(self, mode: bool = True) -> ReferenceModel:
+    def train(self, mode: bool = True) -> FrozenLM:
         return super().train(False)
 
-    @torch.no_grad()
-    def logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_new: int) -> torch.Tensor:
-        """Log-probs (E, n_new) of the last ``n_new`` tokens of (E, T) sequences, from one forward."""
-        logits = self.lm(
-            input_ids=input_ids[:, :-1],
-            attention_mask=attention_mask[:, :-1],
-            position_ids=position_ids_from_mask(attention_mask[:, :-1]),
-            logits_to_keep=n_new,
-        ).logits  # (E, n_new, V)
-        return logprobs_from_logits(logits, input_ids[:, -n_new:])
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+        past_key_values: DynamicCache | None = None,
+        logits_to_keep: int = 0,
+    ) -> tuple[torch.Tensor, None]:
+        """Logits (B, K, V) of the last ``logits_to_keep`` positions (all if 0), and no values."""
+        out = lm_forward(self.lm, input_ids, attention_mask, position_ids, past_key_values, logits_to_keep)
+        return out.logits, None
+
+
+def lm_forward(
+    lm: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position_ids: torch.Tensor | None = None,
+    past_key_values: DynamicCache | None = None,
+    logits_to_keep: int = 0,
+    hidden: bool = False,
+) -> Any:
+    """One forward of a causal LM with the layout's position ids (see the module docstring); the KV cache is
+    used and extended only when one is passed, the hidden states returned only when ``hidden``."""
+    if position_ids is None:
+        position_ids = position_ids_from_mask(attention_mask)
+    return lm(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        past_key_values=past_key_values,
+        use_cache=past_key_values is not None,
+        output_hidden_states=hidden,
+        logits_to_keep=logits_to_keep,
+    )
+
+
+def action_logits(logits: torch.Tensor, n_actions: int) -> torch.Tensor:
+    """The logits of the env's ``n_actions`` token ids (the first ones): (..., V) -> (..., n_actions).
+
+    The one vocabulary mask of the agents: vocabulary rows past the action space (padding rows of the
+    embedding) are never chosen, scored or trained. ``generate`` gets the same rule as ``suppress_tokens``.
+
+    >>> action_logits(torch.zeros(2, 5), 3).shape
+    torch.Size([2, 3])
+    """
+    return logits if logits.shape[-1] == n_actions else logits[..., :n_actions]
+
+
+class CompletionEval(NamedTuple):
+    """What one forward over whole episodes gives for their N completion slots."""
+
+    logprobs: torch.Tensor  # (E, N) float32, log pi(token taken)
+    entropy: torch.Tensor | None  # (E, N) float32, entropy of pi at each slot (when asked for)
+    values: torch.Tensor | None  # (E, N) float32, value head (None for a FrozenLM)
+    logits: torch.Tensor  # (E, N, n_actions)
+
+
+def completion_logits(
+    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_new: int, n_actions: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logits (E, N, n_actions) before each of the last ``n_new`` tokens of (E, P+N) episodes, and the values
+    (E, N) or None, from one forward pass of ``model`` (an :class:`ActorCritic`, a :class:`FrozenLM`, the
+    DeepSpeed engine around one, or a plain causal LM). The last token is never fed: nothing is predicted
+    after it."""
+    ids, mask = input_ids[:, :-1], attention_mask[:, :-1]
+    if isinstance(model, PreTrainedModel):
+        logits, values = lm_forward(model, ids, mask, logits_to_keep=n_new).logits, None
+    else:
+        logits, values = model(ids, mask, logits_to_keep=n_new)  # (E, N, V)
+    return action_logits(logits, n_actions), values
+
+
+def evaluate_completions(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    n_new: int,
+    n_actions: int,
+    with_entropy: bool = False,
+) -> CompletionEval:
+    """Log-probs (and entropy) of the completion tokens of (E, P+N) episodes from one forward pass;
+    see :func:`completion_logits`. Log-softmax and entropy are computed in float32."""
+    logits, values = completion_logits(model, input_ids, attention_mask, n_new, n_actions)
+    logprobs = logprobs_from_logits(logits, input_ids[:, -n_new:])  # (E, N)
+    entropy = entropy_from_logits(logits.float()) if with_entropy else None
+    return CompletionEval(logprobs, entropy, values, logits)
 
 
 @dataclass
@@ -182,13 +260,14 @@ def _crop_left(cache: StepCache) -> None:
 
 @torch.no_grad()
 def cached_step(
-    model: ActorCritic,
+    model: ActorCritic | FrozenLM,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     prompt_len: int,
     cache: StepCache,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (B, V) and values (B,) for the next token of B observations, with one incremental forward.
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logits (B, V) and values (B,) (None for a :class:`FrozenLM`) for the next token of B observations,
+    with one incremental forward.
 
     Each row feeds only the last real token of its observation; everything before it must already be in the
     cache. Rows where it is not (a new episode: only the prompt, or an unrelated observation) are first
@@ -235,7 +314,7 @@ def cached_step(
     cache.slot_mask = step_mask
     cache.fed_ids, cache.fed_mask, cache.fed_len = input_ids.clone(), attention_mask.clone(), cur_len
     _crop_left(cache)
-    return logits[:, -1].float(), values[:, -1]  # (B, V), (B,)
+    return logits[:, -1].float(), None if values is None else values[:, -1]  # (B, V), (B,) or None
 
 
 @torch.no_grad()
@@ -254,7 +333,8 @@ def generate_completions(
     ``lm`` is a transformers causal LM (a ``PreTrainedModel`` with ``GenerationMixin``).
 
     Pure sampling (no top-k/top-p, temperature 1), or greedy when ``deterministic``; token ids
-    ``>= n_actions`` (vocabulary rows outside the action space) are never generated.
+    ``>= n_actions`` (vocabulary rows outside the action space) are never generated (``suppress_tokens``,
+    generation's form of :func:`action_logits`).
     """
     config = GenerationConfig(
         max_new_tokens=max_new_tokens,

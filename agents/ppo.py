@@ -18,21 +18,15 @@ import numpy as np
 import torch
 
 from agents.base import TextAlgorithm
-from agents.config import AgentConfig
-from agents.losses import (
-    compute_gae,
-    entropy_from_logits,
-    logprobs_from_logits,
-    masked_mean,
-    masked_whiten,
-    ppo_clip_loss,
-    value_clip_loss,
-)
+from agents.config import PolicyGradientConfig
+from agents.losses import compute_gae, masked_mean, masked_whiten, ppo_clip_loss, value_clip_loss
+from agents.policy import evaluate_completions
+from agents.scoring import score_batch
 
 
 @dataclass
-class PPOConfig(AgentConfig):
-    """PPO settings (on top of :class:`~agents.config.AgentConfig`)."""
+class PPOConfig(PolicyGradientConfig):
+    """PPO settings (on top of :class:`~agents.config.PolicyGradientConfig`)."""
 
     n_epochs: int = 4
     """Passes over each rollout."""
@@ -89,11 +83,12 @@ class PPO(TextAlgorithm):
     config: PPOConfig
 
     def train(self) -> None:
-        cfg, n_new = self.config, self.max_new_tokens
-        batch = self.buffer.get(self.device)
-        scored = self._score_batch(batch)
+        cfg, n_new, n_actions, kl_ctl = self.config, self.max_new_tokens, self.n_actions, self.kl_ctl
+        batch = self.rollout_batch
+        assert batch is not None and kl_ctl is not None
+        scored = score_batch(batch, self.policy, self.reference, n_new, n_actions, cfg.minibatch_size)
         mask = batch.gen_mask  # (E, N)
-        token_rewards = -self.kl_ctl.value * scored.kl  # (E, N)
+        token_rewards = -kl_ctl.value * scored.kl  # (E, N)
         last = (mask.sum(-1).long() - 1).clamp(min=0)  # (E,) index of each episode's last token
         token_rewards[torch.arange(len(last)), last] += batch.rewards
         advantages, returns = compute_gae(token_rewards, scored.old_values, mask, cfg.gamma, cfg.gae_lambda)
@@ -108,18 +103,17 @@ class PPO(TextAlgorithm):
             for start in range(0, count, cfg.minibatch_size):
                 mb = order[start : start + cfg.minibatch_size]
                 ids, attn, mb_mask = batch.input_ids[mb], batch.attention_mask[mb], mask[mb]
-                logits, values = self.engine(
-                    ids[:, :-1], attn[:, :-1], logits_to_keep=n_new
-                )  # (b, N, V), (b, N)
-                logits = self._mask_logits(logits)
-                logprobs = logprobs_from_logits(logits, ids[:, -n_new:])  # (b, N)
+                ev = evaluate_completions(
+                    self.engine, ids, attn, n_new, n_actions, with_entropy=True
+                )  # (b, N)
+                assert ev.values is not None and ev.entropy is not None
                 pg_loss, clip_fraction, approx_kl = ppo_clip_loss(
-                    logprobs, scored.old_logprobs[mb], advantages[mb], mb_mask, cfg.clip_range
+                    ev.logprobs, scored.old_logprobs[mb], advantages[mb], mb_mask, cfg.clip_range
                 )
                 value_loss = value_clip_loss(
-                    values, scored.old_values[mb], returns[mb], mb_mask, cfg.clip_range_vf
+                    ev.values, scored.old_values[mb], returns[mb], mb_mask, cfg.clip_range_vf
                 )
-                entropy = masked_mean(entropy_from_logits(logits.float()), mb_mask)
+                entropy = masked_mean(ev.entropy, mb_mask)
                 loss = pg_loss + cfg.vf_coef * value_loss - cfg.ent_coef * entropy
                 self._check_finite(loss)
                 self.engine.backward(loss)
@@ -137,12 +131,12 @@ class PPO(TextAlgorithm):
                 break
 
         episode_kl = float(scored.kl.sum(-1).mean())
-        self.kl_ctl.update(episode_kl, n_steps=count)
+        kl_ctl.update(episode_kl, n_steps=count)
         self.logger.record("rollout/kl", episode_kl)
         self.logger.record("train/policy_loss", float(np.mean(pg_losses)))
         self.logger.record("train/value_loss", float(np.mean(value_losses)))
         self.logger.record("train/entropy", float(np.mean(entropies)))
         self.logger.record("train/clip_fraction", float(np.mean(clip_fractions)))
         self.logger.record("train/approx_kl", float(np.mean(approx_kls)))
-        self.logger.record("train/kl_coef", self.kl_ctl.value)
+        self.logger.record("train/kl_coef", kl_ctl.value)
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")

@@ -22,15 +22,17 @@ import numpy as np
 import torch
 
 from agents.base import TextAlgorithm
-from agents.config import AgentConfig
-from agents.losses import entropy_from_logits, logprobs_from_logits, masked_mean
+from agents.config import PolicyGradientConfig
+from agents.losses import masked_mean
+from agents.policy import evaluate_completions
+from agents.scoring import score_batch
 
 BASELINES = ("moving_average", "rloo")
 
 
 @dataclass
-class REINFORCEConfig(AgentConfig):
-    """REINFORCE settings (on top of :class:`~agents.config.AgentConfig`)."""
+class REINFORCEConfig(PolicyGradientConfig):
+    """REINFORCE settings (on top of :class:`~agents.config.PolicyGradientConfig`)."""
 
     baseline: str = "moving_average"
     """``"moving_average"`` or ``"rloo"`` (leave-one-out over episodes that share a prompt)."""
@@ -81,11 +83,12 @@ class REINFORCE(TextAlgorithm):
         self.baseline_value: float | None = None
 
     def train(self) -> None:
-        cfg, n_new = self.config, self.max_new_tokens
-        batch = self.buffer.get(self.device)
-        scored = self._score_batch(batch)
+        cfg, n_new, n_actions, kl_ctl = self.config, self.max_new_tokens, self.n_actions, self.kl_ctl
+        batch = self.rollout_batch
+        assert batch is not None and kl_ctl is not None
+        scored = score_batch(batch, self.policy, self.reference, n_new, n_actions, cfg.minibatch_size)
         mask = batch.gen_mask  # (E, N)
-        returns = batch.rewards - self.kl_ctl.value * scored.kl.sum(-1)  # (E,)
+        returns = batch.rewards - kl_ctl.value * scored.kl.sum(-1)  # (E,)
         moving = self.baseline_value if self.baseline_value is not None else float(returns.mean())
         if cfg.baseline == "rloo":
             baseline = leave_one_out_baseline(returns, batch.group_ids, fallback=moving)
@@ -102,11 +105,10 @@ class REINFORCE(TextAlgorithm):
         for start in range(0, count, cfg.minibatch_size):
             mb = order[start : start + cfg.minibatch_size]
             ids, attn, mb_mask = batch.input_ids[mb], batch.attention_mask[mb], mask[mb]
-            logits, _ = self.engine(ids[:, :-1], attn[:, :-1], logits_to_keep=n_new)  # (b, N, V)
-            logits = self._mask_logits(logits)
-            logprobs = logprobs_from_logits(logits, ids[:, -n_new:])  # (b, N)
-            entropy = masked_mean(entropy_from_logits(logits.float()), mb_mask)
-            loss = -masked_mean(advantages[mb, None] * logprobs, mb_mask) - cfg.ent_coef * entropy
+            ev = evaluate_completions(self.engine, ids, attn, n_new, n_actions, with_entropy=True)  # (b, N)
+            assert ev.entropy is not None
+            entropy = masked_mean(ev.entropy, mb_mask)
+            loss = -masked_mean(advantages[mb, None] * ev.logprobs, mb_mask) - cfg.ent_coef * entropy
             self._check_finite(loss)
             self.engine.backward(loss)
             self.engine.step()
@@ -115,12 +117,12 @@ class REINFORCE(TextAlgorithm):
         self._n_updates += 1
 
         episode_kl = float(scored.kl.sum(-1).mean())
-        self.kl_ctl.update(episode_kl, n_steps=count)
+        kl_ctl.update(episode_kl, n_steps=count)
         self.logger.record("rollout/kl", episode_kl)
         self.logger.record("train/policy_loss", float(np.mean(losses)))
         self.logger.record("train/entropy", float(np.mean(entropies)))
         self.logger.record("train/baseline", float(baseline.mean()))
-        self.logger.record("train/kl_coef", self.kl_ctl.value)
+        self.logger.record("train/kl_coef", kl_ctl.value)
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
 
     def _extra_state(self) -> dict[str, Any]:

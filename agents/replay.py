@@ -157,7 +157,7 @@ class ReplayBuffer:
 
     def load(self, path: Path) -> None:
         """Restore what :meth:`save` wrote (same ``buffer_size``)."""
-        data = np.load(path)
+        data = np.load(path, allow_pickle=False)
         if len(data["episode_of"]) != self.buffer_size:
             raise ValueError(
                 f"saved replay buffer holds {len(data['episode_of'])} slots, this agent's buffer_size is "

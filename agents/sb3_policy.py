@@ -32,7 +32,7 @@ prompt gets the same positions as in ``generate`` and in our own agents. Dropout
 Why this path is slower than :class:`agents.PPO`: SB3's policy API (``forward(obs)``, ``evaluate_actions``)
 and its rollout buffer have no place for a per-env KV cache, so every environment step re-runs the whole
 prefix (prompt + tokens so far). The extractor trims the trailing padding columns, but the cost per token
-still grows with the prefix; DESIGN.md measured this naive per-token loop at 0.24 to 0.34 of ``generate()``'s
+still grows with the prefix; this naive per-token loop was measured at 0.24 to 0.34 of ``generate()``'s
 throughput with SmolLM2-135M. Training is per-token too: SB3 PPO evaluates each (obs, action) pair with its
 own forward instead of one forward per episode. This path also uses SB3's plain torch optimizer, not
 DeepSpeed, and has no reference-model KL penalty. Use it for SB3 compatibility and baselines; use
@@ -53,7 +53,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from agents.layout import load_lm
-from agents.policy import position_ids_from_mask
+from agents.policy import action_logits, position_ids_from_mask
 
 FLOAT32_EXACT_INTS = 2**24
 """Largest vocabulary whose ids survive SB3's float32 observation storage exactly."""
@@ -122,7 +122,7 @@ class TokenHead(nn.Module):
         self.n_actions = n_actions
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(hidden)[..., : self.n_actions].float()  # (B, n)
+        return action_logits(self.lm_head(hidden), self.n_actions).float()  # (B, n)
 
 
 class TransformerActorCriticPolicy(ActorCriticPolicy):

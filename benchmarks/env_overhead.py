@@ -15,7 +15,6 @@ and prints the ratio env / forward (target: under 5%) as a table and as JSON.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -24,6 +23,7 @@ from typing import cast
 import gymnasium as gym
 import numpy as np
 import torch
+import tyro
 
 import textenv
 from textenv.envs import TextGenVectorEnv
@@ -32,36 +32,31 @@ from textenv.models import DEFAULT_MODEL, load_model
 
 @dataclass
 class Args:
+    """The environment's own cost per token step against one incremental forward pass."""
+
     model: str = DEFAULT_MODEL
-    """model for the forward pass (its tokenizer is used by the env)"""
-    batch: int = 8
-    """number of sequences stepped at once"""
+    """Model for the forward pass (its tokenizer is used by the env)."""
+    num_envs: int = 8
+    """Environments (sequences) stepped at once; the forward pass runs at the same batch size."""
     max_prompt_tokens: int = 64
-    """prompt width P"""
+    """Prompt width P."""
     max_new_tokens: int = 48
-    """tokens per episode N"""
+    """Tokens per episode N."""
     episodes: int = 10
-    """vector-env episodes to time (each is max_new_tokens batched steps)"""
+    """Vector-env episodes to time (each is max_new_tokens batched steps)."""
     forward_steps: int = 16
-    """incremental forward passes to time"""
+    """Incremental forward passes to time."""
     seed: int = 0
-    """seed for prompts and actions"""
-    json: str = ""
-    """also write the results to this JSON file"""
-
-
-def parse_args(argv: list[str] | None = None) -> Args:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for name, default in vars(Args()).items():
-        parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
-    return Args(**vars(parser.parse_args(argv)))
+    """Seed for prompts and actions."""
+    json: str | None = None
+    """Also write the results to this JSON file."""
 
 
 def time_vector_env(args: Args) -> float:
     """Seconds per batched token step of the native vector env, episode ends and rewards included."""
     envs = gym.make_vec(
         "TextGen-v0",
-        num_envs=args.batch,
+        num_envs=args.num_envs,
         vectorization_mode="vector_entry_point",
         model=args.model,
         max_prompt_tokens=args.max_prompt_tokens,
@@ -71,7 +66,7 @@ def time_vector_env(args: Args) -> float:
     core = cast(TextGenVectorEnv, envs.unwrapped).core
     eos = core.eos_token_id
     steps = args.episodes * args.max_new_tokens
-    actions = rng.integers(0, core.vocab_size, size=(steps, args.batch))  # (steps, B)
+    actions = rng.integers(0, core.vocab_size, size=(steps, args.num_envs))  # (steps, B)
     actions[actions == eos] = eos + 1  # every episode runs the full N steps
     envs.reset(seed=args.seed)
     envs.step(actions[0])  # warm-up: reward model and tokenizer caches
@@ -105,7 +100,7 @@ def time_forward(args: Args) -> float:
     model = load_model(args.model)
     generator = torch.Generator().manual_seed(args.seed)
     vocab = model.config.vocab_size
-    prompt = torch.randint(0, vocab, (args.batch, args.max_prompt_tokens), generator=generator)  # (B, P)
+    prompt = torch.randint(0, vocab, (args.num_envs, args.max_prompt_tokens), generator=generator)  # (B, P)
     out = model(input_ids=prompt, use_cache=True)
     past, token = out.past_key_values, out.logits[:, -1:].argmax(-1)  # token: (B, 1)
     for _ in range(2):  # warm-up
@@ -119,7 +114,7 @@ def time_forward(args: Args) -> float:
 
 
 def main(argv: list[str] | None = None) -> dict[str, float | int | str]:
-    args = parse_args(argv)
+    args = tyro.cli(Args, args=argv, prog="python -m benchmarks.env_overhead", description=__doc__)
     textenv.load_tokenizer(args.model)  # build caches before timing
     vector_step = time_vector_env(args)
     single_step = time_single_env(args)
@@ -128,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict[str, float | int | str]:
         **{k: v for k, v in asdict(args).items() if k != "json"},
         "torch_threads": torch.get_num_threads(),
         "vector_env_step_ms": vector_step * 1e3,
-        "vector_env_per_sequence_token_us": vector_step / args.batch * 1e6,
+        "vector_env_per_sequence_token_us": vector_step / args.num_envs * 1e6,
         "single_env_step_us": single_step * 1e6,
         "forward_step_ms": forward * 1e3,
         "env_over_forward_pct": 100 * vector_step / forward,  # the headline number
@@ -144,7 +139,7 @@ def main(argv: list[str] | None = None) -> dict[str, float | int | str]:
         print(f"{key:<40}{results[key]:>14.4f}")
     ratio = 100 * vector_step / forward
     verdict = "OK" if ratio < 5 else "OVER TARGET"
-    print(f"env cost is {ratio:.2f}% of a batch-{args.batch} forward pass (target < 5%): {verdict}")
+    print(f"env cost is {ratio:.2f}% of a batch-{args.num_envs} forward pass (target < 5%): {verdict}")
     print(json.dumps(results))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:

@@ -11,7 +11,6 @@ test prompts, sampled with the same seed, and finally the command that opens Ten
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from dataclasses import dataclass
@@ -19,17 +18,20 @@ from pathlib import Path
 
 import gymnasium as gym
 import torch
+import tyro
 from stable_baselines3.common.callbacks import BaseCallback
 
 import textenv  # noqa: F401  (registers TextGen-v0)
 from agents import PPO
 from benchmarks import run
 from benchmarks.evaluation import evaluate
-from textenv.benchmark_tasks import build_reward
+from textenv.task_envs import build_reward
 
 
 @dataclass
-class QuickstartArgs:
+class Args:
+    """PPO on TextGen-v0 with a sentiment reward for a wall-clock budget, evaluated before and after."""
+
     model: str = "smollm2-135m-instruct"
     """Policy model (textenv name or local HF directory)."""
     reward: str = "vader"
@@ -37,9 +39,9 @@ class QuickstartArgs:
     minutes: float = 10.0
     """Training wall-clock budget; training stops at the first iteration boundary after it."""
     iterations: int = 0
-    """If > 0, stop after this many PPO iterations (rollout of --episodes episodes + update) instead."""
-    episodes: int = 16
-    """Episodes per iteration."""
+    """If > 0, stop after this many PPO iterations (rollout + update) instead of after --minutes."""
+    episodes_per_rollout: int = 16
+    """Finished episodes per iteration (rollout + update)."""
     num_envs: int = 16
     """Environments stepped together."""
     minibatch_size: int = 8
@@ -79,17 +81,8 @@ class TimeBudget(BaseCallback):
         return not (first_step and time.perf_counter() - self.start > self.seconds)
 
 
-def parse_args(argv: list[str] | None) -> QuickstartArgs:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.quickstart", description=__doc__.split("\n\n")[0]
-    )
-    for name, default in vars(QuickstartArgs()).items():
-        parser.add_argument("--" + name.replace("_", "-"), type=type(default), default=default)
-    return QuickstartArgs(**vars(parser.parse_args(argv)))
-
-
 def main(argv: list[str] | None = None) -> tuple[float, float]:
-    args = parse_args(argv)
+    args = tyro.cli(Args, args=argv, prog="python -m benchmarks.quickstart", description=__doc__)
     torch.manual_seed(args.seed)
     reward_fn = build_reward(args.reward)
     env_kwargs = {"model": args.model, "reward_fn": reward_fn, "max_new_tokens": args.max_new_tokens}
@@ -106,26 +99,25 @@ def main(argv: list[str] | None = None) -> tuple[float, float]:
         seed=args.seed,
         tensorboard_log=args.logdir,
         learning_rate=args.learning_rate,
-        episodes_per_rollout=args.episodes,
+        episodes_per_rollout=args.episodes_per_rollout,
         minibatch_size=args.minibatch_size,
         n_epochs=args.n_epochs,
     )
-    eval_args = run.Args(task="sentiment", eval_prompts=args.eval_prompts, heldout_texts=0)
-    policy, reference = agent.module.lm, agent.reference.lm
+    policy, reference = agent.policy.lm, agent.reference.lm
 
-    before = evaluate(policy, reference, test_env, eval_args, args.seed, {})
+    before = evaluate(policy, reference, test_env, seed=args.seed, num_prompts=args.eval_prompts)
     print(f"before training: mean {args.reward} reward {before['reward']:.4f} on {args.eval_prompts} prompts")
     print(f"  sample: {before['_samples'][0]!r}")
 
     start = time.perf_counter()
     iterations = args.iterations or 10_000
     clock = TimeBudget(args.minutes * 60)
-    budget = [*run.make_callbacks(run.Args(budget=f"{iterations}it"), {}), clock]
-    steps = run.step_cap(iterations, args.episodes, args.num_envs, args.max_new_tokens)
+    budget = [*run.make_callbacks(f"{iterations}it", {}), clock]
+    steps = run.step_cap(iterations, args.episodes_per_rollout, args.num_envs, args.max_new_tokens)
     agent.learn(total_timesteps=steps, callback=budget, tb_log_name="ppo", progress_bar=args.iterations > 0)
     minutes = (time.perf_counter() - start) / 60
 
-    after = evaluate(policy, reference, test_env, eval_args, args.seed, {})
+    after = evaluate(policy, reference, test_env, seed=args.seed, num_prompts=args.eval_prompts)
     print(
         f"after {clock.iterations} PPO iterations ({minutes:.1f} min, {agent.num_timesteps} tokens): "
         f"mean {args.reward} reward {after['reward']:.4f} (was {before['reward']:.4f}), "

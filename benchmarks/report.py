@@ -12,25 +12,42 @@ path ``.../<env-id>/<algo>/seed<k>-<time>/``. Scalars are read with TensorBoard'
 - Curves per env id and tag: one line per algorithm (the mean over seeds, on the union of their steps,
   interpolated) with a band of ± one std; x is env steps (generated tokens).
 - Provenance: the model, budget, machine and package versions of every group, from the summaries.
-- ``vs_trl.json`` directly in a given path (from :mod:`benchmarks.vs_trl`) becomes the "vs TRL" table.
+- ``vs_trl.json`` directly in a given path (from :mod:`benchmarks.vs_trl`) becomes the "vs TRL" table
+  (:func:`vs_trl_table`, which ``benchmarks.vs_trl`` also prints).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+import tyro
 
-from agents.checkpoint import atomic_write_text
+from rewards.storage import atomic_write_text
 
 CURVE_TAGS = ("rollout/ep_rew_mean", "rollout/kl", "eval/reward")
 """Tags plotted by default, beside every ``rollout/<side metric>`` a run logged."""
+
+
+@dataclass
+class Args:
+    """Markdown tables and learning curves of the benchmark runs under the given paths."""
+
+    paths: Annotated[list[str], tyro.conf.Positional, tyro.conf.arg(metavar="PATH")]
+    """Run directories or roots to search (e.g. runs/)."""
+    out: str | None = None
+    """Output directory; None: <first path>/report."""
+    tags: list[str] | None = None
+    """Scalar tags to plot; None: the reward, the KL and every side metric."""
+    readme: str | None = None
+    """Also put the summary table and the reward curves into this markdown file, between its
+    '<!-- benchmarks.report: begin -->' and '<!-- benchmarks.report: end -->' lines."""
 
 
 @dataclass
@@ -61,7 +78,7 @@ def load_run(path: Path) -> Run:
     return Run(path, env_id, algo, scalars, summary)
 
 
-def find_runs(paths: list[str | Path]) -> list[Run]:
+def find_runs(paths: Sequence[str | Path]) -> list[Run]:
     """All run directories (those holding ``events.out.tfevents*``) below ``paths``, sorted by path."""
     directories = sorted(
         {event.parent for root in paths for event in Path(root).rglob("events.out.tfevents*")}
@@ -262,11 +279,9 @@ def extras(root: Path) -> list[str]:
     sections = []
     comparison = root / "vs_trl.json"
     if comparison.is_file():
-        from benchmarks.vs_trl import markdown
-
         payload = json.loads(comparison.read_text())
         settings = ", ".join(f"{k}={v}" for k, v in payload["args"].items())
-        sections += ["", f"## vs TRL ({comparison})", "", markdown(payload["results"]), "", settings]
+        sections += ["", f"## vs TRL ({comparison})", "", vs_trl_table(payload["results"]), "", settings]
     for name, title in [
         ("throughput.json", "Throughput ratios (benchmarks.throughput)"),
         ("env_overhead.json", "Environment overhead (benchmarks.env_overhead)"),
@@ -283,6 +298,22 @@ def extras(root: Path) -> list[str]:
     return sections
 
 
+def vs_trl_table(results: list[dict]) -> str:
+    """Markdown table of :mod:`benchmarks.vs_trl`'s contestants, one row each."""
+    lines = [
+        "| contestant | iterations | s / iteration (median) | completion tokens / s | last train reward | "
+        "eval reward |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['contestant']} | {r['iterations']} | {r['seconds_per_iteration']:.2f} "
+            f"({r.get('median_seconds_per_iteration', float('nan')):.2f}) | "
+            f"{r['completion_tokens_per_s']:.1f} | {r['last_train_reward']:.4f} | {r['eval_reward']:.4f} |"
+        )
+    return "\n".join(lines)
+
+
 def update_readme(readme: Path, block: str) -> None:
     """Replace the text between README_BEGIN and README_END in ``readme`` (written to a temporary name, then
     renamed, so an interrupted write leaves the old file)."""
@@ -295,7 +326,7 @@ def update_readme(readme: Path, block: str) -> None:
 
 
 def write_report(
-    paths: list[str | Path], out: Path, tags: list[str] | None = None, readme: Path | None = None
+    paths: Sequence[str | Path], out: Path, tags: list[str] | None = None, readme: Path | None = None
 ) -> Path:
     """Write ``out/report.md`` and the PNG curves for every run under ``paths``; returns the markdown path."""
     runs = find_runs(paths)
@@ -355,19 +386,7 @@ def write_report(
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("paths", nargs="+", help="run directories or roots to search (e.g. runs/)")
-    parser.add_argument("--out", default=None, help="output directory (default: <first path>/report)")
-    parser.add_argument(
-        "--tags", nargs="*", default=None, help="scalar tags to plot (default: reward, KL, side metrics)"
-    )
-    parser.add_argument(
-        "--readme",
-        default=None,
-        help=f"also put the summary table and reward curves into this markdown file, between {README_BEGIN} "
-        f"and {README_END}",
-    )
-    args = parser.parse_args(argv)
+    args = tyro.cli(Args, args=argv, prog="python -m benchmarks.report", description=__doc__)
     out = Path(args.out) if args.out else Path(args.paths[0]) / "report"
     report = write_report(args.paths, out, args.tags, Path(args.readme) if args.readme else None)
     print(f"wrote {report}")

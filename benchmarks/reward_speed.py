@@ -15,7 +15,6 @@ Target: the MiniLM-based learned reward scores >= 50 samples/s on 2 CPU cores.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
@@ -23,11 +22,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import tyro
 
 
 @dataclass
 class Args:
-    """Benchmark settings."""
+    """Samples/s of every reward on one batch of drugs.com texts."""
 
     batch_size: int = 64
     """Samples per reward call."""
@@ -37,8 +37,8 @@ class Args:
     """Timed batches per reward (after one warm-up call)."""
     threads: int = 2
     """torch intra-op threads."""
-    only: Sequence[str] = ()
-    """Benchmark only these reward names (default: all)."""
+    only: tuple[str, ...] = ()
+    """Benchmark only the rewards whose names contain one of these parts (default: all)."""
     json: str | None = None
     """Also write the results to this JSON file."""
 
@@ -89,16 +89,7 @@ def rewards_to_time() -> dict[str, Callable]:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.reward_speed", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("--batch-size", type=int, default=Args.batch_size)
-    parser.add_argument("--tokens", type=int, default=Args.tokens)
-    parser.add_argument("--repeats", type=int, default=Args.repeats)
-    parser.add_argument("--threads", type=int, default=Args.threads)
-    parser.add_argument("--only", nargs="*", default=[], help="substrings of reward names to run")
-    parser.add_argument("--json", default=None)
-    args = Args(**vars(parser.parse_args(argv)))
+    args = tyro.cli(Args, args=argv, prog="python -m benchmarks.reward_speed", description=__doc__)
     import torch
 
     torch.set_num_threads(args.threads)

@@ -1,11 +1,10 @@
 """Run a benchmark task with an algorithm over several seeds; every number lands in TensorBoard and JSON.
 
     python -m benchmarks.run --task sentiment --algo ppo --seeds 0 1 2 --budget 20it
-    python -m benchmarks.run --suite cpu --seeds 0 1 2 --workers 2 --logdir runs/cpu   # every README figure
 
-Suites (``--suite``, ``--workers``, ``--resume``): see :mod:`benchmarks.suite`.
+A whole table (every task x algorithm x seed, in worker processes, resumable): :mod:`benchmarks.suite`.
 
-Tasks (``textenv.benchmark_tasks``): ``sentiment``, ``error-rate``, ``similarity``, ``preference``.
+Tasks (``textenv.task_envs``): ``sentiment``, ``error-rate``, ``similarity``, ``preference``.
 Algorithms: ``zero-shot`` (the untrained model), ``ppo``, ``reinforce`` (moving-average baseline), ``rloo``
 (REINFORCE with a leave-one-out baseline over ``--group-size`` samples per prompt), ``dqn``.
 
@@ -22,14 +21,8 @@ Evaluation samples ``--eval-prompts`` test prompts (the first ones of the test s
 
 from __future__ import annotations
 
-import argparse
-import ast
 import dataclasses
-import importlib.metadata
-import inspect
 import json
-import os
-import platform
 import random
 import sys
 import time
@@ -40,25 +33,22 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
+import tyro
 
 from benchmarks.evaluation import evaluate
-from textenv import benchmark_tasks
-from textenv.benchmark_tasks import BENCHMARKS
+from benchmarks.provenance import machine, versions
+from textenv import task_envs
+from textenv.task_envs import BENCHMARKS
 
 ALGOS = ("zero-shot", "ppo", "reinforce", "rloo", "dqn")
-PACKAGES = ("textenv", "torch", "transformers", "deepspeed", "gymnasium", "stable-baselines3", "numpy", "trl")
 
 
 @dataclass
-class Args:
-    task: str = "sentiment"
-    """Benchmark task: sentiment, error-rate, similarity or preference."""
-    algo: str = "zero-shot"
-    """zero-shot, ppo, reinforce, rloo or dqn."""
+class RunSettings:
+    """Every option of a run but its table cell (task, algo, budget); a suite passes them on to its jobs."""
+
     seeds: list[int] = field(default_factory=lambda: [0])
     """Seeds; one run each (seeds the agent, the prompt sampler and the evaluation samples)."""
-    budget: str = "10it"
-    """Training budget: '<n>' env steps (generated tokens over all envs) or '<n>it' iterations."""
     model: str = "smollm2-135m-instruct"
     """Policy model: a textenv model name or a local HF directory."""
     reward: str | None = None
@@ -87,29 +77,33 @@ class Args:
     """Held-out human reviews whose perplexity under the policy measures drift (sentiment, preference)."""
     logdir: str = "runs"
     """Root directory of the runs."""
-    suite: str | None = None
-    """Run a named suite (cpu, gpu, smoke, sentiment-cpu): its (task, algo, budget) jobs for each seed, then
-    (cpu, gpu) vs_trl, throughput, env_overhead and reward_speed, then benchmarks.report on --logdir."""
-    workers: int = 1
-    """Suite: jobs run at once, each in its own process (with --threads 1 unless --threads is given)."""
-    resume: bool = True
-    """Suite: skip a job whose run (same task, algo, seed, budget) already has a summary.json in --logdir."""
-    extras: bool = True
-    """Suite: after the runs, also run the suite's extras (vs_trl, throughput, env_overhead, reward_speed)."""
     threads: int | None = None
     """torch intra-op threads; None keeps torch's default."""
     progress_bar: bool = True
     """Show a progress bar."""
 
     def __post_init__(self) -> None:
+        if not self.seeds:
+            raise ValueError("--seeds is empty; give at least one seed, e.g. --seeds 0 1 2.")
+
+
+@dataclass
+class Args(RunSettings):
+    """One cell of a benchmark table: --algo trained on --task for --budget, once for each of --seeds."""
+
+    task: str = "sentiment"
+    """Benchmark task: sentiment, error-rate, similarity or preference."""
+    algo: str = "zero-shot"
+    """zero-shot, ppo, reinforce, rloo or dqn."""
+    budget: str = "10it"
+    """Training budget: '<n>' env steps (generated tokens over all envs) or '<n>it' iterations."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if self.task not in BENCHMARKS:
             raise ValueError(f"--task {self.task!r} is not known; use one of {', '.join(BENCHMARKS)}.")
         if self.algo not in ALGOS:
             raise ValueError(f"--algo {self.algo!r} is not known; use one of {', '.join(ALGOS)}.")
-        from benchmarks.suite import SUITES  # suite.py builds on this module
-
-        if self.suite is not None and self.suite not in SUITES:
-            raise ValueError(f"--suite {self.suite!r} is not known; use one of {', '.join(SUITES)}.")
         parse_budget(self.budget)
 
 
@@ -133,39 +127,17 @@ def parse_budget(budget: str) -> tuple[int, str]:
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
-    """Build the CLI from the fields of :class:`Args` (each field's docstring is its --help)."""
-    tree = ast.parse(inspect.getsource(Args))
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    docs = {
-        getattr(node.target, "id", ""): body[i + 1].value.value
-        for i, node in enumerate(body[:-1])
-        if isinstance(node, ast.AnnAssign) and isinstance(body[i + 1], ast.Expr)
-    }
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
-    for item in dataclasses.fields(Args):
-        flag, default = "--" + item.name.replace("_", "-"), Args().__getattribute__(item.name)
-        help_text = f"{docs.get(item.name, '')} (default: {default})"
-        if isinstance(default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
-        elif item.name == "seeds":
-            parser.add_argument(flag, type=int, nargs="+", default=default, help=help_text)
-        else:
-            kind = {"int": int, "float": float, "int | None": int}.get(str(item.type), str)
-            parser.add_argument(flag, type=kind, default=default, help=help_text)
-    return Args(**vars(parser.parse_args(argv)))
+    """The command line as :class:`Args` (each field's docstring is its ``--help``)."""
+    return tyro.cli(Args, args=argv, prog="python -m benchmarks.run", description=__doc__)
 
 
 # ---- training -------------------------------------------------------------------------------------------
 def agent_class(algo: str) -> Any:
+    """The agent class that trains ``algo`` (rloo: REINFORCE with its leave-one-out baseline)."""
     import agents
 
-    name = {"ppo": "PPO", "reinforce": "REINFORCE", "rloo": "REINFORCE", "dqn": "DQN"}[algo]
-    if not hasattr(agents, name):
-        raise SystemExit(
-            f"--algo {algo} needs agents.{name}, which this checkout does not provide yet "
-            f"(agents/{algo}.py). Use --algo ppo, reinforce or rloo, or update the repository."
-        )
-    return getattr(agents, name)
+    classes = {"ppo": agents.PPO, "reinforce": agents.REINFORCE, "rloo": agents.REINFORCE, "dqn": agents.DQN}
+    return classes[algo]
 
 
 def step_cap(iterations: int, episodes: int, num_envs: int, max_new_tokens: int) -> int:
@@ -179,8 +151,8 @@ def step_cap(iterations: int, episodes: int, num_envs: int, max_new_tokens: int)
     return iterations * (episodes + num_envs) * max_new_tokens
 
 
-def make_callbacks(args: Args, metrics: dict[str, Any]) -> list[Any]:
-    """Per-iteration side metrics on the training samples, and the iteration budget."""
+def make_callbacks(budget: str, metrics: dict[str, Any]) -> list[Any]:
+    """Per-iteration side metrics on the training samples, and the iteration budget of ``budget``."""
     from stable_baselines3.common.callbacks import BaseCallback
 
     class RolloutMetrics(BaseCallback):
@@ -216,8 +188,8 @@ def make_callbacks(args: Args, metrics: dict[str, Any]) -> list[Any]:
         def _on_step(self) -> bool:
             return self.done < self.limit
 
-    budget, unit = parse_budget(args.budget)
-    return [RolloutMetrics()] + ([IterationBudget(budget)] if unit == "iterations" else [])
+    limit, unit = parse_budget(budget)
+    return [RolloutMetrics()] + ([IterationBudget(limit)] if unit == "iterations" else [])
 
 
 def environment(args: Args) -> dict[str, Any]:
@@ -227,27 +199,6 @@ def environment(args: Args) -> dict[str, Any]:
     if args.algo == "rloo":
         kwargs["group_size"] = args.group_size
     return kwargs
-
-
-def versions() -> dict[str, str | None]:
-    found: dict[str, str | None] = {}
-    for name in PACKAGES:
-        try:
-            found[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            found[name] = None
-    return found
-
-
-def machine() -> dict[str, Any]:
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "python": platform.python_version(),
-    }
 
 
 def log_eval(logger: Any, results: dict[str, Any], step: int) -> None:
@@ -271,7 +222,7 @@ def run_seed(args: Args, seed: int, command: str = "") -> Path:
     logger = configure(str(run_dir), ["tensorboard"])
     env_kwargs = environment(args)
     eval_env = gym.make(spec.env_id, split="test", **env_kwargs)
-    metrics = {name: benchmark_tasks.build_reward(name) for name in spec.metrics}
+    metrics = {name: task_envs.build_reward(name) for name in spec.metrics}
     agent, hparams = None, {}
     if args.algo == "zero-shot":
         lm = reference = textenv.load_model(args.model)
@@ -298,10 +249,24 @@ def run_seed(args: Args, seed: int, command: str = "") -> Path:
             settings = {"config": dataclasses.replace(preset, **warmup)}
         agent = algo(train_env, model=args.model, seed=seed, **settings)
         agent.set_logger(logger)
-        lm, reference = agent.module.lm, agent.reference.lm
+        lm, reference = agent.policy.lm, agent.reference.lm
         hparams = agent._hparams()
+
+    def evaluation() -> dict[str, Any]:
+        heldout = args.heldout_texts if spec.heldout_text else 0
+        return evaluate(
+            lm,
+            reference,
+            eval_env,
+            seed=seed,
+            num_prompts=args.eval_prompts,
+            batch_size=args.eval_batch_size,
+            heldout_texts=heldout,
+            metrics=metrics,
+        )
+
     start = time.perf_counter()
-    before = after = evaluate(lm, reference, eval_env, args, seed, metrics)
+    before = after = evaluation()
     log_eval(logger, before, step=0)
     timesteps = 0
     if agent is not None:
@@ -311,12 +276,12 @@ def run_seed(args: Args, seed: int, command: str = "") -> Path:
             total_timesteps=budget
             if unit == "steps"
             else step_cap(budget, args.episodes_per_rollout, args.num_envs, n_new),
-            callback=make_callbacks(args, metrics),
+            callback=make_callbacks(args.budget, metrics),
             tb_log_name=args.algo,
             progress_bar=args.progress_bar,
         )
         timesteps = agent.num_timesteps
-        after = evaluate(lm, reference, eval_env, args, seed, metrics)
+        after = evaluation()
         log_eval(logger, after, step=timesteps)
     logger.close()
     summary = {
@@ -354,10 +319,6 @@ def main(argv: list[str] | None = None) -> list[Path]:
     command = " ".join(["python -m benchmarks.run", *(sys.argv[1:] if argv is None else argv)])
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.suite:
-        from benchmarks.suite import run_suite
-
-        return run_suite(args, command)
     return [run_one(args, seed, command) for seed in args.seeds]
 
 

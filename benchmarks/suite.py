@@ -1,11 +1,14 @@
 """Benchmark suites: the published tables as lists of jobs, run in worker processes, resumed, then reported.
 
-    python -m benchmarks.run --suite cpu --seeds 0 1 2 --workers 2 --logdir runs/cpu   # every README figure
+    python -m benchmarks.suite cpu --seeds 0 1 2 --workers 2 --logdir runs/cpu   # every README figure
+    python -m benchmarks.suite smoke --model tiny-sp --eval-prompts 4 --logdir runs/smoke   # a quick check
 
 A suite runs its (task, algo, budget) jobs for every seed, ``--workers`` at a time in separate processes,
 skipping jobs that already have a finished run in ``--logdir`` (so it resumes); then (cpu, gpu) the extras
 ``benchmarks.vs_trl``, ``throughput``, ``env_overhead`` and ``reward_speed``; then ``benchmarks.report``,
 which for ``cpu`` writes ``benchmarks/results/cpu/`` and rewrites README.md's ``benchmarks.report`` block.
+Every option of a single run but ``--task``, ``--algo`` and ``--budget`` (``--model``, ``--eval-prompts``,
+``--threads``, ...: :class:`benchmarks.run.RunSettings`) applies to every job.
 """
 
 from __future__ import annotations
@@ -16,10 +19,13 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from benchmarks.run import Args, run_one
-from textenv.benchmark_tasks import BENCHMARKS
+import torch
+import tyro
+
+from benchmarks import run
+from textenv.task_envs import BENCHMARKS
 
 DISTRIBUTED_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
 
@@ -27,7 +33,8 @@ DISTRIBUTED_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LO
 @dataclass(frozen=True)
 class Suite:
     """A published table: ``jobs`` are (task, algo, budget), each run for every seed; ``settings`` override
-    the command-line defaults of :class:`Args` for every job (an option given on the command line wins)."""
+    the command-line defaults of :class:`benchmarks.run.RunSettings` for every job (an option given on the
+    command line wins)."""
 
     jobs: list[tuple[str, str, str]]
     settings: dict[str, Any] = field(default_factory=dict)
@@ -63,7 +70,28 @@ SUITES: dict[str, Suite] = {
 cores); ``gpu`` the same at a GPU-sized budget."""
 
 
-def finished(args: Args, seed: int) -> Path | None:
+@dataclass(kw_only=True)
+class Args(run.RunSettings):
+    """A named suite: its jobs for each of --seeds, with every run option applied to each job."""
+
+    suite: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="SUITE")]
+    """The suite to run: cpu, gpu, smoke or sentiment-cpu."""
+    workers: int = 1
+    """Jobs run at once, each in its own process (with --threads 1 unless --threads is given)."""
+    resume: bool = True
+    """Skip a job whose run (same task, algo, seed, budget) already has a summary.json in --logdir."""
+    extras: bool = True
+    """After the runs, also run the suite's extras (vs_trl, throughput, env_overhead, reward_speed)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.suite not in SUITES:
+            raise ValueError(f"suite {self.suite!r} is not known; use one of {', '.join(SUITES)}.")
+        if self.workers < 1:
+            raise ValueError(f"--workers {self.workers} must be at least 1, e.g. --workers 2.")
+
+
+def finished(args: run.Args, seed: int) -> Path | None:
     """The newest finished run of this (task, algo, seed, budget) in ``args.logdir``, if any."""
     root = Path(args.logdir) / BENCHMARKS[args.task].env_id / args.algo
     newest_first = sorted(root.glob(f"seed{seed}-*/summary.json"), reverse=True)  # names end in the time
@@ -74,13 +102,13 @@ def finished(args: Args, seed: int) -> Path | None:
     return None
 
 
-def job_argv(job: Args, seed: int) -> list[str]:
+def job_argv(job: run.Args, seed: int) -> list[str]:
     """The command line that runs ``job`` for ``seed`` alone (every option that differs from its default)."""
     argv = ["--task", job.task, "--algo", job.algo, "--budget", job.budget, "--seeds", str(seed)]
-    defaults = Args()
-    for item in dataclasses.fields(Args):
+    defaults = run.Args()
+    for item in dataclasses.fields(run.Args):
         value = getattr(job, item.name)
-        if item.name in ("task", "algo", "budget", "seeds", "suite", "workers", "resume", "extras"):
+        if item.name in ("task", "algo", "budget", "seeds"):
             continue
         if value != getattr(defaults, item.name) and value is not None:
             flag = "--" + item.name.replace("_", "-")
@@ -97,25 +125,26 @@ def run_suite(args: Args, command: str) -> list[Path]:
     import subprocess
     from concurrent.futures import ThreadPoolExecutor
 
-    suite = SUITES[args.suite or ""]
-    defaults = Args()
-    settings = {k: v for k, v in suite.settings.items() if getattr(args, k) == getattr(defaults, k)}
+    suite = SUITES[args.suite]
+    shared = {item.name: getattr(args, item.name) for item in dataclasses.fields(run.RunSettings)}
+    defaults = run.RunSettings()
+    shared |= {k: v for k, v in suite.settings.items() if shared[k] == getattr(defaults, k)}
     if args.workers > 1 and args.threads is None:
-        settings["threads"] = 1
+        shared["threads"] = 1
     plan = [
-        (dataclasses.replace(args, task=task, algo=algo, budget=budget, **settings), seed)
+        (run.Args(task=task, algo=algo, budget=budget, **shared), seed)
         for seed in args.seeds
         for task, algo, budget in suite.jobs
     ]
 
-    def launch(item: tuple[Args, int]) -> Path | None:
+    def launch(item: tuple[run.Args, int]) -> Path | None:
         job, seed = item
         done = finished(job, seed) if args.resume else None
         if done is not None:
             print(f"{job.task} {job.algo} seed {seed}: already in {done}", flush=True)
             return done
         if args.workers == 1:
-            return run_one(job, seed, command)
+            return run.run_one(job, seed, command)
         argv = [sys.executable, "-m", "benchmarks.run", *job_argv(job, seed), "--no-progress-bar"]
         # each job is its own single-process DeepSpeed world: drop a parent's torch.distributed rendezvous
         # (a parent that initialised DeepSpeed still listens on its MASTER_PORT)
@@ -146,9 +175,8 @@ def run_suite(args: Args, command: str) -> list[Path]:
         from benchmarks import env_overhead, reward_speed, throughput, vs_trl
 
         logdir = Path(args.logdir)
-        vs_trl.main(
-            ["--model", args.model, "--seconds", str(suite.trl_seconds), "--out", str(logdir / "vs_trl.json")]
-        )
+        trl_json = str(logdir / "vs_trl.json")
+        vs_trl.main(["--model", args.model, "--seconds", str(suite.trl_seconds), "--json", trl_json])
         throughput.main(["--model", args.model, "--json", str(logdir / "throughput.json")])
         env_overhead.main(["--model", args.model, "--json", str(logdir / "env_overhead.json")])
         reward_speed.main(["--json", str(logdir / "reward_speed.json")])
@@ -159,3 +187,16 @@ def run_suite(args: Args, command: str) -> list[Path]:
         argv += ["--out", suite.publish] + (["--readme", "README.md"] if Path("README.md").is_file() else [])
     report.main(argv)
     return run_dirs
+
+
+def main(argv: list[str] | None = None) -> list[Path]:
+    """``python -m benchmarks.suite``: parse the command line, then :func:`run_suite`."""
+    args = tyro.cli(Args, args=argv, prog="python -m benchmarks.suite", description=__doc__)
+    command = " ".join(["python -m benchmarks.suite", *(sys.argv[1:] if argv is None else argv)])
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return run_suite(args, command)
+
+
+if __name__ == "__main__":
+    main()

@@ -4,29 +4,29 @@ Measures in one run:
 
 1. rollout tokens/s through the gym API (TextGen-v0 vector env, PPO's KV-cached stepping) vs
    ``model.generate()`` with its KV cache on the same prompts (target ratio >= 0.9);
-2. PPO update tokens/s (``--epochs`` epochs over the rollout, reference forward included) vs a bare
+2. PPO update tokens/s (``--n-epochs`` epochs over the rollout, reference forward included) vs a bare
    forward + backward + AdamW step over the same minibatches (target ratio >= 0.8);
 3. peak resident memory (RSS) of the process.
 
 Usage::
 
     python -m benchmarks.throughput                                  # SmolLM2-135M, batch 8, 64 + 48 tokens
-    python -m benchmarks.throughput --model tiny-smollm2 --batch 4 --new-tokens 8   # smoke run
+    python -m benchmarks.throughput --model tiny-smollm2 --num-envs 4 --max-new-tokens 8   # smoke run
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import resource
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
 import gymnasium as gym
 import numpy as np
 import torch
+import tyro
 
 import textenv  # noqa: F401  (registers the envs)
 from agents import PPO
@@ -35,33 +35,26 @@ from agents.policy import position_ids_from_mask
 
 @dataclass
 class Args:
+    """Rollout and update tokens/s of PPO against generate() and a bare training step."""
+
     model: str = "smollm2-135m-instruct"
     """Model name (textenv.load_model) or HF directory."""
-    batch: int = 8
+    num_envs: int = 8
     """Environments stepped at once (= generate() batch)."""
-    prompt_tokens: int = 64
+    max_prompt_tokens: int = 64
     """P, prompt slots."""
-    new_tokens: int = 48
+    max_new_tokens: int = 48
     """N, completion slots."""
-    minibatch: int = 4
+    minibatch_size: int = 4
     """PPO minibatch (episodes per optimizer step)."""
-    epochs: int = 4
+    n_epochs: int = 4
     """PPO epochs per update (PPOConfig's default); the reference forward is paid once per update."""
     repeats: int = 2
     """Timed repetitions (the best is reported)."""
-    threads: int = 0
-    """torch threads (0: torch's default)."""
-    json: str = ""
+    threads: int | None = None
+    """torch intra-op threads; None keeps torch's default."""
+    json: str | None = None
     """Also write the results to this JSON file."""
-
-
-def parse(argv: list[str] | None = None) -> Args:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    for name, value in asdict(Args()).items():
-        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
-    return Args(**vars(parser.parse_args(argv)))
 
 
 def zero_reward(prompts, completions, references=None) -> np.ndarray:
@@ -69,28 +62,28 @@ def zero_reward(prompts, completions, references=None) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
-    args = parse(argv)
+    args = tyro.cli(Args, args=argv, prog="python -m benchmarks.throughput", description=__doc__)
     if args.threads:
         torch.set_num_threads(args.threads)
     env = gym.make_vec(
         "TextGen-v0",
-        num_envs=args.batch,
+        num_envs=args.num_envs,
         model=args.model,
-        max_prompt_tokens=args.prompt_tokens,
-        max_new_tokens=args.new_tokens,
+        max_prompt_tokens=args.max_prompt_tokens,
+        max_new_tokens=args.max_new_tokens,
         reward_fn=zero_reward,
         vectorization_mode="vector_entry_point",
     )
     agent = PPO(
         env,
         model=args.model,
-        episodes_per_rollout=args.batch,
-        minibatch_size=args.minibatch,
-        n_epochs=args.epochs,
+        episodes_per_rollout=args.num_envs,
+        minibatch_size=args.minibatch_size,
+        n_epochs=args.n_epochs,
         target_kl=None,
         seed=0,
     )
-    lm, n_new = agent.module.lm, args.new_tokens
+    lm, n_new = agent.policy.lm, args.max_new_tokens
 
     # 1. rollout through the gym API vs generate()
     rollout_tps = 0.0
@@ -101,10 +94,11 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         agent._last_obs = cast("dict[str, np.ndarray]", venv.reset())
         agent._step_cache = type(agent._step_cache)()
         agent.collect_rollouts(venv, callback)
-        rollout_tps = max(rollout_tps, agent._rollout_tokens / agent._rollout_time)
-    batch = agent.buffer.get()
-    prompt_ids = batch.input_ids[:, : args.prompt_tokens]  # (B, P)
-    prompt_mask = batch.attention_mask[:, : args.prompt_tokens]
+        rollout_tps = max(rollout_tps, agent.rollout.tokens / agent._rollout_time)
+    batch = agent.rollout_batch
+    assert batch is not None
+    prompt_ids = batch.input_ids[:, : args.max_prompt_tokens]  # (B, P)
+    prompt_mask = batch.attention_mask[:, : args.max_prompt_tokens]
     generate_tps = 0.0
     for _ in range(args.repeats):
         start = time.perf_counter()
@@ -119,7 +113,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
                 eos_token_id=agent.eos_token_id,
             )
         elapsed = time.perf_counter() - start
-        generated = out[:, args.prompt_tokens :]  # (B, <=N)
+        generated = out[:, args.max_prompt_tokens :]  # (B, <=N)
         tokens = int((generated != agent.pad_token_id).sum()) or generated.numel()
         generate_tps = max(generate_tps, tokens / elapsed)
 
@@ -130,14 +124,14 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     for _ in range(args.repeats):
         start = time.perf_counter()
         agent.train()
-        update_tps = max(update_tps, args.epochs * tokens / (time.perf_counter() - start))
+        update_tps = max(update_tps, args.n_epochs * tokens / (time.perf_counter() - start))
     bare_tps = 0.0
     optimizer = torch.optim.AdamW(lm.parameters(), lr=1e-7)
     for _ in range(args.repeats):
         start = time.perf_counter()
-        for first in range(0, len(batch.rewards), args.minibatch):
-            ids = batch.input_ids[first : first + args.minibatch, :-1]  # (b, P+N-1)
-            mask = batch.attention_mask[first : first + args.minibatch, :-1]
+        for first in range(0, len(batch.rewards), args.minibatch_size):
+            ids = batch.input_ids[first : first + args.minibatch_size, :-1]  # (b, P+N-1)
+            mask = batch.attention_mask[first : first + args.minibatch_size, :-1]
             logits = lm(
                 input_ids=ids,
                 attention_mask=mask,
@@ -152,13 +146,13 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
 
     result = {
         "model": args.model,
-        "batch": args.batch,
-        "prompt_tokens": args.prompt_tokens,
-        "new_tokens": n_new,
+        "num_envs": args.num_envs,
+        "max_prompt_tokens": args.max_prompt_tokens,
+        "max_new_tokens": n_new,
         "rollout_tokens_per_s": round(rollout_tps, 1),
         "generate_tokens_per_s": round(generate_tps, 1),
         "rollout_vs_generate": round(rollout_tps / generate_tps, 3),
-        "ppo_epochs": args.epochs,
+        "n_epochs": args.n_epochs,
         "ppo_update_tokens_per_s": round(update_tps, 1),
         "bare_train_tokens_per_s": round(bare_tps, 1),
         "update_vs_bare": round(update_tps / bare_tps, 3),

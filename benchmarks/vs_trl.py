@@ -2,54 +2,62 @@
 
     python -m benchmarks.vs_trl                                   # SmolLM2-135M, sentiment, 10 minutes each
     python -m benchmarks.vs_trl --model tiny-sp --seconds 5 --max-new-tokens 8 --eval-prompts 4   # smoke
+    python -m benchmarks.vs_trl --contestants trl-grpo ours-rloo --json runs/grpo_vs_rloo.json
 
 Contestants, each given the same wall-clock budget (``--seconds``; training stops at the first iteration
 boundary after it):
 
-- ``trl-grpo``: ``trl.GRPOTrainer`` with ``--batch`` completions per step in groups of ``--group-size`` per
-  prompt (``num_generations``), one gradient step per generation batch, ``beta`` = our KL coefficient,
+- ``trl-grpo``: ``trl.GRPOTrainer`` with ``--batch-size`` completions per step in groups of ``--group-size``
+  per prompt (``num_generations``), one gradient step per generation batch, ``beta`` = our KL coefficient,
   ``use_cpu`` without bf16 when no GPU, pure sampling (temperature 1, no top-k/top-p), prompts left-truncated
   to ``P`` tokens beforehand (GRPOConfig has no prompt length limit).
 - ``ours-rloo``: :class:`agents.REINFORCE` with the leave-one-out baseline on the same groups.
-- ``ours-ppo``: :class:`agents.PPO` with ``--batch`` episodes per rollout.
+- ``ours-ppo``: :class:`agents.PPO` with ``--batch-size`` episodes per rollout.
 
 Reported per contestant: iterations, wall time per iteration (mean, and median: robust to a slow first step
 and to other load on the machine), completion tokens per second (generated tokens,
 counted up to EOS, over total training wall time: generation plus update), the training reward of the last
 iteration and the mean reward on the same held-out test prompts after training, sampled with the same seed by
-:func:`benchmarks.evaluation.evaluate`. Written as JSON (``--out``) and printed as a markdown table.
+:func:`benchmarks.evaluation.evaluate`. Written as JSON (``--json``, with the package versions and the
+machine) and printed as a markdown table (:func:`benchmarks.report.vs_trl_table`).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import gymnasium as gym
 import numpy as np
 import torch
+import tyro
 
-from benchmarks import run
+from agents import PPO, REINFORCE
 from benchmarks.evaluation import evaluate
-from textenv.benchmark_tasks import BENCHMARKS, build_reward
+from benchmarks.provenance import machine, versions
+from benchmarks.report import vs_trl_table
+from textenv.task_envs import BENCHMARKS, build_reward
+
+Contestant = Literal["trl-grpo", "ours-rloo", "ours-ppo"]
 
 
 @dataclass
-class CompareArgs:
+class Args:
+    """TRL's GRPOTrainer and our agents on one task, each for the same wall-clock budget."""
+
     model: str = "smollm2-135m-instruct"
     """Policy model (textenv name or local HF directory)."""
     task: str = "sentiment"
-    """Benchmark task (see textenv.benchmark_tasks)."""
-    reward: str = ""
-    """Reward override (e.g. vader); empty keeps the task's reward."""
+    """Benchmark task: sentiment, error-rate, similarity or preference."""
+    reward: str | None = None
+    """Override the task's reward (e.g. 'vader'); None keeps the task's own."""
     seconds: float = 600.0
     """Wall-clock training budget of each contestant."""
-    batch: int = 16
+    batch_size: int = 16
     """Completions per iteration (TRL: per_device_train_batch_size = generation_batch_size)."""
     group_size: int = 4
     """Completions per prompt (TRL num_generations; our RLOO group)."""
@@ -63,30 +71,20 @@ class CompareArgs:
     """Held-out test prompts scored after training."""
     seed: int = 0
     """Seed of every contestant and of the evaluation samples."""
-    contestants: str = "trl-grpo,ours-rloo,ours-ppo"
-    """Comma-separated subset to run."""
-    out: str = "runs/vs_trl.json"
+    contestants: tuple[Contestant, ...] = ("trl-grpo", "ours-rloo", "ours-ppo")
+    """The contestants to run, in this order."""
+    json: str = "runs/vs_trl.json"
     """Where the JSON results go."""
 
 
-def parse_args(argv: list[str] | None) -> CompareArgs:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.vs_trl", description=__doc__.split("\n\n")[0])
-    for name, default in vars(CompareArgs()).items():
-        parser.add_argument("--" + name.replace("_", "-"), type=type(default), default=default)
-    return CompareArgs(**vars(parser.parse_args(argv)))
+def env_kwargs(args: Args) -> dict[str, Any]:
+    return {"model": args.model, "reward": args.reward, "max_new_tokens": args.max_new_tokens}
 
 
-def env_kwargs(args: CompareArgs) -> dict[str, Any]:
-    return {"model": args.model, "reward": args.reward or None, "max_new_tokens": args.max_new_tokens}
-
-
-def finish(
-    name: str, lm: Any, reference: Any, args: CompareArgs, history: list[tuple[float, float, int]]
-) -> dict:
+def finish(name: str, lm: Any, reference: Any, args: Args, history: list[tuple[float, float, int]]) -> dict:
     """Summary of a contestant from its per-iteration (elapsed s, mean reward, completion tokens) history."""
     eval_env = gym.make(BENCHMARKS[args.task].env_id, split="test", **env_kwargs(args))
-    eval_args = run.Args(task=args.task, eval_prompts=args.eval_prompts, heldout_texts=0)
-    evaluation = evaluate(lm, reference, eval_env, eval_args, args.seed, {})
+    evaluation = evaluate(lm, reference, eval_env, seed=args.seed, num_prompts=args.eval_prompts)
     seconds = history[-1][0] if history else 0.0
     tokens = sum(h[2] for h in history)
     return {
@@ -105,7 +103,7 @@ def finish(
     }
 
 
-def train_trl(args: CompareArgs) -> dict:
+def train_trl(args: Args) -> dict:
     """GRPOTrainer on the task's train prompts (left-truncated to P tokens), stopped after ``seconds``."""
     from datasets import Dataset
     from transformers import TrainerCallback
@@ -114,10 +112,11 @@ def train_trl(args: CompareArgs) -> dict:
 
     import textenv
     from textenv.models import model_dir
+    from textenv.task_envs import benchmark_dataset
 
     spec = BENCHMARKS[args.task]
     tokenizer = textenv.load_tokenizer(args.model)
-    dataset = run.benchmark_tasks.benchmark_dataset(spec.task, "train")
+    dataset = benchmark_dataset(spec.task, "train")
     prompts = [
         tokenizer.decode(
             tokenizer(e.prompt, add_special_tokens=False)["input_ids"][-spec.max_prompt_tokens :]
@@ -142,15 +141,15 @@ def train_trl(args: CompareArgs) -> dict:
         def on_log(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             logs = kwargs.get("logs") or {}
             if "reward" in logs:
-                tokens = int(round(logs.get("completions/mean_length", 0.0) * budget.batch))
+                tokens = int(round(logs.get("completions/mean_length", 0.0) * budget.batch_size))
                 history.append((time.perf_counter() - self.start, float(logs["reward"]), tokens))
                 control.should_training_stop = history[-1][0] >= budget.seconds
 
     use_gpu = torch.cuda.is_available()
     config = GRPOConfig(
-        output_dir=str(Path(args.out).parent / "trl-grpo"),
-        per_device_train_batch_size=args.batch,
-        generation_batch_size=args.batch,
+        output_dir=str(Path(args.json).parent / "trl-grpo"),
+        per_device_train_batch_size=args.batch_size,
+        generation_batch_size=args.batch_size,
         num_generations=args.group_size,
         max_completion_length=args.max_new_tokens,
         num_iterations=1,
@@ -184,23 +183,26 @@ def train_trl(args: CompareArgs) -> dict:
     return finish("trl-grpo", lm, reference, args, history)
 
 
-def train_ours(args: CompareArgs, algo: str) -> dict:
+def train_ours(args: Args, algo: str) -> dict:
     """Our agent on the registered benchmark env, stopped after ``seconds``."""
     from stable_baselines3.common.callbacks import BaseCallback
 
     spec = BENCHMARKS[args.task]
     kwargs = env_kwargs(args) | ({"group_size": args.group_size} if algo == "rloo" else {})
-    env = gym.make_vec(spec.env_id, num_envs=args.batch, vectorization_mode="vector_entry_point", **kwargs)
-    settings = {
+    env = gym.make_vec(
+        spec.env_id, num_envs=args.batch_size, vectorization_mode="vector_entry_point", **kwargs
+    )
+    settings: dict[str, Any] = {
         "learning_rate": args.learning_rate,
-        "episodes_per_rollout": args.batch,
-        "minibatch_size": max(1, args.batch // 2),
+        "episodes_per_rollout": args.batch_size,
+        "minibatch_size": max(1, args.batch_size // 2),
         "init_kl_coef": args.kl_coef,
         "target_kl_ref": None,
     }
-    agent = run.agent_class(algo)(
-        env, model=args.model, seed=args.seed, **settings, **({"baseline": "rloo"} if algo == "rloo" else {})
-    )
+    if algo == "rloo":
+        settings["baseline"] = "rloo"
+    agent_class = {"ppo": PPO, "rloo": REINFORCE}[algo]
+    agent = agent_class(env, model=args.model, seed=args.seed, **settings)
     history: list[tuple[float, float, int]] = []
 
     class Clock(BaseCallback):
@@ -221,42 +223,27 @@ def train_ours(args: CompareArgs, algo: str) -> dict:
             self.rewards, self.tokens = [], 0
 
     agent.learn(total_timesteps=10**12, callback=Clock())
-    return finish(f"ours-{algo}", agent.module.lm, agent.reference.lm, args, history)
-
-
-def markdown(results: list[dict]) -> str:
-    lines = [
-        "| contestant | iterations | s / iteration (median) | completion tokens / s | last train reward | "
-        "eval reward |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in results:
-        lines.append(
-            f"| {r['contestant']} | {r['iterations']} | {r['seconds_per_iteration']:.2f} "
-            f"({r.get('median_seconds_per_iteration', float('nan')):.2f}) | "
-            f"{r['completion_tokens_per_s']:.1f} | {r['last_train_reward']:.4f} | {r['eval_reward']:.4f} |"
-        )
-    return "\n".join(lines)
+    return finish(f"ours-{algo}", agent.policy.lm, agent.reference.lm, args, history)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    args = parse_args(argv)
+    args = tyro.cli(Args, args=argv, prog="python -m benchmarks.vs_trl", description=__doc__)
     results = []
-    for name in args.contestants.split(","):
+    for name in args.contestants:
         torch.manual_seed(args.seed)
         results.append(
             train_trl(args) if name == "trl-grpo" else train_ours(args, name.removeprefix("ours-"))
         )
-    out = Path(args.out)
+    out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "args": dataclasses.asdict(args),
         "results": results,
-        "versions": run.versions(),
-        "machine": run.machine(),
+        "versions": versions(),
+        "machine": machine(),
     }
     out.write_text(json.dumps(payload, indent=2) + "\n")
-    print(markdown(results))
+    print(vs_trl_table(results))
     print(f"wrote {out}")
     return results
 

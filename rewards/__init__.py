@@ -14,14 +14,20 @@ Importing this package is light: torch, transformers and the metric libraries lo
 """
 
 from rewards.compose import LengthPenalty, RepetitionPenalty, Reward, WeightedSum
-from rewards.drugs import drug_reviews, drug_sentiment_data, drugs_sentiment_accuracy, drugs_sentiment_model
+from rewards.drugs import (
+    drug_reviews,
+    drug_sentiment_data,
+    drugs_preference_model,
+    drugs_preference_pairs,
+    drugs_sentiment_accuracy,
+    drugs_sentiment_model,
+)
 from rewards.encoder import MINILM
 from rewards.error_rate import ErrorRate
-from rewards.kl import kl_penalty
+from rewards.fitting import TrainConfig, train_classifier, train_preference
 from rewards.models import ClassifierRewardModel, PreferenceRewardModel, ScalarRewardModel
 from rewards.sentiment import VaderSentiment
 from rewards.similarity import BLEU, ChrF, EmbeddingSimilarity, RougeL
-from rewards.training import TrainConfig, train_classifier, train_preference
 from rewards.validation import check_batch, check_scores
 
 __all__ = [
@@ -44,9 +50,10 @@ __all__ = [
     "check_scores",
     "drug_reviews",
     "drug_sentiment_data",
+    "drugs_preference_model",
+    "drugs_preference_pairs",
     "drugs_sentiment_accuracy",
     "drugs_sentiment_model",
-    "kl_penalty",
     "train_classifier",
     "train_preference",
 ]

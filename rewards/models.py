@@ -7,7 +7,7 @@
 
 The backbone is any local HF directory loaded with ``AutoModel`` (no LM head): a bidirectional encoder such as
 the bundled all-MiniLM-L6-v2 (mean pooling) or a small causal LM (last-token pooling). Training lives in
-:mod:`rewards.training`. A model saves as a directory: ``model.safetensors`` + ``config.json`` (the backbone,
+:mod:`rewards.fitting`. A model saves as a directory: ``model.safetensors`` + ``config.json`` (the backbone,
 via ``save_pretrained``), the tokenizer files, ``head.safetensors`` and ``reward_model.json``; ``save`` writes
 it to a temporary directory first and then renames it into place, so a reader never sees half a model.
 
@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,6 +26,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from rewards.encoder import MINILM, default_pooling, forward_pooled, load_backbone, tokenize
+from rewards.storage import atomic_directory
 from rewards.validation import check_batch, check_scores
 
 CONFIG_NAME = "reward_model.json"
@@ -146,13 +145,11 @@ class ScalarRewardModel:
         )
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the model to directory ``path`` atomically (temporary directory, then rename); return it."""
+        """Write the model to directory ``path`` atomically with :func:`rewards.storage.atomic_directory`."""
         from safetensors.torch import save_file
 
         target = Path(path).resolve()
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-        try:
+        with atomic_directory(target) as staging:
             self.backbone.save_pretrained(staging)
             self.tokenizer.save_pretrained(staging)
             save_file(
@@ -166,16 +163,6 @@ class ScalarRewardModel:
                 "metrics": self.metrics,
             }
             (staging / CONFIG_NAME).write_text(json.dumps(settings, indent=2) + "\n")
-            old = None
-            if target.exists():
-                old = target.parent / f".{target.name}.old-{os.getpid()}"
-                os.replace(target, old)
-            os.replace(staging, target)
-            if old is not None:
-                shutil.rmtree(old)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
         return target
 
     @classmethod
@@ -236,7 +223,7 @@ class ScalarRewardModel:
 class ClassifierRewardModel(ScalarRewardModel):
     """Reward = ``P(positive | completion)`` in ``(0, 1)``: the sigmoid of the scalar head.
 
-    Train with ``python -m rewards.train classifier`` or :func:`rewards.training.train_classifier`; the
+    Train with ``python -m rewards.train classifier`` or :func:`rewards.fitting.train_classifier`; the
     shipped drugs.com sentiment model comes from :func:`rewards.drugs.drugs_sentiment_model`. By default the
     prompt is ignored (``include_prompt=False``): the label describes the text itself.
     """
@@ -252,7 +239,7 @@ class PreferenceRewardModel(ScalarRewardModel):
     """Reward = the scalar head output for prompt + completion (unbounded; only differences are meaningful).
 
     Train with ``python -m rewards.train preference --data triples.jsonl`` or
-    :func:`rewards.training.train_preference` (Bradley-Terry loss on chosen vs rejected completions).
+    :func:`rewards.fitting.train_preference` (Bradley-Terry loss on chosen vs rejected completions).
     """
 
     kind = "preference"

@@ -1,24 +1,25 @@
-"""CLI of the reward-model trainers in :mod:`rewards.training`.
+"""CLI of the reward-model trainers in :mod:`rewards.fitting`.
 
-    python -m rewards.train classifier --output rm/drugs              # drugs.com sentiment (the default data)
-    python -m rewards.train classifier --data labelled.jsonl --output rm/mine   # {"text": ..., "label": 0|1}
-    python -m rewards.train preference --data triples.jsonl --output rm/pref  # {prompt, chosen, rejected}
+    python -m rewards.train classifier --out rm/drugs              # drugs.com sentiment (the default data)
+    python -m rewards.train classifier --data labelled.jsonl --out rm/mine   # {"text": ..., "label": 0|1}
+    python -m rewards.train preference --data triples.jsonl --out rm/pref  # {prompt, chosen, rejected}
 
-Every :class:`rewards.training.TrainConfig` field is a flag (``--learning-rate 1e-4``, ``--no-progress-bar``).
+Every :class:`rewards.fitting.TrainConfig` field is a flag (``--learning-rate 1e-4``, ``--no-progress-bar``).
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
+import tyro
+
+from rewards.fitting import TrainConfig, train_classifier, train_preference
 from rewards.models import ScalarRewardModel
-from rewards.training import TrainConfig, train_classifier, train_preference
 
 
 def read_jsonl(path: str | Path, keys: Sequence[str]) -> list[tuple[Any, ...]]:
@@ -43,23 +44,29 @@ def read_labelled(path: str | Path) -> tuple[list[str], list[int]]:
     return [text for text, _ in rows], labels
 
 
+@dataclass
+class Args:
+    """Train a learned reward model and save it."""
+
+    kind: Annotated[Literal["classifier", "preference"], tyro.conf.Positional]
+    """classifier: a text -> P(positive) model; preference: a Bradley-Terry model of (prompt, completion)."""
+    out: str
+    """Directory to save the trained model to."""
+    data: str | None = None
+    """JSONL of {text, label} (classifier; None: drugs.com reviews) or {prompt, chosen, rejected} lines."""
+    eval_data: str | None = None
+    """Held-out JSONL in the same format; None: a split of --data (--eval-fraction)."""
+    config: Annotated[TrainConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=TrainConfig)
+    """Training settings: every TrainConfig field is a flag."""
+
+    def __post_init__(self) -> None:
+        if self.kind == "preference" and self.data is None:
+            raise ValueError("preference needs --data triples.jsonl with {prompt, chosen, rejected} per line")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m rewards.train", description="Train a learned reward model and save it."
-    )
-    parser.add_argument("kind", choices=["classifier", "preference"])
-    parser.add_argument("--data", help="JSONL: {text, label} (classifier) or {prompt, chosen, rejected}")
-    parser.add_argument("--eval-data", help="held-out JSONL in the same format (default: split --data)")
-    parser.add_argument("--output", required=True, help="directory to save the trained model to")
-    for item in dataclasses.fields(TrainConfig):
-        flag = "--" + item.name.replace("_", "-")
-        if item.type == "bool":
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=item.default)
-        else:
-            kind = {"int": int, "float": float}.get(str(item.type).removesuffix(" | None"), str)
-            parser.add_argument(flag, type=kind, default=item.default, help=f"default {item.default!r}")
-    args = parser.parse_args(argv)
-    config = TrainConfig(**{item.name: getattr(args, item.name) for item in dataclasses.fields(TrainConfig)})
+    args = tyro.cli(Args, args=argv, prog="python -m rewards.train", description=__doc__)
+    config = args.config
     if args.kind == "classifier":
         eval_texts: list[str] | None = None
         eval_labels: list[int] | None = None
@@ -74,12 +81,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 eval_texts, eval_labels = read_labelled(args.eval_data)
         model: ScalarRewardModel = train_classifier(texts, labels, eval_texts, eval_labels, config)
     else:
-        if args.data is None:
-            parser.error("preference needs --data triples.jsonl with {prompt, chosen, rejected} per line")
+        assert args.data is not None  # Args checks it
         keys = ["prompt", "chosen", "rejected"]
         evals = read_jsonl(args.eval_data, keys) if args.eval_data else None
         model = train_preference(read_jsonl(args.data, keys), evals, config)
-    path = model.save(args.output)
+    path = model.save(args.out)
     name = "pairwise accuracy" if args.kind == "preference" else "accuracy"
     print(f"held-out {name}: {model.metrics['eval_accuracy']:.4f}; saved to {path}")
     return 0

@@ -47,10 +47,10 @@ def test_callbacks_logging_checkpoint_resume_export(tmp_path) -> None:
 
     agent.save(tmp_path / "agent")
     plain = AutoModelForCausalLM.from_pretrained(tmp_path / "agent" / "model")
-    assert plain.config.vocab_size == agent.module.lm.config.vocab_size
+    assert plain.config.vocab_size == agent.policy.lm.config.vocab_size
     resumed = PPO.load(tmp_path / "agent", env=gym.make("TextGen-v0", reward_fn=reward, **KW))
     assert resumed.num_timesteps == agent.num_timesteps and resumed.kl_ctl.value == agent.kl_ctl.value
-    for a, b in zip(agent.module.parameters(), resumed.module.parameters(), strict=True):
+    for a, b in zip(agent.policy.parameters(), resumed.policy.parameters(), strict=True):
         assert torch.equal(a, b)
     for a, b in zip(agent.reference.parameters(), resumed.reference.parameters(), strict=True):
         assert torch.equal(a, b)
@@ -74,9 +74,9 @@ def test_sequence_env_and_gymnasium_vector_env() -> None:
 @pytest.mark.parametrize("stage", [1, 2])
 def test_zero_stages_train(stage) -> None:
     agent = small(deepspeed_config={"zero_optimization": {"stage": stage}})
-    before = [p.detach().clone() for p in agent.module.parameters()]
+    before = [p.detach().clone() for p in agent.policy.parameters()]
     agent.learn(total_timesteps=8)
-    assert any(not torch.equal(a, b) for a, b in zip(before, agent.module.parameters(), strict=True))
+    assert any(not torch.equal(a, b) for a, b in zip(before, agent.policy.parameters(), strict=True))
 
 
 class BadObsEnv(gym.Env):

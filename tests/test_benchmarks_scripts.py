@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import agents
-from benchmarks import quickstart, report, run, suite, vs_trl
+from benchmarks import quickstart, report, run, suite, throughput, vs_trl
 
 TINY = [
     "--model",
@@ -103,7 +102,7 @@ def test_run_seeds_are_reproducible(tmp_path: Path) -> None:
     assert rewards[0] == rewards[1]
 
 
-def test_run_dqn_or_explain_that_it_is_missing(tmp_path: Path) -> None:
+def test_run_dqn(tmp_path: Path) -> None:
     argv = [
         "--task",
         "error-rate",
@@ -116,19 +115,18 @@ def test_run_dqn_or_explain_that_it_is_missing(tmp_path: Path) -> None:
         "--max-new-tokens",
         "2",
     ]
-    if not hasattr(agents, "DQN"):
-        with pytest.raises(SystemExit, match="agents.DQN"):
-            run.main([*argv, "--logdir", str(tmp_path), *TINY])
-        return
     (run_dir,) = run.main([*argv, "--logdir", str(tmp_path), *TINY])
     assert json.loads((run_dir / "summary.json").read_text())["timesteps"] >= 80
     # learning starts after one round of 16 episodes (32 tokens), so even this budget trains
     assert "train/td_loss" in report.load_run(run_dir).scalars
 
 
-def test_bad_budget_says_how_to_fix() -> None:
+def test_bad_budget_says_how_to_fix(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(ValueError, match="20it"):
+        run.Args(budget="lots")
+    with pytest.raises(SystemExit):  # the command line prints the same message
         run.parse_args(["--budget", "lots"])
+    assert "'lots' is not valid" in capsys.readouterr().err
 
 
 def test_quickstart_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -138,7 +136,7 @@ def test_quickstart_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
             "tiny-sp",
             "--iterations",
             "1",
-            "--episodes",
+            "--episodes-per-rollout",
             "4",
             "--num-envs",
             "4",
@@ -167,7 +165,7 @@ def test_vs_trl_smoke(tmp_path: Path) -> None:
             "vader",
             "--seconds",
             "0.5",
-            "--batch",
+            "--batch-size",
             "4",
             "--group-size",
             "2",
@@ -176,14 +174,24 @@ def test_vs_trl_smoke(tmp_path: Path) -> None:
             "--eval-prompts",
             "2",
             "--contestants",
-            "trl-grpo,ours-rloo",
-            "--out",
+            "trl-grpo",
+            "ours-rloo",
+            "--json",
             str(out),
         ]
     )
     assert [r["contestant"] for r in results] == ["trl-grpo", "ours-rloo"]
     assert all(r["iterations"] >= 1 and r["completion_tokens_per_s"] > 0 for r in results)
     assert json.loads(out.read_text())["versions"]["trl"]
+
+
+def test_throughput_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "throughput.json"
+    argv = ["--model", "tiny-sp", "--num-envs", "2", "--max-new-tokens", "4", "--minibatch-size", "2"]
+    argv += ["--n-epochs", "1", "--repeats", "1", "--threads", "1", "--json", str(out)]
+    result = throughput.main(argv)
+    assert json.loads(out.read_text()) == result and result["num_envs"] == 2 and result["n_epochs"] == 1
+    assert result["rollout_tokens_per_s"] > 0 and result["ppo_update_tokens_per_s"] > 0
 
 
 def test_report_aggregates_seeds_and_plots_proxy_against_gold(tmp_path: Path) -> None:
@@ -218,23 +226,30 @@ def test_job_argv_repeats_every_changed_option() -> None:
     assert run.parse_args(argv) == run.Args(**{**vars(job), "seeds": [3]})
 
 
+def test_suite_names_its_known_suites() -> None:
+    with pytest.raises(ValueError, match="'nope' is not known; use one of cpu, gpu"):
+        suite.Args(suite="nope")
+    with pytest.raises(SystemExit):  # the suite's name is required
+        suite.main([])
+
+
 def test_suite_runs_in_worker_processes_and_resumes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     jobs = [("similarity", "zero-shot", "1it"), ("error-rate", "ppo", "1it")]
     settings = {"max_new_tokens": 2, "num_envs": 2, "episodes_per_rollout": 2, "minibatch_size": 2}
     monkeypatch.setitem(suite.SUITES, "tiny", suite.Suite(jobs, settings, extras=False))
-    argv = ["--suite", "tiny", "--seeds", "0", "--workers", "2", "--logdir", str(tmp_path), *TINY]
-    first = run.main(argv)
+    argv = ["tiny", "--seeds", "0", "--workers", "2", "--logdir", str(tmp_path), *TINY]
+    first = suite.main(argv)
     assert sorted(p.parent.name for p in first) == ["ppo", "zero-shot"]
     summary = json.loads((first[1] / "summary.json").read_text())
     assert summary["args"]["max_new_tokens"] == 2 and summary["args"]["threads"] == 1
     assert (tmp_path / "report" / "report.md").is_file()
     capsys.readouterr()
-    again = run.main(argv)  # every job is finished: nothing runs again
+    again = suite.main(argv)  # every job is finished: nothing runs again
     assert again == first and capsys.readouterr().out.count("already in") == 2
     # one worker runs the same jobs in this process, with the same results
-    single = run.main([*argv[:5], "1", "--logdir", str(tmp_path / "one"), *TINY])
+    single = suite.main([*argv[:4], "1", "--logdir", str(tmp_path / "one"), *TINY])
     rewards = [
         [json.loads((d / "summary.json").read_text())["eval_after"] for d in dirs] for dirs in (first, single)
     ]

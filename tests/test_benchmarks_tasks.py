@@ -7,8 +7,11 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-from textenv import benchmark_tasks
-from textenv.benchmark_tasks import BENCHMARKS, corrupt, error_correction, preference_pairs
+from rewards import drugs_preference_pairs
+from textenv import task_envs
+from textenv.noise import corrupt
+from textenv.task_envs import BENCHMARKS
+from textenv.tasks import error_correction
 
 
 def test_corrupt_is_seeded_and_always_changes_the_text() -> None:
@@ -44,8 +47,8 @@ def test_preference_pairs_prefer_positive_continuations() -> None:
         words = row["review"].split()
         if row["label"] in halves:
             halves[row["label"]].add(" " + " ".join(words[max(1, len(words) // 2) :]))
-    triples = preference_pairs("test")
-    assert triples == preference_pairs("test")
+    triples = drugs_preference_pairs("test")
+    assert triples == drugs_preference_pairs("test")
     assert all(
         chosen in halves["positive"] and rejected in halves["negative"] for _, chosen, rejected in triples
     )
@@ -73,7 +76,7 @@ def test_benchmark_env_ids_make_checked_envs() -> None:
 
 def test_unknown_names_say_what_to_use() -> None:
     with pytest.raises(ValueError, match="sentiment"):
-        benchmark_tasks.env_kwargs("nope")
+        task_envs.env_kwargs("nope")
     with pytest.raises(ValueError, match="classifier"):
-        benchmark_tasks.build_reward("nope")
+        task_envs.build_reward("nope")
     assert set(BENCHMARKS) == {"sentiment", "error-rate", "similarity", "preference"}

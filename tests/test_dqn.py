@@ -156,7 +156,7 @@ def test_callbacks_tensorboard_and_early_stop(tmp_path) -> None:
         ),
     ]
     agent.learn(total_timesteps=64, callback=callbacks, log_interval=2)
-    assert (tmp_path / "ckpt" / "rl_model_32_steps" / "target.pt").is_file()
+    assert (tmp_path / "ckpt" / "rl_model_32_steps" / "target.safetensors").is_file()
     assert (tmp_path / "eval" / "evaluations.npz").is_file()
     (run_dir,) = (tmp_path / "runs" / "TextGen-v0" / "DQN").iterdir()
     events = EventAccumulator(str(run_dir)).Reload()
@@ -177,7 +177,7 @@ def test_save_load_resumes_exactly(tmp_path) -> None:
     resumed.set_logger(Logger(None, []))
     agent.train(2, batch_size=8)  # same replay samples, optimizer state and weights -> same update
     resumed.train(2, batch_size=8)
-    for a, b in zip(agent.module.parameters(), resumed.module.parameters(), strict=True):
+    for a, b in zip(agent.policy.parameters(), resumed.policy.parameters(), strict=True):
         assert torch.equal(a, b)
 
 

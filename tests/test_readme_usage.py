@@ -72,26 +72,30 @@ def test_agent_tour(tmp_path: Path) -> None:
     agent.save(tmp_path / "ppo_sentiment")
     loaded = PPO.load(tmp_path / "ppo_sentiment", env=env)
     for (name, a), (_, b) in zip(
-        agent.module.state_dict().items(), loaded.module.state_dict().items(), strict=True
+        agent.policy.state_dict().items(), loaded.policy.state_dict().items(), strict=True
     ):
         assert np.array_equal(a.numpy(), b.numpy()), name
 
     agent.export(tmp_path / "ppo_sentiment_hf")
     plain = AutoModelForCausalLM.from_pretrained(tmp_path / "ppo_sentiment_hf")
     for name, tensor in plain.state_dict().items():
-        assert np.array_equal(tensor.numpy(), agent.module.lm.state_dict()[name].numpy()), name
+        assert np.array_equal(tensor.numpy(), agent.policy.lm.state_dict()[name].numpy()), name
 
 
-def test_readme_benchmark_commands_parse() -> None:
-    """Every ``python -m benchmarks.run`` command in the README is a valid command line of today's CLI."""
-    from benchmarks import run
+def test_readme_commands_parse() -> None:
+    """Every ``python -m <script>`` command in the README is a valid command line of today's CLI (a script's
+    options are its module's ``Args`` dataclass, parsed by ``tyro.cli``)."""
+    import importlib
+
+    import tyro
 
     parts = (ROOT / "README.md").read_text().replace("\\\n", " ").split("```")
     prose, fenced = "".join(parts[::2]), "".join(parts[1::2])
-    inline = re.findall(r"`[^`]*?-m benchmarks\.run ([^`]*)`", prose)  # may wrap lines
-    blocks = re.findall(r"^\S*python -m benchmarks\.run ([^#\n]*)", fenced, flags=re.MULTILINE)
-    commands = inline + blocks
-    assert len(inline) >= 2 and len(blocks) >= 2
-    for command in commands:
-        argv = shlex.split(command)
-        run.parse_args(argv)  # raises SystemExit / ValueError on an unknown option or value
+    script = r"(benchmarks\.\w+|rewards\.train|textenv)\b"
+    inline = re.findall(rf"`[^`]*?-m {script}([^`]*)`", prose)  # may wrap lines
+    blocks = re.findall(rf"^\S*python -m {script}([^#\n]*)", fenced, flags=re.MULTILINE)
+    runs = [module for module, _ in inline + blocks if module in ("benchmarks.run", "benchmarks.suite")]
+    assert len(runs) >= 4 and {"benchmarks.report", "rewards.train"} <= {module for module, _ in blocks}
+    for module, command in inline + blocks:
+        args = importlib.import_module("textenv.__main__" if module == "textenv" else module).Args
+        tyro.cli(args, args=shlex.split(command))  # exits on an unknown option or a bad value

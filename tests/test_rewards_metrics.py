@@ -7,7 +7,6 @@ import pickle
 
 import numpy as np
 import pytest
-import torch
 
 import rewards
 from rewards import (
@@ -20,7 +19,6 @@ from rewards import (
     RougeL,
     VaderSentiment,
     WeightedSum,
-    kl_penalty,
 )
 
 
@@ -138,26 +136,6 @@ def test_length_repetition_weighted_sum() -> None:
     assert WeightedSum([lambda p, c, r=None: np.ones(len(c))])(["p"], ["c"]).tolist() == [1.0]
     with pytest.raises(ValueError, match="one weight per reward"):
         WeightedSum([LengthPenalty()], weights=[1.0, 2.0])
-
-
-def test_kl_penalty_kinds() -> None:
-    logits, ref_logits = torch.randn(2, 3, 5), torch.randn(2, 3, 5)
-    logprobs, ref_logprobs = logits.log_softmax(-1), ref_logits.log_softmax(-1)
-    full = kl_penalty(logprobs, ref_logprobs, kind="full")
-    manual = (logprobs.exp() * (logprobs - ref_logprobs)).sum(-1)
-    torch.testing.assert_close(full, manual)
-    assert full.shape == (2, 3) and bool((full >= 0).all())
-    tokens = torch.zeros(2, 3, 1, dtype=torch.long)
-    sampled, ref_sampled = (
-        logprobs.gather(-1, tokens).squeeze(-1),
-        ref_logprobs.gather(-1, tokens).squeeze(-1),
-    )
-    torch.testing.assert_close(kl_penalty(sampled, ref_sampled, "kl"), sampled - ref_sampled)
-    assert bool((kl_penalty(sampled, ref_sampled, "mse") >= 0).all())
-    with pytest.raises(ValueError, match="kind="):
-        kl_penalty(sampled, ref_sampled, "k9")
-    with pytest.raises(ValueError, match="shape"):
-        kl_penalty(sampled, ref_logprobs)
 
 
 # ---- bad inputs, the same for every reward -------------------------------------------------------

@@ -14,7 +14,7 @@ def test_env_overhead_smoke(tmp_path: Path) -> None:
         [
             "--model",
             "tiny-sp",
-            "--batch",
+            "--num-envs",
             "2",
             "--max-new-tokens",
             "4",
@@ -26,5 +26,5 @@ def test_env_overhead_smoke(tmp_path: Path) -> None:
             str(out),
         ]
     )
-    assert json.loads(out.read_text())["batch"] == 2
+    assert json.loads(out.read_text())["num_envs"] == 2
     assert 0 < results["vector_env_step_ms"] and 0 < results["forward_step_ms"]

@@ -26,30 +26,30 @@ register(
     entry_point="textenv.envs.seq_env:TextGenSeqEnv",
     vector_entry_point="textenv.envs.seq_env:TextGenSeqVectorEnv",
 )
-# The four benchmark tasks (textenv.benchmark_tasks documents their setup): token-level TextGen-v0 envs with a
-# fixed task and reward.
+# The four task envs (textenv.task_envs documents their setup): token-level TextGen-v0 envs with a fixed task
+# and reward.
 register(
     id="TextGen-Sentiment-v0",
-    entry_point="textenv.benchmark_tasks:make_env",
-    vector_entry_point="textenv.benchmark_tasks:make_vector_env",
+    entry_point="textenv.task_envs:make_env",
+    vector_entry_point="textenv.task_envs:make_vector_env",
     kwargs={"benchmark": "sentiment"},
 )
 register(
     id="TextGen-ErrorRate-v0",
-    entry_point="textenv.benchmark_tasks:make_env",
-    vector_entry_point="textenv.benchmark_tasks:make_vector_env",
+    entry_point="textenv.task_envs:make_env",
+    vector_entry_point="textenv.task_envs:make_vector_env",
     kwargs={"benchmark": "error-rate"},
 )
 register(
     id="TextGen-Similarity-v0",
-    entry_point="textenv.benchmark_tasks:make_env",
-    vector_entry_point="textenv.benchmark_tasks:make_vector_env",
+    entry_point="textenv.task_envs:make_env",
+    vector_entry_point="textenv.task_envs:make_vector_env",
     kwargs={"benchmark": "similarity"},
 )
 register(
     id="TextGen-Preference-v0",
-    entry_point="textenv.benchmark_tasks:make_env",
-    vector_entry_point="textenv.benchmark_tasks:make_vector_env",
+    entry_point="textenv.task_envs:make_env",
+    vector_entry_point="textenv.task_envs:make_vector_env",
     kwargs={"benchmark": "preference"},
 )
 

@@ -9,13 +9,13 @@ The model picks every token; the environment keeps the observation, ends the epi
 
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import dataclass
 
 import gymnasium as gym
 import numpy as np
 import torch
+import tyro
 
 from textenv.models import DEFAULT_MODEL, load_model
 from textenv.tasks import DEFAULT_TASK
@@ -23,25 +23,20 @@ from textenv.tasks import DEFAULT_TASK
 
 @dataclass
 class Args:
+    """Zero-shot completions of test prompts through TextGen-v0, with their rewards."""
+
     model: str = DEFAULT_MODEL
-    """model name or local HF directory"""
+    """Model name or local HF directory."""
     task: str = DEFAULT_TASK
-    """built-in task name"""
+    """Built-in task name."""
     episodes: int = 4
-    """number of test prompts to complete"""
+    """Number of test prompts to complete."""
     seed: int = 0
-    """seed for prompt sampling and token sampling"""
+    """Seed for prompt sampling and token sampling."""
     max_new_tokens: int = 48
-    """tokens per completion at most"""
+    """Tokens per completion at most."""
     temperature: float = 0.8
-    """sampling temperature (0 = greedy)"""
-
-
-def parse_args(argv: list[str] | None = None) -> Args:
-    parser = argparse.ArgumentParser(prog="python -m textenv", description=__doc__.splitlines()[0])
-    for name, default in vars(Args()).items():
-        parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
-    return Args(**vars(parser.parse_args(argv)))
+    """Sampling temperature (0 = greedy)."""
 
 
 @torch.no_grad()
@@ -70,7 +65,7 @@ def run_episode(
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+    args = tyro.cli(Args, args=argv, prog="python -m textenv", description=__doc__)
     start = time.perf_counter()
     model = load_model(args.model)
     print(f"loaded {args.model} in {time.perf_counter() - start:.1f}s")

@@ -28,7 +28,7 @@ from typing import Any, NamedTuple, overload
 
 import rewards.drugs
 
-LABELS = ("positive", "neutral", "negative")
+LABELS = rewards.drugs.LABELS
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
+from rewards.storage import cached_dir
 from textenv import tiny
-from textenv.cache import cached_dir
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -6,6 +6,10 @@
 - ``"shakespeare"``: continue a speech. The prompt is the speaker and the first two lines of a speech with
   at least three lines, the reference its third line. Every tenth speech is in ``"test"``, the rest in
   ``"train"``.
+- ``"error-correction"``: correct a real sentence (a drugs.com review sentence or a Shakespeare line)
+  corrupted with seeded typos, dropped and swapped words (:mod:`textenv.noise`). The prompt is
+  ``"Fix the typos: <corrupted>\\nCorrected:"``, the reference the original sentence. See
+  :func:`error_correction`.
 
 >>> ds = load_task("drugs-sentiment", split="test")
 >>> len(ds), ds.name, ds[0].metadata["label"] in ("positive", "neutral", "negative")
@@ -16,15 +20,22 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
 
 from textenv import data
-from textenv.benchmark_tasks import error_correction
 from textenv.data import Example, PromptDataset
+from textenv.noise import corrupt
 
 DEFAULT_TASK = "drugs-sentiment"
 SPLITS = ("train", "test")
+ERROR_PROMPT = "Fix the typos: {corrupted}\nCorrected:"
+NOISE_SEED = 1234
 _SPEAKER = re.compile(r"^[A-Z][A-Z' ,&-]*\.$")
 _FIRST_ACT = re.compile(r"^ACT [IV1]", re.MULTILINE)
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
 def drugs_sentiment(split: str = "train") -> PromptDataset:
@@ -84,6 +95,51 @@ def shakespeare(split: str = "train") -> PromptDataset:
                 )
             )
     return PromptDataset(examples, name=f"shakespeare/{split}")
+
+
+def _spread(items: list[Any], limit: int) -> list[Any]:
+    """At most ``limit`` items taken evenly across ``items`` (so every source file is represented)."""
+    stride = max(1, len(items) // limit)
+    return items[::stride][:limit]
+
+
+def _review_sentences(split: str) -> list[str]:
+    sentences = []
+    for row in data.drug_review_rows(split):
+        sentences += [s for s in _SENTENCE_END.split(row["review"]) if 6 <= len(s.split()) <= 25]
+    return sentences
+
+
+@lru_cache(maxsize=4)
+def error_correction(split: str = "train", size: int | None = None) -> PromptDataset:
+    """Sentences to un-corrupt: drugs.com review sentences (from the same split) and Shakespeare lines (the
+    references of task ``"shakespeare"``'s split), half and half; 1000 train / 300 test by default.
+
+    Example ``i`` of source ``s`` is corrupted with ``np.random.default_rng([NOISE_SEED, s, i])``, so the data
+    is identical on every machine and does not depend on iteration order.
+    Metadata: ``source``, ``noise_seed``.
+    """
+    size = size or (1000 if split == "train" else 300)
+    sources = {
+        "drugs.com": _review_sentences(split),
+        "shakespeare": [
+            e.reference
+            for e in load_task("shakespeare", split)
+            if e.reference and len(e.reference.split()) >= 5
+        ],
+    }
+    examples = []
+    for source_id, (source, sentences) in enumerate(sources.items()):
+        for index, sentence in enumerate(_spread(sentences, size // 2)):
+            rng = np.random.default_rng([NOISE_SEED, source_id, index])
+            examples.append(
+                Example(
+                    prompt=ERROR_PROMPT.format(corrupted=corrupt(sentence, rng)),
+                    reference=sentence,
+                    metadata={"source": source, "noise_seed": [NOISE_SEED, source_id, index]},
+                )
+            )
+    return PromptDataset(examples, name=f"error-correction/{split}")
 
 
 TASKS: dict[str, Callable[[str], PromptDataset]] = {

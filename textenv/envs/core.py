@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
+from rewards.sentiment import VaderSentiment
 from textenv.data import Example, PromptDataset
 from textenv.models import DEFAULT_MODEL, load_tokenizer, model_dir
 from textenv.tasks import DEFAULT_TASK, load_task
@@ -23,31 +24,8 @@ RewardFn = Callable[..., Any]
 MAX_CACHED_PROMPTS = 100_000  # tokenized prompts kept per env (about 1 KB each at P=64)
 
 
-class VaderCompound:
-    """Fallback default reward: the VADER compound sentiment of each completion, in [-1, 1]."""
-
-    def __init__(self) -> None:
-        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-
-        self._analyzer = SentimentIntensityAnalyzer()
-
-    def __call__(
-        self,
-        prompts: Sequence[str],
-        completions: Sequence[str],
-        references: Sequence[str | None] | None = None,
-    ) -> np.ndarray:
-        return np.array(
-            [self._analyzer.polarity_scores(c)["compound"] for c in completions], dtype=np.float32
-        )
-
-
 def default_reward() -> RewardFn:
-    """``rewards.VaderSentiment()`` when the rewards package provides it, else :class:`VaderCompound`."""
-    try:
-        from rewards.sentiment import VaderSentiment
-    except ImportError:
-        return VaderCompound()
+    """The reward used when none is given: ``rewards.VaderSentiment()`` (VADER compound score in [-1, 1])."""
     return VaderSentiment()
 
 
@@ -238,8 +216,15 @@ class TextGenCore:
         return f"{self.dataset[index].prompt} ▶ {completion}"
 
     def final_info(self, index: int, completion: str) -> dict[str, Any]:
+        """The info of a finished episode; ``prompt_index`` (the dataset index) lets agents group episodes
+        that answered the same prompt (RLOO) without re-deriving it from tokens."""
         example = self.dataset[index]
-        return {"prompt": example.prompt, "completion": completion, "reference": example.reference}
+        return {
+            "prompt": example.prompt,
+            "completion": completion,
+            "reference": example.reference,
+            "prompt_index": index,
+        }
 
 
 class CoreAttributes:

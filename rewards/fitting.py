@@ -1,14 +1,13 @@
-"""Training the learned reward models (the CLI is :mod:`rewards.train`).
+"""Fitting the learned reward models: :class:`TrainConfig`, :func:`train_classifier` and
+:func:`train_preference`. The command line over them is :mod:`rewards.train`
+(``python -m rewards.train classifier|preference``).
 
-    python -m rewards.train classifier --output rm/drugs              # drugs.com sentiment (the default data)
-    python -m rewards.train classifier --data labelled.jsonl --output rm/mine   # {"text": ..., "label": 0|1}
-    python -m rewards.train preference --data triples.jsonl --output rm/pref  # {prompt, chosen, rejected}
-
-Held-out data comes from ``--eval-data`` or, without it, a seeded ``--eval-fraction`` of ``--data``. Each run
-shows a tqdm progress bar, logs ``train/loss``, ``train/learning_rate`` and ``eval/accuracy`` to TensorBoard
-under ``--logdir`` (default ``runs/rewards/<kind>__seed<k>__<time>``), prints the held-out accuracy (pairwise
-accuracy for preferences) and saves the model, which loads back with ``ClassifierRewardModel.load(path)`` or
-``PreferenceRewardModel.load(path)``.
+Held-out data is the ``eval_*`` argument or, without it, a seeded ``config.eval_fraction`` of the training
+data. Each run shows a tqdm progress bar and logs ``train/loss``, ``train/learning_rate`` and
+``eval/accuracy`` to TensorBoard under ``config.logdir`` (default ``runs/rewards/<kind>__seed<k>__<time>``).
+The returned model holds its held-out accuracy (pairwise accuracy for preferences) in
+``model.metrics["eval_accuracy"]``; ``model.save(path)`` writes it, and ``ClassifierRewardModel.load(path)``
+or ``PreferenceRewardModel.load(path)`` loads it back.
 
 Optimisation is plain torch AdamW with linear warmup and decay, not DeepSpeed: the backbones here are small
 enough for one CPU process. Training is deterministic for a given seed and thread count.

@@ -1,0 +1,207 @@
+"""The rollout collector: what an agent keeps of each env step, and the one batch an iteration trains on.
+
+The environment already knows each finished episode: a token-level env hands its final observation over in
+``infos[i]["terminal_observation"]`` (prompt left-padded to P, completion right-padded to N: exactly a
+training row), and textenv's envs name the prompt in ``infos[i]["prompt_index"]``. The collector stores those
+as they come, plus the per-token statistics the policy recorded while acting (behaviour log-prob and value,
+in two (B, N) arrays indexed by env row and token position). At the end of a rollout :meth:`build` stacks
+the finished episodes once into a :class:`RolloutBatch`.
+
+- Token level (``Discrete`` actions): one call of :meth:`record` per env step. A row is tracked from the
+  first step of its episode (no token generated yet); a row that joined mid-episode (after ``load``, or
+  when the caller stepped the env itself) is skipped until its episode ends.
+- Sequence level (``MultiDiscrete`` actions): each step finishes one episode per row; the row is the prompt
+  observation followed by the action's tokens up to and including the first EOS.
+
+Episodes with the same ``prompt_index`` share a group id (RLOO's leave-one-out groups). Envs that do not
+report ``prompt_index`` are grouped by their prompt tokens.
+
+>>> collector = RolloutCollector(num_envs=1, prompt_len=2, max_new_tokens=3, pad_token_id=0,
+...                              eos_token_id=9, token_level=True)
+>>> ids, mask = np.array([[0, 7, 0, 0, 0]]), np.array([[0, 1, 0, 0, 0]])
+>>> final = {"input_ids": np.array([0, 7, 9, 0, 0]), "attention_mask": np.array([0, 1, 1, 0, 0])}
+>>> info = {"terminal_observation": final, "prompt_index": 4, "completion": ""}
+>>> collector.record(ids, mask, np.array([9]), (np.array([-0.5]), np.array([0.1])), np.array([2.0]),
+...                  np.array([True]), [info])
+>>> batch = collector.build()
+>>> batch.input_ids.tolist(), batch.gen_mask.tolist(), batch.old_logprobs.tolist(), batch.rewards.tolist()
+([[0, 7, 9, 0, 0]], [[1.0, 0.0, 0.0]], [[-0.5, 0.0, 0.0]], [2.0])
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+MAX_SAMPLES = 4
+"""(prompt, completion) pairs kept per rollout for TensorBoard's text tab."""
+
+
+class RolloutBatch(NamedTuple):
+    """E finished episodes in the observation layout, built once per rollout."""
+
+    input_ids: torch.Tensor  # (E, P+N) int64
+    attention_mask: torch.Tensor  # (E, P+N) int64
+    gen_mask: torch.Tensor  # (E, N) float32, 1 on generated tokens
+    old_logprobs: torch.Tensor | None  # (E, N) float32, behaviour log-probs (None: not recorded)
+    old_values: torch.Tensor | None  # (E, N) float32
+    rewards: torch.Tensor  # (E,) float32 task reward
+    group_ids: torch.Tensor  # (E,) int64, equal for episodes with the same prompt
+
+
+class Episode(NamedTuple):
+    """One finished episode as stored: a training row and what the policy recorded for it."""
+
+    input_ids: np.ndarray  # (P+N,) int64
+    attention_mask: np.ndarray  # (P+N,) int64
+    logprobs: np.ndarray | None  # (N,) float32
+    values: np.ndarray | None  # (N,) float32
+    reward: float
+    group: Any  # hashable: the env's prompt_index, or the prompt's tokens
+
+
+class RolloutCollector:
+    """Keeps finished episodes (and per-row statistics of running ones) across env steps."""
+
+    def __init__(
+        self,
+        num_envs: int,
+        prompt_len: int,
+        max_new_tokens: int,
+        pad_token_id: int,
+        eos_token_id: int | None,
+        token_level: bool,
+    ) -> None:
+        self.prompt_len, self.max_new_tokens = prompt_len, max_new_tokens
+        self.pad_token_id, self.eos_token_id = pad_token_id, eos_token_id
+        self.token_level = token_level
+        self.step_logprobs = np.zeros((num_envs, max_new_tokens), np.float32)  # (B, N) running episodes
+        self.step_values = np.zeros((num_envs, max_new_tokens), np.float32)  # (B, N)
+        self.tracked = np.zeros(num_envs, dtype=bool)  # (B,) the row's episode was seen from its start
+        self.has_stats = True
+        self.episodes: list[Episode] = []
+        self.samples: list[tuple[str, str]] = []
+        self.tokens = 0  # tokens generated in this rollout (all rows, tracked or not)
+
+    def __len__(self) -> int:
+        return len(self.episodes)
+
+    def clear(self) -> None:
+        """Start a new rollout: drop finished episodes; running ones carry over."""
+        self.episodes, self.samples, self.tokens = [], [], 0
+
+    def untrack(self) -> None:
+        """Forget the running episodes (e.g. after the env was reset): rows rejoin at their next episode."""
+        self.tracked[:] = False
+
+    # ---- one env step -------------------------------------------------------------------------------------
+    def record(
+        self,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray,
+        actions: np.ndarray,
+        stats: tuple[np.ndarray, np.ndarray] | None,
+        rewards: np.ndarray,
+        dones: np.ndarray,
+        infos: list[dict[str, Any]],
+        tokenizer: Any = None,
+    ) -> None:
+        """Store one step: the (B, T) observation that was acted on, the (B,) or (B, N) actions, the policy's
+        per-token ``(logprobs, values)`` (each (B,); None if it records none) and what ``env.step`` returned.
+        ``tokenizer`` decodes sample texts when the env's info has no ``completion``."""
+        if stats is None:
+            self.has_stats = False
+        if self.token_level:
+            self._record_tokens(input_ids, attention_mask, actions, stats, rewards, dones, infos, tokenizer)
+        else:
+            self._record_sequences(input_ids, attention_mask, actions, rewards, infos, tokenizer)
+
+    def _record_tokens(self, ids, mask, actions, stats, rewards, dones, infos, tokenizer) -> None:  # noqa: ANN001
+        gen_len = mask[:, self.prompt_len :].sum(-1)  # (B,) tokens before this step's action
+        self.tracked[gen_len == 0] = True  # a new episode starts at this step
+        self.tokens += len(actions)
+        rows = np.flatnonzero(self.tracked)
+        if stats is not None:
+            self.step_logprobs[rows, gen_len[rows]] = stats[0][rows]
+            self.step_values[rows, gen_len[rows]] = stats[1][rows]
+        for row in np.flatnonzero(dones):
+            if self.tracked[row]:
+                final = infos[row].get("terminal_observation")
+                if final is None:
+                    raise ValueError(
+                        "the env reported a finished episode without infos[i]['terminal_observation']; "
+                        "step it through an SB3 VecEnv (DummyVecEnv, or agents.vec_env.wrap_vector_env)"
+                    )
+                final_ids = np.asarray(final["input_ids"], dtype=np.int64)
+                final_mask = np.asarray(final["attention_mask"], dtype=np.int64)
+                length = int(final_mask[self.prompt_len :].sum())
+                logprobs = values = None
+                if stats is not None:
+                    logprobs = self._row_stats(self.step_logprobs[row], length)
+                    values = self._row_stats(self.step_values[row], length)
+                reward = float(rewards[row])
+                self._finish(final_ids, final_mask, logprobs, values, reward, infos[row], tokenizer)
+            self.tracked[row] = False
+
+    def _row_stats(self, values: np.ndarray, length: int) -> np.ndarray:
+        row = np.zeros(self.max_new_tokens, np.float32)
+        row[:length] = values[:length]
+        return row
+
+    def _record_sequences(self, ids, mask, actions, rewards, infos, tokenizer) -> None:  # noqa: ANN001
+        prompt_len, n_new = self.prompt_len, self.max_new_tokens
+        for row in range(len(actions)):
+            tokens = np.asarray(actions[row], dtype=np.int64)
+            if self.eos_token_id is not None:
+                eos = np.flatnonzero(tokens == self.eos_token_id)
+                tokens = tokens[: eos[0] + 1] if eos.size else tokens
+            row_ids = np.full(prompt_len + n_new, self.pad_token_id, dtype=np.int64)
+            row_mask = np.zeros(prompt_len + n_new, dtype=np.int64)
+            row_ids[:prompt_len], row_mask[:prompt_len] = ids[row, :prompt_len], mask[row, :prompt_len]
+            (
+                row_ids[prompt_len : prompt_len + len(tokens)],
+                row_mask[prompt_len : prompt_len + len(tokens)],
+            ) = (
+                tokens,
+                1,
+            )
+            self.tokens += len(tokens)
+            self._finish(row_ids, row_mask, None, None, float(rewards[row]), infos[row], tokenizer)
+
+    def _finish(self, ids, mask, logprobs, values, reward, info, tokenizer) -> None:  # noqa: ANN001
+        prompt_len = self.prompt_len
+        group = info.get("prompt_index")
+        if group is None:
+            group = tuple(ids[:prompt_len][mask[:prompt_len] == 1].tolist())
+        self.episodes.append(Episode(ids, mask, logprobs, values, reward, group))
+        if len(self.samples) < MAX_SAMPLES:
+            completion = info.get("completion")
+            if completion is None:
+                tokens = ids[prompt_len:][mask[prompt_len:] == 1].tolist()
+                completion = tokenizer.decode(tokens) if tokenizer is not None else str(tokens)
+            self.samples.append((str(info.get("prompt", "")), str(completion)))
+
+    # ---- the batch ----------------------------------------------------------------------------------------
+    def build(self, device: torch.device | str = "cpu") -> RolloutBatch:
+        """Stack the finished episodes into one :class:`RolloutBatch` (call once per rollout)."""
+        episodes, width = self.episodes, self.prompt_len + self.max_new_tokens
+        ids = np.stack([e.input_ids for e in episodes]) if episodes else np.zeros((0, width), np.int64)
+        mask = np.stack([e.attention_mask for e in episodes]) if episodes else np.zeros((0, width), np.int64)
+        with_stats = self.has_stats and all(e.logprobs is not None for e in episodes)
+        groups: dict[Any, int] = {}
+        group_ids = np.array([groups.setdefault(e.group, len(groups)) for e in episodes], dtype=np.int64)
+
+        def tensor(array: np.ndarray) -> torch.Tensor:
+            return torch.as_tensor(array, device=device)
+
+        return RolloutBatch(
+            input_ids=tensor(ids),
+            attention_mask=tensor(mask),
+            gen_mask=tensor(mask[:, self.prompt_len :].astype(np.float32)),
+            old_logprobs=tensor(np.stack([e.logprobs for e in episodes])) if with_stats else None,  # type: ignore[misc]
+            old_values=tensor(np.stack([e.values for e in episodes])) if with_stats else None,  # type: ignore[misc]
+            rewards=tensor(np.array([e.reward for e in episodes], dtype=np.float32)),
+            group_ids=tensor(group_ids),
+        )

@@ -1,0 +1,135 @@
+"""The four registered task environments: their prompt datasets, rewards and environment factories.
+
+Each is a registered environment id (token level; ``gym.make_vec(...,
+vectorization_mode="vector_entry_point")`` gives the native vector env), set up by a :class:`Benchmark` spec
+in ``BENCHMARKS``. All use ``max_prompt_tokens=64`` (prompts longer than that keep their last 64 tokens) and
+``max_new_tokens=48`` unless noted. The scripts in ``benchmarks/`` train and evaluate agents on them.
+
+- ``TextGen-Sentiment-v0`` (``"sentiment"``): RL4LMs' IMDB protocol on drugs.com reviews. Prompt: the first
+  50% of a review's words (task ``"drugs-sentiment"``). Reward: ``P(positive)`` of the learned drugs.com
+  classifier (:func:`rewards.drugs_sentiment_model`); ``reward="vader"`` uses VADER's compound score instead.
+  Reported beside it: VADER, perplexity of held-out human reviews under the policy, distinct-1/2, KL to the
+  reference.
+- ``TextGen-ErrorRate-v0`` (``"error-rate"``): correct a real sentence (a drugs.com review sentence or a
+  Shakespeare line, task ``"error-correction"``) corrupted with seeded typos, dropped and swapped words.
+  Prompt: ``"Fix the typos: <corrupted>\\nCorrected:"``; reference: the original. Reward: ``-WER``
+  (:class:`rewards.ErrorRate`); CER reported beside it. ``max_new_tokens=40``.
+- ``TextGen-Similarity-v0`` (``"similarity"``): continue a Shakespeare speech (task ``"shakespeare"``: speaker
+  and two lines -> the third). Reward: all-MiniLM-L6-v2 cosine similarity to the real next line; chrF beside
+  it. ``max_new_tokens=24``.
+- ``TextGen-Preference-v0`` (``"preference"``): the sentiment prompts, rewarded by a Bradley-Terry
+  :class:`rewards.PreferenceRewardModel` trained on :func:`rewards.drugs_preference_pairs` (see
+  :func:`rewards.drugs_preference_model`). The classifier and VADER are held-out "gold" scorers that measure
+  over-optimisation of the proxy.
+
+>>> sorted(BENCHMARKS)
+['error-rate', 'preference', 'sentiment', 'similarity']
+>>> BENCHMARKS["error-rate"].env_id
+'TextGen-ErrorRate-v0'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import rewards
+from textenv.data import PromptDataset
+from textenv.envs import TextGenEnv, TextGenVectorEnv
+from textenv.tasks import load_task
+
+
+def benchmark_dataset(task: str, split: str = "train") -> PromptDataset:
+    """Prompt dataset of built-in task ``task`` and ``split`` (see :mod:`textenv.tasks`)."""
+    return load_task(task, split)
+
+
+def build_reward(name: str, reward_model: str | Path | None = None) -> Any:
+    """A reward callable by benchmark name: ``classifier``, ``vader``, ``wer``, ``cer``, ``minilm``, ``chrf``,
+    ``preference`` (``reward_model``: a saved PreferenceRewardModel directory; default the cached
+    :func:`rewards.drugs_preference_model`).
+
+    >>> build_reward("wer")(["p"], ["the cat"], ["the cat"]).tolist()
+    [0.0]
+    """
+    if name == "classifier":
+        return rewards.drugs_sentiment_model()
+    if name == "vader":
+        return rewards.VaderSentiment()
+    if name in ("wer", "cer"):
+        return rewards.ErrorRate(unit="word" if name == "wer" else "char")
+    if name == "minilm":
+        return rewards.EmbeddingSimilarity()
+    if name == "chrf":
+        return rewards.ChrF()
+    if name == "preference":
+        if reward_model is None:
+            return rewards.drugs_preference_model()
+        return rewards.PreferenceRewardModel.load(reward_model)
+    raise ValueError(
+        f"Unknown reward {name!r}; use one of classifier, vader, wer, cer, minilm, chrf, preference, "
+        "or pass reward_fn= (a callable) instead."
+    )
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """How one registered task environment is set up."""
+
+    env_id: str
+    """The registered environment id."""
+    task: str
+    """Prompt dataset (see :func:`benchmark_dataset`)."""
+    reward: str
+    """Default reward (see :func:`build_reward`)."""
+    metrics: tuple[str, ...]
+    """Rewards reported beside the trained one (for ``preference``: the gold scorers)."""
+    max_new_tokens: int = 48
+    """Completion length N."""
+    max_prompt_tokens: int = 64
+    """Prompt slots P (longer prompts keep their last P tokens)."""
+    heldout_text: bool = False
+    """Report the perplexity of held-out human reviews (drift from natural text)."""
+
+
+BENCHMARKS: dict[str, Benchmark] = {
+    "sentiment": Benchmark(
+        "TextGen-Sentiment-v0", "drugs-sentiment", "classifier", ("vader",), heldout_text=True
+    ),
+    "error-rate": Benchmark("TextGen-ErrorRate-v0", "error-correction", "wer", ("cer",), max_new_tokens=40),
+    "similarity": Benchmark("TextGen-Similarity-v0", "shakespeare", "minilm", ("chrf",), max_new_tokens=24),
+    "preference": Benchmark(
+        "TextGen-Preference-v0", "drugs-sentiment", "preference", ("classifier", "vader"), heldout_text=True
+    ),
+}
+
+
+def env_kwargs(
+    benchmark: str, reward: str | None = None, reward_model: str | Path | None = None, **kwargs: Any
+) -> dict[str, Any]:
+    """Keyword arguments of ``TextGenEnv`` for ``benchmark``; explicit ``kwargs`` (``dataset``, ``reward_fn``,
+    ``max_new_tokens``, ``split``, ``model``...) override the benchmark's defaults."""
+    if benchmark not in BENCHMARKS:
+        raise ValueError(f"Unknown benchmark {benchmark!r}; use one of {', '.join(BENCHMARKS)}.")
+    spec = BENCHMARKS[benchmark]
+    split = kwargs.pop("split", "train")
+    if kwargs.get("task") is None and kwargs.get("dataset") is None:
+        kwargs["dataset"] = benchmark_dataset(spec.task, split)
+    elif kwargs.get("task") is not None:
+        kwargs["split"] = split
+    if kwargs.get("reward_fn") is None:
+        kwargs["reward_fn"] = build_reward(reward or spec.reward, reward_model)
+    kwargs.setdefault("max_new_tokens", spec.max_new_tokens)
+    kwargs.setdefault("max_prompt_tokens", spec.max_prompt_tokens)
+    return kwargs
+
+
+def make_env(benchmark: str = "sentiment", **kwargs: Any) -> TextGenEnv:
+    """Entry point of the task env ids: a ``TextGenEnv`` set up by :func:`env_kwargs`."""
+    return TextGenEnv(**env_kwargs(benchmark, **kwargs))
+
+
+def make_vector_env(num_envs: int = 1, benchmark: str = "sentiment", **kwargs: Any) -> TextGenVectorEnv:
+    """Vector entry point of the task env ids: a ``TextGenVectorEnv`` set up by :func:`env_kwargs`."""
+    return TextGenVectorEnv(num_envs, **env_kwargs(benchmark, **kwargs))
