@@ -37,7 +37,17 @@ from agents import checkpoint, engine, run_logging
 from agents.config import AlgorithmConfig, PolicyGradientConfig
 from agents.layout import env_attr, load_lm, read_layout
 from agents.losses import AdaptiveKLController, logprobs_from_logits
-from agents.policy import ActorCritic, FrozenLM, StepCache, action_logits, cached_step, generate_completions
+from agents.policy import (
+    ActorCritic,
+    FrozenLM,
+    Sampling,
+    StepCache,
+    action_logits,
+    cached_step,
+    generate_completions,
+    process_logits,
+)
+from agents.precision import RolloutCopy
 from agents.rollout import RolloutBatch, RolloutCollector
 from agents.vec_env import wrap_vector_env
 
@@ -103,6 +113,7 @@ class TextAlgorithm(BaseAlgorithm):
         self.token_level, self.n_actions = layout.token_level, layout.n_actions
         self.prompt_len, self.max_new_tokens = layout.prompt_len, layout.max_new_tokens
         self.pad_token_id, self.eos_token_id = layout.pad_token_id, layout.eos_token_id
+        self.group_size = int(self._env_attr("group_size") or 1)  # k episodes per prompt draw (RLOO)
         self.set_random_seed(self.seed)
         self._build_networks(lm, self._reference_lm or lm)
         self._reference_lm = None
@@ -112,13 +123,23 @@ class TextAlgorithm(BaseAlgorithm):
             self.config.max_grad_norm,
             self.config.micro_batch_size,
             on_gpu=self.device.type == "cuda",
+            precision=self.config.precision,
         )
+        self.precision = "bf16" if self.ds_config["bf16"]["enabled"] else "fp32"
+        if self.verbose:
+            print(f"{self.algo_name}: precision {self.precision} (setting {self.config.precision!r})")
         self.engine = engine.initialize(self.policy, self.ds_config)
+        self.reference.to(dtype=next(self.policy.parameters()).dtype)  # frozen: no master copy needed
         self.kl_ctl: AdaptiveKLController | None = None
+        self.sampling = Sampling()
+        self.rollout_copy: RolloutCopy | None = None
         if isinstance(self.config, PolicyGradientConfig):
-            self.kl_ctl = AdaptiveKLController(
-                self.config.init_kl_coef, self.config.target_kl_ref, self.config.kl_horizon
-            )
+            cfg = self.config
+            self.kl_ctl = AdaptiveKLController(cfg.init_kl_coef, cfg.target_kl_ref, cfg.kl_horizon)
+            self.sampling = Sampling(cfg.temperature, cfg.top_k, cfg.top_p)
+            if cfg.rollout_precision == "bf16" and self.precision == "fp32":
+                self.rollout_copy = RolloutCopy(self.policy)
+        self.actor = self.rollout_copy.network if self.rollout_copy else self.policy  # acts in rollouts
         self.rollout = RolloutCollector(
             self.n_envs,
             self.prompt_len,
@@ -134,7 +155,7 @@ class TextAlgorithm(BaseAlgorithm):
 
     # ---- acting --------------------------------------------------------------------------------------------
     def _sample(self, logits: torch.Tensor, deterministic: bool) -> torch.Tensor:
-        """(B, n_actions) logits -> (B,) token ids (sampled, or argmax when deterministic)."""
+        """(B, n_actions) processed logits -> (B,) token ids (sampled, or argmax when deterministic)."""
         if deterministic:
             return logits.argmax(-1)
         return torch.distributions.Categorical(logits=logits).sample()
@@ -147,7 +168,8 @@ class TextAlgorithm(BaseAlgorithm):
     def _generate(self, ids: torch.Tensor, mask: torch.Tensor, deterministic: bool) -> torch.Tensor:
         """Sequence-level action: (B, N) completion ids; see :func:`agents.policy.generate_completions`."""
         n_new, n_actions, pad, eos = self.max_new_tokens, self.n_actions, self.pad_token_id, self.eos_token_id
-        return generate_completions(self.policy.lm, ids, mask, n_new, n_actions, pad, eos, deterministic)
+        lm = self.actor.lm
+        return generate_completions(lm, ids, mask, n_new, n_actions, pad, eos, deterministic, self.sampling)
 
     def predict(  # type: ignore[override]  # textenv observations are always Dict(input_ids, attention_mask)
         self,
@@ -165,14 +187,15 @@ class TextAlgorithm(BaseAlgorithm):
             actions = self._generate(ids, mask, deterministic).cpu().numpy()
             return (actions[0] if single else actions), None
         cache = state if isinstance(state, StepCache) else StepCache()
-        logits, _ = cached_step(self.policy, ids, mask, self.prompt_len, cache)
-        actions = self._sample(action_logits(logits, self.n_actions), deterministic).cpu().numpy()
+        logits, _ = cached_step(self.actor, ids, mask, self.prompt_len, cache)
+        logits = process_logits(action_logits(logits, self.n_actions), self.sampling)
+        actions = self._sample(logits, deterministic).cpu().numpy()
         return (actions[0] if single else actions), cache
 
     def _token_step(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, tuple | None]:
         """Extension point: (B,) sampled tokens and the per-token (log-prob, value) the update needs."""
-        logits, values = cached_step(self.policy, ids, mask, self.prompt_len, self._step_cache)
-        logits = action_logits(logits, self.n_actions)  # (B, A)
+        logits, values = cached_step(self.actor, ids, mask, self.prompt_len, self._step_cache)
+        logits = process_logits(action_logits(logits, self.n_actions), self.sampling)  # (B, A) float32
         actions = self._sample(logits, deterministic=False)
         assert values is not None
         return actions, (logprobs_from_logits(logits, actions).cpu().numpy(), values.float().cpu().numpy())
@@ -192,6 +215,8 @@ class TextAlgorithm(BaseAlgorithm):
         stopped training."""
         self.rollout.clear()
         self.rollout_batch = None
+        if self.rollout_copy is not None:
+            self.rollout_copy.sync()  # the trained weights, cast into the rollout copy
         start = time.perf_counter()
         tokenizer = self._env_attr("tokenizer")
         callback.on_rollout_start()
@@ -264,6 +289,7 @@ class TextAlgorithm(BaseAlgorithm):
             "prompt_len": self.prompt_len,
             "max_new_tokens": self.max_new_tokens,
             **dataclasses.asdict(self.config),
+            "precision_used": self.precision,
             "deepspeed": self.ds_config,
         }
 
@@ -420,4 +446,6 @@ class TextAlgorithm(BaseAlgorithm):
         agent._load_extra_state(saved.state.extra)
         saved.restore_rng()
         agent._load_extra_files(saved.path)
+        if agent.rollout_copy is not None:
+            agent.rollout_copy.sync()
         return agent

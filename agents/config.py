@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from agents.precision import PRECISIONS, ROLLOUT_PRECISIONS
+
 
 def check_number(name: str, value: object, example: str) -> None:
     """Raise a TypeError naming ``name`` when ``value`` is not a real number (bools and strings included)."""
@@ -35,6 +37,9 @@ class AlgorithmConfig:
     """Gradient clipping (DeepSpeed ``gradient_clipping``); None disables it."""
     max_new_tokens: int | None = None
     """N, the completion slots of the observation; None reads the env attribute ``max_new_tokens``."""
+    precision: str = "auto"
+    """``"auto"`` (bf16 where the hardware runs it natively, else fp32), ``"bf16"`` or ``"fp32"``; the
+    optimizer keeps fp32 master weights either way (see :mod:`agents.precision`)."""
 
     @property
     def micro_batch_size(self) -> int:
@@ -42,6 +47,8 @@ class AlgorithmConfig:
         raise NotImplementedError
 
     def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision={self.precision!r} is not known; use one of {PRECISIONS}")
         check_number("learning_rate", self.learning_rate, "1e-5")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}; try 1e-5")
@@ -67,6 +74,15 @@ class PolicyGradientConfig(AlgorithmConfig):
     """Per-episode KL to the reference the adaptive controller aims at; None keeps ``init_kl_coef`` fixed."""
     kl_horizon: int = 10_000
     """Horizon (episodes) of the adaptive KL controller."""
+    temperature: float = 1.0
+    """Sampling temperature of rollouts; the update scores tokens under the same processed distribution."""
+    top_k: int = 0
+    """Sample only among the k most likely tokens (0: no top-k filter)."""
+    top_p: float = 1.0
+    """Sample only from the smallest token set whose probability reaches top_p (1.0: no nucleus filter)."""
+    rollout_precision: str = "same"
+    """``"same"`` (act with the trained network) or ``"bf16"`` (act with a bf16 copy, re-synced after every
+    update, while training in fp32; see :class:`agents.precision.RolloutCopy`)."""
 
     @property
     def micro_batch_size(self) -> int:
@@ -88,3 +104,15 @@ class PolicyGradientConfig(AlgorithmConfig):
             raise ValueError(
                 f"target_kl_ref must be > 0 or None (fixed coefficient), got {self.target_kl_ref}"
             )
+        if self.rollout_precision not in ROLLOUT_PRECISIONS:
+            raise ValueError(
+                f"rollout_precision={self.rollout_precision!r} is not known; use one of {ROLLOUT_PRECISIONS}"
+            )
+        check_number("temperature", self.temperature, "0.7")
+        check_number("top_p", self.top_p, "0.9")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}; 1.0 samples the model as is")
+        if not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ValueError(f"top_k must be an int >= 0 (0 turns the filter off), got {self.top_k!r}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1] (1.0 turns the filter off), got {self.top_p}")

@@ -3,10 +3,8 @@
 Q(s, a) for a state s (prompt plus the tokens generated so far) and a token a is the logit the causal LM gives
 a after s. Initialised from the pretrained LM, the greedy action argmax_a Q(s, a) is greedy decoding. A whole
 episode is one sequence, so one forward pass over E sampled episodes yields Q(s_t, .) for every one of their
-tokens (E, N, V), and the n-step targets Q_target(s_{t+n}, .) come from one target-network forward over the
-same episodes. Double DQN: the online network picks argmax_a Q(s_{t+n}, a), the target network values it.
-The math (n-step targets, double DQN, the conservative penalty, epsilon-greedy exploration) is in
-:mod:`agents.q_learning`, the replay buffer in :mod:`agents.replay`.
+tokens (E, N, V), and the n-step targets come from one target-network forward over the same episodes. The
+math (the four targets, the CQL penalty, exploration and its schedules) is in :mod:`agents.q_learning`.
 
 >>> DQNConfig(train_freq=4).train_freq
 (4, 'step')
@@ -25,17 +23,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from gymnasium import spaces
-from stable_baselines3.common.utils import LinearSchedule, polyak_update, safe_mean
+from stable_baselines3.common.utils import polyak_update, safe_mean
 from stable_baselines3.common.vec_env import VecEnv
 from torch import nn
 from transformers import PreTrainedModel
-from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
-from agents import run_logging
+from agents import q_learning, run_logging
 from agents.base import TextAlgorithm
 from agents.config import AlgorithmConfig
 from agents.policy import FrozenLM, StepCache, action_logits, cached_step, completion_logits
-from agents.q_learning import conservative_penalty, episode_td_targets, epsilon_greedy
 from agents.replay import ReplayBuffer
 
 TRAIN_FREQ_UNITS = ("step", "episode")
@@ -62,12 +58,24 @@ class DQNConfig(AlgorithmConfig):
     """Gradient steps after each rollout; -1 does as many as vector-env steps were collected."""
     target_update_interval: int = 1_000
     """Env steps (tokens, summed over envs) between target-network updates."""
+    target: str = "double_q"
+    """Bootstrap of the TD targets: ``double_q``, ``q_learning``, ``sarsa`` or ``expected_sarsa``."""
+    exploration: str = "epsilon_greedy"
+    """``epsilon_greedy`` (reference-LM samples or greedy Q) or ``boltzmann`` (samples of softmax(Q / T))."""
+    exploration_schedule: str = "linear"
+    """How epsilon (or T) goes from its initial to its final value: ``linear`` or ``exponential``."""
     exploration_fraction: float = 0.5
-    """Share of ``total_timesteps`` over which epsilon decays linearly."""
+    """Linear schedule: share of the first ``learn`` call's ``total_timesteps`` until the final value."""
+    exploration_decay: float = 0.999
+    """Exponential schedule: factor on epsilon (or T) per env step, down to the final value."""
     exploration_initial_eps: float = 1.0
     """Initial probability of sampling a token from the reference LM instead of the greedy Q action."""
     exploration_final_eps: float = 0.05
     """Final epsilon."""
+    exploration_initial_temperature: float = 1.0
+    """Boltzmann exploration: initial temperature T."""
+    exploration_final_temperature: float = 0.1
+    """Boltzmann exploration: final T."""
     n_steps: int = 4
     """n of the n-step return (the reward comes only at the end of an episode)."""
     conservative_coef: float = 0.1
@@ -76,6 +84,8 @@ class DQNConfig(AlgorithmConfig):
     """Exploration samples from the reference LM's top-k tokens (0: no top-k filter)."""
     top_p: float = 1.0
     """... and from its top-p nucleus (1.0: no nucleus filter)."""
+    temperature: float = 1.0
+    """... at this sampling temperature (applied before top-k / top-p, as in ``generate``)."""
     reward_scale: float = 1.0
     """Factor on env rewards in the TD targets (Q is in logit units; raise it when logit gaps are large)."""
     save_replay_buffer: bool = True
@@ -97,6 +107,7 @@ class DQNConfig(AlgorithmConfig):
         rates_ok = 0 < self.tau <= 1 and 0 < self.gamma <= 1
         eps_ok = all(0 <= e <= 1 for e in eps) and 0 < self.exploration_fraction <= 1
         ref_ok = self.conservative_coef >= 0 and self.top_k >= 0 and 0 < self.top_p <= 1
+        targets = q_learning.TARGETS
         fix = {  # message (what is wrong, how to fix) -> is it wrong
             f"train_freq={self.train_freq}: use e.g. 4, (4, 'step') or (1, 'episode')": not unit_ok,
             f"batch_size={bs} > buffer_size: raise buffer_size or lower batch_size": bs > self.buffer_size,
@@ -108,10 +119,12 @@ class DQNConfig(AlgorithmConfig):
             "need conservative_coef >= 0, top_k >= 0 (0: off), 0 < top_p <= 1, reward_scale > 0": not (
                 ref_ok and self.reward_scale > 0
             ),
+            f"target={self.target!r} is unknown; use one of {', '.join(targets)}": self.target not in targets,
         }
         for message, wrong in fix.items():
             if wrong:
                 raise ValueError(message)
+        q_learning.Exploration.from_config(self)  # checks the exploration settings
 
     @classmethod
     def smollm2_sentiment(cls, **overrides: Any) -> DQNConfig:
@@ -124,22 +137,12 @@ class DQNConfig(AlgorithmConfig):
 
 
 class DQN(TextAlgorithm):
-    """Double DQN with n-step returns on a DeepSpeed-backed causal LM whose logits are Q-values.
+    """DQN with n-step returns on a DeepSpeed-backed causal LM whose logits are Q-values.
 
-    Exploration: with probability epsilon (decaying linearly, SB3's ``LinearSchedule``) a token is sampled
-    from the frozen reference LM (top-k / top-p), else the greedy Q token is taken. Targets: n-step double DQN
-    with a target network updated every ``target_update_interval`` env steps (hard copy for ``tau=1``,
-    Polyak averaging for ``tau<1``), Huber loss on the sampled transitions.
-
-    Regulariser (``conservative_coef``): a CQL term towards the reference LM,
-    ``alpha * (logsumexp_a Q(s, a) - E_{a~pi_ref} Q(s, a))`` = alpha * cross-entropy(pi_ref, softmax Q). The
-    failure it prevents: the TD loss only touches the few tokens that were tried, while the greedy policy
-    takes a max over the whole vocabulary (49,152 tokens for SmolLM2). Untried tokens keep or drift to
-    arbitrary logits, the max picks them (over-estimation of unseen actions), and greedy decoding degrades
-    into non-words that neither read well nor score. The logsumexp term pushes all untried tokens down, and
-    the expectation under pi_ref (exact, over the full vocabulary, not only the stored tokens) keeps the
-    *shape* of softmax(Q) on the reference LM, so the text stays fluent. It is shift-invariant per state, so
-    it does not fight the TD loss over the level of Q(s, .), only over the ranking of tokens.
+    Double DQN, Q-learning, SARSA or expected-SARSA targets (``target``) from a target network updated every
+    ``target_update_interval`` env steps (hard copy for ``tau=1``, Polyak averaging for ``tau<1``), a Huber
+    loss plus ``conservative_coef`` times a CQL term towards the reference LM, and epsilon-greedy or Boltzmann
+    exploration on a linear or exponential schedule; :mod:`agents.q_learning` defines each of them.
 
     Works only on token-level envs (``Discrete(vocab)`` actions, ``TextGen-v0``); for the sequence-level
     ``TextGenSeq-v0`` use PPO or REINFORCE. :meth:`save` checkpoints weights, optimizer, target network,
@@ -192,30 +195,33 @@ class DQN(TextAlgorithm):
             cfg.buffer_size, self.prompt_len, self.max_new_tokens, self.pad_token_id, self.n_actions
         )
         self.replay_rng = np.random.default_rng(self.seed)
-        self.exploration_schedule = LinearSchedule(
-            cfg.exploration_initial_eps, cfg.exploration_final_eps, cfg.exploration_fraction
-        )
-        self.exploration_rate = cfg.exploration_initial_eps
+        self.exploration = q_learning.Exploration.from_config(cfg)
         self.last_target_update = 0
         self._rollout_start = 0
         self._reference_cache = StepCache()
         self._pending_samples: list[tuple[str, str]] = []  # rollout samples not yet logged
-        self.warpers: list[Any] = [TopKLogitsWarper(cfg.top_k)] if cfg.top_k else []
-        self.warpers += [TopPLogitsWarper(cfg.top_p)] if cfg.top_p < 1 else []
 
     # ---- acting --------------------------------------------------------------------------------------------
-    def _explore_exploit(self, q: torch.Tensor, ref_logits: torch.Tensor, epsilon: float) -> torch.Tensor:
-        """(B,) tokens: a top-k/top-p sample of the reference LM with probability epsilon, else argmax Q."""
-        q, ref_logits = action_logits(q, self.n_actions), action_logits(ref_logits, self.n_actions)
-        return epsilon_greedy(q, ref_logits, epsilon, self.warpers)
+    @property
+    def exploration_rate(self) -> float:
+        """SB3's name for the current epsilon (for Boltzmann exploration: the current temperature)."""
+        return self.exploration.value
+
+    def _choose(
+        self, q: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, ref_cache: StepCache, greedy: bool
+    ) -> torch.Tensor:
+        """(B,) tokens: argmax of (B, V) ``q`` if ``greedy``, else exploring (reference LM: ``ref_cache``)."""
+        q, ref = action_logits(q, self.n_actions), None
+        if not greedy and self.exploration.uses_reference:
+            ref, _ = cached_step(self.reference, ids, mask, self.prompt_len, ref_cache)  # (B, V)
+            ref = action_logits(ref, self.n_actions)
+        return q.argmax(-1) if greedy else self.exploration.actions(q, ref)
 
     def _token_step(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, None]:
-        """The epsilon-greedy token; nothing is recorded per token (the replay keeps whole episodes)."""
-        self._update_current_progress_remaining(self.num_timesteps, self._total_timesteps)
-        self.exploration_rate = self.exploration_schedule(self._current_progress_remaining)
+        """The exploring token; nothing is recorded per token (the replay keeps whole episodes)."""
+        self.exploration.update(self.num_timesteps, horizon=self._total_timesteps)
         q, _ = cached_step(self.policy, ids, mask, self.prompt_len, self._step_cache)  # (B, V)
-        ref, _ = cached_step(self.reference, ids, mask, self.prompt_len, self._reference_cache)
-        return self._explore_exploit(q, ref, self.exploration_rate), None
+        return self._choose(q, ids, mask, self._reference_cache, greedy=False), None
 
     def predict(  # type: ignore[override]
         self,
@@ -224,17 +230,14 @@ class DQN(TextAlgorithm):
         episode_start: np.ndarray | None = None,
         deterministic: bool = False,
     ) -> tuple[np.ndarray, Any]:
-        """Greedy Q tokens (``deterministic``) or the epsilon-mix; ``state`` is the pair of KV caches."""
+        """Greedy Q tokens (``deterministic``) or exploring ones; ``state`` is the pair of KV caches."""
         ids, mask = self._obs_tensors(observation)
         single = ids.dim() == 1
         if single:
             ids, mask = ids[None], mask[None]  # (1, T)
         q_cache, ref_cache = state if isinstance(state, tuple) else (StepCache(), StepCache())
         q, _ = cached_step(self.policy, ids, mask, self.prompt_len, q_cache)
-        ref = q
-        if not deterministic:
-            ref, _ = cached_step(self.reference, ids, mask, self.prompt_len, ref_cache)
-        actions = self._explore_exploit(q, ref, 0.0 if deterministic else self.exploration_rate).cpu().numpy()
+        actions = self._choose(q, ids, mask, ref_cache, greedy=deterministic).cpu().numpy()
         return (actions[0] if single else actions), (q_cache, ref_cache)
 
     # ---- rollouts ------------------------------------------------------------------------------------------
@@ -251,38 +254,41 @@ class DQN(TextAlgorithm):
         prompt_len = self.prompt_len
         for episode in self.rollout.episodes:
             ids, mask = episode.input_ids, episode.attention_mask.astype(bool)  # (P+N,)
-            self.replay.add(
-                ids[:prompt_len][mask[:prompt_len]], ids[prompt_len:][mask[prompt_len:]], episode.reward
-            )
+            prompt, completion = ids[:prompt_len][mask[:prompt_len]], ids[prompt_len:][mask[prompt_len:]]
+            self.replay.add(prompt, completion, episode.reward)
         self._episode_num += len(self.rollout)
         self._pending_samples = (self._pending_samples + self.rollout.samples)[:4]
         return running
 
     # ---- learning ------------------------------------------------------------------------------------------
     def train(self, gradient_steps: int, batch_size: int = 64) -> None:  # type: ignore[override]
-        """``gradient_steps`` updates, each on ``batch_size`` transitions: one online, one target and one
-        reference forward pass over the episodes the transitions belong to."""
+        """``gradient_steps`` updates, each on ``batch_size`` transitions: one online, one target and (for the
+        CQL term or epsilon-greedy expected SARSA) one reference forward pass over their episodes."""
         cfg, n_new, n_actions = self.config, self.max_new_tokens, self.n_actions
         losses, td_losses, penalties, q_means, target_means = [], [], [], [], []
+        expected_sarsa = cfg.target == "expected_sarsa"
         for _ in range(gradient_steps):
             batch = self.replay.sample(batch_size, self.replay_rng, self.device)
             ids, attn, mask = batch.input_ids, batch.attention_mask, batch.gen_mask
             logits, _ = completion_logits(self.engine, ids, attn, n_new, n_actions)  # (U, N, A)
             q = logits.float()  # Q(s_t, .) for every generated slot t
+            actions = batch.input_ids[:, -n_new:]  # (U, N) the token taken in each state
             with torch.no_grad():
                 target_logits, _ = completion_logits(self.target, ids, attn, n_new, n_actions)
                 target_q, rewards = target_logits.float(), batch.rewards * cfg.reward_scale
-                targets = episode_td_targets(q.detach(), target_q, mask, rewards, cfg.gamma, cfg.n_steps)
-            actions = batch.input_ids[:, -n_new:]  # (U, N) the token taken in each state
+                ref_logits = None  # (U, N, A) the reference LM, for the CQL term and pi_explore
+                if cfg.conservative_coef > 0 or (expected_sarsa and self.exploration.uses_reference):
+                    ref_logits, _ = completion_logits(self.reference, ids, attn, n_new, n_actions)
+                mu = self.exploration.behaviour_probs(q.detach(), ref_logits) if expected_sarsa else None
+                bootstrap = q_learning.bootstrap_values(cfg.target, q.detach(), target_q, actions, mu)
+                targets = q_learning.episode_td_targets(bootstrap, mask, rewards, cfg.gamma, cfg.n_steps)
             q_taken = q.gather(-1, actions[..., None]).squeeze(-1)  # (U, N)
             rows, positions = batch.rows, batch.positions  # (B,)
             td_loss = F.smooth_l1_loss(q_taken[rows, positions], targets[rows, positions])
             loss = td_loss
-            if cfg.conservative_coef > 0:
-                with torch.no_grad():
-                    ref_logits, _ = completion_logits(self.reference, ids, attn, n_new, n_actions)
-                ref_logits = ref_logits[rows, positions]  # (B, A)
-                penalty = conservative_penalty(q[rows, positions], torch.log_softmax(ref_logits.float(), -1))
+            if ref_logits is not None and cfg.conservative_coef > 0:
+                ref_logprobs = torch.log_softmax(ref_logits[rows, positions].float(), -1)  # (B, A)
+                penalty = q_learning.conservative_penalty(q[rows, positions], ref_logprobs)
                 loss = td_loss + cfg.conservative_coef * penalty
                 penalties.append(penalty.item())
             self._check_finite(loss)
@@ -332,11 +338,8 @@ class DQN(TextAlgorithm):
             if not self.collect_rollouts(self.env, callback):
                 break
             if self.num_timesteps > cfg.learning_starts and len(self.replay) > 0:
-                steps = (
-                    cfg.gradient_steps
-                    if cfg.gradient_steps > 0
-                    else (self.num_timesteps - start) // self.n_envs
-                )
+                vector_steps = (self.num_timesteps - start) // self.n_envs
+                steps = cfg.gradient_steps if cfg.gradient_steps > 0 else vector_steps
                 if steps > 0:
                     self.train(steps, cfg.batch_size)
                     self._step_cache = StepCache()  # cached K/V were computed with the old weights
@@ -351,7 +354,8 @@ class DQN(TextAlgorithm):
         if self.ep_info_buffer:
             self.logger.record("rollout/ep_rew_mean", safe_mean([ep["r"] for ep in self.ep_info_buffer]))
             self.logger.record("rollout/ep_len_mean", safe_mean([ep["l"] for ep in self.ep_info_buffer]))
-        self.logger.record("rollout/exploration_rate", self.exploration_rate)
+        name = "temperature" if self.exploration.kind == "boltzmann" else "exploration_rate"
+        self.logger.record(f"rollout/{name}", self.exploration.value)
         self.logger.record("time/fps", int((self.num_timesteps - self._num_timesteps_at_start) / elapsed))
         self.logger.record("time/episodes", self._episode_num, exclude="tensorboard")
         self.logger.record("time/total_timesteps", self.num_timesteps, exclude="tensorboard")
@@ -362,13 +366,15 @@ class DQN(TextAlgorithm):
     # ---- saving --------------------------------------------------------------------------------------------
     def _extra_state(self) -> dict[str, Any]:
         return {
-            "exploration_rate": self.exploration_rate,
+            "exploration_rate": self.exploration.value,
+            "exploration_horizon": self.exploration.horizon,
             "last_target_update": self.last_target_update,
             "replay_rng": self.replay_rng.bit_generator.state,
         }
 
     def _load_extra_state(self, state: dict[str, Any]) -> None:
-        self.exploration_rate = float(state["exploration_rate"])
+        self.exploration.value = float(state["exploration_rate"])
+        self.exploration.horizon = state.get("exploration_horizon")  # absent in older checkpoints
         self.last_target_update = int(state["last_target_update"])
         self.replay_rng.bit_generator.state = state["replay_rng"]
 

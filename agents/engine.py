@@ -2,8 +2,8 @@
 
 On CPU the default is one process without a launcher: the torch.distributed variables are filled in while
 DeepSpeed starts if missing (``MASTER_ADDR=127.0.0.1``, a free ``MASTER_PORT``, ``RANK=0``, ``WORLD_SIZE=1``,
-``LOCAL_RANK=0``; removed again afterwards) and the process group uses gloo, with ZeRO stage 0 in fp32.
-On GPU the default is bf16 with ZeRO-2.
+``LOCAL_RANK=0``; removed again afterwards) and the process group uses gloo, with ZeRO stage 0. On GPU the
+default is ZeRO-2. The precision (bf16 or fp32) follows the agent's ``precision`` setting.
 
 Several processes (N on one machine): start the same script with either launcher::
 
@@ -20,11 +20,13 @@ against one process on the whole batch, for ZeRO stages 0, 1 and 2 and with grad
 whole parameters on every rank.
 
 >>> cfg = build_config({"zero_optimization": {"stage": 1}}, learning_rate=1e-5, max_grad_norm=1.0,
-...                    train_batch_size=8, on_gpu=False)
+...                    train_batch_size=8, on_gpu=False, precision="fp32")
 >>> cfg["zero_optimization"]["stage"], cfg["gradient_clipping"], cfg["optimizer"]["params"]["lr"]
 (1, 1.0, 1e-05)
 >>> build_config(None, 1e-5, max_grad_norm=None, train_batch_size=8, on_gpu=False)["gradient_clipping"]
 0.0
+>>> build_config({"bf16": {"enabled": False}}, 1e-5, 1.0, 8, on_gpu=False, precision="auto")["bf16"]
+{'enabled': False}
 """
 
 from __future__ import annotations
@@ -41,16 +43,16 @@ from typing import Any
 
 import torch
 
+from agents.precision import resolve_precision
+
 CPU_DEFAULTS: dict[str, Any] = {
     "zero_optimization": {"stage": 0},
-    "bf16": {"enabled": False},
     "fp16": {"enabled": False},
     "steps_per_print": 10**9,
     "wall_clock_breakdown": False,
 }
 GPU_DEFAULTS: dict[str, Any] = {
     "zero_optimization": {"stage": 2, "overlap_comm": True, "contiguous_gradients": True},
-    "bf16": {"enabled": True},
     "steps_per_print": 10**9,
     "wall_clock_breakdown": False,
 }
@@ -93,15 +95,32 @@ def build_config(
     max_grad_norm: float | None,
     train_batch_size: int,
     on_gpu: bool,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Merge a user config over our defaults and validate it. User keys win, except the batch sizes, which
-    follow the agent's minibatch size (one ``engine.step()`` per minibatch, no accumulation)."""
+    follow the agent's minibatch size (one ``engine.step()`` per minibatch, no accumulation).
+
+    ``bf16.enabled`` follows the agent's ``precision`` (see :mod:`agents.precision`): with ``"auto"`` a
+    ``bf16`` key in the user's config decides, else the hardware; an explicit ``"bf16"`` or ``"fp32"`` must
+    agree with the config's key if it has one."""
     user = load_config(config)
     cfg = _merge(GPU_DEFAULTS if on_gpu else CPU_DEFAULTS, user)
-    if not on_gpu:
-        for key in ("bf16", "fp16"):
-            if cfg.get(key, {}).get("enabled") and key not in user:
-                cfg[key]["enabled"] = False
+    bf16 = user.get("bf16")
+    user_bf16 = bf16.get("enabled") if isinstance(bf16, dict) else None
+    if precision == "auto" and user_bf16 is not None:
+        precision = "bf16" if user_bf16 else "fp32"
+    precision = resolve_precision(precision, torch.device("cuda" if on_gpu else "cpu"))
+    if user_bf16 is not None and bool(user_bf16) != (precision == "bf16"):
+        raise ValueError(
+            f"the DeepSpeed config sets 'bf16.enabled' to {user_bf16} but the agent's precision is "
+            f"{precision!r}; pass precision='auto' to let the config decide, or drop 'bf16' from the config"
+        )
+    cfg["bf16"] = {**cfg.get("bf16", {}), "enabled": precision == "bf16"}
+    if cfg.get("fp16", {}).get("enabled") and not on_gpu:
+        raise ValueError(
+            "'fp16.enabled' is true in the DeepSpeed config, but fp16 training needs a GPU; on CPU remove "
+            "'fp16' from the config and use precision='bf16' (or 'fp32')"
+        )
     cfg.setdefault(
         "optimizer", {"type": "AdamW", "params": {"lr": learning_rate, "eps": 1e-8, "weight_decay": 0.0}}
     )

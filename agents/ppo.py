@@ -21,6 +21,7 @@ from agents.base import TextAlgorithm
 from agents.config import PolicyGradientConfig
 from agents.losses import compute_gae, masked_mean, masked_whiten, ppo_clip_loss, value_clip_loss
 from agents.policy import evaluate_completions
+from agents.rollout import minibatches
 from agents.scoring import score_batch
 
 
@@ -86,7 +87,12 @@ class PPO(TextAlgorithm):
         cfg, n_new, n_actions, kl_ctl = self.config, self.max_new_tokens, self.n_actions, self.kl_ctl
         batch = self.rollout_batch
         assert batch is not None and kl_ctl is not None
-        scored = score_batch(batch, self.policy, self.reference, n_new, n_actions, cfg.minibatch_size)
+        recompute = self.rollout_copy is not None
+        shared_groups = batch.group_ids if self.group_size > 1 else None  # compute each prompt once
+        chunk, sampling = cfg.minibatch_size, self.sampling
+        scored = score_batch(
+            batch, self.policy, self.reference, n_new, n_actions, chunk, sampling, recompute, shared_groups
+        )
         mask = batch.gen_mask  # (E, N)
         token_rewards = -kl_ctl.value * scored.kl  # (E, N)
         last = (mask.sum(-1).long() - 1).clamp(min=0)  # (E,) index of each episode's last token
@@ -99,12 +105,11 @@ class PPO(TextAlgorithm):
         continue_training = True
         count = len(batch.rewards)
         for _epoch in range(cfg.n_epochs):
-            order = torch.randperm(count, device=self.device)
-            for start in range(0, count, cfg.minibatch_size):
-                mb = order[start : start + cfg.minibatch_size]
+            for mb in minibatches(count, cfg.minibatch_size, shared_groups):
                 ids, attn, mb_mask = batch.input_ids[mb], batch.attention_mask[mb], mask[mb]
+                groups = None if shared_groups is None else shared_groups[mb]
                 ev = evaluate_completions(
-                    self.engine, ids, attn, n_new, n_actions, with_entropy=True
+                    self.engine, ids, attn, n_new, n_actions, True, sampling, groups
                 )  # (b, N)
                 assert ev.values is not None and ev.entropy is not None
                 pg_loss, clip_fraction, approx_kl = ppo_clip_loss(
@@ -133,6 +138,8 @@ class PPO(TextAlgorithm):
         episode_kl = float(scored.kl.sum(-1).mean())
         kl_ctl.update(episode_kl, n_steps=count)
         self.logger.record("rollout/kl", episode_kl)
+        if scored.rollout_gap is not None:
+            self.logger.record("train/rollout_logprob_gap", scored.rollout_gap)
         self.logger.record("train/policy_loss", float(np.mean(pg_losses)))
         self.logger.record("train/value_loss", float(np.mean(value_losses)))
         self.logger.record("train/entropy", float(np.mean(entropies)))

@@ -1,16 +1,58 @@
 """The Q-learning math of :class:`~agents.dqn.DQN`: TD targets, the conservative regulariser, exploration.
 
 Q-values are (E, N, V): for each of E episodes, Q(s_t, .) over the vocabulary before each of its N generated
-tokens. Targets are n-step returns bootstrapped with double DQN; the regulariser is a CQL term towards the
-reference LM; exploration mixes the greedy Q token with a sample of the reference LM (epsilon-greedy).
+tokens. Q is the online network, Q_targ the target network, both evaluated when the update runs.
+
+**Targets** (``DQNConfig.target``). The n-step target of token t is
+``sum_{k<n} gamma^k r_{t+k} + gamma^n V(s_{t+n})`` (:func:`n_step_targets`; nothing is bootstrapped past the
+episode end), and the bootstrap V(s) is, per target:
+
+- ``double_q``: ``Q_targ(s, argmax_a Q(s, a))``: the online network picks, the target network values.
+- ``q_learning``: ``max_a Q_targ(s, a)``.
+- ``sarsa``: ``Q_targ(s_{t+n}, a_{t+n})``, with ``a_{t+n}`` the token the stored episode took in that state
+  (the replay keeps whole episodes, so it is known; it was chosen by the behaviour policy of its time).
+- ``expected_sarsa``: ``sum_a mu(a|s) Q_targ(s, a)`` under the *current* behaviour policy mu (the online
+  network and the exploration value at the time of the update):
+
+  - epsilon-greedy: ``mu = (1 - eps) * onehot(argmax_a Q(s, a)) + eps * pi_explore(.|s)``, where
+    ``pi_explore`` is the distribution exploration samples from: the softmax of the reference LM's logits at s
+    after its ``temperature``, ``top_k`` and ``top_p`` warpers (not a uniform distribution);
+  - Boltzmann: ``mu = softmax(Q(s, .) / temperature)``.
+
+  With eps = 0 it equals ``double_q``.
+
+**Conservative regulariser** (``conservative_coef``): ``logsumexp_a Q(s, a) - E_{a~pi_ref} Q(s, a)``, a CQL
+term towards the reference LM (:func:`conservative_penalty`). The failure it prevents: the TD loss only
+touches the few tokens that were tried, while the greedy policy takes a max over the whole vocabulary (49,152
+tokens for SmolLM2). Untried tokens keep or drift to arbitrary logits, the max picks them, and greedy decoding
+degrades into non-words. The logsumexp pushes all untried tokens down, and the exact expectation under pi_ref
+keeps the *shape* of softmax(Q) on the reference LM. It is shift-invariant per state, so it does not fight the
+TD loss over the level of Q(s, .), only over the ranking of tokens.
+
+**Exploration**. Epsilon-greedy takes a ``pi_explore`` sample with probability eps, else argmax Q
+(:func:`epsilon_greedy`); Boltzmann samples ``softmax(Q / temperature)`` (:func:`boltzmann`). The exploration
+value x (eps, or the temperature for Boltzmann) after t env steps (tokens summed over envs) goes from x0 to x1
+(:func:`scheduled_value`):
+
+- ``linear``: ``x0 + (x1 - x0) * min(1, t / (f * T))`` (SB3's ``LinearSchedule``), f the
+  ``exploration_fraction`` and T the ``total_timesteps`` of the ``learn`` call that started the schedule (a
+  checkpoint keeps T, so a resumed ``learn(..., reset_num_timesteps=False)`` continues it);
+- ``exponential``: ``max(x1, x0 * d^t)``, d the ``exploration_decay``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from stable_baselines3.common.utils import LinearSchedule
+from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+TARGETS = ("double_q", "q_learning", "sarsa", "expected_sarsa")
+EXPLORATIONS = ("epsilon_greedy", "boltzmann")
+SCHEDULES = ("linear", "exponential")
 
 
 def n_step_targets(
@@ -46,6 +88,63 @@ def double_dqn_values(online_q: torch.Tensor, target_q: torch.Tensor) -> torch.T
     return target_q.gather(-1, online_q.argmax(-1, keepdim=True)).squeeze(-1)
 
 
+def max_q_values(target_q: torch.Tensor) -> torch.Tensor:
+    """Q-learning: max_a Q_target(s, a) for (..., V) Q-values -> (...).
+
+    >>> max_q_values(torch.tensor([[10.0, 2.0]]))
+    tensor([10.])
+    """
+    return target_q.max(-1).values
+
+
+def sarsa_values(target_q: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """SARSA: Q_target(s, a) of the action ``actions`` (...) actually taken in each state, (..., V) -> (...).
+
+    >>> sarsa_values(torch.tensor([[10.0, 2.0]]), torch.tensor([1]))
+    tensor([2.])
+    """
+    return target_q.gather(-1, actions[..., None]).squeeze(-1)
+
+
+def expected_sarsa_values(target_q: torch.Tensor, behaviour_probs: torch.Tensor) -> torch.Tensor:
+    """Expected SARSA: sum_a mu(a|s) Q_target(s, a) under the behaviour policy's (..., V) probabilities.
+
+    >>> expected_sarsa_values(torch.tensor([[10.0, 2.0]]), torch.tensor([[0.25, 0.75]]))
+    tensor([4.])
+    """
+    return (behaviour_probs * target_q).sum(-1)
+
+
+def bootstrap_values(
+    target: str,
+    online_q: torch.Tensor,
+    target_q: torch.Tensor,
+    actions: torch.Tensor,
+    behaviour_probs: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """V(s) (E, N) of every state for the ``target`` named in :data:`TARGETS` (see the module docstring),
+    from (E, N, V) ``online_q`` and ``target_q``, the (E, N) tokens ``actions`` taken in the stored episodes
+    and, for ``expected_sarsa``, the (E, N, V) ``behaviour_probs``.
+
+    >>> q, actions = torch.tensor([[[0.0, 1.0]]]), torch.tensor([[0]])
+    >>> [bootstrap_values(name, q, q + 2, actions, torch.full((1, 1, 2), 0.5)).item() for name in TARGETS]
+    [3.0, 3.0, 2.0, 2.5]
+    """
+    if target == "q_learning":
+        return max_q_values(target_q)
+    if target == "sarsa":
+        return sarsa_values(target_q, actions)
+    if target == "expected_sarsa":
+        if behaviour_probs is None:
+            raise ValueError(
+                "the expected_sarsa target needs behaviour_probs (the behaviour policy per state)"
+            )
+        return expected_sarsa_values(target_q, behaviour_probs)
+    if target != "double_q":
+        raise ValueError(f"target={target!r} is unknown; use one of {', '.join(TARGETS)}")
+    return double_dqn_values(online_q, target_q)
+
+
 def conservative_penalty(q: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     """CQL towards the reference: ``logsumexp_a Q(s, a) - sum_a pi_ref(a|s) Q(s, a)``, mean over states.
 
@@ -58,21 +157,15 @@ def conservative_penalty(q: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.T
 
 
 def episode_td_targets(
-    online_q: torch.Tensor,
-    target_q: torch.Tensor,
-    gen_mask: torch.Tensor,
-    episode_rewards: torch.Tensor,
-    gamma: float,
-    n_steps: int,
+    bootstrap: torch.Tensor, gen_mask: torch.Tensor, episode_rewards: torch.Tensor, gamma: float, n_steps: int
 ) -> torch.Tensor:
-    """n-step double-DQN targets (E, N) for episodes whose one reward, ``episode_rewards`` (E,), follows their
-    last token; ``online_q`` and ``target_q`` (E, N, V) are the online and target networks' Q-values.
+    """n-step targets (E, N) for episodes whose one reward, ``episode_rewards`` (E,), follows their last
+    token; ``bootstrap`` (E, N) is V(s_t) of each state (:func:`bootstrap_values`).
 
-    >>> q = torch.zeros(1, 2, 2)   # the target network values every token at 1; the reward 3 comes last
-    >>> episode_td_targets(q, q + 1, torch.ones(1, 2), torch.tensor([3.0]), gamma=0.5, n_steps=1)
+    >>> bootstrap = torch.ones(1, 2)   # every state is worth 1; the reward 3 comes last
+    >>> episode_td_targets(bootstrap, torch.ones(1, 2), torch.tensor([3.0]), gamma=0.5, n_steps=1)
     tensor([[0.5000, 3.0000]])
     """
-    bootstrap = double_dqn_values(online_q, target_q)  # (E, N)
     last = (gen_mask.sum(-1).long() - 1).clamp(min=0)  # (E,) index of each episode's last token
     rewards = torch.zeros_like(gen_mask)
     rewards[torch.arange(len(last)), last] = episode_rewards
@@ -91,9 +184,176 @@ def epsilon_greedy(
     greedy = q.argmax(-1)  # (B,)
     if epsilon <= 0:
         return greedy
-    logits = ref_logits.float()  # (B, V)
-    for warper in warpers:
-        logits = warper(None, logits)
-    sampled = torch.distributions.Categorical(logits=logits).sample()
+    sampled = torch.distributions.Categorical(logits=explore_logits(ref_logits, warpers)).sample()
     explore = torch.rand(len(greedy), device=greedy.device) < epsilon
     return torch.where(explore, sampled, greedy)
+
+
+def explore_logits(ref_logits: torch.Tensor, warpers: Sequence[Any] = ()) -> torch.Tensor:
+    """The float32 logits of pi_explore: the reference LM's (..., V) ``ref_logits`` after the transformers
+    logits ``warpers`` (temperature, top-k, top-p; they see the states flattened to (states, V)).
+
+    >>> explore_logits(torch.tensor([[[1.0, 3.0, 2.0]]]), [TopKLogitsWarper(2)])
+    tensor([[[-inf, 3., 2.]]])
+    """
+    logits = ref_logits.float()
+    flat = logits.reshape(-1, logits.shape[-1])  # (states, V)
+    for warper in warpers:
+        flat = warper(None, flat)
+    return flat.reshape(logits.shape)
+
+
+def epsilon_greedy_probs(
+    q: torch.Tensor, ref_logits: torch.Tensor, epsilon: float, warpers: Sequence[Any] = ()
+) -> torch.Tensor:
+    """(..., V) probabilities of :func:`epsilon_greedy`'s behaviour policy:
+    ``(1 - epsilon) * onehot(argmax q) + epsilon * softmax(explore_logits(ref_logits, warpers))``.
+
+    >>> epsilon_greedy_probs(torch.tensor([[0.0, 2.0]]), torch.zeros(1, 2), epsilon=0.5)
+    tensor([[0.2500, 0.7500]])
+    """
+    probs = epsilon * torch.softmax(explore_logits(ref_logits, warpers), -1)
+    greedy = q.argmax(-1, keepdim=True)  # (..., 1)
+    return probs.scatter_add(-1, greedy, torch.full_like(greedy, 1.0 - epsilon, dtype=probs.dtype))
+
+
+def boltzmann_probs(q: torch.Tensor, temperature: float) -> torch.Tensor:
+    """(..., V) probabilities of Boltzmann exploration, ``softmax(q / temperature)`` in float32.
+
+    >>> boltzmann_probs(torch.tensor([[0.0, 2.0]]), temperature=2.0)
+    tensor([[0.2689, 0.7311]])
+    """
+    return torch.softmax(q.float() / temperature, -1)
+
+
+def boltzmann(q: torch.Tensor, temperature: float) -> torch.Tensor:
+    """(B,) tokens sampled from ``softmax(q / temperature)`` of (B, V) Q-values.
+
+    >>> boltzmann(torch.tensor([[0.0, 50.0, 0.0]]), temperature=0.1)
+    tensor([1])
+    """
+    return torch.distributions.Categorical(logits=q.float() / temperature).sample()
+
+
+def scheduled_value(
+    schedule: str,
+    initial: float,
+    final: float,
+    num_timesteps: int,
+    horizon: int,
+    fraction: float,
+    decay: float,
+) -> float:
+    """The exploration value (epsilon or temperature) after ``num_timesteps`` env steps under ``schedule``:
+    ``linear`` reaches ``final`` after ``fraction * horizon`` steps (SB3's ``LinearSchedule``);
+    ``exponential`` is ``initial * decay ** num_timesteps``, not below ``final``.
+
+    >>> scheduled_value("linear", 1.0, 0.0, 25, horizon=100, fraction=0.5, decay=1.0)
+    0.5
+    >>> scheduled_value("exponential", 1.0, 0.1, 2, horizon=100, fraction=0.5, decay=0.5)
+    0.25
+    """
+    if schedule == "exponential":
+        return max(final, initial * decay**num_timesteps)
+    if schedule != "linear":
+        raise ValueError(f"exploration_schedule={schedule!r} is unknown; use one of {', '.join(SCHEDULES)}")
+    return LinearSchedule(initial, final, fraction)(1.0 - num_timesteps / max(horizon, 1))
+
+
+@dataclass
+class Exploration:
+    """Epsilon-greedy or Boltzmann exploration (``kind``) on its schedule; the module docstring defines both.
+
+    ``value`` is the current epsilon, or the temperature for ``boltzmann``, on its way from ``initial`` to
+    ``final``. ``horizon`` is T of the linear schedule: :meth:`update` at step 0 sets it, a checkpoint keeps
+    it. ``temperature``, ``top_k`` and ``top_p`` (0 and 1.0: off) turn the reference LM's logits into
+    pi_explore. The settings are checked on construction, with messages that name
+    :class:`~agents.dqn.DQNConfig` fields.
+
+    >>> explore = Exploration("epsilon_greedy", initial=1.0, final=0.0, schedule="linear", fraction=0.5)
+    >>> explore.update(num_timesteps=25, horizon=100)   # T is now 100
+    0.5
+    >>> explore.update(num_timesteps=75, horizon=400), explore.horizon
+    (0.0, 100)
+    """
+
+    kind: str
+    initial: float
+    final: float
+    schedule: str = "linear"
+    fraction: float = 1.0
+    decay: float = 1.0
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    horizon: int | None = None
+    value: float = field(init=False)
+    warpers: list[Any] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        choices = {
+            "exploration": (self.kind, EXPLORATIONS),
+            "exploration_schedule": (self.schedule, SCHEDULES),
+        }
+        fix = {  # message (what is wrong, how to fix) -> is it wrong
+            f"{name}={value!r} is unknown; use one of {', '.join(allowed)}": value not in allowed
+            for name, (value, allowed) in choices.items()
+        }
+        temperatures = (self.initial, self.final) if self.kind == "boltzmann" else (1.0,)
+        fix[f"exploration_decay={self.decay}: use a factor in (0, 1], e.g. 0.999"] = not 0 < self.decay <= 1
+        fix[f"Boltzmann temperatures must be > 0, got {temperatures}; e.g. 1.0, 0.1"] = min(temperatures) <= 0
+        fix[f"temperature={self.temperature} (of the reference LM's samples) must be > 0, e.g. 1.0"] = not (
+            self.temperature > 0
+        )
+        fix[
+            f"the exponential schedule only decays, but initial {self.initial} < final {self.final}: "
+            "swap them or use exploration_schedule='linear'"
+        ] = self.schedule == "exponential" and self.initial < self.final
+        for message, wrong in fix.items():
+            if wrong:
+                raise ValueError(message)
+        self.value = self.initial
+        self.warpers = [TemperatureLogitsWarper(self.temperature)] if self.temperature != 1 else []
+        self.warpers += [TopKLogitsWarper(self.top_k)] if self.top_k else []
+        self.warpers += [TopPLogitsWarper(self.top_p)] if self.top_p < 1 else []
+
+    @classmethod
+    def from_config(cls, config: Any) -> Exploration:
+        """The exploration a :class:`~agents.dqn.DQNConfig` describes (its ``exploration*`` fields and the
+        reference sampling settings ``temperature``, ``top_k``, ``top_p``)."""
+        boltzmann = config.exploration == "boltzmann"
+        initial = config.exploration_initial_temperature if boltzmann else config.exploration_initial_eps
+        final = config.exploration_final_temperature if boltzmann else config.exploration_final_eps
+        schedule = dict(schedule=config.exploration_schedule, fraction=config.exploration_fraction)
+        sampling = dict(temperature=config.temperature, top_k=config.top_k, top_p=config.top_p)
+        return cls(config.exploration, initial, final, decay=config.exploration_decay, **schedule, **sampling)
+
+    @property
+    def uses_reference(self) -> bool:
+        """Whether acting and the behaviour policy need the reference LM's logits (epsilon-greedy does)."""
+        return self.kind == "epsilon_greedy"
+
+    def update(self, num_timesteps: int, horizon: int) -> float:
+        """The value after ``num_timesteps`` env steps; ``horizon`` becomes T at step 0 or when none is set (a
+        ``learn`` call that resets the step count restarts the schedule, a resumed one continues it)."""
+        if self.horizon is None or num_timesteps == 0:
+            self.horizon = horizon
+        self.value = scheduled_value(
+            self.schedule, self.initial, self.final, num_timesteps, self.horizon, self.fraction, self.decay
+        )
+        return self.value
+
+    def actions(self, q: torch.Tensor, ref_logits: torch.Tensor | None = None) -> torch.Tensor:
+        """(B,) exploring tokens for (B, V) ``q``: :func:`boltzmann`, or :func:`epsilon_greedy` with the
+        reference LM's (B, V) ``ref_logits``."""
+        if self.kind == "boltzmann":
+            return boltzmann(q, self.value)
+        assert ref_logits is not None, "epsilon-greedy exploration samples from the reference LM's logits"
+        return epsilon_greedy(q, ref_logits, self.value, self.warpers)
+
+    def behaviour_probs(self, q: torch.Tensor, ref_logits: torch.Tensor | None = None) -> torch.Tensor:
+        """(..., V) behaviour-policy probabilities in each state of (..., V) ``q`` (and ``ref_logits``)."""
+        if self.kind == "boltzmann":
+            return boltzmann_probs(q, self.value)
+        assert ref_logits is not None, "epsilon-greedy's behaviour policy needs the reference LM's logits"
+        return epsilon_greedy_probs(q, ref_logits, self.value, self.warpers)

@@ -25,6 +25,7 @@ from agents.base import TextAlgorithm
 from agents.config import PolicyGradientConfig
 from agents.losses import masked_mean
 from agents.policy import evaluate_completions
+from agents.rollout import minibatches
 from agents.scoring import score_batch
 
 BASELINES = ("moving_average", "rloo")
@@ -86,7 +87,12 @@ class REINFORCE(TextAlgorithm):
         cfg, n_new, n_actions, kl_ctl = self.config, self.max_new_tokens, self.n_actions, self.kl_ctl
         batch = self.rollout_batch
         assert batch is not None and kl_ctl is not None
-        scored = score_batch(batch, self.policy, self.reference, n_new, n_actions, cfg.minibatch_size)
+        recompute = self.rollout_copy is not None
+        shared_groups = batch.group_ids if self.group_size > 1 else None  # compute each prompt once
+        chunk, sampling = cfg.minibatch_size, self.sampling
+        scored = score_batch(
+            batch, self.policy, self.reference, n_new, n_actions, chunk, sampling, recompute, shared_groups
+        )
         mask = batch.gen_mask  # (E, N)
         returns = batch.rewards - kl_ctl.value * scored.kl.sum(-1)  # (E,)
         moving = self.baseline_value if self.baseline_value is not None else float(returns.mean())
@@ -101,11 +107,12 @@ class REINFORCE(TextAlgorithm):
 
         losses, entropies = [], []
         count = len(batch.rewards)
-        order = torch.randperm(count, device=self.device)
-        for start in range(0, count, cfg.minibatch_size):
-            mb = order[start : start + cfg.minibatch_size]
+        for mb in minibatches(count, cfg.minibatch_size, shared_groups):
             ids, attn, mb_mask = batch.input_ids[mb], batch.attention_mask[mb], mask[mb]
-            ev = evaluate_completions(self.engine, ids, attn, n_new, n_actions, with_entropy=True)  # (b, N)
+            groups = None if shared_groups is None else shared_groups[mb]
+            ev = evaluate_completions(
+                self.engine, ids, attn, n_new, n_actions, True, sampling, groups
+            )  # (b, N)
             assert ev.entropy is not None
             entropy = masked_mean(ev.entropy, mb_mask)
             loss = -masked_mean(advantages[mb, None] * ev.logprobs, mb_mask) - cfg.ent_coef * entropy
@@ -119,6 +126,8 @@ class REINFORCE(TextAlgorithm):
         episode_kl = float(scored.kl.sum(-1).mean())
         kl_ctl.update(episode_kl, n_steps=count)
         self.logger.record("rollout/kl", episode_kl)
+        if scored.rollout_gap is not None:
+            self.logger.record("train/rollout_logprob_gap", scored.rollout_gap)
         self.logger.record("train/policy_loss", float(np.mean(losses)))
         self.logger.record("train/entropy", float(np.mean(entropies)))
         self.logger.record("train/baseline", float(baseline.mean()))

@@ -205,3 +205,35 @@ class RolloutCollector:
             rewards=tensor(np.array([e.reward for e in episodes], dtype=np.float32)),
             group_ids=tensor(group_ids),
         )
+
+
+def minibatches(
+    count: int, minibatch_size: int, group_ids: torch.Tensor | None = None, shuffle: bool = True
+) -> list[torch.Tensor]:
+    """Index tensors of the minibatches of one pass over a batch: whole prompt groups, packed up to
+    ``minibatch_size`` episodes (a larger group is a minibatch of its own), so that every group's prompt can
+    be computed once (:func:`agents.policy.shared_prompt_logits`). Without groups of two or more this is a
+    ``randperm`` (or ``arange``) of the ``count`` episodes cut into chunks.
+
+    >>> [m.tolist() for m in minibatches(5, 4, torch.tensor([0, 0, 1, 1, 2]), shuffle=False)]
+    [[0, 1, 2, 3], [4]]
+    """
+    if group_ids is None or len(torch.unique(group_ids)) == count:
+        order = torch.randperm(count) if shuffle else torch.arange(count)
+        return [order[start : start + minibatch_size] for start in range(0, count, minibatch_size)]
+    device = group_ids.device
+    groups, inverse = torch.unique(group_ids, return_inverse=True)
+    group_order = torch.randperm(len(groups), device=device) if shuffle else torch.arange(len(groups))
+    result: list[torch.Tensor] = []
+    current: list[torch.Tensor] = []
+    size = 0
+    for group in group_order.tolist():
+        members = (inverse == group).nonzero().squeeze(-1)
+        if current and size + len(members) > minibatch_size:
+            result.append(torch.cat(current))
+            current, size = [], 0
+        current.append(members)
+        size += len(members)
+    if current:
+        result.append(torch.cat(current))
+    return result

@@ -12,8 +12,8 @@ from typing import NamedTuple
 import torch
 
 from agents.losses import kl_penalty
-from agents.policy import ActorCritic, FrozenLM, evaluate_completions
-from agents.rollout import RolloutBatch
+from agents.policy import PLAIN_SAMPLING, ActorCritic, FrozenLM, Sampling, evaluate_completions
+from agents.rollout import RolloutBatch, minibatches
 
 
 class ScoredBatch(NamedTuple):
@@ -23,6 +23,7 @@ class ScoredBatch(NamedTuple):
     old_values: torch.Tensor
     ref_logprobs: torch.Tensor
     kl: torch.Tensor  # log-ratio to the reference, 0 on padding
+    rollout_gap: float | None  # mean |log-prob recorded by the rollout - update path's|, when both exist
 
 
 @torch.no_grad()
@@ -33,22 +34,41 @@ def score_batch(
     max_new_tokens: int,
     n_actions: int,
     chunk_size: int,
+    sampling: Sampling = PLAIN_SAMPLING,
+    recompute: bool = False,
+    shared_groups: torch.Tensor | None = None,
 ) -> ScoredBatch:
-    """Behaviour log-probs/values (computed when ``batch`` lacks them), reference log-probs and the per-token
-    KL, in forward passes over whole episodes (``chunk_size`` at a time)."""
+    """Behaviour log-probs/values, reference log-probs and the per-token KL, in forward passes over whole
+    episodes (``chunk_size`` at a time). The behaviour log-probs and values are computed here when ``batch``
+    lacks them or ``recompute`` is set (a rollout acted with another copy of the weights, e.g. in bf16): PPO's
+    ratio then compares the update path with itself. Both policy and reference are scored under the
+    ``sampling`` distribution the tokens were drawn from. With ``shared_groups`` (the batch's group ids),
+    each chunk holds whole groups and computes each prompt once."""
     n_new = max_new_tokens
+    recompute = recompute or batch.old_logprobs is None
     old_logprobs, old_values, ref_logprobs = [], [], []
-    for start in range(0, len(batch.rewards), chunk_size):
-        ids = batch.input_ids[start : start + chunk_size]  # (b, P+N)
-        mask = batch.attention_mask[start : start + chunk_size]
-        ref_logprobs.append(evaluate_completions(reference, ids, mask, n_new, n_actions).logprobs)
-        if batch.old_logprobs is None:
-            scored = evaluate_completions(policy, ids, mask, n_new, n_actions)  # (b, N)
+    chunks = minibatches(len(batch.rewards), chunk_size, shared_groups, shuffle=False)  # in order
+    for chunk in chunks:
+        ids, mask = batch.input_ids[chunk], batch.attention_mask[chunk]
+        groups = None if shared_groups is None else shared_groups[chunk]
+        ref = evaluate_completions(
+            reference, ids, mask, n_new, n_actions, sampling=sampling, group_ids=groups
+        )
+        ref_logprobs.append(ref.logprobs)
+        if recompute:
+            scored = evaluate_completions(
+                policy, ids, mask, n_new, n_actions, sampling=sampling, group_ids=groups
+            )  # (b, N)
             assert scored.values is not None  # an ActorCritic always has values
             old_logprobs.append(scored.logprobs)
             old_values.append(scored.values)
-    logprobs = torch.cat(old_logprobs) if batch.old_logprobs is None else batch.old_logprobs
-    values = torch.cat(old_values) if batch.old_values is None else batch.old_values
-    ref = torch.cat(ref_logprobs)
-    kl = kl_penalty(logprobs, ref, kind="kl") * batch.gen_mask  # (E, N)
-    return ScoredBatch(logprobs, values, ref, kl)
+    back = torch.argsort(torch.cat(chunks))  # chunk order -> batch order
+    logprobs = torch.cat(old_logprobs)[back] if recompute else batch.old_logprobs
+    values = torch.cat(old_values)[back] if recompute else batch.old_values
+    assert logprobs is not None and values is not None
+    gap = None
+    if recompute and batch.old_logprobs is not None:
+        gap = float(((logprobs - batch.old_logprobs).abs() * batch.gen_mask).sum() / batch.gen_mask.sum())
+    ref_all = torch.cat(ref_logprobs)[back]
+    kl = kl_penalty(logprobs, ref_all, kind="kl") * batch.gen_mask  # (E, N)
+    return ScoredBatch(logprobs, values, ref_all, kl, gap)

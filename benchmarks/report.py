@@ -301,13 +301,14 @@ def extras(root: Path) -> list[str]:
 def vs_trl_table(results: list[dict]) -> str:
     """Markdown table of :mod:`benchmarks.vs_trl`'s contestants, one row each."""
     lines = [
-        "| contestant | iterations | s / iteration (median) | completion tokens / s | last train reward | "
-        "eval reward |",
-        "|---|---|---|---|---|---|",
+        "| contestant | precision | iterations | s / iteration (median) | completion tokens / s | "
+        "last train reward | eval reward |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
-            f"| {r['contestant']} | {r['iterations']} | {r['seconds_per_iteration']:.2f} "
+            f"| {r['contestant']} | {r.get('precision', 'fp32')} | {r['iterations']} | "
+            f"{r['seconds_per_iteration']:.2f} "
             f"({r.get('median_seconds_per_iteration', float('nan')):.2f}) | "
             f"{r['completion_tokens_per_s']:.1f} | {r['last_train_reward']:.4f} | {r['eval_reward']:.4f} |"
         )

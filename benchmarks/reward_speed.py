@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 import tyro
 
+from rewards.storage import atomic_write_text
+
 
 @dataclass
 class Args:
@@ -118,9 +120,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         cpu_results[name] = samples / cpu
         print(f"{name:32s} {results[name]:12.1f} {cpu_results[name]:16.1f}")
     if args.json:
-        with open(args.json, "w") as handle:
-            report = {"settings": vars(args), "load_average": load, "samples_per_s": results}
-            json.dump({**report, "samples_per_cpu_s": cpu_results}, handle, indent=2)
+        report = {"settings": vars(args), "load_average": load, "samples_per_s": results}
+        atomic_write_text(args.json, json.dumps({**report, "samples_per_cpu_s": cpu_results}, indent=2))
     return results
 
 

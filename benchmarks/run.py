@@ -6,7 +6,8 @@ A whole table (every task x algorithm x seed, in worker processes, resumable): :
 
 Tasks (``textenv.task_envs``): ``sentiment``, ``error-rate``, ``similarity``, ``preference``.
 Algorithms: ``zero-shot`` (the untrained model), ``ppo``, ``reinforce`` (moving-average baseline), ``rloo``
-(REINFORCE with a leave-one-out baseline over ``--group-size`` samples per prompt), ``dqn``.
+(REINFORCE with a leave-one-out baseline over ``--group-size`` samples per prompt), ``dqn`` (its TD target:
+``--dqn-target`` double_q, q_learning, sarsa or expected_sarsa).
 
 Budget: ``--budget 20000`` is env steps, i.e. generated tokens summed over all envs (``total_timesteps``);
 ``--budget 20it`` is rollout/update iterations of ``--episodes-per-rollout`` episodes each.
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import random
 import sys
 import time
@@ -35,10 +37,12 @@ import numpy as np
 import torch
 import tyro
 
+from agents.q_learning import TARGETS as DQN_TARGETS
 from benchmarks.evaluation import evaluate
 from benchmarks.provenance import machine, versions
+from rewards.storage import atomic_write_text
 from textenv import task_envs
-from textenv.task_envs import BENCHMARKS
+from textenv.task_envs import BENCHMARKS, REWARD_NAMES
 
 ALGOS = ("zero-shot", "ppo", "reinforce", "rloo", "dqn")
 
@@ -67,6 +71,8 @@ class RunSettings:
     """KL penalty coefficient against the reference (initial value of the adaptive controller)."""
     group_size: int = 4
     """rloo: samples per prompt."""
+    dqn_target: str = "double_q"
+    """dqn: the TD target: double_q, q_learning, sarsa or expected_sarsa (agents.q_learning defines them)."""
     max_new_tokens: int | None = None
     """Completion length N; None keeps the task's."""
     eval_prompts: int = 64
@@ -85,6 +91,25 @@ class RunSettings:
     def __post_init__(self) -> None:
         if not self.seeds:
             raise ValueError("--seeds is empty; give at least one seed, e.g. --seeds 0 1 2.")
+        seeds = " ".join(map(str, self.seeds))
+        if min(self.seeds) < 0 or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"--seeds {seeds}: give distinct seeds >= 0, e.g. --seeds 0 1 2.")
+        minimums = {"num_envs": 1, "episodes_per_rollout": 1, "minibatch_size": 1, "group_size": 1}
+        minimums |= {"eval_prompts": 1, "eval_batch_size": 1, "heldout_texts": 0, "max_new_tokens": 1}
+        for name, minimum in {**minimums, "threads": 1}.items():
+            value, flag = getattr(self, name), "--" + name.replace("_", "-")
+            if value is not None and value < minimum:  # None (max_new_tokens, threads): the default
+                example = getattr(RunSettings, name) or 8
+                raise ValueError(f"{flag} {value} must be at least {minimum}, e.g. {flag} {example}.")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ValueError(f"--learning-rate {self.learning_rate} must be > 0, e.g. --learning-rate 1e-5.")
+        if not (math.isfinite(self.init_kl_coef) and self.init_kl_coef >= 0):
+            raise ValueError(f"--init-kl-coef {self.init_kl_coef} must be >= 0, e.g. --init-kl-coef 0.05.")
+        if self.reward is not None and self.reward not in REWARD_NAMES:
+            raise ValueError(f"--reward {self.reward!r} is not known; use one of {', '.join(REWARD_NAMES)}.")
+        if self.dqn_target not in DQN_TARGETS:
+            choices = ", ".join(DQN_TARGETS)
+            raise ValueError(f"--dqn-target {self.dqn_target!r} is not known; use one of {choices}.")
 
 
 @dataclass
@@ -104,6 +129,11 @@ class Args(RunSettings):
             raise ValueError(f"--task {self.task!r} is not known; use one of {', '.join(BENCHMARKS)}.")
         if self.algo not in ALGOS:
             raise ValueError(f"--algo {self.algo!r} is not known; use one of {', '.join(ALGOS)}.")
+        if self.algo == "rloo" and self.group_size < 2:
+            raise ValueError(
+                f"--algo rloo needs --group-size 2 or more (got {self.group_size}): its baseline is the mean "
+                "of the other samples of the same prompt. Use e.g. --group-size 4, or --algo reinforce."
+            )
         parse_budget(self.budget)
 
 
@@ -246,7 +276,7 @@ def run_seed(args: Args, seed: int, command: str = "") -> Path:
             freq = preset.train_freq[0] if isinstance(preset.train_freq, tuple) else 1
             round_tokens = freq * int(eval_env.get_wrapper_attr("max_new_tokens"))
             warmup = {"learning_starts": round_tokens, "target_update_interval": 2 * round_tokens}
-            settings = {"config": dataclasses.replace(preset, **warmup)}
+            settings = {"config": dataclasses.replace(preset, **warmup, target=args.dqn_target)}
         agent = algo(train_env, model=args.model, seed=seed, **settings)
         agent.set_logger(logger)
         lm, reference = agent.policy.lm, agent.reference.lm
@@ -299,7 +329,7 @@ def run_seed(args: Args, seed: int, command: str = "") -> Path:
         "machine": machine(),
         "command": command,
     }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
     return run_dir
 
 

@@ -5,22 +5,23 @@ Measures in one run:
 1. rollout tokens/s through the gym API (TextGen-v0 vector env, PPO's KV-cached stepping) vs
    ``model.generate()`` with its KV cache on the same prompts (target ratio >= 0.9);
 2. PPO update tokens/s (``--n-epochs`` epochs over the rollout, reference forward included) vs a bare
-   forward + backward + AdamW step over the same minibatches (target ratio >= 0.8);
+   forward + backward + AdamW step of the same LM over the same minibatches, through a DeepSpeed engine in the
+   same precision (target ratio >= 0.8);
 3. peak resident memory (RSS) of the process.
 
 Usage::
 
-    python -m benchmarks.throughput                                  # SmolLM2-135M, batch 8, 64 + 48 tokens
+    python -m benchmarks.throughput --precision bf16 --json t.json   # SmolLM2-135M, batch 8, 64 + 48 tokens
     python -m benchmarks.throughput --model tiny-smollm2 --num-envs 4 --max-new-tokens 8   # smoke run
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import resource
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import cast
 
 import gymnasium as gym
@@ -29,8 +30,10 @@ import torch
 import tyro
 
 import textenv  # noqa: F401  (registers the envs)
-from agents import PPO
+from agents import PPO, engine
 from agents.policy import position_ids_from_mask
+from benchmarks import provenance
+from rewards.storage import atomic_write_text
 
 
 @dataclass
@@ -53,6 +56,8 @@ class Args:
     """Timed repetitions (the best is reported)."""
     threads: int | None = None
     """torch intra-op threads; None keeps torch's default."""
+    precision: str = "auto"
+    """``auto``, ``bf16`` or ``fp32``: the agent's precision; both baselines run in the same one."""
     json: str | None = None
     """Also write the results to this JSON file."""
 
@@ -82,6 +87,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         n_epochs=args.n_epochs,
         target_kl=None,
         seed=0,
+        precision=args.precision,
     )
     lm, n_new = agent.policy.lm, args.max_new_tokens
 
@@ -126,26 +132,26 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         agent.train()
         update_tps = max(update_tps, args.n_epochs * tokens / (time.perf_counter() - start))
     bare_tps = 0.0
-    optimizer = torch.optim.AdamW(lm.parameters(), lr=1e-7)
+    bare = engine.initialize(copy.deepcopy(lm), agent.ds_config)  # same DeepSpeed config and precision
     for _ in range(args.repeats):
         start = time.perf_counter()
         for first in range(0, len(batch.rewards), args.minibatch_size):
             ids = batch.input_ids[first : first + args.minibatch_size, :-1]  # (b, P+N-1)
             mask = batch.attention_mask[first : first + args.minibatch_size, :-1]
-            logits = lm(
+            logits = bare(
                 input_ids=ids,
                 attention_mask=mask,
                 position_ids=position_ids_from_mask(mask),
                 logits_to_keep=n_new,
             ).logits  # (b, N, V)
             loss = torch.log_softmax(logits.float(), -1).mean()
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
+            bare.backward(loss)
+            bare.step()
         bare_tps = max(bare_tps, tokens / (time.perf_counter() - start))
 
     result = {
         "model": args.model,
+        "precision": agent.precision,
         "num_envs": args.num_envs,
         "max_prompt_tokens": args.max_prompt_tokens,
         "max_new_tokens": n_new,
@@ -157,10 +163,11 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "bare_train_tokens_per_s": round(bare_tps, 1),
         "update_vs_bare": round(update_tps / bare_tps, 3),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "provenance": {"versions": provenance.versions(), "machine": provenance.machine()},
     }
     print(json.dumps(result, indent=2))
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
     return result
 
 

@@ -7,12 +7,14 @@
 Contestants, each given the same wall-clock budget (``--seconds``; training stops at the first iteration
 boundary after it):
 
-- ``trl-grpo``: ``trl.GRPOTrainer`` with ``--batch-size`` completions per step in groups of ``--group-size``
-  per prompt (``num_generations``), one gradient step per generation batch, ``beta`` = our KL coefficient,
-  ``use_cpu`` without bf16 when no GPU, pure sampling (temperature 1, no top-k/top-p), prompts left-truncated
-  to ``P`` tokens beforehand (GRPOConfig has no prompt length limit).
-- ``ours-rloo``: :class:`agents.REINFORCE` with the leave-one-out baseline on the same groups.
-- ``ours-ppo``: :class:`agents.PPO` with ``--batch-size`` episodes per rollout.
+- ``trl-grpo``: ``trl.GRPOTrainer`` at its best setting, ``bf16=True`` (also on the CPU, with ``use_cpu``),
+  with ``--batch-size`` completions per step in groups of ``--group-size`` per prompt (``num_generations``),
+  one gradient step per generation batch, ``beta`` = our KL coefficient, pure sampling (temperature 1, no
+  top-k/top-p), prompts left-truncated to ``P`` tokens beforehand (GRPOConfig has no prompt length limit).
+- ``trl-grpo-fp32``: the same in fp32.
+- ``ours-rloo``: :class:`agents.REINFORCE` with the leave-one-out baseline on the same groups, in
+  ``--precision`` (``auto``: bf16 where the hardware runs it natively).
+- ``ours-ppo``: :class:`agents.PPO` with ``--batch-size`` episodes per rollout, in ``--precision``.
 
 Reported per contestant: iterations, wall time per iteration (mean, and median: robust to a slow first step
 and to other load on the machine), completion tokens per second (generated tokens,
@@ -40,9 +42,10 @@ from agents import PPO, REINFORCE
 from benchmarks.evaluation import evaluate
 from benchmarks.provenance import machine, versions
 from benchmarks.report import vs_trl_table
+from rewards.storage import atomic_write_text
 from textenv.task_envs import BENCHMARKS, build_reward
 
-Contestant = Literal["trl-grpo", "ours-rloo", "ours-ppo"]
+Contestant = Literal["trl-grpo", "trl-grpo-fp32", "ours-rloo", "ours-ppo"]
 
 
 @dataclass
@@ -71,8 +74,10 @@ class Args:
     """Held-out test prompts scored after training."""
     seed: int = 0
     """Seed of every contestant and of the evaluation samples."""
-    contestants: tuple[Contestant, ...] = ("trl-grpo", "ours-rloo", "ours-ppo")
+    contestants: tuple[Contestant, ...] = ("trl-grpo", "trl-grpo-fp32", "ours-rloo", "ours-ppo")
     """The contestants to run, in this order."""
+    precision: str = "auto"
+    """Our agents' precision: auto (bf16 where native), bf16 or fp32."""
     json: str = "runs/vs_trl.json"
     """Where the JSON results go."""
 
@@ -81,7 +86,9 @@ def env_kwargs(args: Args) -> dict[str, Any]:
     return {"model": args.model, "reward": args.reward, "max_new_tokens": args.max_new_tokens}
 
 
-def finish(name: str, lm: Any, reference: Any, args: Args, history: list[tuple[float, float, int]]) -> dict:
+def finish(
+    name: str, precision: str, lm: Any, reference: Any, args: Args, history: list[tuple[float, float, int]]
+) -> dict:
     """Summary of a contestant from its per-iteration (elapsed s, mean reward, completion tokens) history."""
     eval_env = gym.make(BENCHMARKS[args.task].env_id, split="test", **env_kwargs(args))
     evaluation = evaluate(lm, reference, eval_env, seed=args.seed, num_prompts=args.eval_prompts)
@@ -89,6 +96,7 @@ def finish(name: str, lm: Any, reference: Any, args: Args, history: list[tuple[f
     tokens = sum(h[2] for h in history)
     return {
         "contestant": name,
+        "precision": precision,
         "iterations": len(history),
         "seconds": seconds,
         "seconds_per_iteration": seconds / max(1, len(history)),
@@ -103,7 +111,7 @@ def finish(name: str, lm: Any, reference: Any, args: Args, history: list[tuple[f
     }
 
 
-def train_trl(args: Args) -> dict:
+def train_trl(args: Args, bf16: bool) -> dict:
     """GRPOTrainer on the task's train prompts (left-truncated to P tokens), stopped after ``seconds``."""
     from datasets import Dataset
     from transformers import TrainerCallback
@@ -163,7 +171,7 @@ def train_trl(args: Args) -> dict:
         save_strategy="no",
         report_to="none",
         use_cpu=not use_gpu,
-        bf16=use_gpu,
+        bf16=bf16,
         seed=args.seed,
         disable_tqdm=True,
     )
@@ -180,7 +188,8 @@ def train_trl(args: Args) -> dict:
     trainer.train()
     lm = trainer.accelerator.unwrap_model(trainer.model)
     reference = textenv.load_model(args.model)
-    return finish("trl-grpo", lm, reference, args, history)
+    name, precision = ("trl-grpo", "bf16") if bf16 else ("trl-grpo-fp32", "fp32")
+    return finish(name, precision, lm, reference, args, history)
 
 
 def train_ours(args: Args, algo: str) -> dict:
@@ -202,7 +211,7 @@ def train_ours(args: Args, algo: str) -> dict:
     if algo == "rloo":
         settings["baseline"] = "rloo"
     agent_class = {"ppo": PPO, "rloo": REINFORCE}[algo]
-    agent = agent_class(env, model=args.model, seed=args.seed, **settings)
+    agent = agent_class(env, model=args.model, seed=args.seed, precision=args.precision, **settings)
     history: list[tuple[float, float, int]] = []
 
     class Clock(BaseCallback):
@@ -223,7 +232,7 @@ def train_ours(args: Args, algo: str) -> dict:
             self.rewards, self.tokens = [], 0
 
     agent.learn(total_timesteps=10**12, callback=Clock())
-    return finish(f"ours-{algo}", agent.policy.lm, agent.reference.lm, args, history)
+    return finish(f"ours-{algo}", agent.precision, agent.policy.lm, agent.reference.lm, args, history)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -231,9 +240,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     results = []
     for name in args.contestants:
         torch.manual_seed(args.seed)
-        results.append(
-            train_trl(args) if name == "trl-grpo" else train_ours(args, name.removeprefix("ours-"))
-        )
+        if name.startswith("trl-grpo"):
+            results.append(train_trl(args, bf16=name == "trl-grpo"))
+        else:
+            results.append(train_ours(args, name.removeprefix("ours-")))
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -242,7 +252,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "versions": versions(),
         "machine": machine(),
     }
-    out.write_text(json.dumps(payload, indent=2) + "\n")
+    atomic_write_text(out, json.dumps(payload, indent=2) + "\n")
     print(vs_trl_table(results))
     print(f"wrote {out}")
     return results

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rewards.validation import check_batch, check_scores
+from rewards.validation import check_batch, check_reward, check_scores, check_setting
 
 Reward = Callable[..., np.ndarray]
 """A reward: ``reward(prompts, completions, references=None) -> np.ndarray`` (float32, one per sample)."""
@@ -33,12 +33,24 @@ class WeightedSum:
     """One weight per reward; ``None`` means all 1.0."""
 
     def __post_init__(self) -> None:
+        if callable(self.rewards) or isinstance(self.rewards, (str, bytes)) or not _iterable(self.rewards):
+            raise TypeError(
+                f"rewards is {type(self.rewards).__name__}; pass a list of rewards, "
+                "e.g. WeightedSum([VaderSentiment(), LengthPenalty()])"
+            )
         self.rewards = list(self.rewards)
         if not self.rewards:
             raise ValueError("WeightedSum needs at least one reward, e.g. WeightedSum([VaderSentiment()])")
         for index, reward in enumerate(self.rewards):
-            if not callable(reward):
-                raise TypeError(f"rewards[{index}] is {type(reward).__name__}, which is not callable")
+            check_reward(reward, f"rewards[{index}]")
+        if self.weights is not None:
+            if isinstance(self.weights, (str, bytes)) or not _iterable(self.weights):
+                raise TypeError(
+                    f"weights={self.weights!r} must be a list with one number per reward, "
+                    "e.g. weights=[1.0, 0.5]"
+                )
+            for index, weight in enumerate(self.weights):
+                check_setting(f"weights[{index}]", weight, "real", "1.0")
         self.weights = [1.0] * len(self.rewards) if self.weights is None else [float(w) for w in self.weights]
         if len(self.weights) != len(self.rewards):
             raise ValueError(
@@ -63,6 +75,14 @@ class WeightedSum:
         return check_scores(total, len(completion_list), type(self).__name__)
 
 
+def _iterable(value: object) -> bool:
+    try:
+        iter(value)  # type: ignore[call-overload]
+    except TypeError:
+        return False
+    return True
+
+
 def _units(text: str, unit: str) -> list[str]:
     return text.split() if unit == "word" else list(text)
 
@@ -83,6 +103,7 @@ class LengthPenalty:
     """``"word"`` or ``"char"``."""
 
     def __post_init__(self) -> None:
+        check_setting("target_length", self.target_length, "int", "48")
         if self.target_length < 1:
             raise ValueError(f"target_length={self.target_length} must be >= 1, e.g. 48")
         if self.unit not in ("word", "char"):
@@ -117,6 +138,7 @@ class RepetitionPenalty:
     """``"word"`` or ``"char"``."""
 
     def __post_init__(self) -> None:
+        check_setting("n", self.n, "int", "2")
         if self.n < 1:
             raise ValueError(f"n={self.n} must be >= 1, e.g. 2 for bigrams")
         if self.unit not in ("word", "char"):

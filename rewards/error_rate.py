@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rewards.validation import check_batch, check_scores, require_references
+from rewards.validation import check_batch, check_scores, check_setting, require_references
 
 
 @dataclass
@@ -49,6 +49,8 @@ class ErrorRate:
     """Collapse runs of whitespace and strip both ends."""
 
     def __post_init__(self) -> None:
+        for flag in ("lowercase", "remove_punctuation", "normalize_whitespace"):
+            check_setting(flag, getattr(self, flag), "bool", "True")
         if self.unit not in ("word", "char"):
             raise ValueError(f"unit={self.unit!r} is not known; use unit='word' (WER) or unit='char' (CER)")
 

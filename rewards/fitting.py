@@ -9,6 +9,9 @@ The returned model holds its held-out accuracy (pairwise accuracy for preference
 ``model.metrics["eval_accuracy"]``; ``model.save(path)`` writes it, and ``ClassifierRewardModel.load(path)``
 or ``PreferenceRewardModel.load(path)`` loads it back.
 
+Bad data is refused before any training with a :class:`TrainingDataError` (a ``ValueError``) that says what
+was wrong: no examples, labels of one class only, or too few examples to hold some out and still train.
+
 Optimisation is plain torch AdamW with linear warmup and decay, not DeepSpeed: the backbones here are small
 enough for one CPU process. Training is deterministic for a given seed and thread count.
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -27,6 +31,13 @@ import numpy as np
 
 from rewards.encoder import MINILM
 from rewards.models import ClassifierRewardModel, PreferenceRewardModel, ScalarRewardModel
+from rewards.validation import check_setting
+
+Triple = tuple[str, str, str]
+
+
+class TrainingDataError(ValueError):
+    """Data a reward model cannot be trained on; the message says what was wrong and how to fix it."""
 
 
 @dataclass
@@ -61,6 +72,17 @@ class TrainConfig:
     """Show a tqdm progress bar."""
 
     def __post_init__(self) -> None:
+        check_setting("base_model", self.base_model, "str", repr(MINILM))
+        check_setting("pooling", self.pooling, "str", "'auto'")
+        for name, example in (("max_length", "128"), ("epochs", "4"), ("batch_size", "16"), ("seed", "0")):
+            check_setting(name, getattr(self, name), "int", example)
+        for name in ("learning_rate", "weight_decay", "warmup_fraction", "eval_fraction"):
+            check_setting(name, getattr(self, name), "real", str(getattr(TrainConfig, name)))
+        if self.head_learning_rate is not None:
+            check_setting("head_learning_rate", self.head_learning_rate, "real", "1e-3")
+        if self.logdir is not None:
+            check_setting("logdir", self.logdir, "str", "'runs/rewards'")
+        check_setting("progress_bar", self.progress_bar, "bool", "False")
         if self.pooling not in ("auto", "mean", "last"):
             raise ValueError(f"pooling={self.pooling!r} is not known; use 'auto', 'mean' or 'last'")
         for name in ("max_length", "epochs", "batch_size"):
@@ -76,8 +98,8 @@ class TrainConfig:
             raise ValueError(f"warmup_fraction={self.warmup_fraction} must be in [0, 1), e.g. 0.1")
         if not 0.0 < self.eval_fraction < 1.0:
             raise ValueError(f"eval_fraction={self.eval_fraction} must be in (0, 1), e.g. 0.2")
-        if self.weight_decay < 0.0:
-            raise ValueError(f"weight_decay={self.weight_decay} must be >= 0")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0.0):
+            raise ValueError(f"weight_decay={self.weight_decay} must be a finite number >= 0, e.g. 0.01")
 
 
 def split(items: Sequence[Any], eval_fraction: float, seed: int) -> tuple[list[Any], list[Any]]:
@@ -90,6 +112,126 @@ def split(items: Sequence[Any], eval_fraction: float, seed: int) -> tuple[list[A
     random.Random(seed).shuffle(order)
     n_eval = max(1, round(eval_fraction * len(items)))
     return [items[i] for i in sorted(order[n_eval:])], [items[i] for i in sorted(order[:n_eval])]
+
+
+def _texts(texts: Sequence[str], what: str) -> list[str]:
+    if isinstance(texts, (str, bytes)):
+        raise TrainingDataError(
+            f"{what} is a single {type(texts).__name__}; pass a list with one text per example"
+        )
+    items = list(texts)
+    for index, text in enumerate(items):
+        if not isinstance(text, str):
+            raise TrainingDataError(f"{what}[{index}] is {type(text).__name__}, expected str")
+    return items
+
+
+def _labelled(texts: Sequence[str], labels: Sequence[int], what: str) -> list[tuple[str, int]]:
+    """(text, label) pairs, checked: one label in {0, 1} per text."""
+    text_list, label_list = _texts(texts, f"{what}texts"), list(labels)
+    bad = [i for i, label in enumerate(label_list) if label not in (0, 1)]
+    if bad or len(text_list) != len(label_list):
+        raise TrainingDataError(
+            f"need one label in {{0, 1}} per text; got {len(label_list)} {what}labels for {len(text_list)} "
+            f"{what}texts, bad labels at {bad[:10]}"
+        )
+    return [(text, int(label)) for text, label in zip(text_list, label_list, strict=True)]
+
+
+def _held_out_note(count: int, config: TrainConfig) -> str:
+    return f"holding out eval_fraction={config.eval_fraction} of the {count} examples"
+
+
+def classifier_data(
+    texts: Sequence[str],
+    labels: Sequence[int],
+    eval_texts: Sequence[str] | None,
+    eval_labels: Sequence[int] | None,
+    config: TrainConfig,
+) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """The checked (train, held-out) ``(text, label)`` pairs of :func:`train_classifier`.
+
+    >>> classifier_data(["good", "fine"], [1, 1], None, None, TrainConfig())  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    rewards.fitting.TrainingDataError: all 2 labels are 1: a classifier needs positive (1) and negative ...
+    """
+    if (eval_texts is None) != (eval_labels is None):
+        raise TrainingDataError(
+            "pass both eval_texts and eval_labels, or neither (then config.eval_fraction of the data is "
+            "held out)"
+        )
+    pairs = _labelled(texts, labels, "")
+    if not pairs:
+        raise TrainingDataError(
+            "got no training texts; pass labelled texts (1 positive, 0 negative), many of each class"
+        )
+    classes = sorted({label for _, label in pairs})
+    if len(classes) < 2:
+        raise TrainingDataError(
+            f"all {len(pairs)} labels are {classes[0]}: a classifier needs positive (1) and negative (0) "
+            "examples; add examples of the other class"
+        )
+    if eval_texts is None or eval_labels is None:
+        train, held_out = split(pairs, config.eval_fraction, config.seed)
+        if len({label for _, label in train}) < 2:
+            raise TrainingDataError(
+                f"{_held_out_note(len(pairs), config)} leaves {len(train)} to train on, not both classes; "
+                "pass more examples of each class, or separate eval_texts and eval_labels"
+            )
+        return train, held_out
+    held_out = _labelled(eval_texts, eval_labels, "eval_")
+    if not held_out:
+        raise TrainingDataError(
+            "eval_texts is empty; pass held-out texts, or None to hold out part of the data"
+        )
+    return pairs, held_out
+
+
+def _triples(triples: Sequence[Triple], what: str) -> list[Triple]:
+    if isinstance(triples, (str, bytes)):
+        raise TrainingDataError(f"{what} is a single str; pass a list of (prompt, chosen, rejected) triples")
+    items = list(triples)
+    for index, triple in enumerate(items):
+        if (
+            isinstance(triple, (str, bytes))
+            or not isinstance(triple, Sequence)
+            or len(triple) != 3
+            or not all(isinstance(text, str) for text in triple)
+        ):
+            raise TrainingDataError(
+                f"{what}[{index}] is {triple!r}; each must be (prompt, chosen, rejected), three strings"
+            )
+    return [(prompt, chosen, rejected) for prompt, chosen, rejected in items]
+
+
+def preference_data(
+    triples: Sequence[Triple], eval_triples: Sequence[Triple] | None, config: TrainConfig
+) -> tuple[list[Triple], list[Triple]]:
+    """The checked (train, held-out) triples of :func:`train_preference`.
+
+    >>> preference_data([("p", "good", "bad")], None, TrainConfig())  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    rewards.fitting.TrainingDataError: holding out eval_fraction=0.2 of the 1 examples leaves 0 to train ...
+    """
+    items = _triples(triples, "triples")
+    if not items:
+        raise TrainingDataError("got no training triples; pass (prompt, chosen, rejected) triples of strings")
+    if eval_triples is None:
+        train, held_out = split(items, config.eval_fraction, config.seed)
+        if not train:
+            raise TrainingDataError(
+                f"{_held_out_note(len(items), config)} leaves 0 to train on; pass more (prompt, chosen, "
+                "rejected) triples, or separate eval_triples"
+            )
+        return train, held_out
+    held_out = _triples(eval_triples, "eval_triples")
+    if not held_out:
+        raise TrainingDataError(
+            "eval_triples is empty; pass held-out triples, or None to hold out part of the data"
+        )
+    return items, held_out
 
 
 def fit(
@@ -192,22 +334,13 @@ def train_classifier(
     """Fine-tune backbone + head with binary cross-entropy on texts labelled 1 (positive) or 0 (negative).
 
     Without ``eval_texts`` a seeded ``config.eval_fraction`` is held out. ``model.metrics["eval_accuracy"]``
-    holds the held-out accuracy.
+    holds the held-out accuracy. Raises :class:`TrainingDataError` for no texts, labels that are not 0/1,
+    one class only, or too few texts to hold some out (see :func:`classifier_data`).
     """
     import torch
 
     config = config or TrainConfig()
-    bad = [i for i, label in enumerate(labels) if label not in (0, 1)]
-    if bad or len(texts) != len(labels):
-        raise ValueError(
-            f"need one label in {{0, 1}} per text; got {len(labels)} labels for {len(texts)} texts, "
-            f"bad labels at {bad[:10]}"
-        )
-    pairs = list(zip(texts, labels, strict=True))
-    if eval_texts is None or eval_labels is None:
-        pairs, held_out = split(pairs, config.eval_fraction, config.seed)
-    else:
-        held_out = list(zip(eval_texts, eval_labels, strict=True))
+    pairs, held_out = classifier_data(texts, labels, eval_texts, eval_labels, config)
     model = ClassifierRewardModel.create(
         config.base_model, config.pooling, config.max_length, seed=config.seed
     )
@@ -223,23 +356,21 @@ def train_classifier(
 
 
 def train_preference(
-    triples: Sequence[tuple[str, str, str]],
-    eval_triples: Sequence[tuple[str, str, str]] | None = None,
+    triples: Sequence[Triple],
+    eval_triples: Sequence[Triple] | None = None,
     config: TrainConfig | None = None,
 ) -> PreferenceRewardModel:
     """Fit a preference reward model on (prompt, chosen, rejected) triples with the Bradley-Terry loss
     ``-log sigmoid(r(prompt, chosen) - r(prompt, rejected))``.
 
-    ``model.metrics["eval_accuracy"]`` is the held-out pairwise accuracy.
+    ``model.metrics["eval_accuracy"]`` is the held-out pairwise accuracy. Raises :class:`TrainingDataError`
+    for no triples, items that are not three strings, or too few to hold some out (see
+    :func:`preference_data`).
     """
     import torch
 
     config = config or TrainConfig()
-    train_items = list(triples)
-    if eval_triples is None:
-        train_items, eval_items = split(train_items, config.eval_fraction, config.seed)
-    else:
-        eval_items = list(eval_triples)
+    train_items, eval_items = preference_data(triples, eval_triples, config)
     model = PreferenceRewardModel.create(
         config.base_model, config.pooling, config.max_length, seed=config.seed
     )

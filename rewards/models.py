@@ -27,7 +27,7 @@ import numpy as np
 
 from rewards.encoder import MINILM, default_pooling, forward_pooled, load_backbone, tokenize
 from rewards.storage import atomic_directory
-from rewards.validation import check_batch, check_scores
+from rewards.validation import check_batch, check_scores, check_setting
 
 CONFIG_NAME = "reward_model.json"
 HEAD_NAME = "head.safetensors"
@@ -60,6 +60,9 @@ class ScalarRewardModel:
             raise ValueError(
                 f"pooling={pooling!r} is not known; use 'mean' (encoders) or 'last' (causal LMs)"
             )
+        check_setting("max_length", max_length, "int", "128")
+        check_setting("batch_size", batch_size, "int", "64")
+        check_setting("include_prompt", include_prompt, "bool", "True")
         if max_length < 2 or batch_size < 1:
             raise ValueError(f"max_length={max_length} must be >= 2 and batch_size={batch_size} >= 1")
         self.tokenizer, self.backbone, self.head = tokenizer, backbone, head

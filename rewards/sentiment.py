@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from rewards.validation import check_batch, check_scores
+from rewards.validation import check_batch, check_scores, check_setting
 
 
 @dataclass
@@ -32,6 +32,7 @@ class VaderSentiment:
     _analyzer: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        check_setting("scale", self.scale, "real", "1.0")
         if not np.isfinite(self.scale):
             raise ValueError(f"scale={self.scale} must be a finite number, e.g. 1.0 or -1.0")
 

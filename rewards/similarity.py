@@ -9,12 +9,13 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from rewards.encoder import MINILM, forward_pooled, load_backbone, tokenize
-from rewards.validation import check_batch, check_scores, targets_or_prompts
+from rewards.encoder import MINILM, forward_pooled, load_backbone, resolve_model_path, tokenize
+from rewards.validation import check_batch, check_scores, check_setting, targets_or_prompts
 
 
 @dataclass
@@ -46,6 +47,14 @@ class EmbeddingSimilarity:
     _cache: OrderedDict = field(default_factory=OrderedDict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        check_setting("model", self.model, "str", repr(MINILM))
+        if not Path(resolve_model_path(self.model)).is_dir():
+            raise ValueError(
+                f"model={self.model!r} is not a local directory; pass {MINILM!r} (bundled) or the directory "
+                "of a sentence encoder written by save_pretrained"
+            )
+        for name, example in (("batch_size", "64"), ("max_length", "256"), ("cache_size", "4096")):
+            check_setting(name, getattr(self, name), "int", example)
         for name in ("batch_size", "max_length"):
             if getattr(self, name) < 1:
                 raise ValueError(
@@ -150,6 +159,8 @@ class BLEU(_TextMetric):
     def __post_init__(self) -> None:
         from sacrebleu.metrics.bleu import _TOKENIZERS
 
+        check_setting("tokenize", self.tokenize, "str", "'13a'")
+        check_setting("lowercase", self.lowercase, "bool", "False")
         if self.tokenize not in _TOKENIZERS:
             raise ValueError(
                 f"tokenize={self.tokenize!r} is not a sacrebleu tokenizer; use one of {list(_TOKENIZERS)}"
@@ -176,6 +187,8 @@ class ChrF(_TextMetric):
     """Compare case-insensitively."""
 
     def __post_init__(self) -> None:
+        check_setting("word_order", self.word_order, "int", "2")
+        check_setting("lowercase", self.lowercase, "bool", "False")
         if self.word_order < 0:
             raise ValueError(f"word_order={self.word_order} must be >= 0: 0 for chrF, 2 for chrF++")
 
@@ -196,6 +209,9 @@ class RougeL(_TextMetric):
 
     use_stemmer: bool = False
     """Porter-stem words before matching."""
+
+    def __post_init__(self) -> None:
+        check_setting("use_stemmer", self.use_stemmer, "bool", "True")
 
     def scorer(self) -> Callable[[str, str], float]:
         from rouge_score import rouge_scorer

@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import json
 import os
 import shutil
 import uuid
@@ -166,6 +167,37 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
         os.replace(tmp, path)
         shutil.rmtree(old, ignore_errors=True)
     _fsync_path(path.parent)
+
+
+def jsonl_objects(
+    path: str | os.PathLike[str], example: str, error: type[Exception] = ValueError
+) -> Iterator[tuple[str, dict]]:
+    """``(where, object)`` for every non-blank line of a UTF-8 JSON-lines file, ``where`` being ``file:line``.
+
+    A line that is not UTF-8, not JSON or not an object raises ``error`` naming ``file:line``; ``example``
+    (e.g. ``'{"prompt": "Once upon a time"}'``) shows in the message what a good line looks like. A UTF-8
+    byte-order mark (as spreadsheet programs write it) is accepted.
+    """
+    path = Path(path)
+    with path.open("rb") as lines:
+        for number, raw in enumerate(lines, start=1):
+            where = f"{path}:{number}"
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as problem:
+                raise error(f"{where} is not UTF-8 text ({problem}); save the file as UTF-8.") from None
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as problem:
+                raise error(f"{where} is not valid JSON ({problem}); write one object per line.") from None
+            if not isinstance(record, dict):
+                raise error(
+                    f"{where} is a JSON {type(record).__name__}, not an object; write one object per line, "
+                    f"e.g. {example}."
+                )
+            yield where, record
 
 
 def cached_dir(key: str, build: Callable[[Path], object], root: str | Path | None = None) -> Path:

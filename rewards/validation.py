@@ -6,8 +6,14 @@ them reject the same bad inputs with the same messages:
 - a batch that is a bare ``str`` (not a list of strings) -> ``TypeError``;
 - an item that is not a ``str`` -> ``TypeError`` naming the index and the type;
 - batches of different lengths -> ``ValueError`` with the lengths;
-- NaN or inf in the scores (e.g. out of a model or a user function) -> ``ValueError`` naming the indices.
-  Rewards never replace a non-finite value silently.
+- scores that are not real numbers (strings, complex numbers, bools, objects) -> ``TypeError`` naming the
+  dtype;
+- NaN or inf in the scores (e.g. out of a model or a user function), or values beyond the float32 range
+  (which would turn into inf) -> ``ValueError`` naming the indices. Rewards never replace a bad value
+  silently.
+
+:func:`check_reward` checks that an object can be called as a reward, and :func:`check_setting` the type of a
+reward's ``__init__`` setting, so that a bad one fails when it is made, not deep inside the first call.
 
 >>> check_batch(["p"], ["c"])
 (['p'], ['c'], None)
@@ -27,10 +33,13 @@ ValueError: MyReward returned non-finite scores at indices [1] (values [nan]); r
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def _as_str_list(batch: Any, name: str, allow_none: bool = False) -> list[Any]:
@@ -102,18 +111,114 @@ def targets_or_prompts(prompts: list[str], references: list[str | None] | None) 
     ]
 
 
-def check_scores(scores: Any, batch_size: int, reward_name: str) -> np.ndarray:
-    """Return ``scores`` as a float32 array of shape ``(batch_size,)``; raise if any is NaN or inf."""
-    array = np.asarray(scores, dtype=np.float64).reshape(-1) if np.ndim(scores) else None
-    if array is None or array.shape != (batch_size,):
-        shape = np.shape(scores)
-        raise ValueError(
-            f"{reward_name} returned scores of shape {shape}; expected ({batch_size},), one per sample"
+def real_array(scores: Any, reward_name: str) -> np.ndarray:
+    """``scores`` as a float64 array; ``TypeError`` unless they are real numbers (ints or floats).
+
+    Strings, complex numbers, bools and objects are refused rather than converted: ``"0.5"`` or a bool mask is
+    almost always a bug in the reward.
+
+    >>> real_array(["0.5"], "MyReward")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    TypeError: MyReward returned list of dtype <U3, which is not a numeric array of real numbers; return ...
+    """
+    try:
+        array = np.asarray(scores)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise TypeError(
+            f"{reward_name} returned {type(scores).__name__}, which is not a numeric array ({error}); "
+            "return an np.ndarray of floats, one per sample"
+        ) from error
+    if array.dtype.kind not in "iuf":
+        raise TypeError(
+            f"{reward_name} returned {type(scores).__name__} of dtype {array.dtype}, which is not a numeric "
+            "array of real numbers; return an np.ndarray of floats, one per sample "
+            "(e.g. np.asarray(scores, dtype=np.float32))"
         )
+    return array.astype(np.float64)
+
+
+def check_scores(scores: Any, batch_size: int, reward_name: str) -> np.ndarray:
+    """Return ``scores`` as a float32 array of shape ``(batch_size,)``; raise if they are not real numbers, or
+    if any is NaN, inf or beyond the float32 range.
+
+    >>> check_scores([0.5, 1e39], 2, "MyReward")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: MyReward returned scores beyond the float32 range (|x| <= 3.4e+38) at indices [1] ...
+    """
+    array = real_array(scores, reward_name)
+    if array.ndim == 0 or array.reshape(-1).shape != (batch_size,):
+        raise ValueError(
+            f"{reward_name} returned scores of shape {array.shape}; expected ({batch_size},), one per sample"
+        )
+    array = array.reshape(-1)
     bad = np.flatnonzero(~np.isfinite(array))
     if bad.size:
         raise ValueError(
             f"{reward_name} returned non-finite scores at indices {bad.tolist()} "
             f"(values {array[bad].tolist()}); rewards must be finite"
         )
+    large = np.flatnonzero(np.abs(array) > FLOAT32_MAX)
+    if large.size:
+        raise ValueError(
+            f"{reward_name} returned scores beyond the float32 range (|x| <= {FLOAT32_MAX:.2g}) at indices "
+            f"{large.tolist()} (values {array[large].tolist()}); rescale the reward, e.g. divide it by a "
+            "constant"
+        )
     return (array + 0.0).astype(np.float32)  # + 0.0 turns -0.0 into 0.0
+
+
+def check_reward(reward: Any, what: str) -> None:
+    """Raise ``TypeError`` unless ``reward`` can be called as ``reward(prompts, completions, references)``;
+    ``what`` names it in the message (``"reward_fn"``, ``"rewards[1]"``).
+
+    >>> check_reward(lambda prompts, completions: None, "reward_fn")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    TypeError: reward_fn <lambda>(prompts, completions) cannot be called as reward(prompts, completions, ...
+    """
+    if isinstance(reward, type):
+        raise TypeError(
+            f"{what} is the class {reward.__name__}, not a reward; pass an instance, e.g. {reward.__name__}()"
+        )
+    if not callable(reward):
+        raise TypeError(
+            f"{what} is {type(reward).__name__}, which is not callable; pass a function "
+            "(prompts, completions, references=None) -> np.ndarray, or a reward object such as "
+            "VaderSentiment()"
+        )
+    try:
+        signature = inspect.signature(reward)
+    except (TypeError, ValueError):  # some builtins have no signature; the first call checks them
+        return
+    try:
+        signature.bind(["prompt"], ["completion"], [None])
+    except TypeError as error:
+        name = getattr(reward, "__name__", type(reward).__name__)
+        raise TypeError(
+            f"{what} {name}{signature} cannot be called as reward(prompts, completions, references) "
+            f"({error}); give it a third parameter, e.g. def reward(prompts, completions, references=None)"
+        ) from None
+
+
+_KINDS: dict[str, tuple[str, tuple[type, ...]]] = {
+    "int": ("an int", (int, np.integer)),
+    "real": ("a real number", (int, float, np.integer, np.floating)),
+    "bool": ("True or False", (bool, np.bool_)),
+    "str": ("a str", (str,)),
+}
+
+
+def check_setting(name: str, value: Any, kind: str, example: str) -> None:
+    """Raise ``TypeError`` unless the setting ``name=value`` is of ``kind``: ``"int"``, ``"real"`` (bools are
+    neither), ``"bool"`` or ``"str"``. ``example`` is a good value, shown in the message.
+
+    >>> check_setting("n", 2.5, "int", "2")
+    Traceback (most recent call last):
+    ...
+    TypeError: n=2.5 must be an int, e.g. n=2
+    """
+    description, types = _KINDS[kind]
+    if not isinstance(value, types) or (kind in ("int", "real") and isinstance(value, (bool, np.bool_))):
+        raise TypeError(f"{name}={value!r} must be {description}, e.g. {name}={example}")

@@ -68,3 +68,68 @@ def test_cached_step_matches_full_forward(make_lm) -> None:
         torch.testing.assert_close(logits, full_logits[rows, last], atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(values, full_values[rows, last], atol=1e-4, rtol=1e-4)
         assert cache.slot_mask is not None and cache.slot_mask.shape[1] <= P + N
+
+
+@pytest.mark.parametrize("make_lm", [tiny_llama, tiny_gpt2])
+def test_group_episodes_reuse_the_cached_prompt(make_lm) -> None:
+    """The next episode of an RLOO group (same prompt, same row) costs no prefill, and its logits and values
+    still equal a full forward of the observation."""
+    model = ActorCritic(make_lm())
+    torch.nn.init.normal_(model.value_head.weight, std=0.1)
+    gen = torch.Generator().manual_seed(2)
+    prompts = torch.randint(3, V, (2, P), generator=gen)
+    prompt_lens = [5, 3]
+    cache = StepCache()
+    prefills = []
+    for episode in range(3):  # three episodes of one group on each row, of different lengths
+        tokens = torch.randint(3, V, (2, N), generator=gen)
+        for step in range(N - episode):
+            gens = [tokens[i, :step].tolist() for i in range(2)]
+            ids, mask = make_obs(prompt_lens, gens, prompts)
+            logits, values = cached_step(model, ids, mask, P, cache)
+            with torch.no_grad():
+                full_logits, full_values = model(ids, mask, position_ids_from_mask(mask))
+            torch.testing.assert_close(logits, full_logits[:, P + step - 1], atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(values, full_values[:, P + step - 1], atol=1e-4, rtol=1e-4)
+        prefills.append(cache.prefill_tokens)
+    assert prefills[0] == (5 - 1) + (3 - 1)  # the prompts (all but their last token) were prefilled once
+    assert prefills[2] == prefills[0]  # ... and never again
+    assert cache.reused_tokens == 2 * prefills[0]
+
+
+@pytest.mark.parametrize("make_lm", [tiny_llama, tiny_gpt2])
+def test_shared_prompt_gives_the_same_values_and_gradients(make_lm) -> None:
+    """Computing a group's prompt once (and attending its k completions to it) equals the unshared forward,
+    in the log-probs, the values and the gradients through the shared prompt."""
+    from agents.policy import evaluate_completions
+
+    model = ActorCritic(make_lm())
+    torch.nn.init.normal_(model.value_head.weight, std=0.1)
+    gen = torch.Generator().manual_seed(3)
+    prompts = torch.randint(3, V, (2, P), generator=gen)
+    group_ids = torch.tensor([5, 5, 5, 9, 9, 9, 5])  # two groups, not contiguous
+    prompt_lens = [4 if g == 5 else 6 for g in group_ids.tolist()]
+    lengths = [5, 2, 4, 5, 1, 3, 5]
+    gens = [torch.randint(3, V, (n,), generator=gen).tolist() for n in lengths]
+    ids, mask = make_obs(prompt_lens, gens, prompts[(group_ids == 9).long()])
+    gen_mask = mask[:, P:].float()
+
+    def loss_and_grads(groups):  # noqa: ANN001, ANN202
+        model.zero_grad()
+        ev = evaluate_completions(model, ids, mask, N, V, with_entropy=True, group_ids=groups)
+        loss = (ev.logprobs * gen_mask).sum() + (ev.values * gen_mask).sum() + (ev.entropy * gen_mask).sum()
+        loss.backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        return ev, grads
+
+    from agents.policy import shared_prompt_logits
+
+    assert shared_prompt_logits(model, ids, mask, N, group_ids) is not None  # the shared path is taken
+    unshared, unshared_grads = loss_and_grads(None)
+    shared, shared_grads = loss_and_grads(group_ids)
+    real = gen_mask.bool()
+    torch.testing.assert_close(shared.logprobs[real], unshared.logprobs[real], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(shared.values[real], unshared.values[real], atol=1e-5, rtol=1e-5)
+    assert len(shared_grads) == len(unshared_grads) > 0
+    for a, b in zip(shared_grads, unshared_grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)

@@ -129,6 +129,35 @@ def test_bad_budget_says_how_to_fix(capsys: pytest.CaptureFixture[str]) -> None:
     assert "'lots' is not valid" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--eval-prompts", "0"], "--eval-prompts 0 must be at least 1, e.g. --eval-prompts 64."),
+        (["--num-envs", "0"], "--num-envs 0 must be at least 1, e.g. --num-envs 16."),
+        (["--episodes-per-rollout", "-2"], "--episodes-per-rollout -2 must be at least 1"),
+        (["--eval-batch-size", "0"], "--eval-batch-size 0 must be at least 1"),
+        (["--heldout-texts", "-1"], "--heldout-texts -1 must be at least 0"),
+        (["--max-new-tokens", "0"], "--max-new-tokens 0 must be at least 1"),
+        (["--threads", "0"], "--threads 0 must be at least 1"),
+        (["--seeds", "-1"], "--seeds -1: give distinct seeds >= 0, e.g. --seeds 0 1 2."),
+        (["--seeds", "0", "0"], "--seeds 0 0: give distinct seeds >= 0"),
+        (["--learning-rate", "0"], "--learning-rate 0.0 must be > 0, e.g. --learning-rate 1e-5."),
+        (["--init-kl-coef", "nan"], "--init-kl-coef nan must be >= 0"),
+        (["--reward", "sentiment"], "--reward 'sentiment' is not known; use one of classifier, vader"),
+        (["--algo", "rloo", "--group-size", "1"], "--algo rloo needs --group-size 2 or more (got 1)"),
+    ],
+)
+def test_bad_run_settings_say_how_to_fix(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        run.parse_args(argv)
+    assert exit_info.value.code == 2
+    assert message in " ".join(capsys.readouterr().err.replace("│", " ").split())  # unwrap tyro's box
+    with pytest.raises(ValueError, match="--eval-prompts 0 must be at least 1"):
+        run.Args(eval_prompts=0)  # the same check from Python (benchmarks.suite builds its jobs this way)
+
+
 def test_quickstart_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     before, after = quickstart.main(
         [
@@ -181,6 +210,7 @@ def test_vs_trl_smoke(tmp_path: Path) -> None:
         ]
     )
     assert [r["contestant"] for r in results] == ["trl-grpo", "ours-rloo"]
+    assert results[0]["precision"] == "bf16" and results[1]["precision"] in ("bf16", "fp32")
     assert all(r["iterations"] >= 1 and r["completion_tokens_per_s"] > 0 for r in results)
     assert json.loads(out.read_text())["versions"]["trl"]
 

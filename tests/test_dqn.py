@@ -1,4 +1,5 @@
-"""DQN: n-step/double-DQN math, the compact replay buffer, SB3 tooling, exact resume, bad input, learning."""
+"""DQN: n-step targets (double DQN, Q-learning, SARSA, expected SARSA), exploration and its schedules, the
+compact replay buffer, SB3 tooling, exact resume, bad input, learning."""
 
 from __future__ import annotations
 
@@ -12,10 +13,25 @@ import torch
 from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback, EvalCallback
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.logger import Logger
+from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper
 
 import textenv  # noqa: F401  (registers the envs)
+from agents import q_learning
 from agents.dqn import DQN, DQNConfig
-from agents.q_learning import conservative_penalty, double_dqn_values, n_step_targets
+from agents.q_learning import (
+    TARGETS,
+    Exploration,
+    boltzmann,
+    boltzmann_probs,
+    bootstrap_values,
+    conservative_penalty,
+    double_dqn_values,
+    episode_td_targets,
+    epsilon_greedy,
+    epsilon_greedy_probs,
+    n_step_targets,
+    scheduled_value,
+)
 from agents.replay import ReplayBuffer
 from agents.vec_env import wrap_vector_env
 
@@ -71,6 +87,89 @@ def test_double_dqn_and_conservative_penalty() -> None:
     )  # shift-inv.
 
 
+def test_each_target_by_hand() -> None:
+    """One episode of 3 tokens over a 3-token vocabulary; the reward 1 follows the last token."""
+    online = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 2.0, 1.0], [0.0, 0.0, 3.0]]])  # argmax: 0, 1, 2
+    target = torch.tensor([[[2.0, 4.0, 6.0], [1.0, 3.0, 5.0], [7.0, 8.0, 9.0]]])
+    taken = torch.tensor([[2, 0, 1]])  # the tokens the stored episode took
+    uniform_ref = torch.zeros(1, 3, 3)  # pi_explore uniform: (1 - eps) on argmax Q, eps / 3 on each token
+    mu = epsilon_greedy_probs(online, uniform_ref, epsilon=0.5)
+    assert torch.allclose(mu[0, 1], torch.tensor([1 / 6, 1 / 2 + 1 / 6, 1 / 6]))
+    bootstrap = {
+        "double_q": [2.0, 3.0, 9.0],  # target network at the online argmax
+        "q_learning": [6.0, 5.0, 9.0],  # max of the target network
+        "sarsa": [6.0, 1.0, 8.0],  # target network at the taken token
+        "expected_sarsa": [
+            3.0,
+            3.0,
+            8.5,
+        ],  # 0.5 * (argmax value) + 0.5 * mean: 0.5*2 + 0.5*4, 0.5*3 + 0.5*3, ...
+    }
+    assert set(bootstrap) == set(TARGETS)
+    one_step = {
+        "double_q": [1.5, 4.5],
+        "q_learning": [2.5, 4.5],
+        "sarsa": [0.5, 4.0],
+        "expected_sarsa": [1.5, 4.25],
+    }
+    for name, values in bootstrap.items():
+        v = bootstrap_values(name, online, target, taken, mu)
+        assert v.tolist() == [values], name
+        # n=1, gamma=0.5: 0.5 * V(s_{t+1}), and the reward on the last token
+        targets = episode_td_targets(v, torch.ones(1, 3), torch.tensor([1.0]), gamma=0.5, n_steps=1)
+        assert targets.tolist() == [[*one_step[name], 1.0]], name
+        # n=2: 0.25 * V(s_2) for t=0; t=1 reaches the end (0.5 * reward), no bootstrap past it
+        two = episode_td_targets(v, torch.ones(1, 3), torch.tensor([1.0]), gamma=0.5, n_steps=2)
+        assert two.tolist() == [[0.25 * values[2], 0.5, 1.0]], name
+    greedy = epsilon_greedy_probs(online, uniform_ref, epsilon=0.0)  # expected SARSA at eps 0 is double DQN
+    assert torch.equal(
+        bootstrap_values("expected_sarsa", online, target, taken, greedy), double_dqn_values(online, target)
+    )
+    softmax = boltzmann_probs(online, temperature=0.5)
+    assert torch.allclose(softmax, torch.softmax(online * 2, -1))
+    with pytest.raises(ValueError, match="behaviour_probs"):
+        bootstrap_values("expected_sarsa", online, target, taken)
+    with pytest.raises(ValueError, match="double_q, q_learning, sarsa, expected_sarsa"):
+        bootstrap_values("td_lambda", online, target, taken)
+
+
+def test_behaviour_probs_are_what_exploration_samples() -> None:
+    """Expected SARSA's behaviour policy is the distribution acting samples from, warpers included."""
+    torch.manual_seed(0)
+    q = torch.tensor([[0.0, 3.0, 1.0, 2.0, 0.5]]).expand(40_000, 5)
+    ref = torch.tensor([[1.0, 2.0, 0.0, 3.0, -1.0]]).expand(40_000, 5)
+    warpers = [TemperatureLogitsWarper(2.0), TopKLogitsWarper(3)]  # token 2 and 4 are never explored
+    counts = torch.bincount(epsilon_greedy(q, ref, 0.3, warpers), minlength=5) / 40_000
+    probs = epsilon_greedy_probs(q[:1], ref[:1], 0.3, warpers)[0]
+    assert probs[2] == probs[4] == 0 and torch.allclose(counts, probs, atol=0.01), (counts, probs)
+    counts = torch.bincount(boltzmann(q, temperature=2.0), minlength=5) / 40_000
+    assert torch.allclose(counts, boltzmann_probs(q[:1], 2.0)[0], atol=0.01)
+
+
+def test_exploration_schedules() -> None:
+    linear = [
+        scheduled_value("linear", 1.0, 0.1, t, horizon=100, fraction=0.5, decay=1.0) for t in (0, 25, 50, 90)
+    ]
+    assert linear == pytest.approx([1.0, 0.55, 0.1, 0.1])
+    exponential = [
+        scheduled_value("exponential", 1.0, 0.1, t, horizon=100, fraction=0.5, decay=0.5) for t in range(5)
+    ]
+    assert exponential == pytest.approx(
+        [1.0, 0.5, 0.25, 0.125, 0.1]
+    )  # multiplied per step, down to the final
+    explore = Exploration("boltzmann", initial=2.0, final=0.5, schedule="linear", fraction=1.0)
+    assert explore.update(0, horizon=100) == 2.0 and explore.horizon == 100
+    assert explore.update(50, horizon=60) == 1.25 and explore.horizon == 100  # a resumed learn keeps T
+    assert explore.update(0, horizon=60) == 2.0 and explore.horizon == 60  # a learn that resets restarts it
+    assert Exploration("epsilon_greedy", 1.0, 0.0).warpers == []  # temperature 1, no top-k/top-p: no warpers
+    warpers = DQN.config_class(temperature=0.7, top_k=5, top_p=0.9)
+    assert [type(w).__name__ for w in Exploration.from_config(warpers).warpers] == [
+        "TemperatureLogitsWarper",
+        "TopKLogitsWarper",
+        "TopPLogitsWarper",
+    ]
+
+
 # ---- replay buffer ---------------------------------------------------------------------------------------
 def test_replay_rebuilds_the_observation_layout_and_evicts() -> None:
     buf = ReplayBuffer(buffer_size=5, prompt_len=3, max_new_tokens=3, pad_token_id=0, vocab_size=50)
@@ -120,6 +219,37 @@ def test_config_validation_says_how_to_fix() -> None:
         DQNConfig(gradient_steps=0)
     assert DQNConfig(train_freq=4).train_freq == (4, "step")
     assert DQNConfig.smollm2_sentiment(batch_size=16).batch_size == 16
+    with pytest.raises(ValueError, match="use one of double_q, q_learning, sarsa, expected_sarsa"):
+        DQNConfig(target="sarsa_lambda")
+    with pytest.raises(ValueError, match="use one of epsilon_greedy, boltzmann"):
+        DQNConfig(exploration="softmax")
+    with pytest.raises(ValueError, match="use one of linear, exponential"):
+        DQNConfig(exploration_schedule="cosine")
+    with pytest.raises(ValueError, match=r"exploration_decay=1.5: use a factor in \(0, 1\]"):
+        DQNConfig(exploration_schedule="exponential", exploration_decay=1.5)
+    with pytest.raises(ValueError, match="Boltzmann temperatures must be > 0"):
+        DQNConfig(exploration="boltzmann", exploration_final_temperature=0.0)
+    with pytest.raises(ValueError, match=r"temperature=0.0 \(of the reference LM's samples\) must be > 0"):
+        DQNConfig(temperature=0.0)
+    with pytest.raises(ValueError, match="swap them or use exploration_schedule='linear'"):
+        DQNConfig(exploration_schedule="exponential", exploration_initial_eps=0.1, exploration_final_eps=0.5)
+
+
+def test_benchmark_cli_selects_the_target(tmp_path) -> None:
+    import json
+
+    from benchmarks import run, suite
+
+    argv = ["--task", "error-rate", "--algo", "dqn", "--dqn-target", "expected_sarsa", "--budget", "40"]
+    argv += ["--num-envs", "2", "--max-new-tokens", "2", "--model", "tiny-sp", "--threads", "1"]
+    argv += ["--no-progress-bar", "--eval-prompts", "2", "--logdir", str(tmp_path)]
+    args = run.parse_args(argv)
+    assert args.dqn_target == "expected_sarsa" and run.parse_args([]).dqn_target == "double_q"
+    assert "--dqn-target expected_sarsa" in " ".join(suite.job_argv(args, seed=0))  # a suite passes it on
+    with pytest.raises(ValueError, match="--dqn-target 'td' is not known; use one of double_q, q_learning"):
+        run.Args(algo="dqn", dqn_target="td")
+    (run_dir,) = run.main(argv)
+    assert json.loads((run_dir / "summary.json").read_text())["agent"]["target"] == "expected_sarsa"
 
 
 @pytest.mark.parametrize(
@@ -181,6 +311,62 @@ def test_save_load_resumes_exactly(tmp_path) -> None:
         assert torch.equal(a, b)
 
 
+def test_exploration_schedule_continues_after_load(tmp_path) -> None:
+    """Epsilon is a function of env steps and of T, the total of the learn call that began the schedule; a
+    checkpoint keeps T, so a resumed learn continues where the interrupted one stopped."""
+    agent = small(exploration_fraction=1.0, exploration_final_eps=0.0)
+    agent.learn(total_timesteps=96, callback=StopAfter(24))  # interrupted after 48 of 96 steps
+    assert agent.num_timesteps == 48 and agent.exploration_rate == pytest.approx(
+        1 - 46 / 96
+    )  # before step 46
+    agent.save(tmp_path / "agent")
+    resumed = DQN.load(tmp_path / "agent", env=make_env())
+    assert resumed.exploration.horizon == 96 and resumed.exploration_rate == agent.exploration_rate
+    resumed.learn(total_timesteps=24, reset_num_timesteps=False)  # SB3's progress would restart over 48 + 24
+    assert resumed.num_timesteps == 72 and resumed.exploration_rate == pytest.approx(1 - 70 / 96)
+
+
+def test_boltzmann_exponential_schedule_logs_temperature_and_resumes(tmp_path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    settings = {"exploration": "boltzmann", "exploration_schedule": "exponential", "exploration_decay": 0.99}
+    settings |= {"exploration_initial_temperature": 2.0, "exploration_final_temperature": 0.5}
+    agent = small(tensorboard_log=str(tmp_path / "runs"), **settings)
+    agent.learn(total_timesteps=32, log_interval=2)
+    assert agent.exploration.value == pytest.approx(2.0 * 0.99**30)  # 2 envs: the last step starts at 30
+    assert agent._reference_cache.past is None  # Boltzmann exploration never runs the reference LM
+    (run_dir,) = (tmp_path / "runs" / "TextGen-v0" / "DQN").iterdir()
+    tags = set(EventAccumulator(str(run_dir)).Reload().Tags()["scalars"])
+    assert "rollout/temperature" in tags and "rollout/exploration_rate" not in tags
+    agent.save(tmp_path / "agent")
+    resumed = DQN.load(tmp_path / "agent", env=make_env())
+    assert resumed.exploration.value == agent.exploration.value
+    resumed.learn(total_timesteps=16, reset_num_timesteps=False)
+    assert resumed.exploration.value == pytest.approx(2.0 * 0.99**46)
+
+
+def test_every_target_trains_with_n_step_returns_and_cql(monkeypatch) -> None:
+    agent = small(n_steps=2, conservative_coef=0.1, learning_rate=1e-3)
+    agent.learn(total_timesteps=32)
+    values, used = agent.logger.name_to_value, []
+
+    def spy(target, online_q, target_q, actions, behaviour_probs=None):
+        used.append((target, behaviour_probs is not None))
+        return bootstrap_values(target, online_q, target_q, actions, behaviour_probs)
+
+    monkeypatch.setattr(q_learning, "bootstrap_values", spy)
+    for target in TARGETS:
+        agent.config.target = target
+        agent.train(1, batch_size=8)
+        assert np.isfinite(values["train/loss"]) and values["train/conservative_penalty"] > 0, target
+    assert used == [(target, target == "expected_sarsa") for target in TARGETS]
+    agent.config.conservative_coef = 0.0  # expected SARSA alone still runs the reference LM for pi_explore
+    agent.train(1, batch_size=8)
+    agent.exploration = Exploration("boltzmann", initial=1.0, final=0.1)  # ... and Boltzmann needs none
+    agent.train(1, batch_size=8)
+    assert np.isfinite(values["train/td_loss"]) and len(used) == 6
+
+
 # ---- learning --------------------------------------------------------------------------------------------
 def held_out_reward(agent: DQN) -> float:
     eval_env = make_env(8, split="test", max_new_tokens=8, max_prompt_tokens=16)
@@ -189,7 +375,13 @@ def held_out_reward(agent: DQN) -> float:
     return float(mean)
 
 
-def test_dqn_learns(capsys) -> None:
+# SARSA and expected SARSA bootstrap the exploring policy's values, so epsilon decays within the first
+# quarter (at 0.5, expected SARSA's greedy token on this random tiny model flips to one non-text token late in
+# training, on 2 of seeds 0-2; over seeds 0-2 at 0.25 both end at least 0.30 above the start)
+@pytest.mark.parametrize(
+    ("target", "exploration_fraction"), [("double_q", 0.5), ("sarsa", 0.25), ("expected_sarsa", 0.25)]
+)
+def test_dqn_learns(target: str, exploration_fraction: float, capsys) -> None:
     torch.set_num_threads(1)
     agent = DQN(
         make_env(8, max_new_tokens=8, max_prompt_tokens=16),
@@ -202,7 +394,8 @@ def test_dqn_learns(capsys) -> None:
         target_update_interval=256,
         n_steps=4,
         top_k=0,
-        exploration_fraction=0.5,
+        exploration_fraction=exploration_fraction,
+        target=target,
     )
     before = held_out_reward(agent)
     start = time.perf_counter()
@@ -210,5 +403,7 @@ def test_dqn_learns(capsys) -> None:
     seconds = time.perf_counter() - start
     after = held_out_reward(agent)
     with capsys.disabled():
-        print(f"\nDQN greedy held-out reward: before {before:.3f}, after {after:.3f}, learn {seconds:.1f} s")
+        print(
+            f"\nDQN {target} greedy held-out reward: before {before:.3f}, after {after:.3f}, {seconds:.1f} s"
+        )
     assert after - before > 0.25, (before, after)

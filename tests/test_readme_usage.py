@@ -8,6 +8,7 @@ from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
+import torch
 from stable_baselines3.common.callbacks import CheckpointCallback, EvalCallback
 from stable_baselines3.common.evaluation import evaluate_policy
 from transformers import AutoModelForCausalLM
@@ -74,12 +75,12 @@ def test_agent_tour(tmp_path: Path) -> None:
     for (name, a), (_, b) in zip(
         agent.policy.state_dict().items(), loaded.policy.state_dict().items(), strict=True
     ):
-        assert np.array_equal(a.numpy(), b.numpy()), name
+        assert torch.equal(a, b), name
 
     agent.export(tmp_path / "ppo_sentiment_hf")
     plain = AutoModelForCausalLM.from_pretrained(tmp_path / "ppo_sentiment_hf")
     for name, tensor in plain.state_dict().items():
-        assert np.array_equal(tensor.numpy(), agent.policy.lm.state_dict()[name].numpy()), name
+        assert torch.equal(tensor, agent.policy.lm.state_dict()[name]), name
 
 
 def test_readme_commands_parse() -> None:

@@ -198,3 +198,81 @@ def test_pickle_round_trip(reward) -> None:
 def test_public_names() -> None:
     for name in rewards.__all__:
         assert getattr(rewards, name) is not None
+
+
+@pytest.mark.parametrize(
+    ("scores", "error", "match"),
+    [
+        (["0.5", "0.1"], TypeError, "dtype <U3, which is not a numeric array of real numbers"),
+        ("0.5", TypeError, "str of dtype <U3"),
+        ([1 + 2j, 0.0], TypeError, "dtype complex128"),
+        (np.array([True, False]), TypeError, "dtype bool"),
+        ([0.5, None], TypeError, "dtype object"),
+        ([[0.5], [0.5, 1.0]], TypeError, "not a numeric array"),
+        ([0.5, 1e39], ValueError, r"beyond the float32 range \(\|x\| <= 3.4e\+38\) at indices \[1\]"),
+        ([-1e39, 0.5], ValueError, r"beyond the float32 range .* at indices \[0\]"),
+    ],
+)
+def test_scores_must_be_real_and_fit_float32(scores: object, error: type, match: str) -> None:
+    with pytest.raises(error, match=f"MyReward returned .*{match}"):
+        rewards.check_scores(scores, 2, "MyReward")
+    with pytest.raises(error, match=rf"WeightedSum part 0 \(<lambda>\) returned .*{match}"):
+        WeightedSum([lambda p, c, r=None: scores])(["p", "p"], ["c", "d"])
+    assert rewards.check_scores(np.array([1, 2], dtype=np.int64), 2, "ok").dtype == np.float32
+
+
+def test_weighted_sum_refuses_bad_parts_when_made() -> None:
+    with pytest.raises(
+        TypeError, match=r"rewards\[0\] is the class ErrorRate, not a reward; .*ErrorRate\(\)"
+    ):
+        WeightedSum([ErrorRate, LengthPenalty])
+    with pytest.raises(TypeError, match=r"rewards\[1\] is the class LengthPenalty"):
+        WeightedSum([ErrorRate(), LengthPenalty])
+    with pytest.raises(TypeError, match=r"rewards\[1\] is int, which is not callable; pass a function"):
+        WeightedSum([VaderSentiment(), 3])
+    with pytest.raises(TypeError, match=r"rewards\[0\] two\(prompts, completions\) cannot be called as"):
+
+        def two(prompts, completions):
+            return np.zeros(len(completions))
+
+        WeightedSum([two])
+    with pytest.raises(TypeError, match=r"rewards is VaderSentiment; pass a list of rewards"):
+        WeightedSum(VaderSentiment())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"weights\[1\]='x' must be a real number"):
+        WeightedSum([VaderSentiment(), LengthPenalty()], weights=[1.0, "x"])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match=r"weights=0.5 must be a list with one number per reward"):
+        WeightedSum([VaderSentiment()], weights=0.5)  # type: ignore[arg-type]
+    WeightedSum([lambda *args: np.zeros(len(args[1]))], weights=[np.float32(2.0)])  # *args is fine
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "match"),
+    [
+        (lambda: ErrorRate(lowercase="no"), TypeError, "lowercase='no' must be True or False"),
+        (
+            lambda: ErrorRate(normalize_whitespace=None),
+            TypeError,
+            "normalize_whitespace=None must be True or",
+        ),
+        (lambda: LengthPenalty(target_length="4"), TypeError, "target_length='4' must be an int, e.g. "),
+        (lambda: LengthPenalty(target_length=2.5), TypeError, "target_length=2.5 must be an int"),
+        (lambda: LengthPenalty(target_length=0), ValueError, "target_length=0 must be >= 1"),
+        (lambda: RepetitionPenalty(n=1.5), TypeError, "n=1.5 must be an int, e.g. n=2"),
+        (lambda: RepetitionPenalty(unit="token"), ValueError, "unit='token' is not known"),
+        (lambda: ChrF(word_order=2.0), TypeError, "word_order=2.0 must be an int"),
+        (lambda: ChrF(lowercase="yes"), TypeError, "lowercase='yes' must be True or False"),
+        (lambda: BLEU(tokenize=None), TypeError, "tokenize=None must be a str, e.g. tokenize='13a'"),
+        (lambda: BLEU(tokenize="words"), ValueError, "tokenize='words' is not a sacrebleu tokenizer"),
+        (lambda: RougeL(use_stemmer="porter"), TypeError, "use_stemmer='porter' must be True or False"),
+        (lambda: VaderSentiment(scale="2"), TypeError, "scale='2' must be a real number, e.g. scale=1.0"),
+        (lambda: VaderSentiment(scale=True), TypeError, "scale=True must be a real number"),
+        (lambda: VaderSentiment(scale=math.inf), ValueError, "scale=inf must be a finite number"),
+        (lambda: EmbeddingSimilarity(batch_size=2.5), TypeError, "batch_size=2.5 must be an int"),
+        (lambda: EmbeddingSimilarity(cache_size=-1), ValueError, "cache_size=-1 must be >= 0"),
+        (lambda: EmbeddingSimilarity(model="/no/such/encoder"), ValueError, "is not a local directory; pass"),
+        (lambda: EmbeddingSimilarity(model=None), TypeError, "model=None must be a str"),
+    ],
+)
+def test_reward_settings_checked_when_made(make, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        make()

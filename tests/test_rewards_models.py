@@ -7,6 +7,7 @@ import math
 import os
 import pickle
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -275,3 +276,114 @@ def test_shipped_drugs_classifier_beats_target() -> None:
     accuracy = drugs_sentiment_accuracy(drugs_sentiment_model())
     assert accuracy["classifier"] >= 0.80
     assert accuracy["classifier"] > accuracy["vader"]
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda: train_classifier([], []), "got no training texts"),
+        (
+            lambda: train_classifier(["good", "fine", "great"], [1, 1, 1]),
+            "all 3 labels are 1: a classifier needs",
+        ),
+        (lambda: train_classifier(["bad"], [0]), "all 1 labels are 0"),
+        (
+            lambda: train_classifier(["good", "bad"], [1, 0]),
+            r"of the 2 examples leaves 1 to train on, not both",
+        ),
+        (lambda: train_classifier(["good", "bad"], [1, 2]), r"need one label in \{0, 1\} per text.*at \[1\]"),
+        (lambda: train_classifier(["good", "bad"], [1]), "got 1 labels for 2 texts"),
+        (lambda: train_classifier("good", [1]), "texts is a single str"),
+        (lambda: train_classifier(["good", 3], [1, 0]), r"texts\[1\] is int, expected str"),
+        (
+            lambda: train_classifier(["a", "b"], [1, 0], eval_texts=["c"]),
+            "pass both eval_texts and eval_labels",
+        ),
+        (lambda: train_classifier(["a", "b"], [1, 0], [], []), "eval_texts is empty"),
+        (
+            lambda: train_classifier(["a", "b"], [1, 0], ["c"], [5]),
+            r"1 eval_labels for 1 eval_texts, bad .*\[0\]",
+        ),
+        (lambda: train_preference([]), "got no training triples"),
+        (lambda: train_preference([("p", "good", "bad")]), "of the 1 examples leaves 0 to train on"),
+        (lambda: train_preference([("p", "good")]), r"triples\[0\] is \('p', 'good'\); each must be"),
+        (
+            lambda: train_preference([("p", "a", None), ("p", "a", "b")]),
+            r"triples\[0\] is \('p', 'a', None\)",
+        ),
+        (lambda: train_preference(["p, good, bad"]), r"triples\[0\] is 'p, good, bad'"),
+        (lambda: train_preference([("p", "a", "b")], eval_triples=[]), "eval_triples is empty"),
+    ],
+)
+def test_trainers_refuse_degenerate_data(call, match: str) -> None:
+    from rewards.fitting import TrainingDataError
+
+    with pytest.raises(TrainingDataError, match=match):  # a ValueError, raised before any model loads
+        call()
+
+
+def test_train_config_types() -> None:
+    with pytest.raises(TypeError, match="epochs='3' must be an int, e.g. epochs=4"):
+        TrainConfig(epochs="3")
+    with pytest.raises(TypeError, match="eval_fraction=None must be a real number"):
+        TrainConfig(eval_fraction=None)
+    with pytest.raises(ValueError, match="weight_decay=inf must be a finite number >= 0"):
+        TrainConfig(weight_decay=math.inf)
+    with pytest.raises(TypeError, match="batch_size=2.5 must be an int"):
+        ClassifierRewardModel(None, None, None, "mean", batch_size=2.5)
+
+
+def write_lines(path: Path, lines: list[str]) -> str:
+    path.write_text("".join(line + "\n" for line in lines))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("kind", "lines", "match"),
+    [
+        ("classifier", [], "got no training texts"),
+        ("classifier", ['{"text": "good", "label": 1}'] * 3, "all 3 labels are 1"),
+        ("classifier", ['{"text": "good", "label": 1}', "{oops"], r"data.jsonl:2 is not valid JSON"),
+        ("classifier", ['{"text": "good", "label": "maybe"}'], r"data.jsonl:1: label 'maybe' is not a class"),
+        (
+            "classifier",
+            ['{"text": null, "label": 1}'],
+            r"data.jsonl:1: 'text' is NoneType, expected a string",
+        ),
+        ("classifier", ['["good", 1]'], r"data.jsonl:1 is a JSON list, not an object"),
+        ("preference", ['{"prompt": "p", "chosen": "a", "rejected": "b"}'], "leaves 0 to train on"),
+        ("preference", ['{"prompt": "p", "chosen": "a"}'], r"data.jsonl:1 lacks \['rejected'\]"),
+        ("preference", ['{"prompt": "p", "chosen": "a", "rejected": 3}'], r"data.jsonl:1: 'rejected' is int"),
+    ],
+)
+def test_cli_refuses_degenerate_data(tmp_path, kind: str, lines: list[str], match: str) -> None:
+    data = write_lines(tmp_path / "data.jsonl", lines)
+    with pytest.raises(SystemExit) as exit_info:
+        main([kind, "--data", data, "--out", str(tmp_path / "model"), "--logdir", ""])
+    assert re.search(f"python -m rewards.train: error: .*{match}", str(exit_info.value.code))
+    assert not (tmp_path / "model").exists()  # nothing is saved
+
+
+def test_cli_exit_status_and_missing_file(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    data = write_lines(
+        tmp_path / "data.jsonl", ['{"text": "good", "label": 1}', '{"text": "bad", "label": 1}']
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "rewards.train",
+        "classifier",
+        "--data",
+        data,
+        "--out",
+        str(tmp_path / "m"),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert (
+        result.returncode == 1 and "all 2 labels are 1" in result.stderr and "Traceback" not in result.stderr
+    )
+    with pytest.raises(SystemExit, match=r"error: .*missing.jsonl is not a file; pass the path of a JSONL"):
+        main(["classifier", "--data", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "m")])

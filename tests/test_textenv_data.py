@@ -92,3 +92,106 @@ def test_bad_datasets(tmp_path: Path) -> None:
     broken.write_text('{"prompt": "ok"}\n{not json\n', encoding="utf-8")
     with pytest.raises(ValueError, match="broken.jsonl:2"):
         PromptDataset.from_jsonl(broken)
+
+
+@pytest.mark.parametrize(
+    ("items", "error", "match"),
+    [
+        (["ok", {"prompt": None}], TypeError, r"item 1: the prompt is NoneType \(None\); it must be a str"),
+        ([{"prompt": 42}], TypeError, r"item 0: the prompt is int \(42\)"),
+        ([42], TypeError, r"item 0 is int; pass a str \(the prompt\), a dict with a 'prompt' key"),
+        (["ok", "", "x"], ValueError, r"item 1: the prompt '' is empty"),
+        (["   \n"], ValueError, r"item 0: the prompt '   \\n' is empty"),
+        ([{"prompt": ""}], ValueError, "item 0: the prompt '' is empty"),
+        (["ok", {"text": "hi"}], ValueError, r"item 1 needs a 'prompt' key; got keys \['text'\]"),
+        ([{"prompt": "ok", "reference": 3}], TypeError, r"item 0: the reference is int \(3\)"),
+        ("Once upon a time", TypeError, "got a single str; pass a list such as"),
+        ({"prompt": "hi"}, TypeError, "got a single dict"),
+        (7, TypeError, "got a single int"),
+    ],
+)
+def test_bad_records_name_the_item(items: object, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        PromptDataset.from_list(items)
+
+
+def test_bad_examples_and_names() -> None:
+    with pytest.raises(ValueError, match="Example.prompt '' is empty"):
+        Example("")
+    with pytest.raises(TypeError, match="Example.reference must be a str or None, got int"):
+        Example("p", 3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="name=3 must be a str"):
+        PromptDataset(["p"], name=3)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("lines", "match"),
+    [
+        (['{"prompt": "ok"}', "", '{"prompt": null}'], r"bad.jsonl:3: the prompt is NoneType"),
+        (['{"prompt": "ok"}', '{"prompt": 5}'], r"bad.jsonl:2: the prompt is int \(5\)"),
+        (['{"prompt": "  "}'], r"bad.jsonl:1: the prompt '  ' is empty"),
+        (['{"prompt": "ok"}', '{"text": "no prompt"}'], r"bad.jsonl:2 needs a 'prompt' key"),
+        (['{"prompt": "ok"}', '["a list"]'], r"bad.jsonl:2 is a JSON list, not an object; write one object"),
+        (['"just a string"'], r"bad.jsonl:1 is a JSON str, not an object"),
+        (['{"prompt": "ok"}', '{"prompt": "cut'], r"bad.jsonl:2 is not valid JSON"),
+    ],
+)
+def test_bad_jsonl_line_names_file_and_line(tmp_path: Path, lines: list[str], match: str) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises((TypeError, ValueError), match=match):
+        PromptDataset.from_jsonl(path)
+
+
+def test_jsonl_encoding(tmp_path: Path) -> None:
+    path = tmp_path / "latin.jsonl"
+    path.write_bytes(b'{"prompt": "ok"}\n{"prompt": "caf\xe9"}\n')
+    with pytest.raises(ValueError, match=r"latin.jsonl:2 is not UTF-8 text.*save the file as UTF-8"):
+        PromptDataset.from_jsonl(path)
+    path.write_bytes(b'\xef\xbb\xbf{"prompt": "with a byte order mark"}\n')
+    assert PromptDataset.from_jsonl(path).prompts == ["with a byte order mark"]
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("prompt,reference\nHello,world\n,orphan reference\n", r"bad.csv:3: the prompt '' is empty"),
+        ("prompt,reference\nHello,world\n   ,x\n", r"bad.csv:3: the prompt '   ' is empty"),
+        (
+            "text,reference\nHello,world\n",
+            r"bad.csv:1 has no 'prompt' column \(header: \['text', 'reference'\]\)",
+        ),
+        ("prompt\nHello\nHi, there\n", r"bad.csv:3 has more cells than the header \['prompt'\]; quote cells"),
+        ("reference,prompt\nonly one cell\n", r"bad.csv:2: the prompt is NoneType"),
+    ],
+)
+def test_bad_csv_row_names_file_and_line(tmp_path: Path, text: str, match: str) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises((TypeError, ValueError), match=match):
+        PromptDataset.from_csv(path)
+
+
+def test_csv_with_byte_order_mark(tmp_path: Path) -> None:
+    path = tmp_path / "excel.csv"
+    path.write_bytes("prompt,reference\nHello,world\n".encode("utf-8-sig"))
+    assert PromptDataset.from_csv(path).prompts == ["Hello"]
+
+
+def test_from_file_picks_the_loader(tmp_path: Path) -> None:
+    (tmp_path / "a.jsonl").write_text('{"prompt": "Hello"}\n')
+    (tmp_path / "b.CSV").write_text("prompt\nHi\n")
+    assert PromptDataset.from_file(tmp_path / "a.jsonl").prompts == ["Hello"]
+    assert PromptDataset.from_file(str(tmp_path / "b.CSV"), name="mine").name == "mine"
+    with pytest.raises(ValueError, match=r"notes.txt is not a .jsonl or .csv file"):
+        PromptDataset.from_file(tmp_path / "notes.txt")
+    with pytest.raises(FileNotFoundError, match="c.jsonl does not exist"):
+        PromptDataset.from_file(tmp_path / "c.jsonl")
+
+
+def test_error_correction_size() -> None:
+    from textenv.tasks import error_correction
+
+    for size in (0, 1, -4, 2.5):
+        with pytest.raises(ValueError, match=f"size={size!r} must be an int >= 2"):
+            error_correction("test", size=size)

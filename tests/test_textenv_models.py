@@ -92,3 +92,34 @@ def test_hub_id_offline_message(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(models, "_hub_reachable", lambda timeout=2.0: False)
     with pytest.raises(OSError, match="local directory"):
         textenv.load_model("someone/not-a-cached-model")
+
+
+@pytest.mark.parametrize("load", [textenv.load_model, textenv.load_tokenizer])
+def test_uncached_hub_id_fails_fast_offline(load, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    lookups: list[object] = []
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *args, **kwargs: lookups.append(args) or [])
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # unset: textenv stays offline
+    start = time.perf_counter()
+    with pytest.raises(OSError, match=r"textenv works offline: use a packaged model \(smollm2-135m-instruct"):
+        load("someone/not-a-cached-model")
+    assert time.perf_counter() - start < 2.0
+    assert lookups == []  # no network at all, so no retries either
+    with pytest.raises(OSError, match=r"does not download models unless HF_HUB_OFFLINE=0.*local directory"):
+        load("someone/not-a-cached-model")
+
+
+def test_hub_is_asked_only_when_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from textenv import models
+
+    asked: list[float] = []
+    monkeypatch.setattr(models, "_hub_reachable", lambda timeout=2.0: asked.append(timeout) or False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(OSError, match="does not download models unless HF_HUB_OFFLINE=0"):
+        textenv.load_tokenizer("someone/not-a-cached-model")
+    assert asked == []
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # opted in: the hub is tried, and found unreachable here
+    with pytest.raises(OSError, match="the hub is not reachable.*local directory"):
+        textenv.load_tokenizer("someone/not-a-cached-model")
+    assert len(asked) == 1

@@ -9,6 +9,7 @@ The model picks every token; the environment keeps the observation, ends the epi
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -18,7 +19,7 @@ import torch
 import tyro
 
 from textenv.models import DEFAULT_MODEL, load_model
-from textenv.tasks import DEFAULT_TASK
+from textenv.tasks import DEFAULT_TASK, TASKS
 
 
 @dataclass
@@ -37,6 +38,17 @@ class Args:
     """Tokens per completion at most."""
     temperature: float = 0.8
     """Sampling temperature (0 = greedy)."""
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"--task {self.task!r} is not known; use one of {', '.join(TASKS)}.")
+        for flag, value in (("--episodes", self.episodes), ("--max-new-tokens", self.max_new_tokens)):
+            if value < 1:
+                raise ValueError(f"{flag} {value} must be at least 1, e.g. {flag} 4.")
+        if self.seed < 0:
+            raise ValueError(f"--seed {self.seed} must be >= 0, e.g. --seed 0.")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise ValueError(f"--temperature {self.temperature} must be >= 0 (0 is greedy), e.g. 0.8.")
 
 
 @torch.no_grad()

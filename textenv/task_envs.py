@@ -45,6 +45,10 @@ def benchmark_dataset(task: str, split: str = "train") -> PromptDataset:
     return load_task(task, split)
 
 
+REWARD_NAMES = ("classifier", "vader", "wer", "cer", "minilm", "chrf", "preference")
+"""The rewards :func:`build_reward` knows by name."""
+
+
 def build_reward(name: str, reward_model: str | Path | None = None) -> Any:
     """A reward callable by benchmark name: ``classifier``, ``vader``, ``wer``, ``cer``, ``minilm``, ``chrf``,
     ``preference`` (``reward_model``: a saved PreferenceRewardModel directory; default the cached
@@ -68,8 +72,8 @@ def build_reward(name: str, reward_model: str | Path | None = None) -> Any:
             return rewards.drugs_preference_model()
         return rewards.PreferenceRewardModel.load(reward_model)
     raise ValueError(
-        f"Unknown reward {name!r}; use one of classifier, vader, wer, cer, minilm, chrf, preference, "
-        "or pass reward_fn= (a callable) instead."
+        f"Unknown reward {name!r}; use one of {', '.join(REWARD_NAMES)}, or pass reward_fn= (a callable) "
+        "instead."
     )
 
 
@@ -113,11 +117,18 @@ def env_kwargs(
     if benchmark not in BENCHMARKS:
         raise ValueError(f"Unknown benchmark {benchmark!r}; use one of {', '.join(BENCHMARKS)}.")
     spec = BENCHMARKS[benchmark]
+    if reward is not None and kwargs.get("reward_fn") is not None:
+        raise ValueError("Pass either reward= (a reward name) or reward_fn= (a callable), not both.")
+    if reward_model is not None and (reward or spec.reward) != "preference":
+        raise ValueError(
+            f"reward_model= is used by the 'preference' reward only, not by {reward or spec.reward!r}; "
+            "drop it, or pass reward='preference'."
+        )
     split = kwargs.pop("split", "train")
     if kwargs.get("task") is None and kwargs.get("dataset") is None:
         kwargs["dataset"] = benchmark_dataset(spec.task, split)
-    elif kwargs.get("task") is not None:
-        kwargs["split"] = split
+    else:
+        kwargs["split"] = split  # for task=; beside dataset= TextGenEnv refuses a split but "train"
     if kwargs.get("reward_fn") is None:
         kwargs["reward_fn"] = build_reward(reward or spec.reward, reward_model)
     kwargs.setdefault("max_new_tokens", spec.max_new_tokens)

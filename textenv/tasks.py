@@ -119,6 +119,8 @@ def error_correction(split: str = "train", size: int | None = None) -> PromptDat
     is identical on every machine and does not depend on iteration order.
     Metadata: ``source``, ``noise_seed``.
     """
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 2):
+        raise ValueError(f"size={size!r} must be an int >= 2 (half of it from each source), or None")
     size = size or (1000 if split == "train" else 300)
     sources = {
         "drugs.com": _review_sentences(split),
@@ -157,5 +159,5 @@ def load_task(name: str = DEFAULT_TASK, split: str = "train") -> PromptDataset:
             "Or pass dataset=PromptDataset.from_jsonl(...) / a list of prompts."
         )
     if split not in SPLITS:
-        raise ValueError(f"Unknown split {split!r}; use one of {', '.join(SPLITS)}.")
+        raise ValueError(f"split={split!r} is not known; use one of {', '.join(SPLITS)}.")
     return TASKS[name](split)

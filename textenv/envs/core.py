@@ -8,6 +8,7 @@ keep episode state.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,10 @@ import numpy as np
 from gymnasium import spaces
 
 from rewards.sentiment import VaderSentiment
-from textenv.data import Example, PromptDataset
+from rewards.validation import check_reward, check_scores, real_array
+from textenv.data import DatasetSource, PromptDataset, as_dataset
 from textenv.models import DEFAULT_MODEL, load_tokenizer, model_dir
-from textenv.tasks import DEFAULT_TASK, load_task
+from textenv.tasks import DEFAULT_TASK, SPLITS, load_task
 
 RewardFn = Callable[..., Any]
 MAX_CACHED_PROMPTS = 100_000  # tokenized prompts kept per env (about 1 KB each at P=64)
@@ -69,7 +71,8 @@ class TextGenCore:
 
     Arguments are those of :class:`textenv.envs.TextGenEnv`. ``vocab_size`` is the larger of
     ``len(tokenizer)`` and the model config's ``vocab_size`` (when ``model`` names a loadable model), so that
-    the action space covers every id the model can emit.
+    the action space covers every id the model can emit; an explicit ``vocab_size`` must be at least
+    ``len(tokenizer)``. Every argument is checked here, so a bad one fails when the env is made.
     """
 
     def __init__(
@@ -77,7 +80,7 @@ class TextGenCore:
         model: str | Path | None = None,
         tokenizer: Any | None = None,
         task: str | None = None,
-        dataset: PromptDataset | Sequence[str | Example | dict[str, Any]] | None = None,
+        dataset: DatasetSource | None = None,
         reward_fn: RewardFn | None = None,
         max_prompt_tokens: int = 64,
         max_new_tokens: int = 48,
@@ -92,28 +95,56 @@ class TextGenCore:
         ]:
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name}={value!r} must be a positive int, e.g. {name}=8.")
+        if vocab_size is not None and (
+            not isinstance(vocab_size, (int, np.integer)) or isinstance(vocab_size, bool) or vocab_size < 1
+        ):
+            raise ValueError(f"vocab_size={vocab_size!r} must be a positive int, or None (the tokenizer's).")
         if model is not None and tokenizer is not None:
             raise ValueError(
                 "Pass either model= (a name or path, whose tokenizer is loaded) or tokenizer=, not both."
             )
+        if model is not None and not isinstance(model, (str, os.PathLike)):
+            raise TypeError(
+                f"model= takes a model name or the path of a local directory, got {type(model).__name__}; "
+                "pass model='tiny-sp' (for example), or a tokenizer object as tokenizer=."
+            )
+        if isinstance(tokenizer, (str, os.PathLike)):
+            raise TypeError(
+                f"tokenizer={str(tokenizer)!r} is a name, not a tokenizer; pass model={str(tokenizer)!r} to "
+                "load its tokenizer, or a tokenizer object (e.g. textenv.load_tokenizer(name))."
+            )
         if task is not None and dataset is not None:
             raise ValueError("Pass either task= (a built-in task name) or dataset= (your prompts), not both.")
-        if reward_fn is not None and not callable(reward_fn):
-            raise TypeError(
-                f"reward_fn must be callable (prompts, completions, references=None) -> array; "
-                f"got {type(reward_fn).__name__}."
+        if split not in SPLITS:
+            raise ValueError(f"split={split!r} is not known; use one of {', '.join(SPLITS)}.")
+        if dataset is not None and split != "train":
+            raise ValueError(
+                f"split={split!r} applies to the prompts of task=, not to dataset= (used as given); "
+                "pass the test prompts themselves as dataset=, or drop split=."
             )
+        if reward_fn is not None:
+            check_reward(reward_fn, "reward_fn")
         if tokenizer is None:
             model = DEFAULT_MODEL if model is None else model
             tokenizer = load_tokenizer(model)
+        needed = ("eos_token_id", "pad_token_id", "batch_decode")
+        missing = [name for name in needed if not hasattr(tokenizer, name)]
+        if missing:
+            raise TypeError(
+                f"tokenizer is {type(tokenizer).__name__}, which lacks {missing}; pass a Hugging Face "
+                "tokenizer, e.g. textenv.load_tokenizer('tiny-sp')."
+            )
         if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
             tokenizer.pad_token = tokenizer.eos_token
         if tokenizer.eos_token_id is None:
             raise ValueError("The tokenizer has no eos_token; set tokenizer.eos_token before making the env.")
-        if dataset is None:
-            dataset = load_task(task or DEFAULT_TASK, split=split)
-        elif not isinstance(dataset, PromptDataset):
-            dataset = PromptDataset.from_list(dataset)
+        dataset = load_task(task or DEFAULT_TASK, split=split) if dataset is None else as_dataset(dataset)
+        if vocab_size is not None and vocab_size < len(tokenizer):
+            raise ValueError(
+                f"vocab_size={vocab_size} is smaller than the tokenizer's vocabulary ({len(tokenizer)} "
+                "tokens), so prompts could hold ids outside the observation space; vocab_size must be >= "
+                f"len(tokenizer): pass vocab_size={len(tokenizer)} or more, or leave it None."
+            )
         self.tokenizer = tokenizer
         self.dataset: PromptDataset = dataset
         self.reward_fn: RewardFn = reward_fn if reward_fn is not None else default_reward()
@@ -151,6 +182,66 @@ class TextGenCore:
                 self._prompt_cache[index] = (input_ids, mask)
             return input_ids, mask
         return self._prompt_cache[index]
+
+    @staticmethod
+    def reset_option(options: Any, key: str) -> Any:
+        """``options[key]`` of ``reset`` (None if absent); ``options`` is None or a dict with no other key."""
+        if options is None:
+            return None
+        if not isinstance(options, dict):
+            raise TypeError(f"options={options!r} must be a dict, e.g. options={{{key!r}: 0}}.")
+        unknown = [name for name in options if name != key]
+        if unknown:
+            raise ValueError(f"options has unknown keys {unknown}; this env takes options={{{key!r}: ...}}.")
+        return options.get(key)
+
+    @staticmethod
+    def row_seeds(seed: Any, num_envs: int) -> list[Any] | None:
+        """A vector env's ``reset(seed=...)`` as one seed per row: an int s gives row i ``s + i``; a list
+        gives one seed (or None) per row; None gives None."""
+        if seed is None:
+            return None
+        if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+            return [int(seed) + row for row in range(num_envs)]
+        if isinstance(seed, (str, bytes)) or not hasattr(seed, "__len__"):
+            raise TypeError(
+                f"seed={seed!r} must be an int (row i gets seed + i), a list with one int or None per env, "
+                "or None."
+            )
+        if len(seed) != num_envs:
+            raise ValueError(f"Got {len(seed)} seeds for {num_envs} envs; pass one per env or an int.")
+        for row, row_seed in enumerate(seed):
+            if row_seed is not None and (
+                not isinstance(row_seed, (int, np.integer)) or isinstance(row_seed, bool) or row_seed < 0
+            ):
+                raise ValueError(f"seed[{row}]={row_seed!r} must be an int >= 0 or None.")
+        return [None if row_seed is None else int(row_seed) for row_seed in seed]
+
+    def check_indices(self, indices: Any, num_envs: int) -> list[int] | None:
+        """``options["indices"]`` of a vector env's ``reset``, checked: None, or one valid index per env."""
+        if indices is None:
+            return None
+        if isinstance(indices, (str, bytes, dict)) or not hasattr(indices, "__len__"):
+            raise TypeError(
+                f'options["indices"] must be a list of {num_envs} dataset indices, one per env; '
+                f"got {type(indices).__name__}."
+            )
+        if len(indices) != num_envs:
+            raise ValueError(
+                f'options["indices"] has {len(indices)} indices for {num_envs} envs; pass one per env.'
+            )
+        return [self.check_index(index, f'options["indices"][{row}]') for row, index in enumerate(indices)]
+
+    def check_index(self, index: Any, what: str) -> int:
+        """A dataset index from ``reset`` options, checked: an int in ``[0, len(dataset))``."""
+        size = len(self.dataset)
+        if not isinstance(index, (int, np.integer)) or isinstance(index, (bool, np.bool_)):
+            raise TypeError(f"{what}={index!r} must be an int dataset index in [0, {size}).")
+        if not 0 <= index < size:
+            raise ValueError(
+                f"{what}={int(index)} is outside the dataset of {size} examples; use an index in [0, {size})."
+            )
+        return int(index)
 
     def prompt_info(self, index: int) -> dict[str, Any]:
         example = self.dataset[index]
@@ -190,26 +281,15 @@ class TextGenCore:
         examples = [self.dataset[i] for i in indices]
         prompts = [e.prompt for e in examples]
         references = [e.reference for e in examples]
-        name = getattr(self.reward_fn, "__name__", type(self.reward_fn).__name__)
+        name = "reward_fn " + getattr(self.reward_fn, "__name__", type(self.reward_fn).__name__)
         raw = self.reward_fn(prompts, completions, references)
-        try:
-            scores = np.asarray(raw, dtype=np.float64).reshape(-1)
-        except (TypeError, ValueError) as error:
-            raise TypeError(
-                f"reward_fn {name} returned {type(raw).__name__}, which is not a numeric array "
-                f"({error}); return np.ndarray of float32, one value per completion."
-            ) from error
+        scores = real_array(raw, name).reshape(-1)  # strings, complex numbers, bools: TypeError
         if scores.shape != (len(completions),):
             raise ValueError(
-                f"reward_fn {name} returned {scores.size} values for {len(completions)} completions; "
+                f"{name} returned {scores.size} values for {len(completions)} completions; "
                 "it must return exactly one score per completion."
             )
-        if not np.all(np.isfinite(scores)):
-            raise ValueError(
-                f"reward_fn {name} returned non-finite scores {scores.tolist()}; "
-                "make it return finite numbers (e.g. use np.nan_to_num or guard empty text)."
-            )
-        return scores.astype(np.float32)
+        return check_scores(scores, len(completions), name)  # NaN, inf, beyond float32: ValueError
 
     def render_text(self, index: int, completion: str) -> str:
         """The prompt, then the completion so far after a marker, as shown by ``render()``."""

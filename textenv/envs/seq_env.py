@@ -101,13 +101,13 @@ class TextGenSeqEnv(CoreAttributes, gym.Env):
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        index = self.core.reset_option(options, "index")
+        if index is not None:
+            index = self.core.check_index(index, 'options["index"]')
         super().reset(seed=seed)
         if seed is not None:
             self._sampler.reset()
-        if options and "index" in options:
-            self._index = int(options["index"]) % len(self.dataset)
-        else:
-            self._index = self._sampler.next(self.np_random)
+        self._index = self._sampler.next(self.np_random) if index is None else index
         self._completion, self._done = "", False
         if self.render_mode == "human":
             self.render()
@@ -120,9 +120,9 @@ class TextGenSeqEnv(CoreAttributes, gym.Env):
                 "call env.reset() to start a new episode."
             )
         tokens = self.core.check_tokens(action, (self.max_new_tokens,), "TextGenSeq-v0 action")
-        self._completion = self.core.decode([self.core.completion_ids(tokens)])[0]
-        reward = float(self.core.score([self._index], [self._completion])[0])
-        self._done = True
+        completion = self.core.decode([self.core.completion_ids(tokens)])[0]
+        reward = float(self.core.score([self._index], [completion])[0])  # may raise: nothing changed yet
+        self._completion, self._done = completion, True
         if self.render_mode == "human":
             self.render()
         return self._obs(), reward, True, False, self.core.final_info(self._index, self._completion)
@@ -155,8 +155,9 @@ class TextGenSeqVectorEnv(CoreAttributes, VectorEnv):
     metadata = {"render_modes": ["ansi", "human"], "autoreset_mode": AutoresetMode.SAME_STEP}
 
     def __init__(self, num_envs: int = 1, **kwargs: Any) -> None:
-        if not isinstance(num_envs, int) or num_envs < 1:
-            raise ValueError(f"num_envs={num_envs!r} must be a positive int.")
+        if not isinstance(num_envs, (int, np.integer)) or isinstance(num_envs, bool) or num_envs < 1:
+            raise ValueError(f"num_envs={num_envs!r} must be a positive int, e.g. num_envs=8.")
+        num_envs = int(num_envs)
         self.envs = [TextGenSeqEnv(**kwargs)]
         self.core = self.envs[0].core
         for _ in range(num_envs - 1):  # share the tokenizer, dataset and prompt cache
@@ -182,11 +183,9 @@ class TextGenSeqVectorEnv(CoreAttributes, VectorEnv):
     def reset(
         self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        super().reset(seed=seed if isinstance(seed, int) else None)
-        seeds = [seed + i for i in range(self.num_envs)] if isinstance(seed, int) else seed
-        if seeds is not None and len(seeds) != self.num_envs:
-            raise ValueError(f"Got {len(seeds)} seeds for {self.num_envs} envs; pass one per env or an int.")
-        indices = (options or {}).get("indices")
+        indices = self.core.check_indices(self.core.reset_option(options, "indices"), self.num_envs)
+        seeds = self.core.row_seeds(seed, self.num_envs)
+        super().reset(seed=seeds[0] if seeds is not None and isinstance(seed, (int, np.integer)) else None)
         infos: dict[str, Any] = {}
         for row, env in enumerate(self.envs):
             row_options = None if indices is None else {"index": indices[row]}

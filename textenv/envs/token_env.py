@@ -48,13 +48,16 @@ class TextGenEnv(CoreAttributes, gym.Env):
     - ``model``: a known model name or local HF dir; only its tokenizer (and config) is loaded, not weights.
       Default ``"smollm2-135m-instruct"``. Or ``tokenizer``: a tokenizer object (no pad token: EOS is used).
     - ``task``: a built-in task name (default ``"drugs-sentiment"``), with ``split`` ``"train"``/``"test"``.
-      Or ``dataset``: a ``PromptDataset`` or a list of prompts / ``Example`` / dicts.
-    - ``reward_fn``: callable ``(prompts, completions, references=None) -> np.ndarray``, one finite score
-      per completion.
+      Or ``dataset``: a ``PromptDataset``, a list of prompts / ``Example`` / dicts, or the path of a
+      ``.jsonl`` or ``.csv`` file (see ``PromptDataset.from_file``).
+    - ``reward_fn``: callable ``(prompts, completions, references=None) -> np.ndarray``, one finite real
+      score per completion (its signature is checked when the env is made, its output at every call).
     - ``max_prompt_tokens=64``, ``max_new_tokens=48``, ``render_mode`` (``"ansi"`` or ``"human"``),
       ``group_size=1`` (each sampled prompt is used for k episodes in a row, for RLOO baselines),
-      ``vocab_size=None`` (override the action space size).
-    - ``reset(options={"index": i})`` starts an episode on dataset example i instead of a sampled one.
+      ``vocab_size=None`` (override the action space size; at least ``len(tokenizer)``).
+    - ``reset(options={"index": i})`` starts an episode on dataset example i (``0 <= i < len(dataset)``)
+      instead of a sampled one.
+    - A ``reward_fn`` that raises leaves the episode as it was before that step, so it can be stepped again.
 
     >>> import gymnasium as gym, textenv
     >>> env = gym.make("TextGen-v0", model="tiny-sp", dataset=["Once upon a time"], max_new_tokens=8)
@@ -112,13 +115,13 @@ class TextGenEnv(CoreAttributes, gym.Env):
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        index = self.core.reset_option(options, "index")
+        if index is not None:
+            index = self.core.check_index(index, 'options["index"]')
         super().reset(seed=seed)
         if seed is not None:
             self._sampler.reset()
-        if options and "index" in options:
-            self._index = int(options["index"]) % len(self.dataset)
-        else:
-            self._index = self._sampler.next(self.np_random)
+        self._index = self._sampler.next(self.np_random) if index is None else index
         prompt_ids, prompt_mask = self.core.encode_prompt(self._index)
         P = self.max_prompt_tokens
         self._input_ids[:P], self._input_ids[P:] = prompt_ids, self.pad_token_id
@@ -136,18 +139,18 @@ class TextGenEnv(CoreAttributes, gym.Env):
             )
         token = int(self.core.check_tokens(action, (), "TextGen-v0 action"))
         position = self.max_prompt_tokens + self._length
-        self._input_ids[position] = token
-        self._attention_mask[position] = 1
-        self._length += 1
         terminated = token == self.eos_token_id
-        truncated = not terminated and self._length == self.max_new_tokens
+        truncated = not terminated and self._length + 1 == self.max_new_tokens
         reward, info = 0.0, {}
-        if terminated or truncated:
-            self._done = True
-            generated = self._input_ids[self.max_prompt_tokens : position + 1]
+        if terminated or truncated:  # score first: if reward_fn raises, the episode is as before this step
+            generated = np.append(self._input_ids[self.max_prompt_tokens : position], token)
             completion = self.core.decode([self.core.completion_ids(generated)])[0]
             reward = float(self.core.score([self._index], [completion])[0])
             info = self.core.final_info(self._index, completion)
+            self._done = True
+        self._input_ids[position] = token
+        self._attention_mask[position] = 1
+        self._length += 1
         if self.render_mode == "human":
             self.render()
         return self._obs(), reward, terminated, truncated, info

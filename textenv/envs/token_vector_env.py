@@ -27,6 +27,9 @@ class TextGenVectorEnv(CoreAttributes, VectorEnv):
     info (``prompt``, ``completion``, ``reference``) in ``info["final_info"]`` (arrays with ``_``-masks). The
     new episodes' ``prompt``/``reference`` appear at the top level of ``info`` for the reset rows.
     ``reset(seed=s)`` seeds row i with ``s + i``, so results match B single envs reset with those seeds.
+    ``reset(options={"indices": [...]})`` starts row i on dataset example ``indices[i]`` (one index per row,
+    each in ``[0, len(dataset))``). Finished rows are scored before any row changes, so a ``reward_fn`` that
+    raises leaves every row as it was before the step, and the step can be taken again.
 
     >>> import gymnasium as gym, textenv
     >>> envs = gym.make_vec("TextGen-v0", num_envs=2, vectorization_mode="vector_entry_point",
@@ -57,8 +60,9 @@ class TextGenVectorEnv(CoreAttributes, VectorEnv):
         split: str = "train",
         vocab_size: int | None = None,
     ) -> None:
-        if not isinstance(num_envs, int) or num_envs < 1:
-            raise ValueError(f"num_envs={num_envs!r} must be a positive int.")
+        if not isinstance(num_envs, (int, np.integer)) or isinstance(num_envs, bool) or num_envs < 1:
+            raise ValueError(f"num_envs={num_envs!r} must be a positive int, e.g. num_envs=8.")
+        num_envs = int(num_envs)
         self._setup_core(
             render_mode,
             model,
@@ -104,21 +108,17 @@ class TextGenVectorEnv(CoreAttributes, VectorEnv):
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Reset every row. ``seed`` is an int (row i gets ``seed + i``) or one seed per row.
         ``options={"indices": [...]}`` starts row i on dataset example ``indices[i]``."""
-        super().reset(seed=seed if isinstance(seed, int) else None)
-        seeds = [seed + i for i in range(self.num_envs)] if isinstance(seed, int) else seed
+        indices = self.core.check_indices(self.core.reset_option(options, "indices"), self.num_envs)
+        seeds = self.core.row_seeds(seed, self.num_envs)
+        super().reset(seed=seeds[0] if seeds is not None and isinstance(seed, (int, np.integer)) else None)
         if seeds is not None:
-            if len(seeds) != self.num_envs:
-                raise ValueError(
-                    f"Got {len(seeds)} seeds for {self.num_envs} envs; pass one per env or an int."
-                )
             for row, row_seed in enumerate(seeds):
                 if row_seed is not None:
                     self._rngs[row] = seeding.np_random(row_seed)[0]
                     self._samplers[row].reset()
-        indices = (options or {}).get("indices")
         infos: dict[str, Any] = {}
         for row in range(self.num_envs):
-            index = None if indices is None else int(indices[row]) % len(self.dataset)
+            index = None if indices is None else indices[row]
             infos = self._add_info(infos, self._start_episode(row, index), row)
         self._started = True
         return self._obs(), infos
@@ -129,36 +129,37 @@ class TextGenVectorEnv(CoreAttributes, VectorEnv):
         if not self._started:
             raise RuntimeError("step() was called before reset(); call envs.reset() first.")
         tokens = self.core.check_tokens(actions, (self.num_envs,), "TextGen-v0 vector actions")  # (B,)
-        positions = self.max_prompt_tokens + self._lengths  # (B,)
-        self._input_ids[self._rows, positions] = tokens
-        self._attention_mask[self._rows, positions] = 1
-        self._lengths += 1
+        P = self.max_prompt_tokens
+        positions = P + self._lengths  # (B,)
         terminated = tokens == self.eos_token_id  # (B,)
-        truncated = ~terminated & (self._lengths >= self.max_new_tokens)  # (B,)
+        truncated = ~terminated & (self._lengths + 1 >= self.max_new_tokens)  # (B,)
         rewards = np.zeros(self.num_envs, np.float32)
-        infos: dict[str, Any] = {}
         done_rows = np.flatnonzero(terminated | truncated)
-        if done_rows.size:
-            P = self.max_prompt_tokens
+        completions: list[str] = []
+        indices = [int(self._indices[row]) for row in done_rows]
+        if done_rows.size:  # score before writing anything: if reward_fn raises, no row has changed
             completions = self.core.decode(
                 [
-                    self.core.completion_ids(self._input_ids[row, P : P + self._lengths[row]])
+                    self.core.completion_ids(np.append(self._input_ids[row, P : positions[row]], tokens[row]))
                     for row in done_rows
                 ]
             )
-            indices = [int(self._indices[row]) for row in done_rows]
             rewards[done_rows] = self.core.score(indices, completions)
-            for row, index, completion in zip(done_rows.tolist(), indices, completions, strict=True):
-                final_obs = {
-                    "input_ids": self._input_ids[row].copy(),
-                    "attention_mask": self._attention_mask[row].copy(),
-                }
-                infos = self._add_info(
-                    infos,
-                    {"final_obs": final_obs, "final_info": self.core.final_info(index, completion)},
-                    row,
-                )
-                infos = self._add_info(infos, self._start_episode(row), row)
+        self._input_ids[self._rows, positions] = tokens
+        self._attention_mask[self._rows, positions] = 1
+        self._lengths += 1
+        infos: dict[str, Any] = {}
+        for row, index, completion in zip(done_rows.tolist(), indices, completions, strict=True):
+            final_obs = {
+                "input_ids": self._input_ids[row].copy(),
+                "attention_mask": self._attention_mask[row].copy(),
+            }
+            infos = self._add_info(
+                infos,
+                {"final_obs": final_obs, "final_info": self.core.final_info(index, completion)},
+                row,
+            )
+            infos = self._add_info(infos, self._start_episode(row), row)
         if self.render_mode == "human":
             self.render()
         return self._obs(), rewards, terminated, truncated, infos

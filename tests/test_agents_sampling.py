@@ -1,0 +1,168 @@
+"""Sampling controls and precision: the update scores tokens under the distribution that drew them.
+
+PPO's ratio at identical weights must be 1: the "old" log-probs (recorded while acting, or recomputed on the
+update path when a bf16 rollout copy acted) and the update's log-probs must agree. A token outside the top-p
+nucleus is never sampled.
+"""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import pytest
+import torch
+
+import textenv  # noqa: F401  (registers the envs)
+from agents import PPO, REINFORCE
+from agents.policy import completion_logits, evaluate_completions, process_logits
+from agents.scoring import score_batch
+
+
+def make_env(kind: str = "TextGen-v0") -> gym.vector.VectorEnv:
+    return gym.make_vec(
+        kind,
+        num_envs=4,
+        model="tiny-sp",
+        max_new_tokens=8,
+        max_prompt_tokens=12,
+        vectorization_mode="vector_entry_point",
+    )
+
+
+def first_rollout(agent):  # noqa: ANN001, ANN201
+    """One rollout and its pre-update scoring, exactly as ``train()`` starts."""
+    _, callback = agent._setup_learn(total_timesteps=10**6)
+    assert agent.collect_rollouts(agent.env, callback)
+    batch = agent.rollout_batch
+    recompute = agent.rollout_copy is not None
+    scored = score_batch(
+        batch,
+        agent.policy,
+        agent.reference,
+        agent.max_new_tokens,
+        agent.n_actions,
+        8,
+        agent.sampling,
+        recompute,
+    )
+    return batch, scored
+
+
+def first_epoch_ratio(agent, batch, scored) -> torch.Tensor:  # noqa: ANN001
+    """exp(update-path log-prob - old log-prob) on every generated token, before any optimizer step."""
+    with torch.no_grad():
+        ev = evaluate_completions(
+            agent.engine,
+            batch.input_ids,
+            batch.attention_mask,
+            agent.max_new_tokens,
+            agent.n_actions,
+            sampling=agent.sampling,
+        )
+    return torch.exp(ev.logprobs - scored.old_logprobs)[batch.gen_mask.bool()]
+
+
+@pytest.mark.parametrize("kind", ["TextGen-v0", "TextGenSeq-v0"], ids=["token", "sequence"])
+def test_temperature_and_top_p_keep_the_ratio_at_one(kind: str) -> None:
+    torch.manual_seed(0)
+    agent = PPO(
+        make_env(kind),
+        model="tiny-sp",
+        seed=0,
+        precision="fp32",
+        temperature=0.7,
+        top_p=0.9,
+        episodes_per_rollout=16,
+        minibatch_size=8,
+    )
+    batch, scored = first_rollout(agent)
+    ratio = first_epoch_ratio(agent, batch, scored)
+    assert ratio.numel() > 50
+    assert (ratio - 1).abs().max() < 1e-4, (ratio - 1).abs().max()
+
+    # every sampled token lies inside the nucleus of the distribution it was drawn from
+    with torch.no_grad():
+        logits, _ = completion_logits(
+            agent.policy, batch.input_ids, batch.attention_mask, agent.max_new_tokens, agent.n_actions
+        )
+    processed = process_logits(logits, agent.sampling)  # no token forced back in
+    taken = processed.gather(-1, batch.input_ids[:, -agent.max_new_tokens :, None]).squeeze(-1)
+    real = batch.gen_mask.bool()
+    assert torch.isfinite(taken[real]).all()
+    filtered = torch.isinf(processed[real]).float().mean()
+    assert filtered > 0.1, "top_p=0.9 should exclude part of the vocabulary at most positions"
+
+
+def test_plain_sampling_is_unchanged() -> None:
+    torch.manual_seed(0)
+    agent = REINFORCE(
+        make_env(), model="tiny-sp", seed=0, precision="fp32", episodes_per_rollout=8, minibatch_size=8
+    )
+    assert agent.sampling.unchanged
+    batch, scored = first_rollout(agent)
+    assert scored.rollout_gap is None  # the recorded log-probs are the update path's own
+    assert (first_epoch_ratio(agent, batch, scored) - 1).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_rollout_copy_leaves_the_update_path_alone(precision: str) -> None:
+    """With a bf16 copy acting, the old log-probs come from the update path: the ratio is 1 at identical
+    weights, and the gap between copy and update path is reported (0 when no copy acts)."""
+    torch.manual_seed(0)
+    agent = PPO(
+        make_env(),
+        model="tiny-sp",
+        seed=0,
+        precision=precision,
+        rollout_precision="bf16",
+        episodes_per_rollout=16,
+        minibatch_size=8,
+    )
+    trained_dtype = next(agent.policy.parameters()).dtype
+    batch, scored = first_rollout(agent)
+    ratio = first_epoch_ratio(agent, batch, scored)
+    if precision == "fp32":
+        assert trained_dtype == torch.float32 and agent.rollout_copy is not None
+        assert next(agent.actor.parameters()).dtype == torch.bfloat16
+        assert agent.rollout_copy.nbytes < sum(p.numel() * 4 for p in agent.policy.parameters()) * 0.6
+        assert (ratio - 1).abs().max() < 1e-5
+        assert scored.rollout_gap is not None and 0 < scored.rollout_gap < 0.05, scored.rollout_gap
+        print(f"\nmean |rollout - update log-prob|, bf16 copy vs fp32 update: {scored.rollout_gap:.5f}")
+    else:  # training in bf16 already: no copy, the network acts on its own weights
+        assert trained_dtype == torch.bfloat16 and agent.rollout_copy is None and agent.actor is agent.policy
+        assert (ratio - 1).abs().max() < 0.05, (ratio - 1).abs().max()
+        print(f"\nbf16, no copy: max |ratio - 1| at identical weights {float((ratio - 1).abs().max()):.5f}")
+
+
+def test_rollout_copy_follows_the_updates() -> None:
+    agent = PPO(
+        make_env(),
+        model="tiny-sp",
+        seed=0,
+        precision="fp32",
+        rollout_precision="bf16",
+        episodes_per_rollout=8,
+        minibatch_size=8,
+        learning_rate=1e-2,
+    )
+    agent.learn(total_timesteps=64)
+    assert agent.rollout_copy is not None
+    agent.rollout_copy.sync()
+    for copied, trained in zip(agent.actor.parameters(), agent.policy.parameters(), strict=True):
+        assert torch.equal(copied, trained.detach().to(torch.bfloat16))
+
+
+def test_bad_sampling_settings_say_how_to_fix() -> None:
+    env = make_env()
+    for kwargs, message in [
+        ({"temperature": 0}, "temperature must be > 0"),
+        ({"top_p": 1.5}, r"top_p must be in \(0, 1\]"),
+        ({"top_k": -1}, "top_k must be an int >= 0"),
+        ({"precision": "fp16"}, "precision='fp16' is not known"),
+        ({"rollout_precision": "int8"}, "rollout_precision='int8' is not known"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            PPO(env, model="tiny-sp", **kwargs)
+    with pytest.raises(ValueError, match="'fp16.enabled' is true in the DeepSpeed config, but fp16"):
+        PPO(env, model="tiny-sp", deepspeed_config={"fp16": {"enabled": True}})
+    with pytest.raises(ValueError, match="sets 'bf16.enabled' to True but the agent's precision is 'fp32'"):
+        PPO(env, model="tiny-sp", precision="fp32", deepspeed_config={"bf16": {"enabled": True}})
