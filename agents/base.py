@@ -76,6 +76,9 @@ class TextAlgorithm(BaseAlgorithm):
         reference_model: str | os.PathLike | PreTrainedModel | None = None,
         **config_kwargs: Any,
     ) -> None:
+        if isinstance(env, str):  # an env id: made with the agent's model, so that the tokenizers agree
+            source: dict[str, Any] = {"model": str(model)} if isinstance(model, (str, os.PathLike)) else {}
+            env = gym.make(env, **source)
         if isinstance(env, gym.vector.VectorEnv):
             env = wrap_vector_env(env)
         self.config = dataclasses.replace(config or self.config_class(), **config_kwargs)
@@ -151,14 +154,14 @@ class TextAlgorithm(BaseAlgorithm):
         self.rollout_batch: RolloutBatch | None = None
         self._act = self._token_step if self.token_level else self._sequence_step
         self._step_cache = StepCache()
+        self._good_weights: list[torch.Tensor] | None = None
+        self._diverged = False
         self.run_dir: Path | None = None
 
     # ---- acting --------------------------------------------------------------------------------------------
     def _sample(self, logits: torch.Tensor, deterministic: bool) -> torch.Tensor:
         """(B, n_actions) processed logits -> (B,) token ids (sampled, or argmax when deterministic)."""
-        if deterministic:
-            return logits.argmax(-1)
-        return torch.distributions.Categorical(logits=logits).sample()
+        return logits.argmax(-1) if deterministic else torch.distributions.Categorical(logits=logits).sample()
 
     def _obs_tensors(self, obs: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         ids = torch.as_tensor(np.asarray(obs["input_ids"]), device=self.device).long()
@@ -215,6 +218,7 @@ class TextAlgorithm(BaseAlgorithm):
         stopped training."""
         self.rollout.clear()
         self.rollout_batch = None
+        self._good_weights = None  # the next update snapshots the weights it starts from
         if self.rollout_copy is not None:
             self.rollout_copy.sync()  # the trained weights, cast into the rollout copy
         start = time.perf_counter()
@@ -339,14 +343,37 @@ class TextAlgorithm(BaseAlgorithm):
         self.logger.record("time/total_timesteps", self.num_timesteps, exclude="tensorboard")
         run_logging.log_samples(self.logger, self.rollout.samples, self.num_timesteps)
 
-    def _check_finite(self, loss: torch.Tensor) -> None:
+    def _gradient_step(self, loss: torch.Tensor) -> None:
+        """Backward and optimizer step of ``loss``, guarded against divergence.
+
+        A non-finite loss stops training before the step. After the step, non-finite weights stop training
+        too: the network is rolled back to the weights it had when this update began (a copy taken at its
+        first step), and :meth:`save` refuses from then on, since the optimizer's state is spoiled as well.
+        """
         if not torch.isfinite(loss).all():
             raise FloatingPointError(
-                f"non-finite loss ({float(loss)}) at update {self._n_updates}, "
+                f"non-finite loss ({float(loss.detach())}) at update {self._n_updates}, "
                 f"timestep {self.num_timesteps}; "
                 "stopped before applying it: weights and the last checkpoint are the last good ones. "
                 "Lower learning_rate, or check the reward function for NaN/inf"
             )
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        if self._good_weights is None:
+            self._good_weights = [p.detach().clone() for p in params]
+        self.engine.backward(loss)
+        self.engine.step()
+        if all(bool(torch.isfinite(p).all()) for p in params):
+            return
+        with torch.no_grad():
+            for param, good in zip(params, self._good_weights, strict=True):
+                param.copy_(good)
+        self._diverged = True
+        raise FloatingPointError(
+            f"the weights became non-finite (inf/NaN) in the optimizer step of update {self._n_updates}, "
+            f"timestep {self.num_timesteps}: training diverged. The network was rolled back to its weights "
+            "at the start of this update; the optimizer state is not usable, so save() refuses. Load the "
+            "last checkpoint and lower learning_rate (or max_grad_norm)"
+        )
 
     # ---- checkpoints ---------------------------------------------------------------------------------------
     def _extra_state(self) -> dict[str, Any]:
@@ -388,6 +415,16 @@ class TextAlgorithm(BaseAlgorithm):
     # override: a checkpoint is a directory, so no file objects (SB3's save also takes a BufferedIOBase)
     def save(self, path: str | os.PathLike, exclude: Any = None, include: Any = None) -> None:  # type: ignore[override]  # noqa: ARG002
         """A resumable checkpoint directory: HF export (``model/``), reference, optimizer, counters, RNG."""
+        if self._diverged:
+            raise RuntimeError(
+                "this agent's training diverged (see the FloatingPointError it raised); its optimizer state "
+                "is not usable, so save() refuses. export() still writes the rolled-back weights"
+            )
+        bad = [name for name, p in self.policy.named_parameters() if not bool(torch.isfinite(p).all())]
+        if bad:
+            raise ValueError(
+                f"refusing to save non-finite (inf/NaN) weights, e.g. {bad[:3]}; load the last checkpoint"
+            )
         checkpoint.save(
             Path(path),
             self._checkpoint_state(),
@@ -395,7 +432,15 @@ class TextAlgorithm(BaseAlgorithm):
             modules={"value_head": self.policy.value_head, **self._extra_modules()},
             engine=self.engine,
             tokenizer=self._env_attr("tokenizer") if self.env is not None else None,
-            files=self._extra_files(),
+            files={**self._resume_files(), **self._extra_files()},
+        )
+
+    def _resume_files(self) -> dict[str, Any]:
+        """The env's episodes and the rollout in progress (:func:`agents.checkpoint.resume_files`)."""
+        if self.env is None or not isinstance(self._last_obs, dict):
+            return {}
+        return checkpoint.resume_files(
+            self.env, self._last_obs, np.asarray(self._last_episode_starts), self.rollout.state_arrays()
         )
 
     def _extra_files(self) -> dict[str, Any]:
@@ -421,14 +466,12 @@ class TextAlgorithm(BaseAlgorithm):
         """Rebuild an agent from :meth:`save`'s directory and restore its exact training state."""
         saved = checkpoint.read(Path(path), cls.__name__)
         if env is None:
-            raise ValueError(
-                "load needs env=...: the agent's layout (P, N, vocabulary) is checked against it"
-            )
+            raise ValueError("load needs env=...: the agent's layout (P, N, vocabulary) is checked on it")
         settings = saved.state.settings
         agent = cls(
             env,
             model=saved.load_lm("model"),
-            config=cls.config_class(**saved.state.config),
+            config=saved.config(cls.config_class),
             reference_model=saved.load_lm("reference"),
             deepspeed_config=kwargs.pop("deepspeed_config", settings["deepspeed_config"]),
             seed=settings["seed"],
@@ -445,6 +488,10 @@ class TextAlgorithm(BaseAlgorithm):
             agent.kl_ctl.load_state_dict(saved.state.extra["kl_ctl"])
         agent._load_extra_state(saved.state.extra)
         saved.restore_rng()
+        resumed = saved.load_resume_files(agent.env, agent.n_envs)
+        if resumed is not None:
+            agent._last_obs, agent._last_episode_starts, arrays = resumed
+            agent.rollout.load_state_arrays(arrays)
         agent._load_extra_files(saved.path)
         if agent.rollout_copy is not None:
             agent.rollout_copy.sync()

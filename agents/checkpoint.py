@@ -8,6 +8,8 @@ A saved agent is a directory::
     value_head.safetensors, ...   further networks (DQN: target.safetensors)
     deepspeed/          DeepSpeed checkpoint: weights and optimizer state (ZeRO-aware)
     rng.json            Python, NumPy and torch RNG states
+    env_state.json      every env's RNG, prompt sampler and running episode (exact resume)
+    rollout_state.npz   the last observation and the running episodes' statistics
     ...                 further files of the algorithm (DQN: replay.npz)
 
 Our own files hold no pickles: JSON, safetensors and ``.npz`` read with ``allow_pickle=False``.
@@ -21,10 +23,11 @@ SB3's ``CheckpointCallback`` calls ``save("<dir>/<prefix>_<n>_steps.zip")``; the
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +39,10 @@ from rewards.storage import atomic_directory, recover_directory
 
 STATE_FILE = "agent.json"
 RNG_FILE = "rng.json"
+ENV_FILE = "env_state.json"
+ROLLOUT_FILE = "rollout_state.npz"
+SETTINGS_KEYS = ("seed", "model_source", "max_new_tokens", "deepspeed_config")
+COUNTER_KEYS = ("num_timesteps", "n_updates", "episode_num")
 
 
 @dataclasses.dataclass
@@ -120,6 +127,34 @@ def _load_module(module: nn.Module, file: Path, device: torch.device | str) -> N
     module.load_state_dict(tensors, strict=True)
 
 
+def resume_files(
+    env: Any, last_obs: dict[str, np.ndarray], episode_starts: np.ndarray, rollout: dict[str, np.ndarray]
+) -> dict[str, Callable[[Path], None]]:
+    """Writers of ``env_state.json`` (every env's RNG, prompt sampler and running episode, from its
+    ``state_dict()``) and ``rollout_state.npz`` (the last observation and the running episodes' statistics),
+    so that ``load`` then ``learn(..., reset_num_timesteps=False)`` continues the very episodes the saved run
+    was in. Empty when the env cannot give its state."""
+    try:
+        states = env.env_method("state_dict")
+    except AttributeError:
+        return {}
+    arrays = {
+        "input_ids": np.asarray(last_obs["input_ids"]),
+        "attention_mask": np.asarray(last_obs["attention_mask"]),
+        "episode_starts": episode_starts,
+        **rollout,
+    }
+
+    def write_env(path: Path) -> None:
+        path.write_text(json.dumps(states))
+
+    def write_rollout(path: Path) -> None:
+        with open(path, "wb") as handle:
+            np.savez(handle, **arrays)  # type: ignore[arg-type]
+
+    return {ENV_FILE: write_env, ROLLOUT_FILE: write_rollout}
+
+
 def save(
     path: Path,
     state: AgentState,
@@ -145,31 +180,89 @@ def save(
         (tmp / STATE_FILE).write_text(json.dumps(dataclasses.asdict(state), indent=2))
 
 
+@contextlib.contextmanager
+def reading(file: Path) -> Iterator[None]:
+    """Turn any failure while reading ``file`` into an error that names it and says what to do."""
+    if not file.exists():
+        raise FileNotFoundError(
+            f"{file} is missing: the checkpoint is incomplete; save it again or load another checkpoint"
+        )
+    try:
+        yield
+    except Exception as error:  # noqa: BLE001  (any failure here means the file is damaged)
+        raise ValueError(
+            f"{file} could not be read ({type(error).__name__}: {str(error)[:300]}); the checkpoint is "
+            "damaged or was written by another version: save it again or load another checkpoint"
+        ) from error
+
+
 class SavedAgent:
     """A checkpoint directory opened for loading: its :class:`AgentState` and readers for the rest."""
 
     def __init__(self, path: Path, state: AgentState) -> None:
         self.path, self.state = path, state
 
+    def config(self, config_class: type) -> Any:
+        """The saved config as ``config_class`` (settings it lacks take their defaults)."""
+        with reading(self.path / STATE_FILE):
+            known = {f.name for f in dataclasses.fields(config_class)}
+            unknown = sorted(set(self.state.config) - known)
+            if unknown:
+                raise ValueError(f"its config has settings {config_class.__name__} does not know: {unknown}")
+            return config_class(**self.state.config)
+
     def load_lm(self, name: str) -> Any:
         from transformers import AutoModelForCausalLM
 
-        return AutoModelForCausalLM.from_pretrained(self.path / name, use_safetensors=True)  # never a pickle
+        with reading(self.path / name):
+            return AutoModelForCausalLM.from_pretrained(self.path / name, use_safetensors=True)  # no pickle
 
     def load_modules(self, modules: dict[str, nn.Module], device: torch.device | str) -> None:
         for name, module in modules.items():
-            _load_module(module, self.path / f"{name}.safetensors", device)
+            with reading(self.path / f"{name}.safetensors"):
+                _load_module(module, self.path / f"{name}.safetensors", device)
 
     def load_engine(self, engine: Any) -> None:
-        engine.load_checkpoint(str(self.path / "deepspeed"), tag="state", load_module_strict=True)
+        folder = self.path / "deepspeed"
+        with reading(folder / "state"):
+            loaded, _ = engine.load_checkpoint(str(folder), tag="state", load_module_strict=True)
+            if loaded is None:
+                raise ValueError("DeepSpeed found no checkpoint in it")
+
+    def load_resume_files(
+        self, env: Any, n_envs: int
+    ) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, np.ndarray]] | None:
+        """Restore the env's episode state written by :func:`resume_files`; returns the last observation,
+        the episode starts and the rollout arrays (None when the checkpoint has no env state)."""
+        env_file, rollout_file = self.path / ENV_FILE, self.path / ROLLOUT_FILE
+        if not (env_file.is_file() and rollout_file.is_file()):
+            return None
+        with reading(env_file):
+            states = json.loads(env_file.read_text())
+            if not isinstance(states, list):
+                raise ValueError("expected a list with one state per env")
+        if len(states) != n_envs:
+            raise ValueError(
+                f"{env_file} holds {len(states)} environments, the env passed to load has {n_envs}; "
+                "load with the same number of envs to resume exactly"
+            )
+        with reading(env_file):
+            for index, state in enumerate(states):
+                env.env_method("load_state_dict", state, indices=[index])
+        with reading(rollout_file), np.load(rollout_file, allow_pickle=False) as data:
+            obs = {"input_ids": data["input_ids"], "attention_mask": data["attention_mask"]}
+            arrays = {key: data[key] for key in data.files}
+        return obs, arrays["episode_starts"], arrays
 
     def restore_rng(self) -> None:
-        rng = json.loads((self.path / RNG_FILE).read_text())
-        version, internal, gauss = rng["python"]
+        with reading(self.path / RNG_FILE):
+            rng = json.loads((self.path / RNG_FILE).read_text())
+            version, internal, gauss = rng["python"]
+            name, keys, pos, has_gauss, cached = rng["numpy"]
+            torch_state = torch.tensor(rng["torch"], dtype=torch.uint8)
         random.setstate((version, tuple(internal), gauss))
-        name, keys, pos, has_gauss, cached = rng["numpy"]
         np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
-        torch.set_rng_state(torch.tensor(rng["torch"], dtype=torch.uint8))
+        torch.set_rng_state(torch_state)
 
 
 def read(path: Path, algo: str) -> SavedAgent:
@@ -180,7 +273,16 @@ def read(path: Path, algo: str) -> SavedAgent:
         raise FileNotFoundError(
             f"{str(path)!r} is not a saved agent (no {STATE_FILE}); pass the directory save() wrote"
         )
-    state = AgentState(**json.loads(state_file.read_text()))
+    with reading(state_file):
+        saved = json.loads(state_file.read_text())
+        fields = {f.name for f in dataclasses.fields(AgentState)}
+        if not isinstance(saved, dict) or set(saved) != fields:
+            raise ValueError(f"expected an object with the keys {sorted(fields)}")
+        state = AgentState(**saved)
+        for part, keys in (("settings", SETTINGS_KEYS), ("counters", COUNTER_KEYS)):
+            value = getattr(state, part)
+            if not isinstance(value, dict) or not set(keys) <= set(value):
+                raise ValueError(f"{part!r} must be an object with the keys {list(keys)}")
     if state.algo != algo:
         raise ValueError(f"{str(path)!r} holds a {state.algo} agent; load it with {state.algo}.load")
     return SavedAgent(path, state)

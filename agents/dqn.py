@@ -291,9 +291,7 @@ class DQN(TextAlgorithm):
                 penalty = q_learning.conservative_penalty(q[rows, positions], ref_logprobs)
                 loss = td_loss + cfg.conservative_coef * penalty
                 penalties.append(penalty.item())
-            self._check_finite(loss)
-            self.engine.backward(loss)
-            self.engine.step()
+            self._gradient_step(loss)
             self._n_updates += 1
             losses.append(loss.item())
             td_losses.append(td_loss.item())
@@ -343,6 +341,7 @@ class DQN(TextAlgorithm):
                 if steps > 0:
                     self.train(steps, cfg.batch_size)
                     self._step_cache = StepCache()  # cached K/V were computed with the old weights
+                    self._reference_cache = StepCache()  # rebuilt like it, so a resumed run matches
             if log_interval and self._episode_num - last_dump >= log_interval:
                 self._dump_logs()
                 last_dump = self._episode_num

@@ -120,9 +120,7 @@ class PPO(TextAlgorithm):
                 )
                 entropy = masked_mean(ev.entropy, mb_mask)
                 loss = pg_loss + cfg.vf_coef * value_loss - cfg.ent_coef * entropy
-                self._check_finite(loss)
-                self.engine.backward(loss)
-                self.engine.step()
+                self._gradient_step(loss)
                 pg_losses.append(pg_loss.item())
                 value_losses.append(value_loss.item())
                 entropies.append(entropy.item())

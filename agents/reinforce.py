@@ -116,9 +116,7 @@ class REINFORCE(TextAlgorithm):
             assert ev.entropy is not None
             entropy = masked_mean(ev.entropy, mb_mask)
             loss = -masked_mean(advantages[mb, None] * ev.logprobs, mb_mask) - cfg.ent_coef * entropy
-            self._check_finite(loss)
-            self.engine.backward(loss)
-            self.engine.step()
+            self._gradient_step(loss)
             losses.append(loss.item())
             entropies.append(entropy.item())
         self._n_updates += 1

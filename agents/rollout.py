@@ -96,6 +96,25 @@ class RolloutCollector:
         """Forget the running episodes (e.g. after the env was reset): rows rejoin at their next episode."""
         self.tracked[:] = False
 
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """The running episodes' statistics, for a checkpoint (see ``TextAlgorithm._resume_files``)."""
+        return {
+            "tracked": self.tracked,
+            "step_logprobs": self.step_logprobs,
+            "step_values": self.step_values,
+            "has_stats": np.array(self.has_stats),
+        }
+
+    def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        if arrays["tracked"].shape != self.tracked.shape:
+            raise ValueError(
+                f"the saved rollout has {len(arrays['tracked'])} env rows, this agent {len(self.tracked)}"
+            )
+        self.tracked = arrays["tracked"].astype(bool)
+        self.step_logprobs = arrays["step_logprobs"].astype(np.float32)
+        self.step_values = arrays["step_values"].astype(np.float32)
+        self.has_stats = bool(arrays["has_stats"])
+
     # ---- one env step -------------------------------------------------------------------------------------
     def record(
         self,

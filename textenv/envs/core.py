@@ -307,11 +307,68 @@ class TextGenCore:
         }
 
 
+def _encode_state(value: Any) -> Any:
+    """A JSON-able form of one piece of episode state (see :meth:`CoreAttributes.state_dict`)."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.random.Generator):
+        return value.bit_generator.state
+    if isinstance(value, PromptSampler):
+        return [value.index, value.remaining]
+    if isinstance(value, CoreAttributes):
+        return value.state_dict()
+    if isinstance(value, list):
+        return [_encode_state(item) for item in value]
+    if isinstance(value, (np.integer, np.bool_)):
+        return value.item()
+    return value
+
+
+def _decode_state(saved: Any, current: Any) -> Any:
+    """``saved`` turned back into the type of ``current`` (restored in place where it is an object)."""
+    if isinstance(current, np.ndarray):
+        restored = np.asarray(saved, dtype=current.dtype)
+        if restored.shape != current.shape:
+            raise ValueError(f"saved env state has shape {restored.shape}, the env {current.shape}")
+        return restored
+    if isinstance(current, np.random.Generator):
+        generator = np.random.Generator(np.random.PCG64())
+        generator.bit_generator.state = saved
+        return generator
+    if isinstance(current, PromptSampler):
+        current.index, current.remaining = int(saved[0]), int(saved[1])
+        return current
+    if isinstance(current, CoreAttributes):
+        current.load_state_dict(saved)
+        return current
+    if isinstance(current, list):
+        if len(saved) != len(current):
+            raise ValueError(f"saved env state holds {len(saved)} rows, the env {len(current)}")
+        return [_decode_state(item, now) for item, now in zip(saved, current, strict=True)]
+    return type(current)(saved) if current is not None else saved
+
+
 class CoreAttributes:
-    """Exposes the core's settings on an environment (``env.unwrapped.tokenizer`` and friends)."""
+    """Exposes the core's settings on an environment (``env.unwrapped.tokenizer`` and friends), and its
+    episode state (:meth:`state_dict`), which an agent's checkpoint stores so that a resumed run continues
+    the very episodes and prompt draws of the one it resumes."""
 
     core: TextGenCore
     metadata: dict[str, Any]
+    state_fields: tuple[str, ...] = ()
+    """The attributes that hold episode state: RNGs, prompt samplers, the running episodes."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """The episode state as JSON-able data (RNG states, sampler positions, running episodes)."""
+        return {name: _encode_state(getattr(self, name)) for name in self.state_fields}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (from an env made with the same arguments)."""
+        missing = [name for name in self.state_fields if name not in state]
+        if missing:
+            raise ValueError(f"saved env state lacks {missing}; it comes from another kind of env")
+        for name in self.state_fields:
+            setattr(self, name, _decode_state(state[name], getattr(self, name)))
 
     def _setup_core(self, render_mode: str | None, *core_args: Any) -> None:
         """Check ``render_mode`` against ``metadata`` and build the shared core from the env's arguments."""

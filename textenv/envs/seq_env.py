@@ -60,6 +60,8 @@ class TextGenSeqEnv(CoreAttributes, gym.Env):
 
     metadata = {"render_modes": ["ansi", "human"], "render_fps": 4}
 
+    state_fields = ("_np_random", "_sampler", "_index", "_completion", "_done")
+
     def __init__(
         self,
         model: str | Path | None = None,
@@ -153,6 +155,8 @@ class TextGenSeqVectorEnv(CoreAttributes, VectorEnv):
     """
 
     metadata = {"render_modes": ["ansi", "human"], "autoreset_mode": AutoresetMode.SAME_STEP}
+
+    state_fields = ("envs", "_started")
 
     def __init__(self, num_envs: int = 1, **kwargs: Any) -> None:
         if not isinstance(num_envs, (int, np.integer)) or isinstance(num_envs, bool) or num_envs < 1:

@@ -73,6 +73,8 @@ class TextGenEnv(CoreAttributes, gym.Env):
 
     metadata = {"render_modes": ["ansi", "human"], "render_fps": 4}
 
+    state_fields = ("_np_random", "_sampler", "_input_ids", "_attention_mask", "_index", "_length", "_done")
+
     def __init__(
         self,
         model: str | Path | None = None,

@@ -45,6 +45,8 @@ class TextGenVectorEnv(CoreAttributes, VectorEnv):
 
     metadata = {"render_modes": ["ansi", "human"], "autoreset_mode": AutoresetMode.SAME_STEP}
 
+    state_fields = ("_rngs", "_samplers", "_input_ids", "_attention_mask", "_indices", "_lengths", "_started")
+
     def __init__(
         self,
         num_envs: int = 1,
