@@ -168,6 +168,11 @@ class TextAlgorithm(BaseAlgorithm):
         mask = torch.as_tensor(np.asarray(obs["attention_mask"]), device=self.device).long()
         return ids, mask
 
+    def _obs_batch(self, obs: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """(B, T) ids and mask of ``predict``'s observation, and whether it was a single (T,) one."""
+        ids, mask = self._obs_tensors(obs)
+        return (ids[None], mask[None], True) if ids.dim() == 1 else (ids, mask, False)
+
     def _generate(self, ids: torch.Tensor, mask: torch.Tensor, deterministic: bool) -> torch.Tensor:
         """Sequence-level action: (B, N) completion ids; see :func:`agents.policy.generate_completions`."""
         n_new, n_actions, pad, eos = self.max_new_tokens, self.n_actions, self.pad_token_id, self.eos_token_id
@@ -182,10 +187,7 @@ class TextAlgorithm(BaseAlgorithm):
         deterministic: bool = False,
     ) -> tuple[np.ndarray, Any]:
         """SB3's predict. ``state`` is the opaque per-env KV cache (None: a fresh one); pass it back."""
-        ids, mask = self._obs_tensors(observation)
-        single = ids.dim() == 1
-        if single:
-            ids, mask = ids[None], mask[None]  # (1, T)
+        ids, mask, single = self._obs_batch(observation)
         if not self.token_level:
             actions = self._generate(ids, mask, deterministic).cpu().numpy()
             return (actions[0] if single else actions), None
@@ -408,9 +410,6 @@ class TextAlgorithm(BaseAlgorithm):
             },
             extra={"kl_ctl": self.kl_ctl.state_dict() if self.kl_ctl else None, **self._extra_state()},
         )
-
-    def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "engine", "reference", "rollout", "rollout_batch"]
 
     # override: a checkpoint is a directory, so no file objects (SB3's save also takes a BufferedIOBase)
     def save(self, path: str | os.PathLike, exclude: Any = None, include: Any = None) -> None:  # type: ignore[override]  # noqa: ARG002

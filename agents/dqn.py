@@ -231,10 +231,7 @@ class DQN(TextAlgorithm):
         deterministic: bool = False,
     ) -> tuple[np.ndarray, Any]:
         """Greedy Q tokens (``deterministic``) or exploring ones; ``state`` is the pair of KV caches."""
-        ids, mask = self._obs_tensors(observation)
-        single = ids.dim() == 1
-        if single:
-            ids, mask = ids[None], mask[None]  # (1, T)
+        ids, mask, single = self._obs_batch(observation)
         q_cache, ref_cache = state if isinstance(state, tuple) else (StepCache(), StepCache())
         q, _ = cached_step(self.policy, ids, mask, self.prompt_len, q_cache)
         actions = self._choose(q, ids, mask, ref_cache, greedy=deterministic).cpu().numpy()

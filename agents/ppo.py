@@ -22,7 +22,7 @@ from agents.config import PolicyGradientConfig
 from agents.losses import compute_gae, masked_mean, masked_whiten, ppo_clip_loss, value_clip_loss
 from agents.policy import evaluate_completions
 from agents.rollout import minibatches
-from agents.scoring import score_batch
+from agents.scoring import score_rollout
 
 
 @dataclass
@@ -85,14 +85,9 @@ class PPO(TextAlgorithm):
 
     def train(self) -> None:
         cfg, n_new, n_actions, kl_ctl = self.config, self.max_new_tokens, self.n_actions, self.kl_ctl
-        batch = self.rollout_batch
-        assert batch is not None and kl_ctl is not None
-        recompute = self.rollout_copy is not None
-        shared_groups = batch.group_ids if self.group_size > 1 else None  # compute each prompt once
-        chunk, sampling = cfg.minibatch_size, self.sampling
-        scored = score_batch(
-            batch, self.policy, self.reference, n_new, n_actions, chunk, sampling, recompute, shared_groups
-        )
+        assert kl_ctl is not None
+        batch, scored, shared_groups = score_rollout(self)  # shared_groups: prompts computed once per group
+        sampling = self.sampling
         mask = batch.gen_mask  # (E, N)
         token_rewards = -kl_ctl.value * scored.kl  # (E, N)
         last = (mask.sum(-1).long() - 1).clamp(min=0)  # (E,) index of each episode's last token

@@ -26,7 +26,7 @@ from agents.config import PolicyGradientConfig
 from agents.losses import masked_mean
 from agents.policy import evaluate_completions
 from agents.rollout import minibatches
-from agents.scoring import score_batch
+from agents.scoring import score_rollout
 
 BASELINES = ("moving_average", "rloo")
 
@@ -85,14 +85,9 @@ class REINFORCE(TextAlgorithm):
 
     def train(self) -> None:
         cfg, n_new, n_actions, kl_ctl = self.config, self.max_new_tokens, self.n_actions, self.kl_ctl
-        batch = self.rollout_batch
-        assert batch is not None and kl_ctl is not None
-        recompute = self.rollout_copy is not None
-        shared_groups = batch.group_ids if self.group_size > 1 else None  # compute each prompt once
-        chunk, sampling = cfg.minibatch_size, self.sampling
-        scored = score_batch(
-            batch, self.policy, self.reference, n_new, n_actions, chunk, sampling, recompute, shared_groups
-        )
+        assert kl_ctl is not None
+        batch, scored, shared_groups = score_rollout(self)  # shared_groups: prompts computed once per group
+        sampling = self.sampling
         mask = batch.gen_mask  # (E, N)
         returns = batch.rewards - kl_ctl.value * scored.kl.sum(-1)  # (E,)
         moving = self.baseline_value if self.baseline_value is not None else float(returns.mean())

@@ -7,7 +7,7 @@ reference log-probs. Both go through :func:`agents.policy.evaluate_completions`.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -72,3 +72,24 @@ def score_batch(
     ref_all = torch.cat(ref_logprobs)[back]
     kl = kl_penalty(logprobs, ref_all, kind="kl") * batch.gen_mask  # (E, N)
     return ScoredBatch(logprobs, values, ref_all, kl, gap)
+
+
+def score_rollout(agent: Any) -> tuple[RolloutBatch, ScoredBatch, torch.Tensor | None]:
+    """A policy-gradient agent's rollout batch, scored before its update (:func:`score_batch` with the agent's
+    sampling, and recomputed on the update path when a rollout copy acted), and the group ids whose prompts
+    are computed once (None without prompt groups)."""
+    batch = agent.rollout_batch
+    assert batch is not None, "train() runs after collect_rollouts() has built the batch"
+    shared_groups = batch.group_ids if agent.group_size > 1 else None
+    scored = score_batch(
+        batch,
+        agent.policy,
+        agent.reference,
+        agent.max_new_tokens,
+        agent.n_actions,
+        agent.config.minibatch_size,
+        agent.sampling,
+        recompute=agent.rollout_copy is not None,
+        shared_groups=shared_groups,
+    )
+    return batch, scored, shared_groups

@@ -14,7 +14,7 @@ import torch
 import textenv  # noqa: F401  (registers the envs)
 from agents import PPO, REINFORCE
 from agents.policy import completion_logits, evaluate_completions, process_logits
-from agents.scoring import score_batch
+from agents.scoring import score_rollout
 
 
 def make_env(kind: str = "TextGen-v0") -> gym.vector.VectorEnv:
@@ -32,18 +32,7 @@ def first_rollout(agent):  # noqa: ANN001, ANN201
     """One rollout and its pre-update scoring, exactly as ``train()`` starts."""
     _, callback = agent._setup_learn(total_timesteps=10**6)
     assert agent.collect_rollouts(agent.env, callback)
-    batch = agent.rollout_batch
-    recompute = agent.rollout_copy is not None
-    scored = score_batch(
-        batch,
-        agent.policy,
-        agent.reference,
-        agent.max_new_tokens,
-        agent.n_actions,
-        8,
-        agent.sampling,
-        recompute,
-    )
+    batch, scored, _ = score_rollout(agent)
     return batch, scored
 
 
