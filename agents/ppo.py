@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from agents.base import TextAlgorithm
@@ -22,7 +21,7 @@ from agents.config import PolicyGradientConfig
 from agents.losses import compute_gae, masked_mean, masked_whiten, ppo_clip_loss, value_clip_loss
 from agents.policy import evaluate_completions
 from agents.rollout import minibatches
-from agents.scoring import score_rollout
+from agents.scoring import finish_update, score_rollout
 
 
 @dataclass
@@ -128,15 +127,6 @@ class PPO(TextAlgorithm):
             if not continue_training:
                 break
 
-        episode_kl = float(scored.kl.sum(-1).mean())
-        kl_ctl.update(episode_kl, n_steps=count)
-        self.logger.record("rollout/kl", episode_kl)
-        if scored.rollout_gap is not None:
-            self.logger.record("train/rollout_logprob_gap", scored.rollout_gap)
-        self.logger.record("train/policy_loss", float(np.mean(pg_losses)))
-        self.logger.record("train/value_loss", float(np.mean(value_losses)))
-        self.logger.record("train/entropy", float(np.mean(entropies)))
-        self.logger.record("train/clip_fraction", float(np.mean(clip_fractions)))
-        self.logger.record("train/approx_kl", float(np.mean(approx_kls)))
-        self.logger.record("train/kl_coef", kl_ctl.value)
-        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        stats = {"policy_loss": pg_losses, "value_loss": value_losses, "entropy": entropies}
+        stats |= {"clip_fraction": clip_fractions, "approx_kl": approx_kls}
+        finish_update(self.logger, kl_ctl, scored, count, self._n_updates, stats)

@@ -18,7 +18,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
 from agents.base import TextAlgorithm
@@ -26,7 +25,7 @@ from agents.config import PolicyGradientConfig
 from agents.losses import masked_mean
 from agents.policy import evaluate_completions
 from agents.rollout import minibatches
-from agents.scoring import score_rollout
+from agents.scoring import finish_update, score_rollout
 
 BASELINES = ("moving_average", "rloo")
 
@@ -116,16 +115,8 @@ class REINFORCE(TextAlgorithm):
             entropies.append(entropy.item())
         self._n_updates += 1
 
-        episode_kl = float(scored.kl.sum(-1).mean())
-        kl_ctl.update(episode_kl, n_steps=count)
-        self.logger.record("rollout/kl", episode_kl)
-        if scored.rollout_gap is not None:
-            self.logger.record("train/rollout_logprob_gap", scored.rollout_gap)
-        self.logger.record("train/policy_loss", float(np.mean(losses)))
-        self.logger.record("train/entropy", float(np.mean(entropies)))
-        self.logger.record("train/baseline", float(baseline.mean()))
-        self.logger.record("train/kl_coef", kl_ctl.value)
-        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        stats = {"policy_loss": losses, "entropy": entropies, "baseline": float(baseline.mean())}
+        finish_update(self.logger, kl_ctl, scored, count, self._n_updates, stats)
 
     def _extra_state(self) -> dict[str, Any]:
         return {"baseline_value": self.baseline_value}

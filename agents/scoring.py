@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 
 from agents.losses import kl_penalty
@@ -93,3 +94,19 @@ def score_rollout(agent: Any) -> tuple[RolloutBatch, ScoredBatch, torch.Tensor |
         shared_groups=shared_groups,
     )
     return batch, scored, shared_groups
+
+
+def finish_update(
+    logger: Any, kl_ctl: Any, scored: ScoredBatch, episodes: int, n_updates: int, stats: dict[str, Any]
+) -> None:
+    """After a policy-gradient update: move the adaptive KL coefficient by the rollout's mean episode KL and
+    log it, the rollout-copy gap (if any) and ``stats`` (``train/<name>``: the mean of a list, or a value)."""
+    episode_kl = float(scored.kl.sum(-1).mean())
+    kl_ctl.update(episode_kl, n_steps=episodes)
+    logger.record("rollout/kl", episode_kl)
+    if scored.rollout_gap is not None:
+        logger.record("train/rollout_logprob_gap", scored.rollout_gap)
+    for name, value in stats.items():
+        logger.record(f"train/{name}", float(np.mean(value)))
+    logger.record("train/kl_coef", kl_ctl.value)
+    logger.record("train/n_updates", n_updates, exclude="tensorboard")

@@ -28,10 +28,11 @@ from rewards.fitting import TrainConfig, train_classifier, train_preference
 from rewards.models import ClassifierRewardModel, PreferenceRewardModel, ScalarRewardModel
 from rewards.sentiment import VaderSentiment
 from rewards.similarity import BLEU, ChrF, EmbeddingSimilarity, RougeL
-from rewards.validation import check_batch, check_scores
+from rewards.validation import CheckedReward, check_batch, check_scores
 
 __all__ = [
     "BLEU",
+    "CheckedReward",
     "MINILM",
     "ChrF",
     "ClassifierRewardModel",

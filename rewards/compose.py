@@ -8,14 +8,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rewards.validation import check_batch, check_reward, check_scores, check_setting
+from rewards.validation import CheckedReward, check_reward, check_scores, check_setting
 
 Reward = Callable[..., np.ndarray]
 """A reward: ``reward(prompts, completions, references=None) -> np.ndarray`` (float32, one per sample)."""
 
 
 @dataclass
-class WeightedSum:
+class WeightedSum(CheckedReward):
     """``sum_k weights[k] * rewards[k](prompts, completions, references)``, per sample.
 
     Each part's output is checked (shape, finite) before it is summed, so a bad part is named in the error.
@@ -59,20 +59,14 @@ class WeightedSum:
         if not all(math.isfinite(weight) for weight in self.weights):
             raise ValueError(f"weights={self.weights} must all be finite numbers")
 
-    def __call__(
-        self,
-        prompts: Sequence[str],
-        completions: Sequence[str],
-        references: Sequence[str | None] | None = None,
+    def scores(
+        self, prompts: list[str], completions: list[str], references: list[str | None] | None
     ) -> np.ndarray:
-        prompt_list, completion_list, reference_list = check_batch(prompts, completions, references)
-        total = np.zeros(len(completion_list), dtype=np.float64)
+        total = np.zeros(len(completions), dtype=np.float64)
         for index, (reward, weight) in enumerate(zip(self.rewards, self.weights or (), strict=True)):
             name = f"WeightedSum part {index} ({getattr(reward, '__name__', type(reward).__name__)})"
-            total += weight * check_scores(
-                reward(prompt_list, completion_list, reference_list), len(total), name
-            )
-        return check_scores(total, len(completion_list), type(self).__name__)
+            total += weight * check_scores(reward(prompts, completions, references), len(total), name)
+        return total
 
 
 def _iterable(value: object) -> bool:
@@ -88,7 +82,7 @@ def _units(text: str, unit: str) -> list[str]:
 
 
 @dataclass
-class LengthPenalty:
+class LengthPenalty(CheckedReward):
     """``-|len_i - target_length| / target_length``: 0 at the target length, -1 for an empty completion.
 
     Length counts whitespace-separated words (``unit="word"``) or characters (``unit="char"``).
@@ -109,20 +103,15 @@ class LengthPenalty:
         if self.unit not in ("word", "char"):
             raise ValueError(f"unit={self.unit!r} is not known; use 'word' or 'char'")
 
-    def __call__(
-        self,
-        prompts: Sequence[str],
-        completions: Sequence[str],
-        references: Sequence[str | None] | None = None,
+    def scores(
+        self, prompts: list[str], completions: list[str], references: list[str | None] | None
     ) -> np.ndarray:
-        _, completion_list, _ = check_batch(prompts, completions, references)
-        lengths = np.array([len(_units(text, self.unit)) for text in completion_list], dtype=np.float64)
-        scores = -np.abs(lengths - self.target_length) / self.target_length
-        return check_scores(scores, len(completion_list), type(self).__name__)
+        lengths = np.array([len(_units(text, self.unit)) for text in completions], dtype=np.float64)
+        return -np.abs(lengths - self.target_length) / self.target_length
 
 
 @dataclass
-class RepetitionPenalty:
+class RepetitionPenalty(CheckedReward):
     """``-(1 - distinct n-grams / total n-grams)`` per completion: 0 without repeats, towards -1 with many.
 
     n-grams are over lowercased words (``unit="word"``) or characters. A completion with fewer than ``n``
@@ -144,17 +133,13 @@ class RepetitionPenalty:
         if self.unit not in ("word", "char"):
             raise ValueError(f"unit={self.unit!r} is not known; use 'word' or 'char'")
 
-    def __call__(
-        self,
-        prompts: Sequence[str],
-        completions: Sequence[str],
-        references: Sequence[str | None] | None = None,
+    def scores(
+        self, prompts: list[str], completions: list[str], references: list[str | None] | None
     ) -> np.ndarray:
-        _, completion_list, _ = check_batch(prompts, completions, references)
-        scores = np.zeros(len(completion_list), dtype=np.float64)
-        for index, text in enumerate(completion_list):
+        scores = np.zeros(len(completions), dtype=np.float64)
+        for index, text in enumerate(completions):
             units = _units(text.lower(), self.unit)
             ngrams = [tuple(units[start : start + self.n]) for start in range(len(units) - self.n + 1)]
             if ngrams:
                 scores[index] = -(1.0 - len(set(ngrams)) / len(ngrams))
-        return check_scores(scores, len(completion_list), type(self).__name__)
+        return scores

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rewards.validation import check_batch, check_scores, check_setting, require_references
+from rewards.validation import CheckedReward, check_setting, require_references
 
 
 @dataclass
-class ErrorRate:
+class ErrorRate(CheckedReward):
     """Negative word (or character) error rate of each completion against its reference.
 
     Per sample ``R_i = -E_i`` with ``E_i = (substitutions + deletions + insertions) / len(reference_i)``,
@@ -84,14 +84,7 @@ class ErrorRate:
             dtype=np.float64,
         )
 
-    def __call__(
-        self,
-        prompts: Sequence[str],
-        completions: Sequence[str],
-        references: Sequence[str | None] | None = None,
+    def scores(
+        self, prompts: list[str], completions: list[str], references: list[str | None] | None
     ) -> np.ndarray:
-        _, completion_list, reference_list = check_batch(prompts, completions, references)
-        needed = require_references(reference_list, type(self).__name__)
-        return check_scores(
-            -self.error_rates(completion_list, needed), len(completion_list), type(self).__name__
-        )
+        return -self.error_rates(completions, require_references(references, type(self).__name__))

@@ -27,14 +27,14 @@ import numpy as np
 
 from rewards.encoder import MINILM, default_pooling, forward_pooled, load_backbone, tokenize
 from rewards.storage import atomic_directory
-from rewards.validation import check_batch, check_scores, check_setting
+from rewards.validation import CheckedReward, check_setting
 
 CONFIG_NAME = "reward_model.json"
 HEAD_NAME = "head.safetensors"
 ModelT = TypeVar("ModelT", bound="ScalarRewardModel")
 
 
-class ScalarRewardModel:
+class ScalarRewardModel(CheckedReward):
     """Backbone + ``Linear(hidden, 1)`` head over pooled token states; base of the two reward models below.
 
     Build a fresh (untrained) one with :meth:`create`, a trained one with :meth:`load` or
@@ -136,16 +136,10 @@ class ScalarRewardModel:
         self.train(was_training)
         return scores
 
-    def __call__(
-        self,
-        prompts: Sequence[str],
-        completions: Sequence[str],
-        references: Sequence[str | None] | None = None,
+    def scores(
+        self, prompts: list[str], completions: list[str], references: list[str | None] | None
     ) -> np.ndarray:
-        prompt_list, completion_list, _ = check_batch(prompts, completions, references)
-        return check_scores(
-            self.score(prompt_list, completion_list), len(completion_list), type(self).__name__
-        )
+        return self.score(prompts, completions)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the model to directory ``path`` atomically with :func:`rewards.storage.atomic_directory`."""

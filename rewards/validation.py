@@ -222,3 +222,30 @@ def check_setting(name: str, value: Any, kind: str, example: str) -> None:
     description, types = _KINDS[kind]
     if not isinstance(value, types) or (kind in ("int", "real") and isinstance(value, (bool, np.bool_))):
         raise TypeError(f"{name}={value!r} must be {description}, e.g. {name}={example}")
+
+
+class CheckedReward:
+    """Base of the built-in reward classes: ``__call__`` checks the batch (:func:`check_batch`), asks
+    :meth:`scores` for one value per sample and checks them (:func:`check_scores`), so each reward only
+    says how it scores.
+
+    >>> class Length(CheckedReward):
+    ...     def scores(self, prompts, completions, references):
+    ...         return [len(c) for c in completions]
+    >>> Length()(["p", "q"], ["ab", ""]).tolist()
+    [2.0, 0.0]
+    """
+
+    def __call__(
+        self,
+        prompts: Sequence[str],
+        completions: Sequence[str],
+        references: Sequence[str | None] | None = None,
+    ) -> np.ndarray:
+        prompt_list, completion_list, reference_list = check_batch(prompts, completions, references)
+        scores = self.scores(prompt_list, completion_list, reference_list)
+        return check_scores(scores, len(completion_list), type(self).__name__)
+
+    def scores(self, prompts: list[str], completions: list[str], references: list[str | None] | None) -> Any:
+        """One score per completion, for inputs that :func:`check_batch` already checked."""
+        raise NotImplementedError
