@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> tuple[float, float]:
 
     start = time.perf_counter()
     iterations = args.iterations or 10_000
-    clock = TimeBudget(args.minutes * 60)
+    clock = TimeBudget(float("inf") if args.iterations else args.minutes * 60)  # iterations replace minutes
     budget = [*run.make_callbacks(f"{iterations}it", {}), clock]
     steps = run.step_cap(iterations, args.episodes_per_rollout, args.num_envs, args.max_new_tokens)
     agent.learn(total_timesteps=steps, callback=budget, tb_log_name="ppo", progress_bar=args.iterations > 0)
