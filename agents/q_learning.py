@@ -16,7 +16,7 @@ episode end), and the bootstrap V(s) is, per target:
 
   - epsilon-greedy: ``mu = (1 - eps) * onehot(argmax_a Q(s, a)) + eps * pi_explore(.|s)``, where
     ``pi_explore`` is the distribution exploration samples from: the softmax of the reference LM's logits at s
-    after its ``temperature``, ``top_k`` and ``top_p`` warpers (not a uniform distribution);
+    after its ``temperature``, ``top_k`` and ``top_p`` filters (not a uniform distribution);
   - Boltzmann: ``mu = softmax(Q(s, .) / temperature)``.
 
   With eps = 0 it equals ``double_q``.
@@ -42,13 +42,13 @@ value x (eps, or the temperature for Boltzmann) after t env steps (tokens summed
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from stable_baselines3.common.utils import LinearSchedule
-from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+from agents.policy import PLAIN_SAMPLING, Sampling, process_logits
 
 TARGETS = ("double_q", "q_learning", "sarsa", "expected_sarsa")
 EXPLORATIONS = ("epsilon_greedy", "boltzmann")
@@ -173,10 +173,10 @@ def episode_td_targets(
 
 
 def epsilon_greedy(
-    q: torch.Tensor, ref_logits: torch.Tensor, epsilon: float, warpers: Sequence[Any] = ()
+    q: torch.Tensor, ref_logits: torch.Tensor, epsilon: float, sampling: Sampling = PLAIN_SAMPLING
 ) -> torch.Tensor:
-    """(B,) tokens: with probability ``epsilon`` a sample of the reference LM's (B, V) ``ref_logits`` (after
-    the transformers logits ``warpers``, e.g. top-k / top-p), else the greedy token argmax of (B, V) ``q``.
+    """(B,) tokens: with probability ``epsilon`` a sample of the reference LM's (B, V) ``ref_logits`` (under
+    ``sampling``: temperature, top-k, top-p), else the greedy token argmax of (B, V) ``q``.
 
     >>> epsilon_greedy(torch.tensor([[0.0, 2.0, 1.0]]), torch.zeros(1, 3), epsilon=0.0)
     tensor([1])
@@ -184,35 +184,21 @@ def epsilon_greedy(
     greedy = q.argmax(-1)  # (B,)
     if epsilon <= 0:
         return greedy
-    sampled = torch.distributions.Categorical(logits=explore_logits(ref_logits, warpers)).sample()
+    sampled = torch.distributions.Categorical(logits=process_logits(ref_logits, sampling)).sample()
     explore = torch.rand(len(greedy), device=greedy.device) < epsilon
     return torch.where(explore, sampled, greedy)
 
 
-def explore_logits(ref_logits: torch.Tensor, warpers: Sequence[Any] = ()) -> torch.Tensor:
-    """The float32 logits of pi_explore: the reference LM's (..., V) ``ref_logits`` after the transformers
-    logits ``warpers`` (temperature, top-k, top-p; they see the states flattened to (states, V)).
-
-    >>> explore_logits(torch.tensor([[[1.0, 3.0, 2.0]]]), [TopKLogitsWarper(2)])
-    tensor([[[-inf, 3., 2.]]])
-    """
-    logits = ref_logits.float()
-    flat = logits.reshape(-1, logits.shape[-1])  # (states, V)
-    for warper in warpers:
-        flat = warper(None, flat)
-    return flat.reshape(logits.shape)
-
-
 def epsilon_greedy_probs(
-    q: torch.Tensor, ref_logits: torch.Tensor, epsilon: float, warpers: Sequence[Any] = ()
+    q: torch.Tensor, ref_logits: torch.Tensor, epsilon: float, sampling: Sampling = PLAIN_SAMPLING
 ) -> torch.Tensor:
     """(..., V) probabilities of :func:`epsilon_greedy`'s behaviour policy:
-    ``(1 - epsilon) * onehot(argmax q) + epsilon * softmax(explore_logits(ref_logits, warpers))``.
+    ``(1 - epsilon) * onehot(argmax q) + epsilon * softmax(process_logits(ref_logits, sampling))``.
 
     >>> epsilon_greedy_probs(torch.tensor([[0.0, 2.0]]), torch.zeros(1, 2), epsilon=0.5)
     tensor([[0.2500, 0.7500]])
     """
-    probs = epsilon * torch.softmax(explore_logits(ref_logits, warpers), -1)
+    probs = epsilon * torch.softmax(process_logits(ref_logits, sampling), -1)
     greedy = q.argmax(-1, keepdim=True)  # (..., 1)
     return probs.scatter_add(-1, greedy, torch.full_like(greedy, 1.0 - epsilon, dtype=probs.dtype))
 
@@ -267,7 +253,8 @@ class Exploration:
     ``value`` is the current epsilon, or the temperature for ``boltzmann``, on its way from ``initial`` to
     ``final``. ``horizon`` is T of the linear schedule: :meth:`update` at step 0 sets it, a checkpoint keeps
     it. ``temperature``, ``top_k`` and ``top_p`` (0 and 1.0: off) turn the reference LM's logits into
-    pi_explore. The settings are checked on construction, with messages that name
+    pi_explore (:attr:`sampling`, applied by :func:`agents.policy.process_logits` as in the rollouts). The
+    settings are checked on construction, with messages that name
     :class:`~agents.dqn.DQNConfig` fields.
 
     >>> explore = Exploration("epsilon_greedy", initial=1.0, final=0.0, schedule="linear", fraction=0.5)
@@ -288,7 +275,7 @@ class Exploration:
     top_p: float = 1.0
     horizon: int | None = None
     value: float = field(init=False)
-    warpers: list[Any] = field(init=False, repr=False)
+    sampling: Sampling = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         choices = {
@@ -313,9 +300,7 @@ class Exploration:
             if wrong:
                 raise ValueError(message)
         self.value = self.initial
-        self.warpers = [TemperatureLogitsWarper(self.temperature)] if self.temperature != 1 else []
-        self.warpers += [TopKLogitsWarper(self.top_k)] if self.top_k else []
-        self.warpers += [TopPLogitsWarper(self.top_p)] if self.top_p < 1 else []
+        self.sampling = Sampling(self.temperature, self.top_k, self.top_p)
 
     @classmethod
     def from_config(cls, config: Any) -> Exploration:
@@ -349,11 +334,11 @@ class Exploration:
         if self.kind == "boltzmann":
             return boltzmann(q, self.value)
         assert ref_logits is not None, "epsilon-greedy exploration samples from the reference LM's logits"
-        return epsilon_greedy(q, ref_logits, self.value, self.warpers)
+        return epsilon_greedy(q, ref_logits, self.value, self.sampling)
 
     def behaviour_probs(self, q: torch.Tensor, ref_logits: torch.Tensor | None = None) -> torch.Tensor:
         """(..., V) behaviour-policy probabilities in each state of (..., V) ``q`` (and ``ref_logits``)."""
         if self.kind == "boltzmann":
             return boltzmann_probs(q, self.value)
         assert ref_logits is not None, "epsilon-greedy's behaviour policy needs the reference LM's logits"
-        return epsilon_greedy_probs(q, ref_logits, self.value, self.warpers)
+        return epsilon_greedy_probs(q, ref_logits, self.value, self.sampling)

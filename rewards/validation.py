@@ -150,7 +150,8 @@ def check_scores(scores: Any, batch_size: int, reward_name: str) -> np.ndarray:
     array = real_array(scores, reward_name)
     if array.ndim == 0 or array.reshape(-1).shape != (batch_size,):
         raise ValueError(
-            f"{reward_name} returned scores of shape {array.shape}; expected ({batch_size},), one per sample"
+            f"{reward_name} returned scores of shape {array.shape}; expected ({batch_size},): one score per "
+            "completion"
         )
     array = array.reshape(-1)
     bad = np.flatnonzero(~np.isfinite(array))

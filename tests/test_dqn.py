@@ -13,11 +13,11 @@ import torch
 from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback, EvalCallback
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.logger import Logger
-from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper
 
 import textenv  # noqa: F401  (registers the envs)
 from agents import q_learning
 from agents.dqn import DQN, DQNConfig
+from agents.policy import Sampling
 from agents.q_learning import (
     TARGETS,
     Exploration,
@@ -134,13 +134,13 @@ def test_each_target_by_hand() -> None:
 
 
 def test_behaviour_probs_are_what_exploration_samples() -> None:
-    """Expected SARSA's behaviour policy is the distribution acting samples from, warpers included."""
+    """Expected SARSA's behaviour policy is the distribution acting samples from, filters included."""
     torch.manual_seed(0)
     q = torch.tensor([[0.0, 3.0, 1.0, 2.0, 0.5]]).expand(40_000, 5)
     ref = torch.tensor([[1.0, 2.0, 0.0, 3.0, -1.0]]).expand(40_000, 5)
-    warpers = [TemperatureLogitsWarper(2.0), TopKLogitsWarper(3)]  # token 2 and 4 are never explored
-    counts = torch.bincount(epsilon_greedy(q, ref, 0.3, warpers), minlength=5) / 40_000
-    probs = epsilon_greedy_probs(q[:1], ref[:1], 0.3, warpers)[0]
+    sampling = Sampling(temperature=2.0, top_k=3)  # token 2 and 4 are never explored
+    counts = torch.bincount(epsilon_greedy(q, ref, 0.3, sampling), minlength=5) / 40_000
+    probs = epsilon_greedy_probs(q[:1], ref[:1], 0.3, sampling)[0]
     assert probs[2] == probs[4] == 0 and torch.allclose(counts, probs, atol=0.01), (counts, probs)
     counts = torch.bincount(boltzmann(q, temperature=2.0), minlength=5) / 40_000
     assert torch.allclose(counts, boltzmann_probs(q[:1], 2.0)[0], atol=0.01)
@@ -161,13 +161,9 @@ def test_exploration_schedules() -> None:
     assert explore.update(0, horizon=100) == 2.0 and explore.horizon == 100
     assert explore.update(50, horizon=60) == 1.25 and explore.horizon == 100  # a resumed learn keeps T
     assert explore.update(0, horizon=60) == 2.0 and explore.horizon == 60  # a learn that resets restarts it
-    assert Exploration("epsilon_greedy", 1.0, 0.0).warpers == []  # temperature 1, no top-k/top-p: no warpers
-    warpers = DQN.config_class(temperature=0.7, top_k=5, top_p=0.9)
-    assert [type(w).__name__ for w in Exploration.from_config(warpers).warpers] == [
-        "TemperatureLogitsWarper",
-        "TopKLogitsWarper",
-        "TopPLogitsWarper",
-    ]
+    assert Exploration("epsilon_greedy", 1.0, 0.0).sampling.unchanged  # temperature 1, no top-k/top-p
+    config = DQN.config_class(temperature=0.7, top_k=5, top_p=0.9)
+    assert Exploration.from_config(config).sampling == Sampling(temperature=0.7, top_k=5, top_p=0.9)
 
 
 # ---- replay buffer ---------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import numpy as np
 from gymnasium import spaces
 
 from rewards.sentiment import VaderSentiment
-from rewards.validation import check_reward, check_scores, real_array
+from rewards.validation import check_reward, check_scores
 from textenv.data import DatasetSource, PromptDataset, as_dataset
 from textenv.models import DEFAULT_MODEL, load_tokenizer, model_dir
 from textenv.tasks import DEFAULT_TASK, SPLITS, load_task
@@ -283,13 +283,8 @@ class TextGenCore:
         references = [e.reference for e in examples]
         name = "reward_fn " + getattr(self.reward_fn, "__name__", type(self.reward_fn).__name__)
         raw = self.reward_fn(prompts, completions, references)
-        scores = real_array(raw, name).reshape(-1)  # strings, complex numbers, bools: TypeError
-        if scores.shape != (len(completions),):
-            raise ValueError(
-                f"{name} returned {scores.size} values for {len(completions)} completions; "
-                "it must return exactly one score per completion."
-            )
-        return check_scores(scores, len(completions), name)  # NaN, inf, beyond float32: ValueError
+        # strings, complex numbers, bools: TypeError; a wrong count, NaN, inf, beyond float32: ValueError
+        return check_scores(raw, len(completions), name)
 
     def render_text(self, index: int, completion: str) -> str:
         """The prompt, then the completion so far after a marker, as shown by ``render()``."""
