@@ -33,7 +33,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from torch import nn
 from transformers import PreTrainedModel
 
-from agents import checkpoint, engine, run_logging
+from agents import checkpoint, run_logging
 from agents.config import AlgorithmConfig, PolicyGradientConfig
 from agents.layout import env_attr, load_lm, read_layout
 from agents.losses import AdaptiveKLController, logprobs_from_logits
@@ -50,6 +50,7 @@ from agents.policy import (
 from agents.precision import RolloutCopy
 from agents.rollout import RolloutBatch, RolloutCollector
 from agents.vec_env import wrap_vector_env
+from rewards import engine
 
 SelfTextAlgorithm = TypeVar("SelfTextAlgorithm", bound="TextAlgorithm")
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from agents.precision import PRECISIONS, ROLLOUT_PRECISIONS
+from agents.precision import ROLLOUT_PRECISIONS
+from rewards.engine import PRECISIONS
 
 
 def check_number(name: str, value: object, example: str) -> None:

@@ -1,7 +1,8 @@
 """Numeric precision of an agent: which dtype the network trains and acts in, chosen once at set-up.
 
 ``precision="auto"`` picks bf16 where the hardware runs it natively (CUDA GPUs with bf16 support; CPUs with
-AVX512-BF16 or AMX, detected at run time) and fp32 elsewhere. bf16 is DeepSpeed's own mode
+AVX512-BF16 or AMX, detected at run time) and fp32 elsewhere (:func:`rewards.engine.resolve_precision`).
+bf16 is DeepSpeed's own mode
 (``"bf16": {"enabled": true}``): the module computes in bf16, while the optimizer keeps fp32 master weights
 and fp32 Adam state. Log-softmax, log-probs, values, advantages and losses are always computed in float32 (the
 agents cast logits and values with ``.float()`` before any math).
@@ -13,9 +14,6 @@ carries over to ZeRO and to GPUs unchanged, and the rollout then acts on the ver
 
 ``rollout_precision="bf16"`` keeps a separate bf16 copy of the network for rollouts while training in fp32
 (the CPU analogue of DeepSpeed-Chat's Hybrid Engine): see :class:`RolloutCopy`.
-
->>> resolve_precision("fp32", torch.device("cpu"))
-'fp32'
 """
 
 from __future__ import annotations
@@ -26,30 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-PRECISIONS = ("auto", "bf16", "fp32")
 ROLLOUT_PRECISIONS = ("same", "bf16")
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` computes bf16 natively (CUDA with bf16; a CPU with AVX512-BF16 or AMX)."""
-    if device.type == "cuda":
-        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-    if device.type == "cpu":
-        cpu = torch.cpu
-        checks = [
-            getattr(cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-        ]
-        return any(bool(check()) for check in checks if check is not None)
-    return False
-
-
-def resolve_precision(setting: str, device: torch.device) -> str:
-    """``"bf16"`` or ``"fp32"`` for a ``precision`` setting on ``device``."""
-    if setting not in PRECISIONS:
-        raise ValueError(f"precision={setting!r} is not known; use one of {PRECISIONS}")
-    if setting == "auto":
-        return "bf16" if native_bf16(device) else "fp32"
-    return setting  # an explicit "bf16" also runs where bf16 is emulated (slowly)
 
 
 class RolloutCopy:

@@ -30,9 +30,10 @@ import torch
 import tyro
 
 import textenv  # noqa: F401  (registers the envs)
-from agents import PPO, engine
+from agents import PPO
 from agents.policy import position_ids_from_mask
 from benchmarks import provenance
+from rewards import engine
 from rewards.storage import atomic_write_text
 
 

@@ -43,7 +43,30 @@ from typing import Any
 
 import torch
 
-from agents.precision import resolve_precision
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 natively (CUDA with bf16; a CPU with AVX512-BF16 or AMX)."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        cpu = torch.cpu
+        checks = [
+            getattr(cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        ]
+        return any(bool(check()) for check in checks if check is not None)
+    return False
+
+
+def resolve_precision(setting: str, device: torch.device) -> str:
+    """``"bf16"`` or ``"fp32"`` for a ``precision`` setting on ``device``."""
+    if setting not in PRECISIONS:
+        raise ValueError(f"precision={setting!r} is not known; use one of {PRECISIONS}")
+    if setting == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    return setting  # an explicit "bf16" also runs where bf16 is emulated (slowly)
+
 
 CPU_DEFAULTS: dict[str, Any] = {
     "zero_optimization": {"stage": 0},
