@@ -21,7 +21,7 @@ import dataclasses
 import os
 import time
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -30,10 +30,9 @@ from gymnasium import spaces
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecEnv
-from torch import nn
 from transformers import PreTrainedModel
 
-from agents import checkpoint, run_logging
+from agents import run_logging
 from agents.config import AlgorithmConfig, PolicyGradientConfig
 from agents.layout import env_attr, load_lm, read_layout
 from agents.losses import AdaptiveKLController, logprobs_from_logits
@@ -49,13 +48,12 @@ from agents.policy import (
 )
 from agents.precision import RolloutCopy
 from agents.rollout import RolloutBatch, RolloutCollector
+from agents.saving import Checkpointing
 from agents.vec_env import wrap_vector_env
 from rewards import engine
 
-SelfTextAlgorithm = TypeVar("SelfTextAlgorithm", bound="TextAlgorithm")
 
-
-class TextAlgorithm(BaseAlgorithm):
+class TextAlgorithm(Checkpointing, BaseAlgorithm):  # type: ignore[misc]  # save/load take directories
     """Shared base of :class:`~agents.PPO`, :class:`~agents.REINFORCE` and :class:`~agents.DQN`; see the
     module docstring."""
 
@@ -377,122 +375,3 @@ class TextAlgorithm(BaseAlgorithm):
             "at the start of this update; the optimizer state is not usable, so save() refuses. Load the "
             "last checkpoint and lower learning_rate (or max_grad_norm)"
         )
-
-    # ---- checkpoints ---------------------------------------------------------------------------------------
-    def _extra_state(self) -> dict[str, Any]:
-        """Extension point: algorithm state (JSON-able) that a checkpoint must restore, e.g. a baseline."""
-        return {}
-
-    def _load_extra_state(self, state: dict[str, Any]) -> None:
-        """Extension point: restore what :meth:`_extra_state` returned."""
-
-    def _extra_modules(self) -> dict[str, nn.Module]:
-        """Extension point: networks besides the policy that a checkpoint holds, by file stem."""
-        return {}
-
-    def _checkpoint_state(self) -> checkpoint.AgentState:
-        """Everything :func:`agents.checkpoint.save` writes, handed over explicitly."""
-        ds_config = self.deepspeed_config
-        return checkpoint.AgentState(
-            algo=type(self).__name__,
-            config=dataclasses.asdict(self.config),
-            settings={
-                "seed": self.seed,
-                "model_source": str(self.model_source),
-                "max_new_tokens": self.max_new_tokens,
-                "deepspeed_config": ds_config
-                if isinstance(ds_config, (dict, type(None)))
-                else str(ds_config),
-            },
-            counters={
-                "num_timesteps": self.num_timesteps,
-                "n_updates": self._n_updates,
-                "episode_num": self._episode_num,
-            },
-            extra={"kl_ctl": self.kl_ctl.state_dict() if self.kl_ctl else None, **self._extra_state()},
-        )
-
-    # override: a checkpoint is a directory, so no file objects (SB3's save also takes a BufferedIOBase)
-    def save(self, path: str | os.PathLike, exclude: Any = None, include: Any = None) -> None:  # type: ignore[override]  # noqa: ARG002
-        """A resumable checkpoint directory: HF export (``model/``), reference, optimizer, counters, RNG."""
-        if self._diverged:
-            raise RuntimeError(
-                "this agent's training diverged (see the FloatingPointError it raised); its optimizer state "
-                "is not usable, so save() refuses. export() still writes the rolled-back weights"
-            )
-        bad = [name for name, p in self.policy.named_parameters() if not bool(torch.isfinite(p).all())]
-        if bad:
-            raise ValueError(
-                f"refusing to save non-finite (inf/NaN) weights, e.g. {bad[:3]}; load the last checkpoint"
-            )
-        checkpoint.save(
-            Path(path),
-            self._checkpoint_state(),
-            lms={"model": self.policy.lm, "reference": self.reference.lm},
-            modules={"value_head": self.policy.value_head, **self._extra_modules()},
-            engine=self.engine,
-            tokenizer=self._env_attr("tokenizer") if self.env is not None else None,
-            files={**self._resume_files(), **self._extra_files()},
-        )
-
-    def _resume_files(self) -> dict[str, Any]:
-        """The env's episodes and the rollout in progress (:func:`agents.checkpoint.resume_files`)."""
-        if self.env is None or not isinstance(self._last_obs, dict):
-            return {}
-        return checkpoint.resume_files(
-            self.env, self._last_obs, np.asarray(self._last_episode_starts), self.rollout.state_arrays()
-        )
-
-    def _extra_files(self) -> dict[str, Any]:
-        """Extension point: ``{file name: writer(path)}`` for further checkpoint files (DQN's replay)."""
-        return {}
-
-    def _load_extra_files(self, directory: Path) -> None:
-        """Extension point: read what :meth:`_extra_files` wrote (last step of :meth:`load`)."""
-
-    def export(self, path: str | os.PathLike) -> None:
-        """The trained LM alone as an HF directory (safetensors) that ``AutoModelForCausalLM`` loads."""
-        tokenizer = self._env_attr("tokenizer") if self.env is not None else None
-        checkpoint.export_lm(self.policy.lm, Path(path), tokenizer)
-
-    @classmethod
-    def load(  # type: ignore[override]
-        cls: type[SelfTextAlgorithm],
-        path: str | os.PathLike,
-        env: Any = None,
-        device: torch.device | str = "auto",
-        **kwargs: Any,
-    ) -> SelfTextAlgorithm:
-        """Rebuild an agent from :meth:`save`'s directory and restore its exact training state."""
-        saved = checkpoint.read(Path(path), cls.__name__)
-        if env is None:
-            raise ValueError("load needs env=...: the agent's layout (P, N, vocabulary) is checked on it")
-        settings = saved.state.settings
-        agent = cls(
-            env,
-            model=saved.load_lm("model"),
-            config=saved.config(cls.config_class),
-            reference_model=saved.load_lm("reference"),
-            deepspeed_config=kwargs.pop("deepspeed_config", settings["deepspeed_config"]),
-            seed=settings["seed"],
-            device=device,
-            **kwargs,
-        )
-        agent.model_source = settings["model_source"]
-        saved.load_modules({"value_head": agent.policy.value_head, **agent._extra_modules()}, agent.device)
-        saved.load_engine(agent.engine)
-        counters = saved.state.counters
-        agent.num_timesteps, agent._n_updates = counters["num_timesteps"], counters["n_updates"]
-        agent._episode_num = counters["episode_num"]
-        if agent.kl_ctl is not None:
-            agent.kl_ctl.load_state_dict(saved.state.extra["kl_ctl"])
-        agent._load_extra_state(saved.state.extra)
-        saved.restore_rng()
-        resumed = saved.load_resume_files(agent.env, agent.n_envs)
-        if resumed is not None:
-            agent._last_obs, agent._last_episode_starts, arrays = resumed
-            agent.rollout.load_state_arrays(arrays)
-        agent._load_extra_files(saved.path)
-        if agent.rollout_copy is not None:
-            agent.rollout_copy.sync()
-        return agent
