@@ -5,8 +5,10 @@ A saved agent is a directory::
     agent.json          algorithm, config, settings, counters, algorithm state (JSON)
     model/              the trained LM as an HF directory (safetensors; AutoModelForCausalLM loads it)
     reference/          the frozen reference LM (HF directory)
+    base/, adapter/     instead of model/ and reference/ for a LoRA agent: the frozen base weights (HF
+                        directory) and the adapters in peft's format (see :mod:`agents.lora`)
     value_head.safetensors, ...   further networks (DQN: target.safetensors)
-    deepspeed/          DeepSpeed checkpoint: weights and optimizer state (ZeRO-aware)
+    deepspeed/          DeepSpeed checkpoint: trained weights and optimizer state (ZeRO-aware, per rank)
     rng.json            Python, NumPy and torch RNG states
     env_state.json      every env's RNG, prompt sampler and running episode (exact resume)
     rollout_state.npz   the last observation and the running episodes' statistics
@@ -26,7 +28,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import random
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -35,6 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from agents import distributed, lora
 from rewards.storage import atomic_directory, recover_directory
 
 STATE_FILE = "agent.json"
@@ -74,18 +79,26 @@ def _check_target(path: Path, what: str) -> None:
             )
 
 
-def _save_hf(lm: Any, directory: Path, tokenizer: Any = None) -> None:
+def _save_hf(lm: Any, directory: Path, tokenizer: Any = None, merge: bool = True) -> None:
+    """``lm`` as a plain HF directory; a peft model with its adapters merged (``merge``) or its base alone."""
+    if lora.is_peft(lm):
+        lora.save_plain(lm, directory, tokenizer, merge=merge)
+        return
     lm.save_pretrained(directory, safe_serialization=True)
     if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
         tokenizer.save_pretrained(directory)
 
 
 def export_lm(lm: Any, path: Path, tokenizer: Any = None) -> None:
-    """The LM (and the env tokenizer, when given) as an HF directory, written atomically."""
+    """The LM (and the env tokenizer, when given) as an HF directory, written atomically; LoRA adapters are
+    merged in. Under a launcher every rank calls it (ZeRO-3 gathers the weights) and rank 0 writes."""
     path = checkpoint_path(path)
     _check_target(path, "export")
-    with atomic_directory(path) as tmp:
-        _save_hf(lm, tmp, tokenizer)
+    with distributed.gathered(lm):
+        if distributed.is_main():
+            with atomic_directory(path) as tmp:
+                _save_hf(lm, tmp, tokenizer)
+    distributed.barrier()
 
 
 def _rng_state() -> dict[str, Any]:
@@ -165,19 +178,72 @@ def save(
     files: dict[str, Callable[[Path], None]] | None = None,
 ) -> None:
     """Write a checkpoint to the directory ``path``: ``lms`` as HF directories (the first one with the
-    tokenizer), ``modules`` as safetensors, the DeepSpeed ``engine``, the RNG states, ``files`` by writer."""
+    tokenizer; a peft model as its base weights), ``modules`` as safetensors, the DeepSpeed ``engine`` (frozen
+    weights left out: they are in the HF directory), the RNG states, ``files`` by writer.
+
+    Under a launcher every rank calls it: DeepSpeed writes each rank's shard into a staging directory next to
+    ``path`` (the ranks must share the file system), then rank 0 moves it into the checkpoint it builds and
+    writes everything else (ZeRO-3 weights gathered first). A failure on rank 0 raises on every rank."""
     path = checkpoint_path(path)
     _check_target(path, "checkpoint")
-    with atomic_directory(path) as tmp:
+    exclude_frozen = _has_frozen(engine)
+    networks = [*lms.values(), *modules.values()]
+
+    def write(tmp: Path) -> None:
         for index, (name, lm) in enumerate(lms.items()):
-            _save_hf(lm, tmp / name, tokenizer if index == 0 else None)
+            _save_hf(lm, tmp / name, tokenizer if index == 0 else None, merge=False)
         for name, module in modules.items():
             _save_module(module, tmp / f"{name}.safetensors")
-        engine.save_checkpoint(str(tmp / "deepspeed"), tag="state", save_latest=False)
         (tmp / RNG_FILE).write_text(json.dumps(_rng_state()))
-        for name, write in (files or {}).items():
-            write(tmp / name)
+        for name, writer in (files or {}).items():
+            writer(tmp / name)
         (tmp / STATE_FILE).write_text(json.dumps(dataclasses.asdict(state), indent=2))
+
+    if distributed.world_size() == 1:
+        with atomic_directory(path) as tmp:
+            deepspeed_dir = str(tmp / "deepspeed")
+            engine.save_checkpoint(
+                deepspeed_dir, tag="state", save_latest=False, exclude_frozen_parameters=exclude_frozen
+            )
+            with _whole_weights(networks):
+                write(tmp)
+        return
+    staging = path.parent / f".{path.name}.deepspeed-staging"  # ours: left over only by a killed save
+    if distributed.is_main():
+        shutil.rmtree(staging, ignore_errors=True)
+    distributed.barrier()
+    engine.save_checkpoint(
+        str(staging), tag="state", save_latest=False, exclude_frozen_parameters=exclude_frozen
+    )
+    distributed.barrier()
+    error: BaseException | None = None
+    with _whole_weights(networks):  # every rank: a ZeRO-3 gather is collective
+        if distributed.is_main():
+            try:
+                with atomic_directory(path) as tmp:
+                    os.replace(staging, tmp / "deepspeed")
+                    write(tmp)
+            except BaseException as caught:  # noqa: BLE001  (re-raised below, after the ranks agree)
+                error = caught
+    if distributed.any_rank(error is not None):
+        if error is not None:
+            raise error
+        raise RuntimeError(f"rank 0 failed to write the checkpoint {str(path)!r}; see its error")
+
+
+def _has_frozen(engine: Any) -> bool:
+    """Whether the engine's module has frozen weights (LoRA's base), which DeepSpeed then leaves out."""
+    module = getattr(engine, "module", None)
+    return module is not None and any(not p.requires_grad for p in module.parameters())
+
+
+@contextlib.contextmanager
+def _whole_weights(networks: list[Any]) -> Iterator[None]:
+    """ZeRO-3 partitions of ``networks`` gathered inside the block (collective); a no-op otherwise."""
+    with contextlib.ExitStack() as stack:
+        for network in networks:
+            stack.enter_context(distributed.gathered(network))
+        yield
 
 
 @contextlib.contextmanager
@@ -217,6 +283,14 @@ class SavedAgent:
         with reading(self.path / name):
             return AutoModelForCausalLM.from_pretrained(self.path / name, use_safetensors=True)  # no pickle
 
+    def peft_config(self) -> Any:
+        """The ``LoraConfig`` of a LoRA agent's checkpoint (its ``adapter/`` directory), else None."""
+        folder = self.path / lora.ADAPTER_DIR
+        if not folder.is_dir():
+            return None
+        with reading(folder / "adapter_config.json"):
+            return lora.read_config(folder)
+
     def load_modules(self, modules: dict[str, nn.Module], device: torch.device | str) -> None:
         for name, module in modules.items():
             with reading(self.path / f"{name}.safetensors"):
@@ -224,8 +298,9 @@ class SavedAgent:
 
     def load_engine(self, engine: Any) -> None:
         folder = self.path / "deepspeed"
+        strict = not _has_frozen(engine)  # frozen weights (LoRA's base) were left out and come from base/
         with reading(folder / "state"):
-            loaded, _ = engine.load_checkpoint(str(folder), tag="state", load_module_strict=True)
+            loaded, _ = engine.load_checkpoint(str(folder), tag="state", load_module_strict=strict)
             if loaded is None:
                 raise ValueError("DeepSpeed found no checkpoint in it")
 

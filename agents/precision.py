@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from agents import distributed
+
 ROLLOUT_PRECISIONS = ("same", "bf16")
 
 
@@ -33,6 +35,10 @@ class RolloutCopy:
     :meth:`sync` casts the trained parameters into the copy's existing tensors (``copy_``, no reallocation).
     The update never uses the copy: PPO's "old" log-probs come from the update path's own scoring pass, so the
     copy's rounding changes which tokens are sampled but not what the update optimises.
+
+    Under ZeRO-3 it is also the whole-weights network the rollouts act with (in the training dtype, or bf16):
+    made before DeepSpeed partitions the source, and :meth:`sync` gathers the partitions once per rollout
+    (:func:`agents.distributed.gather_into`; every rank must call it).
     """
 
     def __init__(self, network: nn.Module, dtype: torch.dtype = torch.bfloat16) -> None:
@@ -41,8 +47,7 @@ class RolloutCopy:
 
     @torch.no_grad()
     def sync(self) -> None:
-        for target, source in zip(self.network.parameters(), self.source.parameters(), strict=True):
-            target.copy_(source)
+        distributed.gather_into(self.network, self.source)
 
     @property
     def nbytes(self) -> int:

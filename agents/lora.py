@@ -1,0 +1,161 @@
+"""LoRA through peft: ``peft_config=LoraConfig(...)`` on every agent (the argument name TRL uses).
+
+- **What trains**: the LM is wrapped by ``peft.get_peft_model``; its base weights are frozen, the adapters and
+  the value head (which sits outside the LM, in :class:`~agents.policy.ActorCritic`) train, and only they get
+  optimizer state.
+- **The reference** (KL penalty, DQN exploration) is the same network with its adapters switched off
+  (:class:`AdapterDisabledLM`): since the base weights never change, that *is* the initial model, and no
+  second copy of the weights is kept (on SmolLM2-135M: 0.27 GB in bf16, 0.54 GB in fp32), and the optimizer
+  state shrinks from two fp32 copies of the model to two of the adapters.
+- **Checkpoints** hold the base weights once (``base/``, a plain HF directory), the adapters in peft's format
+  (``adapter/``: ``adapter_config.json`` + ``adapter_model.safetensors``), the value head, and DeepSpeed's
+  state of the trainable parameters (adapters + head) with their optimizer state; no ``reference/``.
+- **Export** (:func:`merged_state_dict`) folds the adapters into the base weights (``W + B A * scale``) and
+  writes a plain transformers directory that ``AutoModelForCausalLM`` loads without peft; the training network
+  is left as it was (no in-place merge and unmerge, so bf16 weights do not drift).
+
+>>> import textenv
+>>> from peft import LoraConfig
+>>> lm = wrap(textenv.load_model("tiny-sp"), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+>>> is_peft(lm), sum(p.numel() for p in lm.parameters() if p.requires_grad)
+(True, 1792)
+>>> sorted(merged_state_dict(lm)) == sorted(textenv.load_model("tiny-sp").state_dict())
+True
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from agents.policy import lm_forward
+
+ADAPTER_DIR = "adapter"
+BASE_DIR = "base"
+
+
+def _peft() -> Any:
+    try:
+        import peft
+    except ImportError as error:  # pragma: no cover - peft is a dependency of textenv
+        raise ImportError("peft_config=... needs peft: pip install peft") from error
+    return peft
+
+
+def wrap(lm: Any, peft_config: Any) -> Any:
+    """``lm`` with LoRA adapters (``peft.get_peft_model``): base weights frozen, adapters trainable."""
+    peft = _peft()
+    if not isinstance(peft_config, peft.LoraConfig):
+        raise TypeError(
+            f"peft_config must be a peft.LoraConfig, got {type(peft_config).__name__}; e.g. "
+            "peft_config=LoraConfig(r=16, lora_alpha=32, target_modules='all-linear')"
+        )
+    if is_peft(lm):
+        raise ValueError(
+            "the model already carries peft adapters; pass the plain transformers model with peft_config, "
+            "or merge the adapters first (model.merge_and_unload())"
+        )
+    return peft.get_peft_model(lm, peft_config)
+
+
+def is_peft(lm: Any) -> bool:
+    """Whether ``lm`` is a peft model (adapters that can be switched off)."""
+    return hasattr(lm, "disable_adapter") and hasattr(lm, "peft_config")
+
+
+class AdapterDisabledLM(nn.Module):
+    """The reference of a LoRA agent: the trained LM with its adapters switched off, no weights of its own.
+
+    Its ``forward`` has :class:`~agents.policy.FrozenLM`'s signature and returns ``(logits, None)``, so
+    scoring, :func:`~agents.policy.completion_logits` and :func:`~agents.policy.cached_step` take it. The LM
+    is held outside the module tree, so ``.to()``, ``parameters()`` and ``state_dict()`` see nothing (the
+    weights belong to the policy)."""
+
+    def __init__(self, lm: Any) -> None:
+        super().__init__()
+        if not is_peft(lm):
+            raise TypeError(f"AdapterDisabledLM needs a peft model, got {type(lm).__name__}")
+        self._network = (lm,)  # a tuple, not an attribute nn.Module would register
+
+    @property
+    def lm(self) -> Any:
+        return self._network[0]
+
+    def train(self, mode: bool = True) -> AdapterDisabledLM:
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+        past_key_values: Any = None,
+        logits_to_keep: int = 0,
+    ) -> tuple[torch.Tensor, None]:
+        """Logits (B, K, V) of the base model (adapters off) at the last ``logits_to_keep`` positions."""
+        with self.lm.disable_adapter():
+            out = lm_forward(
+                self.lm, input_ids, attention_mask, position_ids, past_key_values, logits_to_keep
+            )
+        return out.logits, None
+
+
+def _plain_key(name: str) -> str | None:
+    """The plain transformers name of a peft state-dict key (None for an adapter tensor)."""
+    if ".lora_" in name:
+        return None
+    return name.replace(".base_layer.", ".")
+
+
+def merged_state_dict(lm: Any, merge: bool = True) -> dict[str, torch.Tensor]:
+    """The plain transformers state dict of a peft model: adapters merged into their base weights (``merge``),
+    or the base weights alone (``merge=False``, what a checkpoint stores)."""
+    from peft.tuners.lora import LoraLayer
+
+    base = lm.get_base_model()
+    state: dict[str, torch.Tensor] = {}
+    for name, tensor in base.state_dict().items():
+        key = _plain_key(name)
+        if key is not None:
+            state[key] = tensor
+    if merge:
+        with torch.no_grad():
+            for name, layer in base.named_modules():
+                if not (isinstance(layer, LoraLayer) and hasattr(layer, "base_layer")):
+                    continue
+                lora_layer: Any = layer  # a LoRA Linear: LoraLayer plus its get_delta_weight
+                weight = lora_layer.base_layer.weight
+                merged = weight.float()
+                for adapter in lora_layer.active_adapters:
+                    if adapter in lora_layer.lora_A:
+                        merged = merged + lora_layer.get_delta_weight(adapter).float()  # B A * scale
+                state[f"{name}.weight"] = merged.to(weight.dtype)
+    return state
+
+
+def save_plain(lm: Any, directory: Path, tokenizer: Any = None, merge: bool = True) -> None:
+    """A plain transformers directory (safetensors) of a peft model: merged weights, or the base alone."""
+    base = lm.get_base_model()
+    base.save_pretrained(directory, state_dict=merged_state_dict(lm, merge), safe_serialization=True)
+    if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
+        tokenizer.save_pretrained(directory)
+
+
+def save_adapter(lm: Any, directory: Path) -> None:
+    """The adapters in peft's own format (``adapter_config.json`` + ``adapter_model.safetensors``)."""
+    lm.save_pretrained(directory, safe_serialization=True)
+
+
+def read_config(directory: Path) -> Any:
+    """The ``LoraConfig`` saved in an adapter directory by :func:`save_adapter`."""
+    peft = _peft()
+    config = peft.PeftConfig.from_pretrained(str(directory))
+    if not isinstance(config, peft.LoraConfig):
+        raise ValueError(f"{directory} holds a {type(config).__name__}, not a LoraConfig")
+    config.inference_mode = False  # it trains again after load
+    config.base_model_name_or_path = None  # the base is the checkpoint's base/, wherever it lies now
+    return config
