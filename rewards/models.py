@@ -6,10 +6,15 @@
   (prompt, chosen, rejected) triples with the Bradley-Terry loss ``-log sigmoid(r_chosen - r_rejected)``.
 
 The backbone is any local HF directory loaded with ``AutoModel`` (no LM head): a bidirectional encoder such as
-the bundled all-MiniLM-L6-v2 (mean pooling) or a small causal LM (last-token pooling). Training lives in
-:mod:`rewards.fitting`. A model saves as a directory: ``model.safetensors`` + ``config.json`` (the backbone,
-via ``save_pretrained``), the tokenizer files, ``head.safetensors`` and ``reward_model.json``; ``save`` writes
-it to a temporary directory first and then renames it into place, so a reader never sees half a model.
+the bundled all-MiniLM-L6-v2, or a causal LM as in DeepSpeed-Chat (an SFT output or an exported policy: a
+``*ForCausalLM`` directory, whose LM head is dropped). The two read their input differently
+(``text_format``): an encoder reads the text pair (prompt, completion) and mean-pools its tokens; a causal
+LM reads ``prompt + completion + EOS`` as one sequence (the start cut when too long, so the end is always
+seen) and the head scores the hidden state of the last real token, which has attended to everything.
+Training lives in :mod:`rewards.fitting`. A model saves as a directory: ``model.safetensors`` +
+``config.json`` (the backbone, via ``save_pretrained``), the tokenizer files, ``head.safetensors`` and
+``reward_model.json`` (pooling, text format, metrics); ``save`` writes it to a temporary directory first and
+then renames it into place, so a reader never sees half a model. Loading reads safetensors and JSON only.
 
 Scores are float32 arrays. A model that outputs NaN or inf makes the call raise ``ValueError`` (no silent
 replacement). An empty completion is scored like any text: the model sees only its special tokens.
@@ -25,13 +30,21 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from rewards.encoder import MINILM, default_pooling, forward_pooled, load_backbone, tokenize
+from rewards.encoder import (
+    MINILM,
+    default_pooling,
+    forward_pooled,
+    load_backbone,
+    tokenize,
+    tokenize_causal,
+)
 from rewards.storage import atomic_directory
 from rewards.validation import CheckedReward, check_setting
 
 CONFIG_NAME = "reward_model.json"
 HEAD_NAME = "head.safetensors"
 ModelT = TypeVar("ModelT", bound="ScalarRewardModel")
+TEXT_FORMATS = ("pair", "causal")
 
 
 class ScalarRewardModel(CheckedReward):
@@ -55,7 +68,13 @@ class ScalarRewardModel(CheckedReward):
         batch_size: int = 64,
         include_prompt: bool = True,
         metrics: dict[str, float] | None = None,
+        text_format: str = "pair",
     ) -> None:
+        if text_format not in TEXT_FORMATS:
+            raise ValueError(
+                f"text_format={text_format!r} is not known; use 'pair' (encoders: a text pair) or 'causal' "
+                "(decoders: prompt + completion + EOS as one sequence)"
+            )
         if pooling not in ("mean", "last"):
             raise ValueError(
                 f"pooling={pooling!r} is not known; use 'mean' (encoders) or 'last' (causal LMs)"
@@ -67,7 +86,7 @@ class ScalarRewardModel(CheckedReward):
             raise ValueError(f"max_length={max_length} must be >= 2 and batch_size={batch_size} >= 1")
         self.tokenizer, self.backbone, self.head = tokenizer, backbone, head
         self.pooling, self.max_length, self.batch_size = pooling, max_length, batch_size
-        self.include_prompt = include_prompt
+        self.include_prompt, self.text_format = include_prompt, text_format
         self.metrics = dict(metrics or {})
 
     @classmethod
@@ -81,7 +100,8 @@ class ScalarRewardModel(CheckedReward):
     ) -> ModelT:
         """A model on a pretrained backbone with a freshly initialised head (seeded with ``seed``).
 
-        ``pooling="auto"`` means mean pooling for BERT-family encoders and last-token pooling otherwise.
+        ``pooling="auto"`` means mean pooling for BERT-family encoders and last-token pooling otherwise. A
+        causal LM backbone reads ``prompt + completion + EOS`` as one sequence (``text_format="causal"``).
         ``include_prompt=None`` takes the class default (classifier: completion only; preference: both).
         """
         import torch
@@ -91,9 +111,18 @@ class ScalarRewardModel(CheckedReward):
         head = torch.nn.Linear(backbone.config.hidden_size, 1)
         torch.nn.init.normal_(head.weight, std=1.0 / np.sqrt(backbone.config.hidden_size + 1))
         torch.nn.init.zeros_(head.bias)
+        causal = default_pooling(backbone) == "last"
         resolved = default_pooling(backbone) if pooling == "auto" else pooling
         prompt = cls.include_prompt_default if include_prompt is None else include_prompt
-        return cls(tokenizer, backbone, head, resolved, max_length=max_length, include_prompt=prompt)
+        return cls(
+            tokenizer,
+            backbone,
+            head,
+            resolved,
+            max_length=max_length,
+            include_prompt=prompt,
+            text_format="causal" if causal else "pair",
+        )
 
     def parameters(self) -> list[Any]:
         """Trainable parameters (backbone and head)."""
@@ -106,13 +135,19 @@ class ScalarRewardModel(CheckedReward):
         return self
 
     def logits(self, prompts: Sequence[str] | None, completions: Sequence[str]) -> Any:
-        """Head outputs ``(B,)`` as a torch tensor (with grad when enabled). Prompts are ignored unless
-        ``include_prompt``; they are then the first segment of a text pair."""
-        first, second = (
-            (prompts, completions) if self.include_prompt and prompts is not None else (completions, None)
-        )
-        batch = tokenize(self.tokenizer, first, second, self.max_length)
-        return self.head(forward_pooled(self.backbone, batch, self.pooling)).squeeze(-1)  # (B,)
+        """Head outputs ``(B,)`` as a torch tensor (with grad when enabled), on the head's device and in its
+        dtype. Prompts are ignored unless ``include_prompt``; they are then the first segment of a text pair
+        (``text_format="pair"``) or the start of the sequence (``"causal"``)."""
+        use_prompts = prompts if self.include_prompt else None
+        if self.text_format == "causal":
+            batch = tokenize_causal(self.tokenizer, use_prompts, completions, self.max_length)
+        else:
+            first, second = (use_prompts, completions) if use_prompts is not None else (completions, None)
+            batch = tokenize(self.tokenizer, first, second, self.max_length)
+        weight = self.head.weight
+        batch = {key: value.to(weight.device) for key, value in batch.items()}
+        pooled = forward_pooled(self.backbone, batch, self.pooling)  # (B, H)
+        return self.head(pooled.to(weight.dtype)).squeeze(-1)  # (B,)
 
     def transform(self, logits: Any) -> Any:
         """Head logit -> reward score."""
@@ -132,7 +167,7 @@ class ScalarRewardModel(CheckedReward):
             for start in range(0, len(order), self.batch_size):
                 chunk = order[start : start + self.batch_size]
                 logits = self.logits([prompts[i] for i in chunk], [completions[i] for i in chunk])
-                scores[chunk] = self.transform(logits).double().numpy()
+                scores[chunk] = self.transform(logits).double().cpu().numpy()
         self.train(was_training)
         return scores
 
@@ -150,13 +185,15 @@ class ScalarRewardModel(CheckedReward):
             self.backbone.save_pretrained(staging)
             self.tokenizer.save_pretrained(staging)
             save_file(
-                {k: v.detach().contiguous() for k, v in self.head.state_dict().items()}, staging / HEAD_NAME
+                {k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()},
+                staging / HEAD_NAME,
             )
             settings = {
                 "kind": self.kind,
                 "pooling": self.pooling,
                 "max_length": self.max_length,
                 "include_prompt": self.include_prompt,
+                "text_format": self.text_format,
                 "metrics": self.metrics,
             }
             (staging / CONFIG_NAME).write_text(json.dumps(settings, indent=2) + "\n")
@@ -193,6 +230,7 @@ class ScalarRewardModel(CheckedReward):
             batch_size=batch_size,
             include_prompt=settings["include_prompt"],
             metrics=settings.get("metrics"),
+            text_format=settings.get("text_format", "pair"),  # models saved before it existed: pairs
         )
 
     def __getstate__(self) -> dict[str, Any]:
@@ -213,7 +251,8 @@ class ScalarRewardModel(CheckedReward):
         backbone.load_state_dict(load(weights))
         head = torch.nn.Linear(config.hidden_size, 1)
         head.load_state_dict(load(state["head"]))
-        state.update(backbone=backbone.eval(), head=head.eval())
+        state.update(backbone=backbone.float().eval(), head=head.eval())
+        state.setdefault("text_format", "pair")  # pickled before it existed
         self.__dict__.update(state)
 
 
@@ -241,3 +280,43 @@ class PreferenceRewardModel(ScalarRewardModel):
 
     kind = "preference"
     include_prompt_default = True
+
+
+def classifier_accuracy(model: ScalarRewardModel, texts: Sequence[str], labels: Sequence[int]) -> float:
+    """Fraction of texts whose score is on the label's side of 0.5."""
+    scores = model.score([""] * len(texts), list(texts))
+    return float(np.mean((scores >= 0.5) == np.asarray(labels, dtype=bool)))
+
+
+def classifier_metrics(
+    model: ScalarRewardModel, texts: Sequence[str], labels: Sequence[int]
+) -> dict[str, float]:
+    """Held-out accuracy (``P >= 0.5``) and the mean score of positive and of negative texts."""
+    scores = model.score([""] * len(texts), list(texts))
+    positive = np.asarray(labels, dtype=bool)
+    metrics = {"eval_accuracy": float(np.mean((scores >= 0.5) == positive))}
+    for name, rows in (("positive", positive), ("negative", ~positive)):
+        if rows.any():  # a held-out set may hold one class only
+            metrics[f"eval_{name}_mean"] = float(scores[rows].mean())
+    return metrics
+
+
+def pairwise_accuracy(model: ScalarRewardModel, triples: Sequence[tuple[str, str, str]]) -> float:
+    """Fraction of (prompt, chosen, rejected) triples where chosen scores strictly above rejected."""
+    return preference_metrics(model, triples)["eval_accuracy"]
+
+
+def preference_metrics(model: ScalarRewardModel, triples: Sequence[tuple[str, str, str]]) -> dict[str, float]:
+    """Held-out pairwise accuracy (chosen strictly above rejected) and score statistics, as DeepSpeed-Chat
+    reports them: the mean chosen and rejected scores, and the mean and std of the margin."""
+    prompts = [prompt for prompt, _, _ in triples]
+    chosen = model.score(prompts, [c for _, c, _ in triples])
+    rejected = model.score(prompts, [r for _, _, r in triples])
+    margin = chosen - rejected
+    return {
+        "eval_accuracy": float(np.mean(margin > 0)),
+        "eval_chosen_mean": float(chosen.mean()),
+        "eval_rejected_mean": float(rejected.mean()),
+        "eval_margin_mean": float(margin.mean()),
+        "eval_margin_std": float(margin.std()),
+    }

@@ -3,14 +3,20 @@
     python -m rewards.train classifier --out rm/drugs              # drugs.com sentiment (the default data)
     python -m rewards.train classifier --data labelled.jsonl --out rm/mine   # {"text": ..., "label": 0|1}
     python -m rewards.train preference --data triples.jsonl --out rm/pref  # {prompt, chosen, rejected}
+    python -m rewards.train preference --backbone sft_out/ --data prefs.jsonl --out rm/lm --precision auto
+    torchrun --nproc_per_node 2 -m rewards.train preference --data prefs.jsonl --out rm/pref  # 2 processes
 
-Every :class:`rewards.fitting.TrainConfig` field is a flag (``--learning-rate 1e-4``, ``--no-progress-bar``).
+Every :class:`rewards.fitting.TrainConfig` field is a flag (``--learning-rate 1e-4``, ``--no-progress-bar``);
+``--backbone`` (alias of ``--base-model``) takes MiniLM or a local HF directory, a causal LM included (an SFT
+output, an exported policy). ``--deepspeed-config`` and ``--precision`` are the agents' settings. Under a
+launcher every process trains its share of each batch and rank 0 saves and prints.
 Data that cannot be trained on (a bad line, no examples, one class only, too few to hold some out) ends the
 command with exit status 1 and a message that names the problem (and the file and line), not a traceback.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,7 +25,8 @@ from typing import Annotated, Any, Literal
 
 import tyro
 
-from rewards.fitting import TrainConfig, TrainingDataError, train_classifier, train_preference
+from rewards.encoder import MINILM
+from rewards.fitting import TrainConfig, TrainingDataError, Triple, train_classifier, train_preference
 from rewards.models import ScalarRewardModel
 from rewards.storage import jsonl_objects
 
@@ -52,6 +59,43 @@ def read_jsonl(path: str | Path, keys: Sequence[str], text_keys: Sequence[str] =
     return [tuple(record[key] for key in keys) for record in read_records(path, keys, text_keys)]
 
 
+PREFERENCE_KEYS = ("prompt", "chosen", "rejected")
+
+
+def read_preference_log(path: str | Path) -> tuple[list[Triple], list[Triple]]:
+    """``(preferences, ties)`` of a JSONL file as :mod:`rewards.label` writes it: ``{"prompt", "chosen",
+    "rejected"}`` lines, and ``{"prompt", "tie": [a, b]}`` lines for a tie (returned as ``(prompt, a, b)``).
+    A bad line raises :class:`TrainingDataError` naming the file and line."""
+    preferences, ties = [], []
+    for record in read_records(path, ["prompt"], ["prompt"]):
+        where, pair = record["where"], record.get("tie")
+        if pair is not None:
+            if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(t, str) for t in pair)):
+                raise TrainingDataError(f'{where}: "tie" must be a list of the two completions (strings)')
+            ties.append((record["prompt"], pair[0], pair[1]))
+            continue
+        missing = [key for key in PREFERENCE_KEYS if key not in record]
+        if missing:
+            raise TrainingDataError(
+                f"{where} lacks {missing}; each line needs the keys {list(PREFERENCE_KEYS)}"
+            )
+        for key in PREFERENCE_KEYS[1:]:
+            if not isinstance(record[key], str):
+                raise TrainingDataError(
+                    f"{where}: {key!r} is {type(record[key]).__name__}, expected a string"
+                )
+        preferences.append((record["prompt"], record["chosen"], record["rejected"]))
+    return preferences, ties
+
+
+def read_preferences(path: str | Path) -> list[Triple]:
+    """The ``(prompt, chosen, rejected)`` triples of a JSONL file of ``{"prompt", "chosen", "rejected"}``
+    objects (what ``python -m rewards.label`` writes); a bad line raises :class:`TrainingDataError` naming
+    the file and line. Tie lines (``{"prompt", "tie": [a, b]}``) are skipped: a tie says neither completion
+    is better, which the Bradley-Terry loss of a (chosen, rejected) pair cannot express."""
+    return read_preference_log(path)[0]
+
+
 LABEL_NAMES = {"positive": 1, "negative": 0, "pos": 1, "neg": 0, "1": 1, "0": 0, "true": 1, "false": 0}
 
 
@@ -75,6 +119,15 @@ def read_labelled(path: str | Path) -> tuple[list[str], list[int]]:
 
 
 @dataclass
+class CliTrainConfig(TrainConfig):
+    """:class:`TrainConfig` with ``--backbone`` as an alias of ``--base-model``."""
+
+    base_model: Annotated[str, tyro.conf.arg(aliases=("--backbone",))] = MINILM
+    """Backbone: "all-MiniLM-L6-v2" (bundled) or a local HF directory: an encoder, or a causal LM (an SFT
+    output or exported policy) read at its last token, as in DeepSpeed-Chat."""
+
+
+@dataclass
 class Args:
     """Train a learned reward model and save it."""
 
@@ -86,8 +139,12 @@ class Args:
     """JSONL of {text, label} (classifier; None: drugs.com reviews) or {prompt, chosen, rejected} lines."""
     eval_data: str | None = None
     """Held-out JSONL in the same format; None: a split of --data (--eval-fraction)."""
-    config: Annotated[TrainConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=TrainConfig)
+    config: Annotated[CliTrainConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=CliTrainConfig)
     """Training settings: every TrainConfig field is a flag."""
+    deepspeed_config: str | None = None
+    """DeepSpeed config JSON merged over the defaults (ZeRO stage, ...), as for the agents; None: defaults."""
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"
+    """fp32; bf16 (DeepSpeed's bf16 with fp32 master weights); auto: bf16 where the hardware has it."""
 
     def __post_init__(self) -> None:
         if self.kind == "preference" and self.data is None:
@@ -95,20 +152,30 @@ class Args:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # the deepspeed launcher appends --local_rank=R to the arguments (LOCAL_RANK is in the environment too)
+    argv = [arg for arg in (sys.argv[1:] if argv is None else argv) if not arg.startswith("--local_rank=")]
     args = tyro.cli(Args, args=argv, prog="python -m rewards.train", description=__doc__)
     try:
         model = fit_model(args)
     except TrainingDataError as error:
         raise SystemExit(f"python -m rewards.train: error: {error}") from None
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under a launcher, rank 0 saves
     path = model.save(args.out)
     name = "pairwise accuracy" if args.kind == "preference" else "accuracy"
-    print(f"held-out {name}: {model.metrics['eval_accuracy']:.4f}; saved to {path}")
+    details = ", ".join(
+        f"{key[5:]} {value:.4f}"
+        for key, value in model.metrics.items()
+        if key.startswith("eval_") and key != "eval_accuracy"
+    )
+    print(f"held-out {name}: {model.metrics['eval_accuracy']:.4f} ({details}); saved to {path}")
     return 0
 
 
 def fit_model(args: Args) -> ScalarRewardModel:
     """Read the data of ``args`` and train the model (not saved)."""
     config = args.config
+    settings: dict[str, Any] = {"deepspeed_config": args.deepspeed_config, "precision": args.precision}
     if args.kind == "classifier":
         eval_texts: list[str] | None = None
         eval_labels: list[int] | None = None
@@ -121,12 +188,13 @@ def fit_model(args: Args) -> ScalarRewardModel:
             texts, labels = read_labelled(args.data)
             if args.eval_data:
                 eval_texts, eval_labels = read_labelled(args.eval_data)
-        model: ScalarRewardModel = train_classifier(texts, labels, eval_texts, eval_labels, config)
+        model: ScalarRewardModel = train_classifier(
+            texts, labels, eval_texts, eval_labels, config, **settings
+        )
     else:
         assert args.data is not None  # Args checks it
-        keys = ["prompt", "chosen", "rejected"]
-        evals = read_jsonl(args.eval_data, keys, keys) if args.eval_data else None
-        model = train_preference(read_jsonl(args.data, keys, keys), evals, config)
+        evals = read_preferences(args.eval_data) if args.eval_data else None
+        model = train_preference(read_preferences(args.data), evals, config, **settings)
     return model
 
 
