@@ -147,7 +147,8 @@ class DQN(TextAlgorithm):
     Works only on token-level envs (``Discrete(vocab)`` actions, ``TextGen-v0``); for the sequence-level
     ``TextGenSeq-v0`` use PPO or REINFORCE. :meth:`save` checkpoints weights, optimizer, target network,
     replay buffer (``save_replay_buffer=True``), RNG states and counters; running episodes are not saved,
-    so a resumed ``learn`` starts from fresh env resets.
+    so a resumed ``learn`` starts from fresh env resets. On multi-turn envs (``TextChat-v0``) the replay keeps
+    whole conversations: the other party's tokens count as transitions too, and per-turn rewards are summed.
 
     Example (run in tests/test_dqn.py; DeepSpeed's start-up prints make it unfit for a doctest)::
 

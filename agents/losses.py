@@ -59,8 +59,9 @@ def compute_gae(
     """Generalised advantage estimation over right-padded episodes that all end within the tensor.
 
     ``rewards``, ``values`` and ``mask`` are (E, T): E episodes of at most T tokens, real tokens first.
-    The value after the last real token is 0 (the episode is over). Returns ``(advantages, returns)``,
-    both (E, T) and 0 on padding; ``returns = advantages + values``.
+    The value after the last real token is 0 (the episode is over). Masked slots between real ones (the
+    other party's turns of a conversation) are skipped: each real token's successor is the next real one.
+    Returns ``(advantages, returns)``, both (E, T) and 0 on padding; ``returns = advantages + values``.
 
     >>> adv, ret = compute_gae(torch.tensor([[0.0, 0.0, 1.0]]), torch.tensor([[0.5, 0.5, 0.5]]),
     ...                        torch.ones(1, 3), gamma=0.5, lam=0.5)
@@ -70,12 +71,17 @@ def compute_gae(
     mask = mask.to(rewards.dtype)
     values = values * mask
     next_advantage = torch.zeros_like(rewards[:, 0])
+    next_value = torch.zeros_like(next_advantage)
     advantages = torch.zeros_like(rewards)
     for t in reversed(range(rewards.shape[1])):
-        next_value = values[:, t + 1] if t + 1 < rewards.shape[1] else torch.zeros_like(next_advantage)
+        # a masked slot inside an episode (another party's token in a conversation) is skipped: the agent's
+        # next real token is the next step, so advantages flow across the other party's turns
         delta = rewards[:, t] + gamma * next_value - values[:, t]
-        next_advantage = (delta + gamma * lam * next_advantage) * mask[:, t]
-        advantages[:, t] = next_advantage
+        advantage = delta + gamma * lam * next_advantage
+        real = mask[:, t] > 0
+        advantages[:, t] = advantage * mask[:, t]
+        next_advantage = torch.where(real, advantage, next_advantage)
+        next_value = torch.where(real, values[:, t], next_value)
     return advantages, (advantages + values) * mask
 
 

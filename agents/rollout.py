@@ -16,6 +16,13 @@ the finished episodes once into a :class:`RolloutBatch`.
 Episodes with the same ``prompt_index`` share a group id (RLOO's leave-one-out groups). Envs that do not
 report ``prompt_index`` are grouped by their prompt tokens.
 
+Multi-turn envs (``TextChat-v0``) add ``agent_mask`` to the observation: the N slots then hold the other
+party's turns too, and only the agent's tokens are trained (``gen_mask`` is ``attention_mask * agent_mask``
+there). Rewards are kept on the agent token they followed (``token_rewards``: per turn or at the end), and an
+episode's ``reward`` is their sum. When such an env drops old turns (``info["dropped_tokens"]``) the row's
+statistics move left with its tokens. A sequence-level env whose episodes last several steps (one message
+each, ``TextChatSeq-v0``) gives one training row per message, rewarded with the return from that message on.
+
 >>> collector = RolloutCollector(num_envs=1, prompt_len=2, max_new_tokens=3, pad_token_id=0,
 ...                              eos_token_id=9, token_level=True)
 >>> ids, mask = np.array([[0, 7, 0, 0, 0]]), np.array([[0, 1, 0, 0, 0]])
@@ -49,6 +56,7 @@ class RolloutBatch(NamedTuple):
     old_values: torch.Tensor | None  # (E, N) float32
     rewards: torch.Tensor  # (E,) float32 task reward
     group_ids: torch.Tensor  # (E,) int64, equal for episodes with the same prompt
+    token_rewards: torch.Tensor  # (E, N) float32, each reward on the agent token it followed
 
 
 class Episode(NamedTuple):
@@ -60,6 +68,8 @@ class Episode(NamedTuple):
     values: np.ndarray | None  # (N,) float32
     reward: float
     group: Any  # hashable: the env's prompt_index, or the prompt's tokens
+    agent_mask: np.ndarray | None = None  # (N,) 1 on agent tokens (multi-turn envs); None: all generated
+    token_rewards: np.ndarray | None = None  # (N,) rewards by token; None: ``reward`` on the last token
 
 
 class RolloutCollector:
@@ -79,6 +89,8 @@ class RolloutCollector:
         self.token_level = token_level
         self.step_logprobs = np.zeros((num_envs, max_new_tokens), np.float32)  # (B, N) running episodes
         self.step_values = np.zeros((num_envs, max_new_tokens), np.float32)  # (B, N)
+        self.step_rewards = np.zeros((num_envs, max_new_tokens), np.float32)  # (B, N) by token position
+        self.pending: list[list[tuple]] = [[] for _ in range(num_envs)]  # multi-step sequence episodes
         self.tracked = np.zeros(num_envs, dtype=bool)  # (B,) the row's episode was seen from its start
         self.has_stats = True
         self.episodes: list[Episode] = []
@@ -102,6 +114,7 @@ class RolloutCollector:
             "tracked": self.tracked,
             "step_logprobs": self.step_logprobs,
             "step_values": self.step_values,
+            "step_rewards": self.step_rewards,
             "has_stats": np.array(self.has_stats),
         }
 
@@ -113,6 +126,8 @@ class RolloutCollector:
         self.tracked = arrays["tracked"].astype(bool)
         self.step_logprobs = arrays["step_logprobs"].astype(np.float32)
         self.step_values = arrays["step_values"].astype(np.float32)
+        if "step_rewards" in arrays:  # absent in checkpoints from before multi-turn envs
+            self.step_rewards = arrays["step_rewards"].astype(np.float32)
         self.has_stats = bool(arrays["has_stats"])
 
     # ---- one env step -------------------------------------------------------------------------------------
@@ -135,16 +150,23 @@ class RolloutCollector:
         if self.token_level:
             self._record_tokens(input_ids, attention_mask, actions, stats, rewards, dones, infos, tokenizer)
         else:
-            self._record_sequences(input_ids, attention_mask, actions, rewards, infos, tokenizer)
+            self._record_sequences(input_ids, attention_mask, actions, rewards, dones, infos, tokenizer)
 
     def _record_tokens(self, ids, mask, actions, stats, rewards, dones, infos, tokenizer) -> None:  # noqa: ANN001
         gen_len = mask[:, self.prompt_len :].sum(-1)  # (B,) tokens before this step's action
-        self.tracked[gen_len == 0] = True  # a new episode starts at this step
+        starting = gen_len == 0  # a new episode starts at this step
+        self.tracked[starting] = True
+        self.step_rewards[starting] = 0.0
         self.tokens += len(actions)
         rows = np.flatnonzero(self.tracked)
         if stats is not None:
             self.step_logprobs[rows, gen_len[rows]] = stats[0][rows]
             self.step_values[rows, gen_len[rows]] = stats[1][rows]
+        self.step_rewards[rows, gen_len[rows]] += rewards[rows]
+        for row in rows:  # a multi-turn env dropped its oldest turns: the statistics move with the tokens
+            shift = 0 if dones[row] else int(infos[row].get("dropped_tokens", 0))
+            for array in (self.step_logprobs, self.step_values, self.step_rewards) if shift else ():
+                array[row, :-shift], array[row, -shift:] = array[row, shift:].copy(), 0.0
         for row in np.flatnonzero(dones):
             if self.tracked[row]:
                 final = infos[row].get("terminal_observation")
@@ -160,8 +182,13 @@ class RolloutCollector:
                 if stats is not None:
                     logprobs = self._row_stats(self.step_logprobs[row], length)
                     values = self._row_stats(self.step_values[row], length)
-                reward = float(rewards[row])
-                self._finish(final_ids, final_mask, logprobs, values, reward, infos[row], tokenizer)
+                token_rewards = self._row_stats(self.step_rewards[row], length)
+                agent = final.get("agent_mask")
+                agent = None if agent is None else np.asarray(agent, dtype=np.int64)[self.prompt_len :]
+                reward, info = float(token_rewards.sum()), infos[row]
+                self._finish(
+                    final_ids, final_mask, logprobs, values, reward, info, tokenizer, agent, token_rewards
+                )
             self.tracked[row] = False
 
     def _row_stats(self, values: np.ndarray, length: int) -> np.ndarray:
@@ -169,7 +196,7 @@ class RolloutCollector:
         row[:length] = values[:length]
         return row
 
-    def _record_sequences(self, ids, mask, actions, rewards, infos, tokenizer) -> None:  # noqa: ANN001
+    def _record_sequences(self, ids, mask, actions, rewards, dones, infos, tokenizer) -> None:  # noqa: ANN001
         prompt_len, n_new = self.prompt_len, self.max_new_tokens
         for row in range(len(actions)):
             tokens = np.asarray(actions[row], dtype=np.int64)
@@ -187,14 +214,24 @@ class RolloutCollector:
                 1,
             )
             self.tokens += len(tokens)
-            self._finish(row_ids, row_mask, None, None, float(rewards[row]), infos[row], tokenizer)
+            self.pending[row].append((row_ids, row_mask, float(rewards[row]), infos[row]))
+            if dones[row]:  # each message is trained with the return from it to the episode's end
+                steps, self.pending[row] = self.pending[row], []
+                future = 0.0
+                for step_ids, step_mask, reward, info in reversed(steps):
+                    future += reward
+                    if len(steps) > 1:  # each message has its own context: group by its tokens
+                        info = {key: value for key, value in info.items() if key != "prompt_index"}
+                    self._finish(step_ids, step_mask, None, None, future, info, tokenizer)
 
-    def _finish(self, ids, mask, logprobs, values, reward, info, tokenizer) -> None:  # noqa: ANN001
+    def _finish(  # noqa: ANN001
+        self, ids, mask, logprobs, values, reward, info, tokenizer, agent=None, token_rewards=None
+    ) -> None:
         prompt_len = self.prompt_len
         group = info.get("prompt_index")
         if group is None:
             group = tuple(ids[:prompt_len][mask[:prompt_len] == 1].tolist())
-        self.episodes.append(Episode(ids, mask, logprobs, values, reward, group))
+        self.episodes.append(Episode(ids, mask, logprobs, values, reward, group, agent, token_rewards))
         if len(self.samples) < MAX_SAMPLES:
             completion = info.get("completion")
             if completion is None:
@@ -211,6 +248,15 @@ class RolloutCollector:
         with_stats = self.has_stats and all(e.logprobs is not None for e in episodes)
         groups: dict[Any, int] = {}
         group_ids = np.array([groups.setdefault(e.group, len(groups)) for e in episodes], dtype=np.int64)
+        gen_mask = mask[:, self.prompt_len :].astype(np.float32)  # (E, N)
+        token_rewards = np.zeros_like(gen_mask)  # (E, N)
+        for row, episode in enumerate(episodes):
+            if episode.agent_mask is not None:
+                gen_mask[row] *= episode.agent_mask
+            if episode.token_rewards is not None:
+                token_rewards[row] = episode.token_rewards
+            else:
+                token_rewards[row, max(int(gen_mask[row].sum()) - 1, 0)] = episode.reward
 
         def tensor(array: np.ndarray) -> torch.Tensor:
             return torch.as_tensor(array, device=device)
@@ -218,12 +264,51 @@ class RolloutCollector:
         return RolloutBatch(
             input_ids=tensor(ids),
             attention_mask=tensor(mask),
-            gen_mask=tensor(mask[:, self.prompt_len :].astype(np.float32)),
+            gen_mask=tensor(gen_mask),
             old_logprobs=tensor(np.stack([e.logprobs for e in episodes])) if with_stats else None,  # type: ignore[misc]
             old_values=tensor(np.stack([e.values for e in episodes])) if with_stats else None,  # type: ignore[misc]
             rewards=tensor(np.array([e.reward for e in episodes], dtype=np.float32)),
             group_ids=tensor(group_ids),
+            token_rewards=tensor(token_rewards),
         )
+
+
+def extend_cache(
+    model: Any, cache: Any, ids: torch.Tensor, mask: torch.Tensor, extend: torch.Tensor, need: torch.Tensor
+) -> torch.Tensor:
+    """Multi-turn acting (used by :func:`agents.policy.cached_step`): feed the slots of (B, P+N) ``ids`` from
+    ``cache.fed_len`` up to ``need`` (B,) into the cache of the ``extend`` (B,) rows, so that a conversation's
+    earlier turns are never run again. Only those k rows run, in one (k, m) forward over their part of the
+    cache; every row's cache then grows by m slots (masked outside the k rows). Counts the fed tokens in
+    ``cache.prefill_tokens``; returns ``extend``."""
+    rows = extend.nonzero().squeeze(-1)  # (k,)
+    start = cache.fed_len[rows]  # (k,) first slot not yet cached
+    count = need[rows] - start  # (k,) slots to feed
+    offsets = torch.arange(int(count.max()), device=ids.device)[None, :]  # (1, m)
+    index = (start[:, None] + offsets).clamp(max=ids.shape[1] - 1)  # (k, m)
+    new_mask = (mask[rows].gather(1, index) * (offsets < count[:, None])).to(cache.slot_mask.dtype)  # (k, m)
+    held = cache.slot_mask[rows]  # (k, L)
+    positions = held.sum(-1, keepdim=True) + (new_mask.cumsum(-1) - 1).clamp(min=0)  # (k, m)
+    layers = cache.past.layers  # filled full-attention layers with (B, H, L, D) keys and values
+    full = [(layer.keys, layer.values) for layer in layers]
+    for layer in layers:  # the k rows' cache alone: the forward appends their m new slots
+        layer.keys, layer.values = layer.keys[rows], layer.values[rows]
+    step_mask = torch.cat([held, new_mask], 1)  # (k, L+m)
+    model(ids[rows].gather(1, index), step_mask, positions, past_key_values=cache.past, logits_to_keep=1)
+    width = offsets.shape[1]
+
+    def grown(tensor: torch.Tensor, new: torch.Tensor) -> torch.Tensor:  # (B, H, L, D), (k, H, m, D)
+        out = torch.cat([tensor, tensor.new_zeros(*tensor.shape[:2], width, tensor.shape[-1])], dim=2)
+        out[rows, :, -width:] = new
+        return out  # (B, H, L+m, D)
+
+    for layer, (keys, values) in zip(layers, full, strict=True):  # back to B rows, each m slots longer
+        new_keys, new_values = layer.keys[:, :, -width:], layer.values[:, :, -width:]  # (k, H, m, D)
+        layer.keys, layer.values = grown(keys, new_keys), grown(values, new_values)
+    cache.slot_mask = torch.cat([cache.slot_mask, cache.slot_mask.new_zeros(len(extend), width)], dim=1)
+    cache.slot_mask[rows, -width:] = new_mask
+    cache.prefill_tokens += int(new_mask.sum())
+    return extend
 
 
 def minibatches(

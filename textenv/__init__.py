@@ -52,6 +52,36 @@ register(
     vector_entry_point="textenv.task_envs:make_vector_env",
     kwargs={"benchmark": "preference"},
 )
+# Multi-turn conversations (textenv.chat_tasks documents the tasks): token level and one message per step,
+# then one token-level id per built-in task.
+register(
+    id="TextChat-v0",
+    entry_point="textenv.envs.chat_env:TextChatEnv",
+    vector_entry_point="textenv.envs.chat_vector_env:TextChatVectorEnv",
+)
+register(
+    id="TextChatSeq-v0",
+    entry_point="textenv.envs.chat_seq_env:TextChatSeqEnv",
+    vector_entry_point="textenv.envs.chat_seq_env:TextChatSeqVectorEnv",
+)
+register(
+    id="TextChat-Guess-v0",
+    entry_point="textenv.envs.chat_env:TextChatEnv",
+    vector_entry_point="textenv.envs.chat_vector_env:TextChatVectorEnv",
+    kwargs={"task": "guess", "max_turn_tokens": 8, "max_turns": 6},
+)
+register(
+    id="TextChat-Calculator-v0",
+    entry_point="textenv.envs.chat_env:TextChatEnv",
+    vector_entry_point="textenv.envs.chat_vector_env:TextChatVectorEnv",
+    kwargs={"task": "calculator", "max_turn_tokens": 24, "max_turns": 4},
+)
+register(
+    id="TextChat-UserSim-v0",
+    entry_point="textenv.envs.chat_env:TextChatEnv",
+    vector_entry_point="textenv.envs.chat_vector_env:TextChatVectorEnv",
+    kwargs={"task": "usersim", "max_turn_tokens": 32, "max_turns": 3, "max_new_tokens": 224},
+)
 
 __all__ = [
     "DEFAULT_MODEL",
