@@ -32,8 +32,9 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecEnv
 from transformers import PreTrainedModel
 
-from agents import run_logging
+from agents import distributed, lora, run_logging
 from agents.config import AlgorithmConfig, PolicyGradientConfig
+from agents.ema import ExponentialMovingAverage
 from agents.layout import env_attr, load_lm, read_layout
 from agents.losses import AdaptiveKLController, logprobs_from_logits
 from agents.policy import (
@@ -47,6 +48,7 @@ from agents.policy import (
     process_logits,
 )
 from agents.precision import RolloutCopy
+from agents.ptx import PretrainingMix
 from agents.rollout import RolloutBatch, RolloutCollector
 from agents.saving import Checkpointing
 from agents.vec_env import wrap_vector_env
@@ -73,6 +75,7 @@ class TextAlgorithm(Checkpointing, BaseAlgorithm):  # type: ignore[misc]  # save
         verbose: int = 0,
         device: torch.device | str = "auto",
         reference_model: str | os.PathLike | PreTrainedModel | None = None,
+        peft_config: Any = None,
         **config_kwargs: Any,
     ) -> None:
         if isinstance(env, str):  # an env id: made with the agent's model, so that the tokenizers agree
@@ -85,6 +88,9 @@ class TextAlgorithm(Checkpointing, BaseAlgorithm):  # type: ignore[misc]  # save
         self._initial_lm: PreTrainedModel | None = load_lm(model)
         self._reference_lm = load_lm(reference_model) if reference_model is not None else None
         self.deepspeed_config = deepspeed_config
+        self.peft_config = peft_config  # a peft.LoraConfig: train adapters (see agents.lora)
+        if not distributed.is_main():  # under a launcher rank 0 logs; the other ranks train silently
+            tensorboard_log, verbose = None, 0
         super().__init__(
             policy=ActorCritic,  # type: ignore[arg-type]
             env=env,
@@ -106,7 +112,24 @@ class TextAlgorithm(Checkpointing, BaseAlgorithm):  # type: ignore[misc]  # save
     def _build_networks(self, lm: PreTrainedModel, reference_lm: PreTrainedModel) -> None:
         """Extension point: the trained network ``self.policy`` and the frozen ``self.reference``."""
         self.policy = ActorCritic(lm).to(self.device)
-        self.reference = FrozenLM(reference_lm).to(self.device)
+        reference: Any = (  # LoRA: the same network with its adapters off, no second copy
+            lora.AdapterDisabledLM(self.policy.lm)
+            if lora.is_peft(lm) and reference_lm is lm
+            else FrozenLM(reference_lm).to(self.device)
+        )
+        self.reference = reference
+
+    def _zero3_acting_copy(self) -> RolloutCopy:
+        """ZeRO-3: the whole-weights network the rollouts act with, made before DeepSpeed partitions the
+        policy and refreshed by one gather per rollout (:func:`agents.distributed.gather_into`)."""
+        copies = sorted(self._extra_modules()) + (["ema"] if getattr(self, "ema", None) is not None else [])
+        if copies:  # a DQN target network, an EMA (ema_decay): they copy or average the partitioned weights
+            raise ValueError(
+                f"ZeRO stage 3 is not supported for {self.algo_name} with {copies} (copied from the "
+                'partitioned weights); use "stage": 2, with "offload_optimizer" if memory is short'
+            )
+        bf16 = self.precision == "bf16" or getattr(self.config, "rollout_precision", "same") == "bf16"
+        return RolloutCopy(self.policy, dtype=torch.bfloat16 if bf16 else torch.float32)
 
     def _setup_model(self) -> None:
         assert self.env is not None and self._initial_lm is not None  # __init__ and load always pass them
@@ -116,9 +139,16 @@ class TextAlgorithm(Checkpointing, BaseAlgorithm):  # type: ignore[misc]  # save
         self.prompt_len, self.max_new_tokens = layout.prompt_len, layout.max_new_tokens
         self.pad_token_id, self.eos_token_id = layout.pad_token_id, layout.eos_token_id
         self.group_size = int(self._env_attr("group_size") or 1)  # k episodes per prompt draw (RLOO)
-        self.set_random_seed(self.seed)
+        self.set_random_seed(self.seed)  # the same on every rank: the networks start identical
+        if self.peft_config is not None:
+            lm = lora.wrap(lm, self.peft_config)
+        if self.config.gradient_checkpointing:
+            distributed.enable_activation_checkpointing(lm)
+            self.group_size = 1  # a checkpointed layer keeps no KV cache with gradients: no shared prompts
         self._build_networks(lm, self._reference_lm or lm)
         self._reference_lm = None
+        if distributed.world_size() > 1:
+            self.set_random_seed(distributed.rank_seed(self.seed))  # each rank its own env shard and samples
         self.ds_config = engine.build_config(
             self.deepspeed_config,
             self.config.learning_rate,
@@ -130,16 +160,22 @@ class TextAlgorithm(Checkpointing, BaseAlgorithm):  # type: ignore[misc]  # save
         self.precision = "bf16" if self.ds_config["bf16"]["enabled"] else "fp32"
         if self.verbose:
             print(f"{self.algo_name}: precision {self.precision} (setting {self.config.precision!r})")
+        cfg = self.config
+        ema_decay = cfg.ema_decay if isinstance(cfg, PolicyGradientConfig) else None
+        # before the engine casts the LM to bf16: the average starts from the fp32 weights
+        self.ema = ExponentialMovingAverage(self.policy.lm, ema_decay) if ema_decay is not None else None
+        self.zero_stage = engine.zero_stage(self.ds_config)
+        acting_copy = self._zero3_acting_copy() if self.zero_stage == 3 else None  # before partitioning
         self.engine = engine.initialize(self.policy, self.ds_config)
         self.reference.to(dtype=next(self.policy.parameters()).dtype)  # frozen: no master copy needed
         self.kl_ctl: AdaptiveKLController | None = None
         self.sampling = Sampling()
-        self.rollout_copy: RolloutCopy | None = None
+        self.rollout_copy: RolloutCopy | None = acting_copy
         if isinstance(self.config, PolicyGradientConfig):
             cfg = self.config
             self.kl_ctl = AdaptiveKLController(cfg.init_kl_coef, cfg.target_kl_ref, cfg.kl_horizon)
             self.sampling = Sampling(cfg.temperature, cfg.top_k, cfg.top_p)
-            if cfg.rollout_precision == "bf16" and self.precision == "fp32":
+            if cfg.rollout_precision == "bf16" and self.precision == "fp32" and self.rollout_copy is None:
                 self.rollout_copy = RolloutCopy(self.policy)
         self.actor = self.rollout_copy.network if self.rollout_copy else self.policy  # acts in rollouts
         self.rollout = RolloutCollector(
@@ -156,6 +192,17 @@ class TextAlgorithm(Checkpointing, BaseAlgorithm):  # type: ignore[misc]  # save
         self._good_weights: list[torch.Tensor] | None = None
         self._diverged = False
         self.run_dir: Path | None = None
+        self.ptx: PretrainingMix | None = None
+        self._ptx_losses: list[float] = []
+        if isinstance(cfg, PolicyGradientConfig) and cfg.ptx_coef > 0 and cfg.ptx_dataset is not None:
+            tokenizer = self._env_attr("tokenizer")
+            if tokenizer is None:
+                raise ValueError(
+                    "ptx_dataset needs the policy's tokenizer, but the env has no `tokenizer` attribute; "
+                    "give the env one (textenv's envs have it) or set ptx_coef=0"
+                )
+            mix = cfg.ptx_dataset
+            self.ptx = PretrainingMix(mix, tokenizer, cfg.minibatch_size, pad_token_id=self.pad_token_id)
 
     # ---- acting --------------------------------------------------------------------------------------------
     def _sample(self, logits: torch.Tensor, deterministic: bool) -> torch.Tensor:
@@ -219,19 +266,25 @@ class TextAlgorithm(Checkpointing, BaseAlgorithm):  # type: ignore[misc]  # save
         stopped training."""
         self.rollout.clear()
         self.rollout_batch = None
+        self._phase_seconds = {"act": 0.0, "env": 0.0, "reward": -self._reward_seconds()}
+        self._score_seconds = 0.0  # set by the algorithm's scoring pass (agents.scoring.score_rollout)
         self._good_weights = None  # the next update snapshots the weights it starts from
         if self.rollout_copy is not None:
-            self.rollout_copy.sync()  # the trained weights, cast into the rollout copy
-        start = time.perf_counter()
+            self.rollout_copy.sync()  # the trained weights, cast (ZeRO-3: gathered once) into the copy
+        start, start_timesteps = time.perf_counter(), self.num_timesteps
         tokenizer = self._env_attr("tokenizer")
         callback.on_rollout_start()
         while not self._rollout_done():
             obs = self._last_obs
             assert isinstance(obs, dict)
+            act_start = time.perf_counter()
             ids, mask = self._obs_tensors(obs)
             actions, stats = self._act(ids, mask)
             np_actions = actions.cpu().numpy()
+            env_start = time.perf_counter()
             new_obs, rewards, dones, infos = env.step(np_actions)
+            self._phase_seconds["act"] += env_start - act_start
+            self._phase_seconds["env"] += time.perf_counter() - env_start
             self.num_timesteps += env.num_envs
             self.rollout.record(
                 np.asarray(obs["input_ids"]),
@@ -253,13 +306,27 @@ class TextAlgorithm(Checkpointing, BaseAlgorithm):  # type: ignore[misc]  # save
                 }
             )
             if not callback.on_step():
+                self._ranks_agree(start_timesteps, stopped=True)
                 return False
             self._update_info_buffer(infos, dones)
             self._last_obs, self._last_episode_starts = new_obs, dones  # type: ignore[assignment]
+        if not self._ranks_agree(start_timesteps, stopped=False):
+            return False
         self._rollout_time = time.perf_counter() - start
+        self._phase_seconds["reward"] += self._reward_seconds()
         self.rollout_batch = self.rollout.build(self.device)
         callback.on_rollout_end()
         return True
+
+    def _ranks_agree(self, start_timesteps: int, stopped: bool) -> bool:
+        """End of a rollout under a launcher: ``num_timesteps`` becomes the count of all ranks (so every rank
+        ends ``learn`` together) and a callback's stop on any rank stops all; True to go on. One process:
+        nothing changes."""
+        if distributed.world_size() > 1:
+            steps = distributed.all_sum(self.num_timesteps - start_timesteps)
+            self.num_timesteps = start_timesteps + int(steps)
+            stopped = distributed.any_rank(stopped)
+        return not stopped
 
     # ---- learning ------------------------------------------------------------------------------------------
     def train(self) -> None:
@@ -316,6 +383,7 @@ class TextAlgorithm(Checkpointing, BaseAlgorithm):  # type: ignore[misc]  # save
         iteration = 0
         assert self.env is not None
         while self.num_timesteps < total_timesteps:
+            iteration_start = time.perf_counter()
             if not self.collect_rollouts(self.env, callback):
                 break
             iteration += 1
@@ -323,17 +391,39 @@ class TextAlgorithm(Checkpointing, BaseAlgorithm):  # type: ignore[misc]  # save
             self._log_rollout()
             train_start = time.perf_counter()
             self.train()
+            if self.kl_ctl is not None and distributed.world_size() > 1:  # one coefficient for all ranks
+                self.kl_ctl.value = distributed.all_mean(self.kl_ctl.value)
             self._step_cache = StepCache()  # cached K/V were computed with the old weights
             assert self.rollout_batch is not None
             tokens = float(self.rollout_batch.gen_mask.sum())
-            self.logger.record(
-                "time/train_tokens_per_s", tokens / max(time.perf_counter() - train_start, 1e-9)
-            )
+            train_time = time.perf_counter() - train_start
+            self.logger.record("time/train_tokens_per_s", tokens / max(train_time, 1e-9))
+            self._log_phases(train_time, time.perf_counter() - iteration_start)
             if log_interval and iteration % log_interval == 0:
                 self.logger.record("time/iterations", iteration, exclude="tensorboard")
                 self.logger.dump(step=self.num_timesteps)
+        if self.rollout_copy is not None:
+            self.rollout_copy.sync()  # predict() after learn acts with the final weights (every rank: ZeRO-3)
         callback.on_training_end()
         return self
+
+    def _reward_seconds(self) -> float:
+        """Seconds the envs have spent in their reward function so far (textenv's envs count it)."""
+        cores = self.env.get_attr("core") if self.env is not None and env_attr(self.env, "core") else []
+        return sum(core.reward_seconds for core in {id(c): c for c in cores}.values())
+
+    def _log_phases(self, train_time: float, iteration_time: float) -> None:
+        """Where an iteration's time went, in seconds, under ``time/``: the policy's forwards and sampling in
+        the rollout (``act_s``), the reward function (``reward_s``), the rest of the env's steps (``env_s``),
+        the pre-update scoring pass with the reference forward (``score_s``, set by the algorithm), the
+        update (``update_s``) and everything else, the agent's own Python (``other_s``)."""
+        phases = dict(self._phase_seconds)
+        phases["env"] -= phases["reward"]
+        phases["score"] = self._score_seconds
+        phases["update"] = train_time - phases["score"]
+        phases["other"] = iteration_time - sum(phases.values())
+        for name, seconds in phases.items():
+            self.logger.record(f"time/{name}_s", seconds)
 
     def _log_rollout(self) -> None:
         batch = self.rollout_batch
@@ -358,12 +448,14 @@ class TextAlgorithm(Checkpointing, BaseAlgorithm):  # type: ignore[misc]  # save
                 "stopped before applying it: weights and the last checkpoint are the last good ones. "
                 "Lower learning_rate, or check the reward function for NaN/inf"
             )
-        params = [p for p in self.policy.parameters() if p.requires_grad]
+        params = distributed.local_shards(self.policy)  # ZeRO-3: this rank's partitions
         if self._good_weights is None:
             self._good_weights = [p.detach().clone() for p in params]
         self.engine.backward(loss)
         self.engine.step()
         if all(bool(torch.isfinite(p).all()) for p in params):
+            if self.ema is not None:
+                self.ema.update(self.policy.lm)
             return
         with torch.no_grad():
             for param, good in zip(params, self._good_weights, strict=True):
@@ -375,3 +467,18 @@ class TextAlgorithm(Checkpointing, BaseAlgorithm):  # type: ignore[misc]  # save
             "at the start of this update; the optimizer state is not usable, so save() refuses. Load the "
             "last checkpoint and lower learning_rate (or max_grad_norm)"
         )
+
+    def _with_ptx(self, loss: torch.Tensor) -> torch.Tensor:
+        """``loss`` plus ``ptx_coef`` times the LM loss on a fresh ``ptx_dataset`` minibatch (PPO-ptx; see
+        :mod:`agents.ptx`), recorded for ``train/ptx_loss``; ``loss`` itself without a pretraining mix."""
+        if self.ptx is None:
+            return loss
+        assert isinstance(self.config, PolicyGradientConfig)
+        lm_loss = self.ptx.loss(self.engine, self.device)
+        self._ptx_losses.append(lm_loss.item())
+        return loss + self.config.ptx_coef * lm_loss
+
+    def _ptx_stats(self) -> dict[str, list[float]]:
+        """``{"ptx_loss": [...]}`` of this update (empty without a pretraining mix), then cleared."""
+        losses, self._ptx_losses = self._ptx_losses, []
+        return {"ptx_loss": losses} if losses else {}

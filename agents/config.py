@@ -41,6 +41,9 @@ class AlgorithmConfig:
     precision: str = "auto"
     """``"auto"`` (bf16 where the hardware runs it natively, else fp32), ``"bf16"`` or ``"fp32"``; the
     optimizer keeps fp32 master weights either way (see :mod:`agents.precision`)."""
+    gradient_checkpointing: bool = False
+    """Recompute each transformer layer in the backward pass instead of storing its activations (less memory,
+    about a third more compute per update; see :func:`agents.distributed.enable_activation_checkpointing`)."""
 
     @property
     def micro_batch_size(self) -> int:
@@ -48,6 +51,10 @@ class AlgorithmConfig:
         raise NotImplementedError
 
     def __post_init__(self) -> None:
+        if not isinstance(self.gradient_checkpointing, bool):
+            raise TypeError(
+                f"gradient_checkpointing must be True or False, got {self.gradient_checkpointing!r}"
+            )
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision={self.precision!r} is not known; use one of {PRECISIONS}")
         check_number("learning_rate", self.learning_rate, "1e-5")
@@ -84,6 +91,16 @@ class PolicyGradientConfig(AlgorithmConfig):
     rollout_precision: str = "same"
     """``"same"`` (act with the trained network) or ``"bf16"`` (act with a bf16 copy, re-synced after every
     update, while training in fp32; see :class:`agents.precision.RolloutCopy`)."""
+    ema_decay: float | None = None
+    """Keep an fp32 exponential moving average of the actor's weights with this decay (e.g. 0.992), updated
+    after every optimizer step, saved with checkpoints, exported by ``export(path, ema=True)``; None: no EMA
+    (and no copy). See :mod:`agents.ema`."""
+    ptx_coef: float = 0.0
+    """PPO-ptx: weight of the language-modelling loss on a minibatch of ``ptx_dataset`` added to every
+    gradient step (0: off). See :mod:`agents.ptx`."""
+    ptx_dataset: str | list[str] | None = None
+    """The ptx text: a ``.jsonl`` file (``"text"`` per line), a text file (one text per line) or a list of
+    strings; needed when ``ptx_coef > 0``."""
 
     @property
     def micro_batch_size(self) -> int:
@@ -117,3 +134,19 @@ class PolicyGradientConfig(AlgorithmConfig):
             raise ValueError(f"top_k must be an int >= 0 (0 turns the filter off), got {self.top_k!r}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1] (1.0 turns the filter off), got {self.top_p}")
+        if self.ema_decay is not None:
+            check_number("ema_decay", self.ema_decay, "0.992")
+            if not 0 <= self.ema_decay < 1:
+                raise ValueError(
+                    f"ema_decay must be in [0, 1) or None (no EMA), got {self.ema_decay}; e.g. 0.992"
+                )
+        check_number("ptx_coef", self.ptx_coef, "1.0")
+        if self.ptx_coef < 0:
+            raise ValueError(f"ptx_coef must be >= 0 (0 turns the pretraining mix off), got {self.ptx_coef}")
+        if (self.ptx_coef > 0) != (self.ptx_dataset is not None):
+            raise ValueError(
+                f"ptx_coef={self.ptx_coef} with ptx_dataset={self.ptx_dataset!r}: the pretraining mix needs "
+                "both, ptx_coef > 0 and ptx_dataset (a .jsonl/.txt file or a list of texts); or neither"
+            )
+        if isinstance(self.ptx_dataset, str) and not self.ptx_dataset.strip():
+            raise ValueError("ptx_dataset is an empty string; pass a .jsonl/.txt file or a list of texts")

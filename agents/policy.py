@@ -24,6 +24,7 @@ would differ even at identical weights, which breaks PPO's ratio.
 from __future__ import annotations
 
 import copy
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol, cast
 
@@ -38,6 +39,7 @@ from transformers.generation.logits_process import (
 )
 
 from agents.losses import entropy_from_logits, logprobs_from_logits
+from agents.rollout import extend_cache
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -109,6 +111,21 @@ class FrozenLM(nn.Module):
         return out.logits, None
 
 
+def cache_argument(lm: Any) -> str:
+    """The name under which ``lm`` takes the KV cache: ``cache`` since transformers 5.24 (which deprecates
+    ``past_key_values`` with a warning on every call), ``past_key_values`` before. A wrapper such as a peft
+    model passes it through to the model it wraps, so that model's signature decides."""
+    cls = type(lm.get_base_model() if hasattr(lm, "get_base_model") else lm)
+    if cls not in _CACHE_ARGUMENT:
+        forward = getattr(cls, "forward", None)
+        takes_cache = forward is not None and "cache" in inspect.signature(forward).parameters
+        _CACHE_ARGUMENT[cls] = "cache" if takes_cache else "past_key_values"
+    return _CACHE_ARGUMENT[cls]
+
+
+_CACHE_ARGUMENT: dict[type, str] = {}
+
+
 def lm_forward(
     lm: Any,
     input_ids: torch.Tensor,
@@ -126,7 +143,7 @@ def lm_forward(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=position_ids,
-        past_key_values=past_key_values,
+        **{cache_argument(lm): past_key_values},
         use_cache=past_key_values is not None,
         output_hidden_states=hidden,
         logits_to_keep=logits_to_keep,
@@ -407,6 +424,11 @@ def cached_step(
             cache.slot_mask = torch.where(reuse[:, None], kept, cache.slot_mask)
             cache.reused_tokens += int(keep_real[reuse].sum())
             stale = stale & ~reuse
+        held = torch.arange(total, device=input_ids.device)[None, :] < cache.fed_len[:, None]  # (B, P+N)
+        moved = (((cache.fed_ids != input_ids) | (cache.fed_mask != attention_mask)) & held).any(-1)
+        extend = stale & ~moved & (cache.fed_len < need)  # a conversation's new turn: feed only the rest
+        if bool(extend.any()):
+            stale = stale & ~extend_cache(model, cache, input_ids, attention_mask, extend, need)
     if bool(stale.any()):
         rows = stale.nonzero().squeeze(-1)
         prefill_len = int(need[rows].max())

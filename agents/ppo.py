@@ -14,8 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
+from agents import distributed
 from agents.base import TextAlgorithm
 from agents.config import PolicyGradientConfig
 from agents.losses import compute_gae, masked_mean, masked_whiten, ppo_clip_loss, value_clip_loss
@@ -88,9 +87,8 @@ class PPO(TextAlgorithm):
         batch, scored, shared_groups = score_rollout(self)  # shared_groups: prompts computed once per group
         sampling = self.sampling
         mask = batch.gen_mask  # (E, N)
-        token_rewards = -kl_ctl.value * scored.kl  # (E, N)
-        last = (mask.sum(-1).long() - 1).clamp(min=0)  # (E,) index of each episode's last token
-        token_rewards[torch.arange(len(last)), last] += batch.rewards
+        # task rewards sit on the agent token they followed: the last, or each turn's end in a conversation
+        token_rewards = batch.token_rewards - kl_ctl.value * scored.kl  # (E, N)
         advantages, returns = compute_gae(token_rewards, scored.old_values, mask, cfg.gamma, cfg.gae_lambda)
         if cfg.whiten_advantages:
             advantages = masked_whiten(advantages, mask)
@@ -114,13 +112,14 @@ class PPO(TextAlgorithm):
                 )
                 entropy = masked_mean(ev.entropy, mb_mask)
                 loss = pg_loss + cfg.vf_coef * value_loss - cfg.ent_coef * entropy
-                self._gradient_step(loss)
+                self._gradient_step(self._with_ptx(loss))  # + ptx_coef * LM loss (PPO-ptx), if set
                 pg_losses.append(pg_loss.item())
                 value_losses.append(value_loss.item())
                 entropies.append(entropy.item())
                 clip_fractions.append(clip_fraction.item())
                 approx_kls.append(approx_kl.item())
-                if cfg.target_kl is not None and approx_kl.item() > 1.5 * cfg.target_kl:
+                # decided on the KL of every rank, so that all ranks of a launcher stop at the same step
+                if cfg.target_kl is not None and distributed.any_rank(approx_kl.item() > 1.5 * cfg.target_kl):
                     continue_training = False
                     break
             self._n_updates += 1
@@ -128,5 +127,5 @@ class PPO(TextAlgorithm):
                 break
 
         stats = {"policy_loss": pg_losses, "value_loss": value_losses, "entropy": entropies}
-        stats |= {"clip_fraction": clip_fractions, "approx_kl": approx_kls}
+        stats |= {"clip_fraction": clip_fractions, "approx_kl": approx_kls, **self._ptx_stats()}
         finish_update(self.logger, kl_ctl, scored, count, self._n_updates, stats)

@@ -110,12 +110,13 @@ class REINFORCE(TextAlgorithm):
             assert ev.entropy is not None
             entropy = masked_mean(ev.entropy, mb_mask)
             loss = -masked_mean(advantages[mb, None] * ev.logprobs, mb_mask) - cfg.ent_coef * entropy
-            self._gradient_step(loss)
+            self._gradient_step(self._with_ptx(loss))  # + ptx_coef * LM loss (PPO-ptx), if set
             losses.append(loss.item())
             entropies.append(entropy.item())
         self._n_updates += 1
 
         stats = {"policy_loss": losses, "entropy": entropies, "baseline": float(baseline.mean())}
+        stats |= self._ptx_stats()
         finish_update(self.logger, kl_ctl, scored, count, self._n_updates, stats)
 
     def _extra_state(self) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from agents import checkpoint
+from agents import checkpoint, distributed, lora
 
 SelfCheckpointing = TypeVar("SelfCheckpointing", bound="Checkpointing")
 
@@ -36,6 +36,7 @@ class Checkpointing:
     kl_ctl: Any
     rollout: Any
     rollout_copy: Any
+    ema: Any
     deepspeed_config: Any
     model_source: Any
     seed: Any
@@ -100,12 +101,23 @@ class Checkpointing:
         checkpoint.save(
             Path(path),
             self._checkpoint_state(),
-            lms={"model": self.policy.lm, "reference": self.reference.lm},
-            modules={"value_head": self.policy.value_head, **self._extra_modules()},
+            lms=self._checkpoint_lms(),
+            modules={"value_head": self.policy.value_head, **self._ema_modules(), **self._extra_modules()},
             engine=self.engine,
             tokenizer=self._env_attr("tokenizer") if self.env is not None else None,
-            files={**self._resume_files(), **self._extra_files()},
+            files={**self._resume_files(), **self._adapter_files(), **self._extra_files()},
         )
+
+    def _checkpoint_lms(self) -> dict[str, Any]:
+        """The HF directories of a checkpoint: the trained LM and the reference, or for a LoRA agent the base
+        weights once (the reference is the base with adapters off)."""
+        lm = self.policy.lm
+        return {lora.BASE_DIR: lm} if lora.is_peft(lm) else {"model": lm, "reference": self.reference.lm}
+
+    def _adapter_files(self) -> dict[str, Any]:
+        """A LoRA agent's adapters in peft's format (``adapter/``)."""
+        lm = self.policy.lm
+        return {lora.ADAPTER_DIR: lambda path: lora.save_adapter(lm, path)} if lora.is_peft(lm) else {}
 
     def _resume_files(self) -> dict[str, Any]:
         """The env's episodes and the rollout in progress (:func:`agents.checkpoint.resume_files`)."""
@@ -122,10 +134,20 @@ class Checkpointing:
     def _load_extra_files(self, directory: Path) -> None:
         """Extension point: read what :meth:`_extra_files` wrote (last step of :meth:`load`)."""
 
-    def export(self, path: str | os.PathLike) -> None:
-        """The trained LM alone as an HF directory (safetensors) that ``AutoModelForCausalLM`` loads."""
+    def _ema_modules(self) -> dict[str, nn.Module]:
+        """``{"ema": the fp32 average}`` when the agent keeps an EMA of its weights (``ema_decay``)."""
+        return {"ema": self.ema.model} if self.ema is not None else {}
+
+    def export(self, path: str | os.PathLike, ema: bool = False) -> None:
+        """The trained LM alone as an HF directory (safetensors) that ``AutoModelForCausalLM`` loads; with
+        ``ema=True`` the exponential moving average of its weights instead (fp32; needs ``ema_decay``)."""
         tokenizer = self._env_attr("tokenizer") if self.env is not None else None
-        checkpoint.export_lm(self.policy.lm, Path(path), tokenizer)
+        if ema and self.ema is None:
+            raise ValueError(
+                "export(..., ema=True) needs an agent that keeps an EMA of its weights; create it with "
+                "ema_decay=0.992 (for example), or export without ema=True"
+            )
+        checkpoint.export_lm(self.ema.model if ema else self.policy.lm, Path(path), tokenizer)
 
     @classmethod
     def load(  # type: ignore[override]
@@ -140,19 +162,30 @@ class Checkpointing:
         if env is None:
             raise ValueError("load needs env=...: the agent's layout (P, N, vocabulary) is checked on it")
         settings = saved.state.settings
+        peft_config = saved.peft_config()  # a LoRA agent: base weights plus adapters, no reference copy
+        if "peft_config" in kwargs:
+            raise ValueError(
+                "load takes the LoRA settings from the checkpoint (its adapter/ directory); drop peft_config"
+            )
         build: Any = cls  # the concrete agent class (TextAlgorithm's signature)
         agent = build(
             env,
-            model=saved.load_lm("model"),
+            model=saved.load_lm(lora.BASE_DIR if peft_config else "model"),
             config=saved.config(cls.config_class),
-            reference_model=saved.load_lm("reference"),
+            reference_model=None if peft_config else saved.load_lm("reference"),
+            peft_config=peft_config,
             deepspeed_config=kwargs.pop("deepspeed_config", settings["deepspeed_config"]),
             seed=settings["seed"],
             device=device,
             **kwargs,
         )
         agent.model_source = settings["model_source"]
-        saved.load_modules({"value_head": agent.policy.value_head, **agent._extra_modules()}, agent.device)
+        saved_ema = saved.state.config.get("ema_decay") is not None  # else a new EMA starts from the weights
+        ema = agent._ema_modules() if saved_ema else {}
+        modules = {"value_head": agent.policy.value_head, **ema, **agent._extra_modules()}
+        if distributed.is_partitioned(agent.policy):  # ZeRO-3: DeepSpeed's checkpoint restores the head
+            modules.pop("value_head")
+        saved.load_modules(modules, agent.device)
         saved.load_engine(agent.engine)
         counters = saved.state.counters
         agent.num_timesteps, agent._n_updates = counters["num_timesteps"], counters["n_updates"]
@@ -161,7 +194,11 @@ class Checkpointing:
             agent.kl_ctl.load_state_dict(saved.state.extra["kl_ctl"])
         agent._load_extra_state(saved.state.extra)
         saved.restore_rng()
-        resumed = saved.load_resume_files(agent.env, agent.n_envs)
+        resumed = None
+        if distributed.is_main():  # the saved episodes are rank 0's
+            resumed = saved.load_resume_files(agent.env, agent.n_envs)
+        else:  # other ranks start fresh episodes on their own seed, moved on by the updates already made
+            agent.set_random_seed(distributed.rank_seed(settings["seed"] or 0) + agent._n_updates)
         if resumed is not None:
             agent._last_obs, agent._last_episode_starts, arrays = resumed
             agent.rollout.load_state_arrays(arrays)

@@ -7,6 +7,7 @@ reference log-probs. Both go through :func:`agents.policy.evaluate_completions`.
 
 from __future__ import annotations
 
+import time
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -82,6 +83,7 @@ def score_rollout(agent: Any) -> tuple[RolloutBatch, ScoredBatch, torch.Tensor |
     batch = agent.rollout_batch
     assert batch is not None, "train() runs after collect_rollouts() has built the batch"
     shared_groups = batch.group_ids if agent.group_size > 1 else None
+    start = time.perf_counter()
     scored = score_batch(
         batch,
         agent.policy,
@@ -93,6 +95,7 @@ def score_rollout(agent: Any) -> tuple[RolloutBatch, ScoredBatch, torch.Tensor |
         recompute=agent.rollout_copy is not None,
         shared_groups=shared_groups,
     )
+    agent._score_seconds = time.perf_counter() - start  # the time breakdown's "score" phase
     return batch, scored, shared_groups
 
 

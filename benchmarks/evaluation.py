@@ -71,6 +71,7 @@ def evaluate(
     results: dict[str, Any] = {
         "reward": float(scores.mean()),
         "reward_std": float(scores.std()),
+        "_scores": [float(x) for x in scores],  # per prompt, in dataset order (for paired comparisons)
         "kl_to_reference": float(np.mean(kls)) if kls else 0.0,
         "distinct_1": text_metrics.distinct_n(completions, 1),
         "distinct_2": text_metrics.distinct_n(completions, 2),

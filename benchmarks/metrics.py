@@ -1,4 +1,5 @@
-"""Evaluation metrics of the benchmark scripts: diversity and perplexity of held-out text.
+"""Evaluation metrics of the benchmark scripts: diversity and perplexity of held-out text, and the paired
+change of a score with its confidence interval.
 
 :func:`benchmarks.evaluation.evaluate` reports them beside each task's reward before and after training.
 """
@@ -6,10 +7,12 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+from scipy import stats
 
 from textenv import data
 
@@ -50,3 +53,55 @@ def perplexity(
         nll += float((token_nll * mask[:, 1:]).sum())
         count += int(mask[:, 1:].sum())
     return float(np.exp(nll / max(1, count)))
+
+
+class PairedChange(NamedTuple):
+    """Mean of ``after - before`` over paired samples, with its two-sided Student's t interval."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+    level: float
+
+    @property
+    def significant(self) -> bool:
+        """Whether the interval excludes 0."""
+        return self.low > 0 or self.high < 0
+
+    def __str__(self) -> str:
+        return f"{self.mean:+.3f} ({self.level:.0%} CI {self.low:+.3f} to {self.high:+.3f}, n={self.n})"
+
+
+def mean_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float] | None:
+    """The two-sided Student's t interval of the mean of ``values`` (None for fewer than 2 values: one value
+    has no spread to estimate).
+
+    >>> mean_interval([1.0]) is None, [round(x, 3) for x in mean_interval([0.2, 0.3, 0.1, 0.2])]
+    (True, [0.07, 0.33])
+    """
+    if len(values) < 2:
+        return None
+    array = np.asarray(values, np.float64)
+    mean, sem = float(array.mean()), float(stats.sem(array))
+    if sem == 0.0:
+        return mean, mean
+    low, high = stats.t.interval(level, len(array) - 1, loc=mean, scale=sem)
+    return float(low), float(high)
+
+
+def paired_change(before: Sequence[float], after: Sequence[float], level: float = 0.95) -> PairedChange:
+    """The paired change ``after - before`` (same prompts, same sampling seeds) and its t interval.
+
+    >>> str(paired_change([0.0, 0.1, 0.2, 0.1], [0.2, 0.4, 0.3, 0.3]))
+    '+0.200 (95% CI +0.070 to +0.330, n=4)'
+    """
+    if len(before) != len(after) or len(before) < 2:
+        raise ValueError(
+            f"paired_change needs two equally long lists of at least 2 paired scores, got {len(before)} "
+            f"and {len(after)}"
+        )
+    diff = np.asarray(after, np.float64) - np.asarray(before, np.float64)
+    interval = mean_interval(diff.tolist(), level)
+    assert interval is not None
+    return PairedChange(float(diff.mean()), *interval, len(diff), level)

@@ -11,20 +11,28 @@ test prompts, sampled with the same seed, and finally the command that opens Ten
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
+import numpy as np
 import torch
+import transformers
 import tyro
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import KVWriter
+from tqdm.auto import tqdm
 
 import textenv  # noqa: F401  (registers TextGen-v0)
 from agents import PPO
-from benchmarks import run
+from benchmarks import metrics, provenance, run
 from benchmarks.evaluation import evaluate
+from rewards.storage import atomic_write_text
 from textenv.task_envs import build_reward
 
 
@@ -60,15 +68,50 @@ class Args:
     """TensorBoard root; the run lands in <logdir>/TextGen-v0/ppo/seed<k>-<time>/."""
 
 
-class TimeBudget(BaseCallback):
-    """Stops training at the first iteration boundary after ``seconds`` of training."""
+class Progress(BaseCallback, KVWriter):
+    """A progress bar over the training budget (seconds, or iterations with ``--iterations``) that shows the
+    iteration, the running reward of the training episodes and the KL to the reference, and stops training at
+    the first iteration boundary after the time budget.
 
-    def __init__(self, seconds: float) -> None:
+    It reads what the agent logs through SB3's logger (it is one more output format of it), so it shows the
+    same numbers as TensorBoard's ``rollout/ep_rew_mean`` and ``rollout/kl``.
+    """
+
+    def __init__(self, seconds: float, iterations: int) -> None:
         super().__init__()
-        self.seconds, self.new_rollout, self.iterations = seconds, False, 0
+        self.seconds, self.limit = seconds, iterations
+        self.new_rollout, self.iterations = False, 0
+        self.reward: list[float] = []
+        self.history: list[dict[str, float]] = []  # what the agent logged, one entry per iteration
 
     def _on_training_start(self) -> None:
         self.start = time.perf_counter()
+        by_time = not self.limit
+        self.bar = tqdm(
+            total=round(self.seconds) if by_time else self.limit,
+            unit="s" if by_time else "it",
+            desc="PPO iteration 0",
+            bar_format="{desc} {percentage:3.0f}%|{bar:20}| {n_fmt}/{total_fmt} {unit} "
+            "[{elapsed}<{remaining}]",
+            dynamic_ncols=True,
+        )
+        self.model.logger.output_formats.append(self)
+
+    def write(self, key_values: dict[str, Any], key_excluded: dict[str, Any], step: int = 0) -> None:
+        self.history.append({k: float(v) for k, v in key_values.items() if isinstance(v, (int, float))})
+        if "rollout/ep_rew_mean" in key_values:
+            self.reward.append(float(key_values["rollout/ep_rew_mean"]))
+        status = [f"PPO iteration {self.iterations}"]
+        if self.reward:
+            status.append(f"reward {np.mean(self.reward[-5:]):.3f}")  # running mean of the last 5 iterations
+        if "rollout/kl" in key_values:
+            status.append(f"KL {float(key_values['rollout/kl']):.2f}")
+        self.bar.set_description_str(" | ".join(status), refresh=False)
+        self._advance()
+
+    def _advance(self) -> None:
+        done = self.iterations if self.limit else min(self.seconds, time.perf_counter() - self.start)
+        self.bar.update(round(done) - self.bar.n)
 
     def _on_rollout_start(self) -> None:
         self.new_rollout = True
@@ -80,10 +123,16 @@ class TimeBudget(BaseCallback):
         first_step, self.new_rollout = self.new_rollout, False
         return not (first_step and time.perf_counter() - self.start > self.seconds)
 
+    def _on_training_end(self) -> None:
+        self._advance()
+        self.bar.close()
+        self.model.logger.output_formats.remove(self)
+
 
 def main(argv: list[str] | None = None) -> tuple[float, float]:
     args = tyro.cli(Args, args=argv, prog="python -m benchmarks.quickstart", description=__doc__)
     torch.manual_seed(args.seed)
+    transformers.utils.logging.disable_progress_bar()  # the weights load in a second; the bar is noise here
     reward_fn = build_reward(args.reward)
     env_kwargs = {"model": args.model, "reward_fn": reward_fn, "max_new_tokens": args.max_new_tokens}
 
@@ -111,10 +160,10 @@ def main(argv: list[str] | None = None) -> tuple[float, float]:
 
     start = time.perf_counter()
     iterations = args.iterations or 10_000
-    clock = TimeBudget(float("inf") if args.iterations else args.minutes * 60)  # iterations replace minutes
+    clock = Progress(float("inf") if args.iterations else args.minutes * 60, args.iterations)
     budget = [*run.make_callbacks(f"{iterations}it", {}), clock]
     steps = run.step_cap(iterations, args.episodes_per_rollout, args.num_envs, args.max_new_tokens)
-    agent.learn(total_timesteps=steps, callback=budget, tb_log_name="ppo", progress_bar=args.iterations > 0)
+    agent.learn(total_timesteps=steps, callback=budget, tb_log_name="ppo")
     minutes = (time.perf_counter() - start) / 60
 
     after = evaluate(policy, reference, test_env, seed=args.seed, num_prompts=args.eval_prompts)
@@ -123,10 +172,62 @@ def main(argv: list[str] | None = None) -> tuple[float, float]:
         f"mean {args.reward} reward {after['reward']:.4f} (was {before['reward']:.4f}), "
         f"KL to the start {after['kl_to_reference']:.3f}"
     )
+    change = metrics.paired_change(before["_scores"], after["_scores"])
+    verdict = "a real gain" if change.low > 0 else "not distinguishable from noise"
+    print(f"  held-out change, paired on the same prompts: {change}: {verdict}")
     print(f"  sample: {after['_samples'][0]!r}")
+    assert agent.run_dir is not None  # learn() made it under --logdir
+    summary_path = agent.run_dir / "summary.json"
+    write_summary(summary_path, args, before, after, change, clock.history, minutes, agent.precision)
     tensorboard = Path(sys.executable).parent / "tensorboard"  # the venv's own, also when it is not activated
     print(f"open TensorBoard with:  {tensorboard} --logdir {agent.run_dir}")
     return before["reward"], after["reward"]
+
+
+def decay(history: list[dict[str, float]], key: str = "time/tokens_per_s", window: int = 10) -> float | None:
+    """Mean of ``key`` over the last ``window`` iterations over its mean over the first ``window`` (None
+    before ``2 * window`` iterations): 1 means the rollout kept its speed.
+
+    >>> decay([{"time/tokens_per_s": v} for v in [100.0] * 10 + [90.0] * 10])
+    0.9
+    """
+    values = [row[key] for row in history if key in row]
+    if len(values) < 2 * window:
+        return None
+    return round(float(np.mean(values[-window:]) / np.mean(values[:window])), 3)
+
+
+def write_summary(
+    path: Path,
+    args: Args,
+    before: dict[str, Any],
+    after: dict[str, Any],
+    change: metrics.PairedChange,
+    history: list[dict[str, float]],
+    minutes: float,
+    precision: str,
+) -> None:
+    """The run's ``summary.json``: settings, evaluations, the paired change, and per iteration what the
+    agent logged (rewards, KL, tokens/s and the time breakdown ``time/*_s``)."""
+    phases = sorted(
+        {k for row in history for k in row if k.startswith("time/") and k.endswith("_s")}
+        - {"time/tokens_per_s", "time/train_tokens_per_s"}
+    )  # rates, not seconds
+    summary = {
+        "args": dataclasses.asdict(args),
+        "precision": precision,
+        "training_minutes": round(minutes, 2),
+        "iterations": len(history),
+        "eval_before": {k: v for k, v in before.items() if k != "_samples"},
+        "eval_after": {k: v for k, v in after.items() if k != "_samples"},
+        "reward_change": change._asdict(),
+        "rollout_last10_over_first10": decay(history),
+        "seconds_per_phase": {k: round(sum(row.get(k, 0.0) for row in history), 2) for k in phases},
+        "history": history,
+        "versions": provenance.versions(),
+        "machine": provenance.machine(),
+    }
+    atomic_write_text(path, json.dumps(summary, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ path ``.../<env-id>/<algo>/seed<k>-<time>/``. Scalars are read with TensorBoard'
   seeds of the run's last value of that tag (for ``eval/*``, the evaluation after training), and ``(n=k)``.
 - Curves per env id and tag: one line per algorithm (the mean over seeds, on the union of their steps,
   interpolated) with a band of ± one std; x is env steps (generated tokens).
+- ``table.json``: every cell of the headline table as a row (:func:`headline_rows`), with the values per
+  seed, so other tools need not parse markdown.
 - Provenance: the model, budget, machine and package versions of every group, from the summaries.
 - ``vs_trl.json`` directly in a given path (from :mod:`benchmarks.vs_trl`) becomes the "vs TRL" table
   (:func:`vs_trl_table`, which ``benchmarks.vs_trl`` also prints).
@@ -29,6 +31,7 @@ from typing import Annotated, Any
 import numpy as np
 import tyro
 
+from benchmarks.metrics import paired_change
 from rewards.storage import atomic_write_text
 
 CURVE_TAGS = ("rollout/ep_rew_mean", "rollout/kl", "eval/reward")
@@ -245,32 +248,66 @@ def ordered(algos: Any) -> list[str]:
     return sorted(algos, key=lambda a: (ALGO_ORDER.index(a) if a in ALGO_ORDER else len(ALGO_ORDER), a))
 
 
-def headline(groups: dict[str, dict[str, list[Run]]]) -> str:
-    """One table for all tasks, from the runs' summaries: every evaluation metric after training, the paired
-    change of the reward (after - before, same seed and prompts) and the wall time; mean ± std over seeds."""
-    algos = ordered({algo for by_algo in groups.values() for algo in by_algo})
-    lines = ["| env id | metric | " + " | ".join(algos) + " |", "|---" * (len(algos) + 2) + "|"]
+CHANGE = "reward change (paired)"
+
+
+def headline_rows(groups: dict[str, dict[str, list[Run]]]) -> list[dict[str, Any]]:
+    """Every cell of the headline table as a row: ``env_id``, ``algo``, ``metric``, ``values`` (one per
+    seed), ``mean``, ``std`` (sample std, 0 for one value) and ``n``. The paired change of the reward (after -
+    before on the same prompts and sampling seed, one value per seed) also gets its 95 % t interval over
+    seeds (``ci_low``, ``ci_high``) when there are at least two seeds. This is ``table.json``."""
+    rows = []
     for env_id, by_algo in sorted(groups.items()):
         summaries = {
             a: [r.summary for r in runs if r.summary.get("eval_after")] for a, runs in by_algo.items()
         }
         names = sorted({k for ss in summaries.values() for s in ss for k in s["eval_after"]})
-        rows: list[tuple[str, Any]] = [("reward", lambda s: s["eval_after"]["reward"])]
-        rows.append(
-            ("reward change (paired)", lambda s: s["eval_after"]["reward"] - s["eval_before"]["reward"])
-        )
-        rows += [
+        metrics: list[tuple[str, Any]] = [("reward", lambda s: s["eval_after"]["reward"])]
+        metrics.append((CHANGE, lambda s: s["eval_after"]["reward"] - s["eval_before"]["reward"]))
+        metrics += [
             (name, lambda s, name=name: s["eval_after"].get(name))
             for name in names
             if name not in ("reward", *SKIPPED) and not name.startswith("_")
         ]
-        rows.append(("wall time (s)", lambda s: s.get("wall_time_s")))
-        for label, get in rows:
-            cells = []
-            for algo in algos:
-                values = [v for v in (get(s) for s in summaries.get(algo, [])) if v is not None]
-                cells.append(mean_std(values) if values else "–")
-            lines.append(f"| {env_id} | {label} | " + " | ".join(cells) + " |")
+        metrics.append(("wall time (s)", lambda s: s.get("wall_time_s")))
+        for label, get in metrics:
+            for algo in ordered(summaries):
+                values = [float(v) for v in (get(s) for s in summaries[algo]) if v is not None]
+                if not values:
+                    continue
+                array = np.asarray(values)
+                row: dict[str, Any] = {
+                    "env_id": env_id,
+                    "algo": algo,
+                    "metric": label,
+                    "mean": float(array.mean()),
+                    "std": float(array.std(ddof=1)) if len(array) > 1 else 0.0,
+                    "n": len(values),
+                    "values": values,
+                }
+                if label == CHANGE and len(values) > 1:
+                    change = paired_change([0.0] * len(values), values)  # each value is already a change
+                    row |= {"ci_low": change.low, "ci_high": change.high}
+                rows.append(row)
+    return rows
+
+
+def headline(groups: dict[str, dict[str, list[Run]]]) -> str:
+    """One table for all tasks, from the runs' summaries: every evaluation metric after training, the paired
+    change of the reward (after - before, same seed and prompts; with its 95 % interval over seeds, marked *
+    where it excludes 0) and the wall time; mean ± std over seeds."""
+    rows = headline_rows(groups)
+    algos = ordered({row["algo"] for row in rows})
+    cells: dict[tuple[str, str], dict[str, str]] = defaultdict(dict)
+    for row in rows:
+        text = mean_std(row["values"])
+        if "ci_low" in row:
+            mark = "*" if row["ci_low"] > 0 or row["ci_high"] < 0 else ""
+            text += f" [{row['ci_low']:+.3g}, {row['ci_high']:+.3g}]{mark}"
+        cells[(row["env_id"], row["metric"])][row["algo"]] = text
+    lines = ["| env id | metric | " + " | ".join(algos) + " |", "|---" * (len(algos) + 2) + "|"]
+    for (env_id, label), by_algo in cells.items():
+        lines.append(f"| {env_id} | {label} | " + " | ".join(by_algo.get(a, "–") for a in algos) + " |")
     return "\n".join(lines)
 
 
@@ -338,6 +375,7 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     groups = group(runs)
     summary = headline(groups)
+    atomic_write_text(out / "table.json", json.dumps(headline_rows(groups), indent=2) + "\n")
     sections = [
         "# Benchmark report",
         "",

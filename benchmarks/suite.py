@@ -5,10 +5,11 @@
 
 A suite runs its (task, algo, budget) jobs for every seed, ``--workers`` at a time in separate processes,
 skipping jobs that already have a finished run in ``--logdir`` (so it resumes); then (cpu, gpu) the extras
-``benchmarks.vs_trl``, ``throughput``, ``env_overhead`` and ``reward_speed``; then ``benchmarks.report``,
-which for ``cpu`` writes ``benchmarks/results/cpu/`` and rewrites README.md's ``benchmarks.report`` block.
-Every option of a single run but ``--task``, ``--algo`` and ``--budget`` (``--model``, ``--eval-prompts``,
-``--threads``, ...: :class:`benchmarks.run.RunSettings`) applies to every job.
+``benchmarks.vs_trl``, ``throughput``, ``env_overhead``, ``reward_speed`` and ``chat`` (multi-turn); then
+``benchmarks.report``, which for ``cpu`` writes ``benchmarks/results/cpu/`` and rewrites README.md's
+``benchmarks.report`` block. Every option of a single run but ``--task``, ``--algo`` and ``--budget``
+(``--model``, ``--eval-prompts``, ``--threads``, ...: :class:`benchmarks.run.RunSettings`) applies to every
+job.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -25,6 +28,7 @@ import torch
 import tyro
 
 from benchmarks import run
+from rewards.storage import atomic_directory
 from textenv.task_envs import BENCHMARKS
 
 DISTRIBUTED_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
@@ -39,7 +43,8 @@ class Suite:
     jobs: list[tuple[str, str, str]]
     settings: dict[str, Any] = field(default_factory=dict)
     extras: bool = True
-    """After the runs: benchmarks.vs_trl, throughput, env_overhead and reward_speed into the same logdir."""
+    """After the runs: benchmarks.vs_trl, throughput, env_overhead, reward_speed and chat into the same
+    logdir."""
     trl_seconds: int = 240
     """Wall-clock training budget of each contestant of benchmarks.vs_trl."""
     publish: str | None = None
@@ -82,6 +87,10 @@ class Args(run.RunSettings):
     """Skip a job whose run (same task, algo, seed, budget) already has a summary.json in --logdir."""
     extras: bool = True
     """After the runs, also run the suite's extras (vs_trl, throughput, env_overhead, reward_speed)."""
+    publish_runs: bool = True
+    """A published suite (cpu) copies each finished run's summary.json and event files to
+    benchmarks/results/<suite>/runs/ (to be committed) and counts the runs there as finished, so the suite
+    resumes on any machine; --no-publish-runs uses --logdir alone."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -91,15 +100,49 @@ class Args(run.RunSettings):
             raise ValueError(f"--workers {self.workers} must be at least 1, e.g. --workers 2.")
 
 
-def finished(args: run.Args, seed: int) -> Path | None:
-    """The newest finished run of this (task, algo, seed, budget) in ``args.logdir``, if any."""
-    root = Path(args.logdir) / BENCHMARKS[args.task].env_id / args.algo
-    newest_first = sorted(root.glob(f"seed{seed}-*/summary.json"), reverse=True)  # names end in the time
-    for summary_path in newest_first:
+#: run options that change how a run executes but not what it computes; a finished run with other values of
+#: these still counts as the same job
+EXECUTION_ONLY = ("seeds", "logdir", "threads", "progress_bar", "eval_batch_size")
+
+
+def same_job(recorded: dict[str, Any], job: run.Args) -> bool:
+    """Whether a run's recorded ``args`` (its summary.json) are those of ``job``, up to
+    :data:`EXECUTION_ONLY` options (so a DQN run with another ``--dqn-target`` is another job)."""
+    wanted = {k: v for k, v in dataclasses.asdict(job).items() if k not in EXECUTION_ONLY}
+    return all(recorded.get(k, v) == v for k, v in wanted.items())
+
+
+def committed_runs(suite: str) -> Path | None:
+    """Where a published suite keeps its finished runs in the repo: ``benchmarks/results/<name>/runs``."""
+    publish = SUITES[suite].publish
+    return Path(publish) / "runs" if publish else None
+
+
+def finished(args: run.Args, seed: int, roots: Sequence[Path] = ()) -> Path | None:
+    """The newest finished run of this job and seed in ``args.logdir`` or in one of ``roots`` (the runs
+    committed under ``benchmarks/results/<suite>/runs``), if any."""
+    newest_first: list[Path] = []
+    for root in (Path(args.logdir), *roots):
+        folder = root / BENCHMARKS[args.task].env_id / args.algo
+        newest_first += folder.glob(f"seed{seed}-*/summary.json")
+    for summary_path in sorted(newest_first, key=lambda path: path.parent.name, reverse=True):  # by time
         summary = json.loads(summary_path.read_text())
-        if summary["args"]["budget"] == args.budget and summary["seed"] == seed:
+        if summary["seed"] == seed and same_job(summary["args"], args):
             return summary_path.parent
     return None
+
+
+def publish_run(run_dir: Path, runs_root: Path) -> Path:
+    """Copy a finished run's small artefacts (summary.json, config.json, the TensorBoard event files) to
+    ``runs_root/<env>/<algo>/<run name>`` in one atomic step, so that it can be committed; checkpoints and
+    exported weights stay behind. Returns the copy."""
+    env_id, algo = run_dir.parent.parent.name, run_dir.parent.name
+    target = runs_root / env_id / algo / run_dir.name
+    files = [f for f in run_dir.iterdir() if f.is_file() and (f.suffix == ".json" or "tfevents" in f.name)]
+    with atomic_directory(target) as staging:
+        for file in files:
+            shutil.copy2(file, staging / file.name)
+    return target
 
 
 def job_argv(job: run.Args, seed: int) -> list[str]:
@@ -126,6 +169,8 @@ def run_suite(args: Args, command: str) -> list[Path]:
     from concurrent.futures import ThreadPoolExecutor
 
     suite = SUITES[args.suite]
+    runs_root = committed_runs(args.suite) if args.publish_runs else None
+    committed = [runs_root] if runs_root is not None and runs_root.is_dir() else []
     shared = {item.name: getattr(args, item.name) for item in dataclasses.fields(run.RunSettings)}
     defaults = run.RunSettings()
     shared |= {k: v for k, v in suite.settings.items() if shared[k] == getattr(defaults, k)}
@@ -139,12 +184,12 @@ def run_suite(args: Args, command: str) -> list[Path]:
 
     def launch(item: tuple[run.Args, int]) -> Path | None:
         job, seed = item
-        done = finished(job, seed) if args.resume else None
+        done = finished(job, seed, committed) if args.resume else None
         if done is not None:
             print(f"{job.task} {job.algo} seed {seed}: already in {done}", flush=True)
             return done
         if args.workers == 1:
-            return run.run_one(job, seed, command)
+            return published(run.run_one(job, seed, command))
         argv = [sys.executable, "-m", "benchmarks.run", *job_argv(job, seed), "--no-progress-bar"]
         # each job is its own single-process DeepSpeed world: drop a parent's torch.distributed rendezvous
         # (a parent that initialised DeepSpeed still listens on its MASTER_PORT)
@@ -154,7 +199,12 @@ def run_suite(args: Args, command: str) -> list[Path]:
         if result.returncode:
             print(f"FAILED: {' '.join(argv)}\n{result.stderr[-3000:]}", flush=True)
             return None
-        return finished(job, seed)
+        return published(finished(job, seed))
+
+    def published(run_dir: Path | None) -> Path | None:
+        if run_dir is not None and runs_root is not None and runs_root not in run_dir.parents:
+            publish_run(run_dir, runs_root)
+        return run_dir
 
     if args.workers == 1:  # in this process, one after the other, each with its own progress bar
         run_dirs = [d for d in map(launch, plan) if d is not None]
@@ -172,7 +222,7 @@ def run_suite(args: Args, command: str) -> list[Path]:
             "again to resume (finished runs are skipped)."
         )
     if suite.extras and args.extras:
-        from benchmarks import env_overhead, reward_speed, throughput, vs_trl
+        from benchmarks import chat, env_overhead, reward_speed, throughput, vs_trl
 
         logdir = Path(args.logdir)
         trl_json = str(logdir / "vs_trl.json")
@@ -180,9 +230,11 @@ def run_suite(args: Args, command: str) -> list[Path]:
         throughput.main(["--model", args.model, "--json", str(logdir / "throughput.json")])
         env_overhead.main(["--model", args.model, "--json", str(logdir / "env_overhead.json")])
         reward_speed.main(["--json", str(logdir / "reward_speed.json")])
+        seeds = [str(seed) for seed in args.seeds]  # multi-turn: the guessing game before and after PPO
+        chat.main(["--model", args.model, "--seeds", *seeds, "--out", str(logdir / "chat")])
     from benchmarks import report
 
-    argv = [args.logdir]
+    argv = [args.logdir, *map(str, committed)]
     if suite.publish:
         argv += ["--out", suite.publish] + (["--readme", "README.md"] if Path("README.md").is_file() else [])
     report.main(argv)

@@ -164,6 +164,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "bare_train_tokens_per_s": round(bare_tps, 1),
         "update_vs_bare": round(update_tps / bare_tps, 3),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "malloc_tuned": engine.keep_freed_memory(),  # applied by the agent's engine, for both sides alike
         "provenance": {"versions": provenance.versions(), "machine": provenance.machine()},
     }
     print(json.dumps(result, indent=2))

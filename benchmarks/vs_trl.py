@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,7 @@ from agents import PPO, REINFORCE
 from benchmarks.evaluation import evaluate
 from benchmarks.provenance import machine, versions
 from benchmarks.report import vs_trl_table
+from rewards import engine
 from rewards.storage import atomic_write_text
 from textenv.task_envs import BENCHMARKS, build_reward
 
@@ -78,6 +80,9 @@ class Args:
     """The contestants to run, in this order."""
     precision: str = "auto"
     """Our agents' precision: auto (bf16 where native), bf16 or fp32."""
+    keep_freed_memory: bool = True
+    """Tune glibc's malloc for every contestant, TRL included, as our agents do on CPU
+    (:func:`rewards.engine.keep_freed_memory`); with --no-keep-freed-memory nobody gets it."""
     json: str = "runs/vs_trl.json"
     """Where the JSON results go."""
 
@@ -237,6 +242,10 @@ def train_ours(args: Args, algo: str) -> dict:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     args = tyro.cli(Args, args=argv, prog="python -m benchmarks.vs_trl", description=__doc__)
+    if args.keep_freed_memory:  # process-wide: the same allocator for TRL and for us
+        engine.keep_freed_memory()
+    else:
+        os.environ["TEXTENV_MALLOC_TUNING"] = "0"
     results = []
     for name in args.contestants:
         torch.manual_seed(args.seed)
@@ -249,6 +258,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     payload = {
         "args": dataclasses.asdict(args),
         "results": results,
+        "malloc_tuned": engine.keep_freed_memory() if args.keep_freed_memory else False,
         "versions": versions(),
         "machine": machine(),
     }

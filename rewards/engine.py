@@ -15,9 +15,14 @@ Every rank steps its own environments and DeepSpeed averages the gradients acros
 loss a mean over its own minibatch of b episodes, N ranks take the step one process would take on N * b
 (``train_batch_size`` becomes ``b * WORLD_SIZE``). ``tests/test_agents_distributed.py`` runs the torchrun
 command with 2 CPU processes (gloo) and checks the averaged gradient and the parameters after one step
-against one process on the whole batch, for ZeRO stages 0, 1 and 2 and with gradient clipping. ZeRO stages
-0, 1 and 2 are supported; stage 3 (parameter partitioning) is refused because the KV-cached rollout needs
-whole parameters on every rank.
+against one process on the whole batch, for ZeRO stages 0, 1 and 2 and with gradient clipping.
+
+ZeRO stages 0 to 3 are supported. Under stage 3 (parameters partitioned across ranks) the agents gather the
+weights once per rollout into a whole-weights acting copy (:mod:`agents.distributed`), so the KV-cached
+rollout never gathers per token and module. ``offload_optimizer`` (stages 1-3) and ``offload_param`` (stage 3)
+are read from the config as DeepSpeed defines them (``{"device": "cpu"}`` or ``{"device": "nvme",
+"nvme_path": ...}``); on the CPU accelerator they run with a torch AdamW (there is nothing to offload to) and
+are checked, not measured.
 
 >>> cfg = build_config({"zero_optimization": {"stage": 1}}, learning_rate=1e-5, max_grad_norm=1.0,
 ...                    train_batch_size=8, on_gpu=False, precision="fp32")
@@ -33,10 +38,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import ctypes
+import io
 import json
 import os
 import pickle
 import socket
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -144,6 +152,15 @@ def build_config(
             "'fp16.enabled' is true in the DeepSpeed config, but fp16 training needs a GPU; on CPU remove "
             "'fp16' from the config and use precision='bf16' (or 'fp32')"
         )
+    if cfg.get("hybrid_engine", {}).get("enabled") and not on_gpu:
+        import warnings
+
+        warnings.warn(
+            "'hybrid_engine.enabled' needs DeepSpeed's CUDA inference kernels; on CPU it is switched off and "
+            "the rollouts act on the trained weights (under ZeRO-3: on the copy gathered once per rollout)",
+            stacklevel=2,
+        )
+        cfg["hybrid_engine"] = {**cfg["hybrid_engine"], "enabled": False}
     cfg.setdefault(
         "optimizer", {"type": "AdamW", "params": {"lr": learning_rate, "eps": 1e-8, "weight_decay": 0.0}}
     )
@@ -166,11 +183,10 @@ def validate_config(cfg: dict[str, Any]) -> None:
     if not isinstance(zero, dict):
         raise ValueError(f"'zero_optimization' must be an object like {{'stage': 2}}, got {zero!r}")
     stage = zero.get("stage", 0)
-    if stage not in (0, 1, 2):
-        raise ValueError(
-            f"'zero_optimization.stage' is {stage!r}; use 0, 1 or 2 "
-            "(stage 3 partitions parameters, which the KV-cached rollout cannot use)"
-        )
+    if stage not in ZERO_STAGES:
+        raise ValueError(f"'zero_optimization.stage' is {stage!r}; use one of {ZERO_STAGES}")
+    for key, stages in (("offload_optimizer", (1, 2, 3)), ("offload_param", (3,))):
+        validate_offload(zero.get(key), key, stage, stages)
     if cfg.get("bf16", {}).get("enabled") and cfg.get("fp16", {}).get("enabled"):
         raise ValueError("both 'bf16.enabled' and 'fp16.enabled' are true; enable at most one of them")
     clip = cfg.get("gradient_clipping", 0.0)
@@ -184,10 +200,119 @@ def validate_config(cfg: dict[str, Any]) -> None:
         raise ValueError(f"'optimizer.params.lr' must be a positive number, got {lr!r}")
 
 
+ZERO_STAGES = (0, 1, 2, 3)
+OFFLOAD_DEVICES = ("none", "cpu", "nvme")
+
+
+def zero_stage(cfg: dict[str, Any]) -> int:
+    """The ZeRO stage of a built config (0 when it has none).
+
+    >>> zero_stage({"zero_optimization": {"stage": 3}}), zero_stage({})
+    (3, 0)
+    """
+    return int(cfg.get("zero_optimization", {}).get("stage", 0))
+
+
+def offloads(cfg: dict[str, Any]) -> bool:
+    """Whether a config offloads the optimizer state or the parameters (to CPU or NVMe)."""
+    zero = cfg.get("zero_optimization", {})
+    return any(
+        isinstance(zero.get(key), dict) and zero[key].get("device", "none") != "none"
+        for key in ("offload_optimizer", "offload_param")
+    )
+
+
+def validate_offload(offload: Any, key: str, stage: int, stages: tuple[int, ...]) -> None:
+    """Check ``zero_optimization.<key>`` (``offload_optimizer`` / ``offload_param``) against the stage.
+
+    >>> validate_offload({"device": "cpu"}, "offload_param", 2, (3,))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: 'zero_optimization.offload_param' needs ZeRO stage 3, the config has stage 2; ...
+    """
+    if offload is None:
+        return
+    name = f"'zero_optimization.{key}'"
+    if not isinstance(offload, dict):
+        raise ValueError(f'{name} must be an object like {{"device": "cpu"}}, got {offload!r}')
+    device = offload.get("device", "none")
+    if device not in OFFLOAD_DEVICES:
+        raise ValueError(f"{name}.device is {device!r}; use one of {OFFLOAD_DEVICES}")
+    if device != "none" and stage not in stages:
+        raise ValueError(
+            f"{name} needs ZeRO stage {' or '.join(map(str, stages))}, the config has stage {stage}; "
+            f"set \"stage\": {stages[-1]} or remove '{key}'"
+        )
+    if device == "nvme" and not offload.get("nvme_path"):
+        raise ValueError(f'{name} offloads to NVMe but sets no "nvme_path"; add the path of a local disk')
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+MALLOC_THRESHOLD = 1 << 30
+"""Bytes: glibc's ``M_MMAP_THRESHOLD`` and ``M_TRIM_THRESHOLD`` set by :func:`keep_freed_memory`."""
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc's malloc keep and reuse freed memory instead of handing it back to the kernel (CPU runs).
+
+    By default glibc serves large blocks with ``mmap`` and returns them with ``munmap`` (and trims the heap),
+    so every KV-cache step, which reallocates the cache, faults in and zeroes fresh pages: about 235,000 minor
+    page faults per 32-token rollout of SmolLM2 with 16 rows. Raising the mmap and trim thresholds to 1 GiB
+    (``mallopt``) cut that to about 3,000 and the rollout time by about 30 % on the 2-core CPU (one torch
+    thread, measured on a shared machine; see the README's "Speed" for the idle-machine figures). It costs
+    resident memory: freed blocks stay mapped for reuse. The setting is process-wide, applied once, and
+    only on Linux with glibc; ``TEXTENV_MALLOC_TUNING=0`` turns it off. Returns whether it is in effect.
+    """
+    global _MALLOC_TUNED
+    if _MALLOC_TUNED is None:
+        _MALLOC_TUNED = False
+        if sys.platform.startswith("linux") and os.environ.get("TEXTENV_MALLOC_TUNING", "1") != "0":
+            try:
+                libc = ctypes.CDLL("libc.so.6")
+            except OSError:  # not glibc (e.g. musl): leave its allocator alone
+                return False
+            m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's <malloc.h>
+            _MALLOC_TUNED = bool(
+                libc.mallopt(m_mmap_threshold, MALLOC_THRESHOLD)
+                and libc.mallopt(m_trim_threshold, MALLOC_THRESHOLD)
+            )
+    return _MALLOC_TUNED
+
+
+_MALLOC_TUNED: bool | None = None
+
+
+def import_deepspeed() -> Any:
+    """``import deepspeed``, without the two lines it prints on a machine without a GPU.
+
+    DeepSpeed warns on import that it fell back to its CPU accelerator, and prints a line when it builds its
+    shared-memory op; neither is something a user can act on. Where torch sees no CUDA device, the CPU
+    accelerator is named explicitly (``DS_ACCELERATOR=cpu``, unless the user set it), which is exactly what
+    DeepSpeed would pick, and the op-build line is dropped from stdout (see :func:`quiet_stdout`).
+    """
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import deepspeed
+
+    return deepspeed
+
+
+@contextlib.contextmanager
+def quiet_stdout(drop: str = " built successfully") -> Iterator[None]:
+    """Run a block with its stdout lines that end with ``drop`` removed (DeepSpeed prints one when it builds
+    an op); every other line is passed through unchanged."""
+    buffer = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buffer):
+            yield
+    finally:
+        lines = buffer.getvalue().splitlines(keepends=True)
+        sys.stdout.write("".join(line for line in lines if not line.rstrip().endswith(drop)))
 
 
 LAUNCHER_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")
@@ -215,14 +340,14 @@ def launcher_environment() -> Iterator[None]:
 
 def init_distributed() -> None:
     """Start torch.distributed for DeepSpeed once: gloo on CPU, nccl on GPU, no launcher for 1 process."""
-    import deepspeed
-
+    deepspeed = import_deepspeed()
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return
     with launcher_environment():
-        deepspeed.init_distributed(
-            dist_backend="nccl" if torch.cuda.is_available() else "gloo", verbose=False
-        )
+        with quiet_stdout():
+            deepspeed.init_distributed(
+                dist_backend="nccl" if torch.cuda.is_available() else "gloo", verbose=False
+            )
 
 
 SAFE_CHECKPOINT_GLOBALS = (
@@ -252,20 +377,33 @@ def safe_torch_load(path: str, map_location: Any = None) -> Any:
         ) from error
 
 
-def initialize(model: torch.nn.Module, config: dict[str, Any]) -> Any:
+def initialize(
+    model: torch.nn.Module, config: dict[str, Any], param_groups: list[dict[str, Any]] | None = None
+) -> Any:
     """``deepspeed.initialize`` on the trainable parameters of ``model``; returns the engine.
 
     The engine builds the optimizer from ``config["optimizer"]``; on CPU a torch AdamW is passed in instead,
     because DeepSpeed's own CPU Adam needs a compiled op. The engine's checkpoint reader is replaced by
-    :func:`safe_torch_load`, so loading a checkpoint never unpickles code.
+    :func:`safe_torch_load`, so loading a checkpoint never unpickles code. ``param_groups`` (torch optimizer
+    groups, e.g. a head with its own ``"lr"``) replaces the default single group of trainable parameters.
     """
-    import deepspeed
+    deepspeed = import_deepspeed()
 
+    if zero_stage(config) == 3:
+        # ZeRO-3 reads LOCAL_RANK on every step, not only in deepspeed.initialize: one process without a
+        # launcher keeps the default "0" for the rest of its life
+        os.environ.setdefault("LOCAL_RANK", "0")
+    if not torch.cuda.is_available():
+        keep_freed_memory()
     init_distributed()
-    params = [p for p in model.parameters() if p.requires_grad]
+    params: Any = [p for p in model.parameters() if p.requires_grad]
+    if param_groups:
+        params = param_groups
     cfg = copy.deepcopy(config)
     optimizer = None
     if not torch.cuda.is_available():
+        if offloads(cfg):  # the CPU accelerator has nowhere to offload to: a torch AdamW takes the step
+            cfg["zero_force_ds_cpu_optimizer"] = False
         spec = cfg.pop("optimizer")
         if spec["type"].lower() not in ("adam", "adamw"):
             raise ValueError(f"on CPU the optimizer must be Adam or AdamW, got {spec['type']!r}")

@@ -129,8 +129,11 @@ def _from_pretrained(cls: Any, source: Path | str, **kwargs: Any) -> Any:
     of after the hub client's retries."""
     if isinstance(source, Path):
         return cls.from_pretrained(source, **kwargs)
+    offline: dict[str, Any] = {"local_files_only": True}
+    if hasattr(cls, "from_config"):  # a model class: with peft installed, transformers 5 looks for an adapter
+        offline["adapter_kwargs"] = {"local_files_only": True}  # config on the hub unless told not to
     try:
-        return cls.from_pretrained(source, local_files_only=True, **kwargs)
+        return cls.from_pretrained(source, **offline, **kwargs)
     except OSError as error:
         if not _hub_allowed():
             reason = "textenv does not download models unless HF_HUB_OFFLINE=0"

@@ -9,6 +9,7 @@ keep episode state.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,7 @@ class TextGenCore:
         split: str = "train",
         vocab_size: int | None = None,
     ) -> None:
+        self.reward_seconds = 0.0  # time spent in reward_fn, for the agents' time breakdown
         for name, value in [
             ("max_prompt_tokens", max_prompt_tokens),
             ("max_new_tokens", max_new_tokens),
@@ -277,12 +279,15 @@ class TextGenCore:
         return self.tokenizer.batch_decode([c.tolist() for c in completions], skip_special_tokens=True)
 
     def score(self, indices: Sequence[int], completions: list[str]) -> np.ndarray:
-        """One batched reward call for the given prompt indices and completions; checks the output."""
+        """One batched reward call for the given prompt indices and completions; checks the output. Its time
+        adds up in ``reward_seconds``."""
         examples = [self.dataset[i] for i in indices]
         prompts = [e.prompt for e in examples]
         references = [e.reference for e in examples]
         name = "reward_fn " + getattr(self.reward_fn, "__name__", type(self.reward_fn).__name__)
+        start = time.perf_counter()
         raw = self.reward_fn(prompts, completions, references)
+        self.reward_seconds += time.perf_counter() - start
         # strings, complex numbers, bools: TypeError; a wrong count, NaN, inf, beyond float32: ValueError
         return check_scores(raw, len(completions), name)
 
