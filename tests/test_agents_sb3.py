@@ -30,12 +30,12 @@ def small(algo=PPO, env=None, **kwargs):
     return algo(env, model="tiny-sp", **settings)
 
 
-
 def optimizer_tensors(engine) -> list[torch.Tensor]:
     """The optimizer's fp32 master weights and Adam moments (inside DeepSpeed's bf16 wrapper, if any)."""
     inner = getattr(engine.optimizer, "optimizer", engine.optimizer)
     state = [t for s in inner.state.values() for t in s.values() if torch.is_tensor(t) and t.dim() > 0]
     return state + [p.detach() for group in inner.param_groups for p in group["params"]]
+
 
 def test_callbacks_logging_checkpoint_resume_export(tmp_path) -> None:
     agent = small(tensorboard_log=str(tmp_path / "runs"))
