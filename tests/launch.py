@@ -16,6 +16,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 TORCHRUN = Path(sys.executable).with_name("torchrun")
+DEEPSPEED = Path(sys.executable).with_name("deepspeed")
 needs_torchrun = pytest.mark.skipif(not TORCHRUN.is_file(), reason="torchrun is not installed next to Python")
 
 
@@ -34,11 +35,26 @@ def load_module(path: Path) -> ModuleType:
     return module
 
 
-def torchrun(args: list[str], timeout: float, nproc: int = 2) -> subprocess.CompletedProcess:
-    """``torchrun --nproc_per_node nproc ARGS`` from the repository root with one torch thread per rank; the
-    output (stdout and stderr together) is the result's ``stdout``. On timeout the test fails with it."""
-    command = [str(TORCHRUN), "--nnodes", "1", "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1"]
-    command += ["--master_port", str(free_port()), *args]
+def torchrun(
+    args: list[str], timeout: float, nproc: int = 2, launcher: str = "torchrun"
+) -> subprocess.CompletedProcess:
+    """``torchrun --nproc_per_node nproc ARGS`` (or, with ``launcher="deepspeed"``, ``deepspeed
+    --num_gpus nproc ARGS``, which on a CPU machine starts nproc CPU processes and appends
+    ``--local_rank=R`` to ARGS) from the repository root with one torch thread per rank; the output (stdout
+    and stderr together) is the result's ``stdout``. On timeout the test fails with it."""
+    if launcher == "deepspeed":
+        command = [str(DEEPSPEED), "--num_gpus", str(nproc), "--master_port", str(free_port()), *args]
+    else:
+        command = [
+            str(TORCHRUN),
+            "--nnodes",
+            "1",
+            "--nproc_per_node",
+            str(nproc),
+            "--master_addr",
+            "127.0.0.1",
+        ]
+        command += ["--master_port", str(free_port()), *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)  # the pytest process may hold a 1-process group of its own

@@ -14,7 +14,7 @@ from types import ModuleType
 
 import pytest
 import torch
-from launch import REPO, load_module, needs_torchrun, torchrun
+from launch import DEEPSPEED, REPO, load_module, needs_torchrun, torchrun
 
 from agents import DQN, PPO, distributed
 from rewards import engine
@@ -88,6 +88,19 @@ def test_whole_runs_under_torchrun_and_a_one_process_load_resumes(tmp_path: Path
     assert weights == pytest.approx(learned[0]["ppo_weights"], rel=1e-12)
     agent.learn(total_timesteps=agent.num_timesteps + 24, reset_num_timesteps=False)
     assert agent._n_updates > learned[0]["ppo"]["updates"]
+
+
+@pytest.mark.skipif(not DEEPSPEED.is_file(), reason="the deepspeed launcher is not installed next to Python")
+def test_whole_runs_under_the_deepspeed_launcher(tmp_path: Path) -> None:
+    """The ``deepspeed`` launcher (2 CPU processes; it appends ``--local_rank=R`` to the script's arguments)
+    runs the same whole runs as torchrun: equal steps and weights on both ranks, each on its own episodes."""
+    result = torchrun([str(WORKER), str(tmp_path), "learn"], timeout=240, launcher="deepspeed")
+    assert result.returncode == 0, result.stdout[-6000:]
+    learned = [json.loads((tmp_path / f"learn_rank{rank}.json").read_text()) for rank in range(2)]
+    for algo in ("ppo", "reinforce", "dqn"):
+        assert learned[0][algo] == learned[1][algo] and learned[0][algo]["updates"] >= 2, algo
+    assert learned[0]["ppo_weights"] == learned[1]["ppo_weights"]
+    assert learned[0]["ppo_last_rollout"] != learned[1]["ppo_last_rollout"]
 
 
 def test_zero3_in_one_process_acts_on_a_whole_copy_and_resumes(
