@@ -11,17 +11,13 @@ from gymnasium import spaces
 
 from textenv.chat_tasks import ChatTask
 from textenv.envs.chat_core import ChatCore, Conversation
-from textenv.envs.core import PromptSampler, TextGenCore
+from textenv.envs.core import PromptSampler, TextGenCore, TokenAttributes
 
 
-class ChatAttributes:
+class ChatAttributes(TokenAttributes):
     """The core's settings as env attributes (what ``agents.layout`` reads through SB3's ``get_attr``)."""
 
     core: ChatCore
-
-    @property
-    def tokenizer(self) -> Any:
-        return self.core.tokenizer
 
     @property
     def task(self) -> ChatTask:
@@ -42,22 +38,6 @@ class ChatAttributes:
     @property
     def max_turns(self) -> int:
         return self.core.max_turns
-
-    @property
-    def eos_token_id(self) -> int:
-        return self.core.eos_token_id
-
-    @property
-    def pad_token_id(self) -> int:
-        return self.core.pad_token_id
-
-    @property
-    def vocab_size(self) -> int:
-        return self.core.vocab_size
-
-    @property
-    def group_size(self) -> int:
-        return self.core.group_size
 
     @property
     def end_of_turn_ids(self) -> set[int]:

@@ -348,7 +348,34 @@ def _decode_state(saved: Any, current: Any) -> Any:
     return type(current)(saved) if current is not None else saved
 
 
-class CoreAttributes:
+class TokenAttributes:
+    """What every textenv env exposes of its core to agents (``agents.layout`` reads them through SB3's
+    ``get_attr``): the tokenizer and its special ids, the action vocabulary and the prompt group size."""
+
+    core: Any
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.core.tokenizer
+
+    @property
+    def eos_token_id(self) -> int:
+        return self.core.eos_token_id
+
+    @property
+    def pad_token_id(self) -> int:
+        return self.core.pad_token_id
+
+    @property
+    def vocab_size(self) -> int:
+        return self.core.vocab_size
+
+    @property
+    def group_size(self) -> int:
+        return self.core.group_size
+
+
+class CoreAttributes(TokenAttributes):
     """Exposes the core's settings on an environment (``env.unwrapped.tokenizer`` and friends), and its
     episode state (:meth:`state_dict`), which an agent's checkpoint stores so that a resumed run continues
     the very episodes and prompt draws of the one it resumes."""
@@ -379,10 +406,6 @@ class CoreAttributes:
         self.render_mode = render_mode
 
     @property
-    def tokenizer(self) -> Any:
-        return self.core.tokenizer
-
-    @property
     def dataset(self) -> PromptDataset:
         return self.core.dataset
 
@@ -397,19 +420,3 @@ class CoreAttributes:
     @property
     def max_new_tokens(self) -> int:
         return self.core.max_new_tokens
-
-    @property
-    def eos_token_id(self) -> int:
-        return self.core.eos_token_id
-
-    @property
-    def pad_token_id(self) -> int:
-        return self.core.pad_token_id
-
-    @property
-    def vocab_size(self) -> int:
-        return self.core.vocab_size
-
-    @property
-    def group_size(self) -> int:
-        return self.core.group_size
