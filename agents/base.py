@@ -50,6 +50,7 @@ from agents.policy import (
 from agents.precision import RolloutCopy
 from agents.ptx import PretrainingMix
 from agents.rollout import RolloutBatch, RolloutCollector
+from agents.sampling import draw
 from agents.saving import Checkpointing
 from agents.vec_env import wrap_vector_env
 from rewards import engine
@@ -138,6 +139,8 @@ class TextAlgorithm(Checkpointing, BaseAlgorithm):  # type: ignore[misc]  # save
         self.token_level, self.n_actions = layout.token_level, layout.n_actions
         self.prompt_len, self.max_new_tokens = layout.prompt_len, layout.max_new_tokens
         self.pad_token_id, self.eos_token_id = layout.pad_token_id, layout.eos_token_id
+        stops = layout.stop_token_ids  # a completion ends at EOS or any of these (the env's stop tokens)
+        self.stop_token_ids = list(stops) if stops else self.eos_token_id
         self.group_size = int(self._env_attr("group_size") or 1)  # k episodes per prompt draw (RLOO)
         self.set_random_seed(self.seed)  # the same on every rank: the networks start identical
         if self.peft_config is not None:
@@ -183,7 +186,7 @@ class TextAlgorithm(Checkpointing, BaseAlgorithm):  # type: ignore[misc]  # save
             self.prompt_len,
             self.max_new_tokens,
             self.pad_token_id,
-            self.eos_token_id,
+            self.stop_token_ids,
             self.token_level,
         )
         self.rollout_batch: RolloutBatch | None = None
@@ -207,7 +210,7 @@ class TextAlgorithm(Checkpointing, BaseAlgorithm):  # type: ignore[misc]  # save
     # ---- acting --------------------------------------------------------------------------------------------
     def _sample(self, logits: torch.Tensor, deterministic: bool) -> torch.Tensor:
         """(B, n_actions) processed logits -> (B,) token ids (sampled, or argmax when deterministic)."""
-        return logits.argmax(-1) if deterministic else torch.distributions.Categorical(logits=logits).sample()
+        return logits.argmax(-1) if deterministic else draw(logits)
 
     def _obs_tensors(self, obs: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         ids = torch.as_tensor(np.asarray(obs["input_ids"]), device=self.device).long()
@@ -221,7 +224,12 @@ class TextAlgorithm(Checkpointing, BaseAlgorithm):  # type: ignore[misc]  # save
 
     def _generate(self, ids: torch.Tensor, mask: torch.Tensor, deterministic: bool) -> torch.Tensor:
         """Sequence-level action: (B, N) completion ids; see :func:`agents.policy.generate_completions`."""
-        n_new, n_actions, pad, eos = self.max_new_tokens, self.n_actions, self.pad_token_id, self.eos_token_id
+        n_new, n_actions, pad, eos = (
+            self.max_new_tokens,
+            self.n_actions,
+            self.pad_token_id,
+            self.stop_token_ids,
+        )
         lm = self.actor.lm
         return generate_completions(lm, ids, mask, n_new, n_actions, pad, eos, deterministic, self.sampling)
 

@@ -21,7 +21,6 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-import torch.nn.functional as F
 from gymnasium import spaces
 from stable_baselines3.common.utils import polyak_update, safe_mean
 from stable_baselines3.common.vec_env import VecEnv
@@ -144,11 +143,13 @@ class DQN(TextAlgorithm):
     loss plus ``conservative_coef`` times a CQL term towards the reference LM, and epsilon-greedy or Boltzmann
     exploration on a linear or exponential schedule; :mod:`agents.q_learning` defines each of them.
 
-    Works only on token-level envs (``Discrete(vocab)`` actions, ``TextGen-v0``); for the sequence-level
-    ``TextGenSeq-v0`` use PPO or REINFORCE. :meth:`save` checkpoints weights, optimizer, target network,
-    replay buffer (``save_replay_buffer=True``), RNG states and counters; running episodes are not saved,
-    so a resumed ``learn`` starts from fresh env resets. On multi-turn envs (``TextChat-v0``) the replay keeps
-    whole conversations: the other party's tokens count as transitions too, and per-turn rewards are summed.
+    Works only on token-level envs (``Discrete(vocab)`` actions: ``TextGen-v0``, ``TextChat-v0``); for the
+    sequence-level ``TextGenSeq-v0`` use PPO or REINFORCE. :meth:`save` checkpoints weights, optimizer,
+    target network, replay buffer (``save_replay_buffer=True``), RNG states and counters, and the env's
+    running episodes (its ``state_dict()``), so a resumed ``learn`` continues them. On multi-turn envs the
+    replay keeps whole conversations, but only the agent's tokens (``agent_mask``) are transitions, each
+    turn's reward follows the agent token that ended it, and the bootstrap goes from one agent token to the
+    next across the other party's turn (:func:`agents.q_learning.agent_td_targets`).
 
     Example (run in tests/test_dqn.py; DeepSpeed's start-up prints make it unfit for a doctest)::
 
@@ -250,10 +251,13 @@ class DQN(TextAlgorithm):
         self._rollout_start = self.num_timesteps
         running = super().collect_rollouts(env, callback)
         prompt_len = self.prompt_len
-        for episode in self.rollout.episodes:
+        for episode in self.rollout.episodes:  # multi-turn: agent_mask marks the actions among the tokens
             ids, mask = episode.input_ids, episode.attention_mask.astype(bool)  # (P+N,)
-            prompt, completion = ids[:prompt_len][mask[:prompt_len]], ids[prompt_len:][mask[prompt_len:]]
-            self.replay.add(prompt, completion, episode.reward)
+            generated = mask[prompt_len:]  # (N,)
+            prompt, completion = ids[:prompt_len][mask[:prompt_len]], ids[prompt_len:][generated]
+            rewards = episode.reward if episode.token_rewards is None else episode.token_rewards[generated]
+            agent = None if episode.agent_mask is None else episode.agent_mask[generated]
+            self.replay.add(prompt, completion, rewards, agent)
         self._episode_num += len(self.rollout)
         self._pending_samples = (self._pending_samples + self.rollout.samples)[:4]
         return running
@@ -267,34 +271,27 @@ class DQN(TextAlgorithm):
         expected_sarsa = cfg.target == "expected_sarsa"
         for _ in range(gradient_steps):
             batch = self.replay.sample(batch_size, self.replay_rng, self.device)
-            ids, attn, mask = batch.input_ids, batch.attention_mask, batch.gen_mask
+            ids, attn = batch.input_ids, batch.attention_mask
             logits, _ = completion_logits(self.engine, ids, attn, n_new, n_actions)  # (U, N, A)
-            q = logits.float()  # Q(s_t, .) for every generated slot t
-            actions = batch.input_ids[:, -n_new:]  # (U, N) the token taken in each state
+            q = logits.float()  # Q(s_t, .) for every slot t (used at the agent's tokens only)
             with torch.no_grad():
                 target_logits, _ = completion_logits(self.target, ids, attn, n_new, n_actions)
-                target_q, rewards = target_logits.float(), batch.rewards * cfg.reward_scale
                 ref_logits = None  # (U, N, A) the reference LM, for the CQL term and pi_explore
                 if cfg.conservative_coef > 0 or (expected_sarsa and self.exploration.uses_reference):
                     ref_logits, _ = completion_logits(self.reference, ids, attn, n_new, n_actions)
                 mu = self.exploration.behaviour_probs(q.detach(), ref_logits) if expected_sarsa else None
-                bootstrap = q_learning.bootstrap_values(cfg.target, q.detach(), target_q, actions, mu)
-                targets = q_learning.episode_td_targets(bootstrap, mask, rewards, cfg.gamma, cfg.n_steps)
-            q_taken = q.gather(-1, actions[..., None]).squeeze(-1)  # (U, N)
-            rows, positions = batch.rows, batch.positions  # (B,)
-            td_loss = F.smooth_l1_loss(q_taken[rows, positions], targets[rows, positions])
-            loss = td_loss
-            if ref_logits is not None and cfg.conservative_coef > 0:
-                ref_logprobs = torch.log_softmax(ref_logits[rows, positions].float(), -1)  # (B, A)
-                penalty = q_learning.conservative_penalty(q[rows, positions], ref_logprobs)
-                loss = td_loss + cfg.conservative_coef * penalty
-                penalties.append(penalty.item())
-            self._gradient_step(loss)
+            terms = q_learning.q_loss(
+                q, target_logits.float(), batch, cfg.target, cfg.gamma, cfg.n_steps, cfg.reward_scale,
+                ref_logits, cfg.conservative_coef, mu,
+            )  # fmt: skip
+            self._gradient_step(terms.loss)
             self._n_updates += 1
-            losses.append(loss.item())
-            td_losses.append(td_loss.item())
-            q_means.append(q_taken[rows, positions].mean().item())
-            target_means.append(targets[rows, positions].mean().item())
+            losses.append(terms.loss.item())
+            td_losses.append(terms.td_loss.item())
+            if terms.penalty is not None:
+                penalties.append(terms.penalty.item())
+            q_means.append(terms.q_taken.mean().item())
+            target_means.append(terms.targets.mean().item())
         self._update_target()
         stats = {"loss": losses, "td_loss": td_losses, "conservative_penalty": penalties, "q_mean": q_means}
         for name, values in {**stats, "target_q_mean": target_means}.items():

@@ -26,6 +26,8 @@ class EnvLayout:
     max_new_tokens: int
     pad_token_id: int
     eos_token_id: int | None
+    stop_token_ids: tuple[int, ...] = ()
+    """Ids that end a completion (the env's ``stop_token_ids``: EOS and e.g. newline tokens); (): EOS only."""
 
 
 def load_lm(model: str | os.PathLike | PreTrainedModel) -> PreTrainedModel:
@@ -102,6 +104,7 @@ def read_layout(env: VecEnv, lm: PreTrainedModel, max_new_tokens: int | None, mo
             )
     pad = env_attr(env, "pad_token_id")
     eos = env_attr(env, "eos_token_id")
+    stops = env_attr(env, "stop_token_ids")
     return EnvLayout(
         token_level=token_level,
         n_actions=n_actions,
@@ -109,4 +112,5 @@ def read_layout(env: VecEnv, lm: PreTrainedModel, max_new_tokens: int | None, mo
         max_new_tokens=int(n_new),
         pad_token_id=int(pad if pad is not None else (lm.config.pad_token_id or 0)),
         eos_token_id=int(eos) if eos is not None else lm.config.eos_token_id,
+        stop_token_ids=tuple(int(i) for i in stops) if stops is not None else (),
     )

@@ -32,14 +32,10 @@ import torch
 from torch import nn
 from transformers import DynamicCache, GenerationConfig, PreTrainedModel
 from transformers.cache_utils import DynamicLayer
-from transformers.generation.logits_process import (
-    TemperatureLogitsWarper,
-    TopKLogitsWarper,
-    TopPLogitsWarper,
-)
 
 from agents.losses import entropy_from_logits, logprobs_from_logits
 from agents.rollout import extend_cache
+from agents.sampling import PLAIN_SAMPLING, Sampling, process_logits  # re-exported: the public names
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -160,51 +156,6 @@ def action_logits(logits: torch.Tensor, n_actions: int) -> torch.Tensor:
     torch.Size([2, 3])
     """
     return logits if logits.shape[-1] == n_actions else logits[..., :n_actions]
-
-
-class Sampling(NamedTuple):
-    """How rollout tokens are drawn: the LM's distribution after temperature, top-k and top-p (in that order,
-    as ``generate`` applies them). The defaults sample the distribution unchanged."""
-
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-
-    @property
-    def unchanged(self) -> bool:
-        return self.temperature == 1.0 and self.top_k == 0 and self.top_p >= 1.0
-
-
-PLAIN_SAMPLING = Sampling()
-"""The model's distribution as it is: temperature 1, no top-k or top-p filter."""
-
-
-def process_logits(
-    logits: torch.Tensor, sampling: Sampling, keep: torch.Tensor | None = None
-) -> torch.Tensor:
-    """The logits of the distribution rollouts sample from, in float32: (..., A) -> (..., A), with filtered
-    tokens at -inf. ``keep`` (...,) are tokens that stay in (the ones actually taken: a token sampled by a
-    bf16 rollout copy stays scorable even if rounding moved it just outside the update path's nucleus).
-
-    >>> process_logits(torch.tensor([[2.0, 1.0, 0.0]]), Sampling(temperature=0.5, top_k=2))
-    tensor([[4., 2., -inf]])
-    """
-    scores = logits.float()
-    if sampling.unchanged:
-        return scores
-    shape = scores.shape
-    flat = scores.reshape(-1, shape[-1])  # (M, A)
-    if sampling.temperature != 1.0:
-        flat = TemperatureLogitsWarper(sampling.temperature)(None, flat)  # type: ignore[arg-type]
-    tempered = flat
-    if sampling.top_k:
-        flat = TopKLogitsWarper(sampling.top_k)(None, flat)  # type: ignore[arg-type]
-    if sampling.top_p < 1.0:
-        flat = TopPLogitsWarper(sampling.top_p)(None, flat)  # type: ignore[arg-type]
-    if keep is not None and flat is not tempered:
-        index = keep.reshape(-1, 1)  # (M, 1)
-        flat = flat.scatter(-1, index, tempered.gather(-1, index))
-    return flat.reshape(shape)
 
 
 class CompletionEval(NamedTuple):
@@ -464,7 +415,7 @@ def generate_completions(
     max_new_tokens: int,
     n_actions: int,
     pad_token_id: int,
-    eos_token_id: int | None,
+    eos_token_id: int | list[int] | None,
     deterministic: bool,
     sampling: Sampling = PLAIN_SAMPLING,
 ) -> torch.Tensor:
@@ -472,6 +423,7 @@ def generate_completions(
 
     ``lm`` is a transformers causal LM (a ``PreTrainedModel`` with ``GenerationMixin``).
 
+    Generation stops at ``eos_token_id`` (one id, or a list: the env's stop tokens, EOS among them).
     Sampling with ``sampling``'s temperature, top-k and top-p, or greedy when ``deterministic``; token ids
     ``>= n_actions`` (vocabulary rows outside the action space) are never generated (``suppress_tokens``,
     generation's form of :func:`action_logits`).

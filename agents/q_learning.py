@@ -21,6 +21,13 @@ episode end), and the bootstrap V(s) is, per target:
 
   With eps = 0 it equals ``double_q``.
 
+**Multi-turn episodes** (``TextChat-v0``): the other party's tokens sit between the agent's in the same
+row, but they are not actions. Only agent tokens are transitions, n counts agent tokens (and gamma applies
+per agent token), and the state after an agent's turn-ending token is the one before its *next* token, so
+the bootstrap crosses the other party's turn: ``V(s_{t+n})`` is read at the agent token n agent tokens later,
+whose Q-values were computed with that turn in context (:func:`agent_td_targets`). Q-values at the other
+party's positions never enter a target or a loss (:func:`q_loss`).
+
 **Conservative regulariser** (``conservative_coef``): ``logsumexp_a Q(s, a) - E_{a~pi_ref} Q(s, a)``, a CQL
 term towards the reference LM (:func:`conservative_penalty`). The failure it prevents: the TD loss only
 touches the few tokens that were tried, while the greedy policy takes a max over the whole vocabulary (49,152
@@ -43,12 +50,14 @@ value x (eps, or the temperature for Boltzmann) after t env steps (tokens summed
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from stable_baselines3.common.utils import LinearSchedule
 
 from agents.policy import PLAIN_SAMPLING, Sampling, process_logits
+from agents.replay import ReplaySamples
 
 TARGETS = ("double_q", "q_learning", "sarsa", "expected_sarsa")
 EXPLORATIONS = ("epsilon_greedy", "boltzmann")
@@ -170,6 +179,69 @@ def episode_td_targets(
     rewards = torch.zeros_like(gen_mask)
     rewards[torch.arange(len(last)), last] = episode_rewards
     return n_step_targets(rewards, bootstrap, gen_mask, gamma, n_steps)
+
+
+def agent_td_targets(
+    bootstrap: torch.Tensor, agent_mask: torch.Tensor, rewards: torch.Tensor, gamma: float, n_steps: int
+) -> torch.Tensor:
+    """n-step targets (E, N) over the agent's tokens only: the ``agent_mask`` (E, N) slots, in order, are the
+    steps, the other slots (the other party's tokens, padding) are skipped and get target 0. ``rewards``
+    (E, N) is each reward on the agent token it followed and ``bootstrap`` (E, N) V(s_t) before each token.
+
+    >>> agent = torch.tensor([[1.0, 1.0, 0.0, 0.0, 1.0]])   # the agent, the env (2 tokens), the agent again
+    >>> values = torch.tensor([[1.0, 2.0, 50.0, 60.0, 4.0]])   # the env's slots are never read
+    >>> agent_td_targets(values, agent, torch.tensor([[0.0, 0.5, 0.0, 0.0, 1.0]]), gamma=0.5, n_steps=1)
+    tensor([[1.0000, 2.5000, 0.0000, 0.0000, 1.0000]])
+    """
+    order = torch.argsort((agent_mask == 0).to(torch.int8), dim=1, stable=True)  # (E, N) agent slots first
+    packed = n_step_targets(
+        rewards.gather(1, order), bootstrap.gather(1, order), agent_mask.gather(1, order), gamma, n_steps
+    )  # (E, N), 0 past each row's agent tokens
+    return torch.zeros_like(packed).scatter(1, order, packed)
+
+
+class QLoss(NamedTuple):
+    """One DQN update's loss and what is logged of it; the last two are at the B sampled transitions."""
+
+    loss: torch.Tensor  # () TD loss plus the weighted conservative penalty
+    td_loss: torch.Tensor  # () Huber loss of Q(s, a) against the targets
+    penalty: torch.Tensor | None  # () the CQL term (None without reference logits or with weight 0)
+    q_taken: torch.Tensor  # (B,) Q(s, a) of the sampled transitions
+    targets: torch.Tensor  # (B,) their n-step targets
+
+
+def q_loss(
+    q: torch.Tensor,
+    target_q: torch.Tensor,
+    batch: ReplaySamples,
+    target: str,
+    gamma: float,
+    n_steps: int,
+    reward_scale: float = 1.0,
+    ref_logits: torch.Tensor | None = None,
+    conservative_coef: float = 0.0,
+    behaviour_probs: torch.Tensor | None = None,
+) -> QLoss:
+    """The loss of one DQN update on ``batch``: online ``q`` and ``target_q`` (U, N, A) of its U episodes,
+    bootstrapped by ``target`` (:func:`bootstrap_values`; ``behaviour_probs`` for expected SARSA), n-step
+    targets over the agent's tokens (:func:`agent_td_targets`, rewards times ``reward_scale``), the Huber loss
+    at the sampled transitions, plus ``conservative_coef`` times :func:`conservative_penalty` there towards
+    the reference LM's (U, N, A) ``ref_logits``. Gradients reach ``q`` at the sampled agent tokens only.
+    """
+    n_new = q.shape[1]
+    actions = batch.input_ids[:, -n_new:]  # (U, N) the token taken in each state
+    with torch.no_grad():
+        bootstrap = bootstrap_values(target, q.detach(), target_q, actions, behaviour_probs)  # (U, N)
+        targets = agent_td_targets(bootstrap, batch.gen_mask, batch.rewards * reward_scale, gamma, n_steps)
+    rows, positions = batch.rows, batch.positions  # (B,)
+    q_taken = q.gather(-1, actions[..., None]).squeeze(-1)[rows, positions]  # (B,)
+    td_loss = F.smooth_l1_loss(q_taken, targets[rows, positions])
+    loss, penalty = td_loss, None
+    if ref_logits is not None and conservative_coef > 0:
+        ref_logprobs = torch.log_softmax(ref_logits[rows, positions].float(), -1)  # (B, A)
+        penalty = conservative_penalty(q[rows, positions], ref_logprobs)
+        loss = td_loss + conservative_coef * penalty
+    return QLoss(loss, td_loss, penalty, q_taken, targets[rows, positions])
 
 
 def epsilon_greedy(

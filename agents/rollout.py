@@ -81,11 +81,13 @@ class RolloutCollector:
         prompt_len: int,
         max_new_tokens: int,
         pad_token_id: int,
-        eos_token_id: int | None,
+        eos_token_id: int | list[int] | None,
         token_level: bool,
     ) -> None:
         self.prompt_len, self.max_new_tokens = prompt_len, max_new_tokens
-        self.pad_token_id, self.eos_token_id = pad_token_id, eos_token_id
+        self.pad_token_id = pad_token_id
+        # the ids that end a sequence-level completion: EOS, or the env's stop tokens (a list)
+        self.stop_ids = np.asarray([] if eos_token_id is None else eos_token_id, dtype=np.int64).reshape(-1)
         self.token_level = token_level
         self.step_logprobs = np.zeros((num_envs, max_new_tokens), np.float32)  # (B, N) running episodes
         self.step_values = np.zeros((num_envs, max_new_tokens), np.float32)  # (B, N)
@@ -200,9 +202,8 @@ class RolloutCollector:
         prompt_len, n_new = self.prompt_len, self.max_new_tokens
         for row in range(len(actions)):
             tokens = np.asarray(actions[row], dtype=np.int64)
-            if self.eos_token_id is not None:
-                eos = np.flatnonzero(tokens == self.eos_token_id)
-                tokens = tokens[: eos[0] + 1] if eos.size else tokens
+            ends = np.flatnonzero(np.isin(tokens, self.stop_ids))
+            tokens = tokens[: ends[0] + 1] if ends.size else tokens
             row_ids = np.full(prompt_len + n_new, self.pad_token_id, dtype=np.int64)
             row_mask = np.zeros(prompt_len + n_new, dtype=np.int64)
             row_ids[:prompt_len], row_mask[:prompt_len] = ids[row, :prompt_len], mask[row, :prompt_len]

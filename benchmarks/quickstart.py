@@ -25,13 +25,13 @@ import torch
 import transformers
 import tyro
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.logger import KVWriter
 from tqdm.auto import tqdm
 
 import textenv  # noqa: F401  (registers TextGen-v0)
 from agents import PPO
 from benchmarks import metrics, provenance, run
 from benchmarks.evaluation import evaluate
+from benchmarks.logs import LoggedHistory, seconds_per_phase
 from rewards.storage import atomic_write_text
 from textenv.task_envs import build_reward
 
@@ -68,7 +68,7 @@ class Args:
     """TensorBoard root; the run lands in <logdir>/TextGen-v0/ppo/seed<k>-<time>/."""
 
 
-class Progress(BaseCallback, KVWriter):
+class Progress(BaseCallback, LoggedHistory):
     """A progress bar over the training budget (seconds, or iterations with ``--iterations``) that shows the
     iteration, the running reward of the training episodes and the KL to the reference, and stops training at
     the first iteration boundary after the time budget.
@@ -78,11 +78,11 @@ class Progress(BaseCallback, KVWriter):
     """
 
     def __init__(self, seconds: float, iterations: int) -> None:
-        super().__init__()
+        BaseCallback.__init__(self)
+        LoggedHistory.__init__(self)  # self.history: what the agent logged, one entry per iteration
         self.seconds, self.limit = seconds, iterations
         self.new_rollout, self.iterations = False, 0
         self.reward: list[float] = []
-        self.history: list[dict[str, float]] = []  # what the agent logged, one entry per iteration
 
     def _on_training_start(self) -> None:
         self.start = time.perf_counter()
@@ -98,7 +98,7 @@ class Progress(BaseCallback, KVWriter):
         self.model.logger.output_formats.append(self)
 
     def write(self, key_values: dict[str, Any], key_excluded: dict[str, Any], step: int = 0) -> None:
-        self.history.append({k: float(v) for k, v in key_values.items() if isinstance(v, (int, float))})
+        LoggedHistory.write(self, key_values, key_excluded, step)
         if "rollout/ep_rew_mean" in key_values:
             self.reward.append(float(key_values["rollout/ep_rew_mean"]))
         status = [f"PPO iteration {self.iterations}"]
@@ -209,10 +209,6 @@ def write_summary(
 ) -> None:
     """The run's ``summary.json``: settings, evaluations, the paired change, and per iteration what the
     agent logged (rewards, KL, tokens/s and the time breakdown ``time/*_s``)."""
-    phases = sorted(
-        {k for row in history for k in row if k.startswith("time/") and k.endswith("_s")}
-        - {"time/tokens_per_s", "time/train_tokens_per_s"}
-    )  # rates, not seconds
     summary = {
         "args": dataclasses.asdict(args),
         "precision": precision,
@@ -222,7 +218,7 @@ def write_summary(
         "eval_after": {k: v for k, v in after.items() if k != "_samples"},
         "reward_change": change._asdict(),
         "rollout_last10_over_first10": decay(history),
-        "seconds_per_phase": {k: round(sum(row.get(k, 0.0) for row in history), 2) for k in phases},
+        "seconds_per_phase": seconds_per_phase(history),
         "history": history,
         "versions": provenance.versions(),
         "machine": provenance.machine(),

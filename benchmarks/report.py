@@ -10,7 +10,9 @@ path ``.../<env-id>/<algo>/seed<k>-<time>/``. Scalars are read with TensorBoard'
 - Table per env id: one row per scalar tag, one column per algorithm; each cell is the mean ± sample std over
   seeds of the run's last value of that tag (for ``eval/*``, the evaluation after training), and ``(n=k)``.
 - Curves per env id and tag: one line per algorithm (the mean over seeds, on the union of their steps,
-  interpolated) with a band of ± one std; x is env steps (generated tokens).
+  interpolated) with a band of ± one std; x is env steps (generated tokens). The held-out reward is also
+  plotted against the training wall time (``eval_vs_seconds/reward``, from each summary's
+  ``eval_history``; the evaluations' own time excluded).
 - ``table.json``: every cell of the headline table as a row (:func:`headline_rows`), with the values per
   seed, so other tools need not parse markdown.
 - Provenance: the model, budget, machine and package versions of every group, from the summaries.
@@ -34,8 +36,10 @@ import tyro
 from benchmarks.metrics import paired_change
 from rewards.storage import atomic_write_text
 
-CURVE_TAGS = ("rollout/ep_rew_mean", "rollout/kl", "eval/reward")
+CURVE_TAGS = ("rollout/ep_rew_mean", "rollout/kl", "eval/reward", "eval_vs_seconds/reward")
 """Tags plotted by default, beside every ``rollout/<side metric>`` a run logged."""
+BY_SECONDS = "eval_vs_seconds/"
+"""Prefix of the series read from a summary's ``eval_history`` with the training wall time as x."""
 
 
 @dataclass
@@ -76,6 +80,10 @@ def load_run(path: Path) -> Run:
         scalars[tag] = (np.array([e.step for e in events]), np.array([e.value for e in events], dtype=float))
     summary_file = path / "summary.json"
     summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+    history = summary.get("eval_history") or []
+    if len(history) > 1:  # held-out reward against training wall time (evaluations excluded)
+        seconds = np.array([point["train_seconds"] for point in history], dtype=float)
+        scalars[BY_SECONDS + "reward"] = (seconds, np.array([p["reward"] for p in history], dtype=float))
     env_id = summary.get("env_id") or path.parent.parent.name
     algo = summary.get("args", {}).get("algo") or path.parent.name
     return Run(path, env_id, algo, scalars, summary)
@@ -111,7 +119,9 @@ def group(runs: list[Run]) -> dict[str, dict[str, list[Run]]]:
 def table(by_algo: dict[str, list[Run]]) -> str:
     """Markdown table: rows are tags, columns algorithms, cells mean ± std of the last values over seeds."""
     algos = ordered(by_algo)
-    tags = sorted({tag for runs in by_algo.values() for run in runs for tag in run.scalars})
+    tags = sorted(
+        {tag for runs in by_algo.values() for run in runs for tag in run.scalars if BY_SECONDS not in tag}
+    )
     lines = ["| metric | " + " | ".join(algos) + " |", "|---" * (len(algos) + 1) + "|"]
     for tag in tags:
         cells = []
@@ -160,7 +170,8 @@ def plot(env_id: str, by_algo: dict[str, list[Run]], tag: str, out: Path) -> Pat
     if not drawn:
         plt.close(figure)
         return None
-    axis.set(title=f"{env_id}: {tag}", xlabel="env steps (generated tokens)", ylabel=tag)
+    xlabel = "training wall time (s)" if tag.startswith(BY_SECONDS) else "env steps (generated tokens)"
+    axis.set(title=f"{env_id}: {tag}", xlabel=xlabel, ylabel=tag)
     axis.grid(alpha=0.3)
     axis.legend()
     path = out / f"{env_id}__{tag.replace('/', '_')}.png"
@@ -170,45 +181,80 @@ def plot(env_id: str, by_algo: dict[str, list[Run]], tag: str, out: Path) -> Pat
     return path
 
 
-def overoptimisation(env_id: str, by_algo: dict[str, list[Run]], gold: str, out: Path) -> Path | None:
-    """Proxy reward (the trained-on reward) and ``gold`` against the KL to the reference, each iteration of
-    every run: a gold curve that falls while the proxy still rises is over-optimisation (None: not logged)."""
+def kl_curves(
+    runs: list[Run], tags: tuple[str, ...], points: int = 25
+) -> tuple[np.ndarray, list[Any]] | None:
+    """Each of ``tags`` against the KL to the reference, as (grid, [(mean, std) per tag]) over ``runs``: every
+    run's values at the KL of their step (``rollout/kl`` interpolated), sorted by KL, interpolated onto a
+    common grid from 0 to the smallest of the runs' largest KLs (so every point averages every run)."""
+    series = []
+    for run in runs:
+        kl = run.scalars["rollout/kl"]
+        per_tag = []
+        for tag in tags:
+            steps, values = run.scalars[tag]
+            x = np.interp(steps, kl[0], kl[1])  # KL at the steps the metric was logged
+            order = np.argsort(x, kind="stable")
+            per_tag.append((x[order], values[order]))
+        series.append(per_tag)
+    top = min(float(per_tag[0][0].max()) for per_tag in series)
+    if not np.isfinite(top) or top <= 0:
+        return None
+    grid = np.linspace(0.0, top, points)
+    curves = []
+    for index in range(len(tags)):
+        rows = np.array([np.interp(grid, *per_tag[index]) for per_tag in series])  # (runs, points)
+        curves.append((rows.mean(0), rows.std(0, ddof=1) if len(rows) > 1 else np.zeros(points)))
+    return grid, curves
+
+
+def overoptimisation(
+    env_id: str, by_algo: dict[str, list[Run]], gold: str, out: Path
+) -> tuple[Path, list[str]] | None:
+    """Proxy reward (the trained-on reward) and ``gold`` against the KL to the reference, every iteration of
+    every run, as the mean over seeds with a ± std band (:func:`kl_curves`): a gold curve that falls while the
+    proxy still rises is over-optimisation. Returns the PNG and one line per algorithm saying at which KL the
+    mean gold reward peaks (None: not logged)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     tags = ("rollout/ep_rew_mean", gold)
-    runs = [
-        (algo, r)
-        for algo in sorted(by_algo)
-        for r in by_algo[algo]
-        if {"rollout/kl", *tags} <= set(r.scalars)
-    ]
-    if not runs:
+    groups = {
+        algo: [r for r in by_algo[algo] if {"rollout/kl", *tags} <= set(r.scalars)]
+        for algo in ordered(by_algo)
+    }
+    groups = {algo: runs for algo, runs in groups.items() if runs}
+    if not groups:
         return None
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for index, (algo, run) in enumerate(runs):
-        kl = run.scalars["rollout/kl"]
-        for axis, tag in zip(axes, tags, strict=True):
-            steps, values = run.scalars[tag]
-            x = np.interp(steps, kl[0], kl[1])  # KL at the steps the metric was logged
-            axis.plot(
-                x,
-                values,
-                marker=".",
-                color=f"C{sorted(by_algo).index(algo)}",
-                label=algo if index == 0 or runs[index - 1][0] != algo else None,
-            )
+    peaks = []
+    for index, (algo, runs) in enumerate(groups.items()):
+        result = kl_curves(runs, tags)
+        if result is None:
+            continue
+        grid, curves = result
+        for axis, (mean, std) in zip(axes, curves, strict=True):
+            axis.plot(grid, mean, color=f"C{index}", label=f"{algo} (n={len(runs)})")
+            axis.fill_between(grid, mean - std, mean + std, color=f"C{index}", alpha=0.2)
+        gold_mean = curves[1][0]
+        best = int(np.argmax(gold_mean))
+        points = min(len(r.scalars[gold][0]) for r in runs)
+        peaks.append(
+            f"{env_id} {algo}: mean gold {gold} peaks at KL {grid[best]:.2f} nats ({gold_mean[best]:.3f}; "
+            f"{gold_mean[0]:.3f} at the start, {gold_mean[-1]:.3f} at {grid[-1]:.2f}, the largest KL all "
+            f"{len(runs)} runs reached); at least {points} points per run"
+        )
     for axis, tag in zip(axes, ("proxy: " + tags[0], "gold: " + gold), strict=True):
-        axis.set(xlabel="KL to reference (per episode)", ylabel=tag, title=f"{env_id}: {tag}")
+        axis.set(xlabel="KL to reference (nats per episode)", ylabel=tag, title=f"{env_id}: {tag}")
         axis.grid(alpha=0.3)
         axis.legend()
     path = out / f"{env_id}__overoptimisation.png"
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
-    return path
+    return path, peaks
 
 
 def provenance(by_algo: dict[str, list[Run]]) -> list[str]:
@@ -399,10 +445,11 @@ def write_report(
             png = plot(env_id, by_algo, tag, out)
             if png is not None:
                 sections.append(f"![{env_id} {tag}]({png.name})")
-                figures += [png] if tag == "rollout/ep_rew_mean" else []
-        png = overoptimisation(env_id, by_algo, "rollout/classifier", out)
-        if png is not None:
-            sections.append(f"![{env_id} proxy vs gold]({png.name})")
+                figures += [png] if tag in ("eval/reward", BY_SECONDS + "reward") else []
+        found = overoptimisation(env_id, by_algo, "rollout/classifier", out)
+        if found is not None:
+            png, peaks = found
+            sections += [f"![{env_id} proxy vs gold]({png.name})", "", *[f"- {line}" for line in peaks]]
             figures.append(png)
         sections += ["", "Produced by:", *provenance(by_algo)]
     extra_sections = [line for root in paths for line in extras(Path(root))]

@@ -14,10 +14,13 @@ Budget: ``--budget 20000`` is env steps, i.e. generated tokens summed over all e
 
 Each seed writes ``<logdir>/<env-id>/<algo>/seed<k>-<time>/``: TensorBoard events (the agent's ``rollout/``,
 ``train/``, ``time/`` scalars; ``rollout/<metric>`` for every side metric of the task on the training
-samples, logged each iteration; ``eval/*`` on the fixed test prompts before and after training) and
-``summary.json`` (the full config, the seed, package versions, the machine, wall time and the evaluations).
-Evaluation samples ``--eval-prompts`` test prompts (the first ones of the test split) with pure sampling
-(temperature 1, no top-k/top-p) under ``torch.manual_seed(seed)``, so before and after use the same seeds.
+samples, logged each iteration; ``eval/*`` on the fixed test prompts before training and ``--evals`` times
+over the budget, the last after training) and ``summary.json`` (the full config, the seed, package versions,
+the machine, wall time, the evaluations before and after, and ``eval_history``: every evaluation with its
+env steps and the training wall time before it, evaluations excluded).
+Evaluation samples ``--eval-prompts`` test prompts (the first ones of the test split) at the task's sampling
+temperature (``Benchmark.temperature``, which the rollouts use too; 1.0, pure sampling, unless the task sets
+one), with no top-k/top-p, under ``torch.manual_seed(seed)``, so before and after use the same seeds.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import math
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +42,7 @@ import torch
 import tyro
 
 from agents.q_learning import TARGETS as DQN_TARGETS
+from agents.sampling import Sampling
 from benchmarks.evaluation import evaluate
 from benchmarks.provenance import machine, versions
 from rewards.storage import atomic_write_text
@@ -65,6 +70,8 @@ class RunSettings:
     """Finished episodes per iteration (rollout + update)."""
     minibatch_size: int = 8
     """Episodes per gradient step."""
+    n_epochs: int = 4
+    """ppo: passes over each rollout."""
     learning_rate: float = 1e-5
     """AdamW learning rate."""
     init_kl_coef: float = 0.05
@@ -76,7 +83,11 @@ class RunSettings:
     max_new_tokens: int | None = None
     """Completion length N; None keeps the task's."""
     eval_prompts: int = 64
-    """Held-out test prompts evaluated before and after training."""
+    """Held-out test prompts evaluated before, during and after training."""
+    evals: int = 10
+    """Held-out evaluations over the run, evenly spaced over the budget, the last one after training (plus
+    one before training); 1 evaluates only before and after. They run under a forked torch RNG, so their
+    number does not change the training run."""
     eval_batch_size: int = 16
     """Prompts per generate() call in evaluation."""
     heldout_texts: int = 32
@@ -94,8 +105,20 @@ class RunSettings:
         seeds = " ".join(map(str, self.seeds))
         if min(self.seeds) < 0 or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"--seeds {seeds}: give distinct seeds >= 0, e.g. --seeds 0 1 2.")
-        minimums = {"num_envs": 1, "episodes_per_rollout": 1, "minibatch_size": 1, "group_size": 1}
-        minimums |= {"eval_prompts": 1, "eval_batch_size": 1, "heldout_texts": 0, "max_new_tokens": 1}
+        minimums = {
+            "num_envs": 1,
+            "episodes_per_rollout": 1,
+            "minibatch_size": 1,
+            "group_size": 1,
+            "n_epochs": 1,
+        }
+        minimums |= {
+            "eval_prompts": 1,
+            "evals": 1,
+            "eval_batch_size": 1,
+            "heldout_texts": 0,
+            "max_new_tokens": 1,
+        }
         for name, minimum in {**minimums, "threads": 1}.items():
             value, flag = getattr(self, name), "--" + name.replace("_", "-")
             if value is not None and value < minimum:  # None (max_new_tokens, threads): the default
@@ -222,6 +245,35 @@ def make_callbacks(budget: str, metrics: dict[str, Any]) -> list[Any]:
     return [RolloutMetrics()] + ([IterationBudget(limit)] if unit == "iterations" else [])
 
 
+def periodic_evaluation(budget: str, evals: int, evaluate_now: Callable[[int], Any]) -> Any:
+    """A callback that calls ``evaluate_now(num_timesteps)`` at the start of the first rollout after each of
+    the fractions ``1/evals, ..., (evals-1)/evals`` of ``budget`` (iterations or env steps) is done, i.e.
+    after that many updates; the evaluation after training (fraction 1) is the caller's."""
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    limit, unit = parse_budget(budget)
+
+    class PeriodicEvaluation(BaseCallback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.iterations, self.next = 0, 1
+
+        def _on_rollout_start(self) -> None:
+            done = self.iterations if unit == "iterations" else self.num_timesteps
+            if self.next < evals and done * evals >= self.next * limit:
+                evaluate_now(self.num_timesteps)
+                while self.next < evals and done * evals >= self.next * limit:  # one per crossing
+                    self.next += 1
+
+        def _on_rollout_end(self) -> None:
+            self.iterations += 1
+
+        def _on_step(self) -> bool:
+            return True
+
+    return PeriodicEvaluation()
+
+
 def environment(args: Args) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"model": args.model, "reward": args.reward, "reward_model": args.reward_model}
     if args.max_new_tokens is not None:
@@ -238,6 +290,25 @@ def log_eval(logger: Any, results: dict[str, Any], step: int) -> None:
     logger.dump(step=step)
 
 
+def claim_run_dir(parent: Path, name: str) -> Path:
+    """Create and return ``parent/name``, or ``name-2``, ``name-3``... when a run started in the same second
+    already has it (two runs never share a directory).
+
+    >>> import tempfile; root = Path(tempfile.mkdtemp())
+    >>> [claim_run_dir(root, "seed0-1").name for _ in range(3)]
+    ['seed0-1', 'seed0-1-2', 'seed0-1-3']
+    """
+    parent.mkdir(parents=True, exist_ok=True)
+    for count in range(1, 10_000):
+        path = parent / (name if count == 1 else f"{name}-{count}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"{parent} holds 10,000 runs named {name}*; use another --logdir.")
+
+
 def run_seed(args: Args, seed: int, command: str = "") -> Path:
     """One run: evaluate, train (unless zero-shot), evaluate again; returns the run directory."""
     from stable_baselines3.common.logger import configure
@@ -248,11 +319,13 @@ def run_seed(args: Args, seed: int, command: str = "") -> Path:
     np.random.seed(seed)
     torch.manual_seed(seed)
     spec = BENCHMARKS[args.task]
-    run_dir = Path(args.logdir) / spec.env_id / args.algo / f"seed{seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = claim_run_dir(
+        Path(args.logdir) / spec.env_id / args.algo, f"seed{seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+    )
     logger = configure(str(run_dir), ["tensorboard"])
     env_kwargs = environment(args)
     eval_env = gym.make(spec.env_id, split="test", **env_kwargs)
-    metrics = {name: task_envs.build_reward(name) for name in spec.metrics}
+    metrics = task_envs.side_metrics(args.task, args.reward)
     agent, hparams = None, {}
     if args.algo == "zero-shot":
         lm = reference = textenv.load_model(args.model)
@@ -266,7 +339,9 @@ def run_seed(args: Args, seed: int, command: str = "") -> Path:
             "episodes_per_rollout": args.episodes_per_rollout,
             "minibatch_size": args.minibatch_size,
             "init_kl_coef": args.init_kl_coef,
+            "n_epochs": args.n_epochs,
             "baseline": "rloo" if args.algo == "rloo" else "moving_average",
+            "temperature": spec.temperature,  # the task's sampling, as in evaluation
         }
         names = {f.name for f in dataclasses.fields(algo.config_class)}
         settings = {k: v for k, v in wanted.items() if k in names}
@@ -293,26 +368,44 @@ def run_seed(args: Args, seed: int, command: str = "") -> Path:
             batch_size=args.eval_batch_size,
             heldout_texts=heldout,
             metrics=metrics,
+            sampling=Sampling(temperature=spec.temperature),
         )
 
-    start = time.perf_counter()
-    before = after = evaluation()
-    log_eval(logger, before, step=0)
+    start, eval_seconds = time.perf_counter(), 0.0
+    history: list[dict[str, Any]] = []
+
+    def evaluate_now(timesteps: int) -> dict[str, Any]:
+        """Evaluate under a forked RNG (training's random stream is left as it was), log ``eval/*`` at
+        ``timesteps``, and keep the point, with the training wall time so far, in ``history``."""
+        nonlocal eval_seconds
+        began = time.perf_counter()
+        trained = began - start - eval_seconds
+        with torch.random.fork_rng():
+            results = evaluation()
+        log_eval(logger, results, step=timesteps)
+        eval_seconds += time.perf_counter() - began
+        point = {k: v for k, v in results.items() if not k.startswith("_")}
+        history.append({"timesteps": timesteps, "train_seconds": trained, **point})
+        return results
+
+    before = after = evaluate_now(0)
     timesteps = 0
     if agent is not None:
         budget, unit = parse_budget(args.budget)
         n_new = int(eval_env.get_wrapper_attr("max_new_tokens"))
+        callbacks = make_callbacks(args.budget, metrics)
+        if args.evals > 1:
+            callbacks.append(periodic_evaluation(args.budget, args.evals, evaluate_now))
         agent.learn(
             total_timesteps=budget
             if unit == "steps"
             else step_cap(budget, args.episodes_per_rollout, args.num_envs, n_new),
-            callback=make_callbacks(args.budget, metrics),
+            callback=callbacks,
             tb_log_name=args.algo,
             progress_bar=args.progress_bar,
         )
         timesteps = agent.num_timesteps
-        after = evaluation()
-        log_eval(logger, after, step=timesteps)
+        after = evaluate_now(timesteps)
     logger.close()
     summary = {
         "env_id": spec.env_id,
@@ -325,6 +418,7 @@ def run_seed(args: Args, seed: int, command: str = "") -> Path:
         "wall_time_s": time.perf_counter() - start,
         "eval_before": before,
         "eval_after": after,
+        "eval_history": history,
         "versions": versions(),
         "machine": machine(),
         "command": command,

@@ -40,7 +40,8 @@ class Suite:
     the command-line defaults of :class:`benchmarks.run.RunSettings` for every job (an option given on the
     command line wins)."""
 
-    jobs: list[tuple[str, str, str]]
+    jobs: list[tuple[str, str, str]] | list[tuple[str, str, str, dict[str, Any]]]
+    """(task, algo, budget), or (task, algo, budget, settings of this job alone)."""
     settings: dict[str, Any] = field(default_factory=dict)
     extras: bool = True
     """After the runs: benchmarks.vs_trl, throughput, env_overhead, reward_speed and chat into the same
@@ -52,27 +53,44 @@ class Suite:
     ``benchmarks.report`` block when run from the repository root."""
 
 
-#: generated tokens per run, equal for every algorithm of a task: two PPO iterations of 32 episodes of the
-#: task's completion length (48, 40, 24 and 48 tokens)
-CPU_BUDGET = {"sentiment": "3072", "error-rate": "2560", "similarity": "1536", "preference": "3072"}
-TABLE_ALGOS = ("zero-shot", "ppo", "reinforce", "dqn")
+#: generated tokens per run, equal for every algorithm of a task: the equivalent of at least 20 PPO
+#: iterations of 16 episodes of the task's completion length (48, 40, 32 and 48 tokens: 15,360, 12,800 and
+#: 10,240), and at least 20,000 for sentiment; preference runs twice as long, at a lower KL coefficient, so
+#: that its proxy reward can be plotted against the gold reward up to a KL of several nats
+CPU_BUDGET = {"sentiment": "20480", "error-rate": "12800", "similarity": "10240", "preference": "40960"}
+CPU_JOB_SETTINGS: dict[str, dict[str, Any]] = {"preference": {"init_kl_coef": 0.01}}
+TABLE_ALGOS = ("zero-shot", "ppo", "rloo", "dqn")
+#: the first release's CPU table (2026-11-22): two PPO iterations' worth of tokens per run, REINFORCE with a
+#: moving-average baseline, fp32, evaluated before and after only; kept so that its report can be rebuilt
+CPU_V1_BUDGET = {"sentiment": "3072", "error-rate": "2560", "similarity": "1536", "preference": "3072"}
+V1_ALGOS = ("zero-shot", "ppo", "reinforce", "dqn")
 SUITES: dict[str, Suite] = {
     "cpu": Suite(
-        [(task, algo, CPU_BUDGET[task]) for task in BENCHMARKS for algo in TABLE_ALGOS],
-        {"eval_prompts": 32, "heldout_texts": 16},
+        [
+            (task, algo, CPU_BUDGET[task], CPU_JOB_SETTINGS.get(task, {}))
+            for task in BENCHMARKS
+            for algo in TABLE_ALGOS
+        ],
+        {"eval_prompts": 32, "heldout_texts": 16, "evals": 10, "episodes_per_rollout": 16},
         publish="benchmarks/results/cpu",
+    ),
+    "cpu-v1": Suite(
+        [(task, algo, CPU_V1_BUDGET[task]) for task in BENCHMARKS for algo in V1_ALGOS],
+        {"eval_prompts": 32, "heldout_texts": 16, "evals": 1},
+        extras=False,
     ),
     "gpu": Suite([(task, algo, "200000") for task in BENCHMARKS for algo in TABLE_ALGOS], trl_seconds=600),
     "smoke": Suite([("sentiment", "zero-shot", "1it"), ("error-rate", "ppo", "1it")], extras=False),
     # the longer single-seed sentiment table of the first release: every algorithm at 4608 generated tokens
     "sentiment-cpu": Suite(
-        [("sentiment", algo, "4608") for algo in TABLE_ALGOS],
-        {"eval_prompts": 32, "heldout_texts": 16},
+        [("sentiment", algo, "4608") for algo in V1_ALGOS],
+        {"eval_prompts": 32, "heldout_texts": 16, "evals": 1},
         extras=False,
     ),
 }
-"""Named suites. ``cpu`` is the README's table (about two hours for three seeds with ``--workers 2`` on 2
-cores); ``gpu`` the same at a GPU-sized budget."""
+"""Named suites. ``cpu`` is the README's table (48 runs of about 10 to 30 minutes each on 2 cores, built up
+over several sittings: each finished run is committed under ``benchmarks/results/cpu/runs/``); ``gpu`` the
+same at a GPU-sized budget; ``cpu-v1`` and ``sentiment-cpu`` the first release's tables."""
 
 
 @dataclass(kw_only=True)
@@ -80,7 +98,7 @@ class Args(run.RunSettings):
     """A named suite: its jobs for each of --seeds, with every run option applied to each job."""
 
     suite: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="SUITE")]
-    """The suite to run: cpu, gpu, smoke or sentiment-cpu."""
+    """The suite to run: cpu, cpu-v1, gpu, smoke or sentiment-cpu."""
     workers: int = 1
     """Jobs run at once, each in its own process (with --threads 1 unless --threads is given)."""
     resume: bool = True
@@ -162,6 +180,13 @@ def job_argv(job: run.Args, seed: int) -> list[str]:
     return argv
 
 
+def job_settings(job: tuple[Any, ...], args: Args) -> dict[str, Any]:
+    """A job's own settings (its optional fourth element), except those given on the command line."""
+    defaults = run.RunSettings()
+    own = job[3] if len(job) > 3 else {}
+    return {k: v for k, v in own.items() if getattr(args, k) == getattr(defaults, k)}
+
+
 def run_suite(args: Args, command: str) -> list[Path]:
     """Every job of ``args.suite`` for every seed (skipping finished ones with ``--resume``), ``args.workers``
     at a time in separate processes; then the suite's extras and the report."""
@@ -177,9 +202,9 @@ def run_suite(args: Args, command: str) -> list[Path]:
     if args.workers > 1 and args.threads is None:
         shared["threads"] = 1
     plan = [
-        (run.Args(task=task, algo=algo, budget=budget, **shared), seed)
+        (run.Args(task=job[0], algo=job[1], budget=job[2], **(shared | job_settings(job, args))), seed)
         for seed in args.seeds
-        for task, algo, budget in suite.jobs
+        for job in suite.jobs
     ]
 
     def launch(item: tuple[run.Args, int]) -> Path | None:

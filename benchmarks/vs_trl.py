@@ -38,9 +38,11 @@ import gymnasium as gym
 import numpy as np
 import torch
 import tyro
+from stable_baselines3.common.callbacks import BaseCallback
 
 from agents import PPO, REINFORCE
 from benchmarks.evaluation import evaluate
+from benchmarks.logs import LoggedHistory, seconds_per_phase
 from benchmarks.provenance import machine, versions
 from benchmarks.report import vs_trl_table
 from rewards import engine
@@ -66,6 +68,9 @@ class Args:
     """Completions per iteration (TRL: per_device_train_batch_size = generation_batch_size)."""
     group_size: int = 4
     """Completions per prompt (TRL num_generations; our RLOO group)."""
+    minibatch_size: int | None = None
+    """Our completions per optimizer step; None: --batch-size, one step per iteration as TRL takes (its
+    per_device_train_batch_size is the whole batch, without gradient accumulation)."""
     max_new_tokens: int = 48
     """Completion length N."""
     learning_rate: float = 1e-5
@@ -198,9 +203,8 @@ def train_trl(args: Args, bf16: bool) -> dict:
 
 
 def train_ours(args: Args, algo: str) -> dict:
-    """Our agent on the registered benchmark env, stopped after ``seconds``."""
-    from stable_baselines3.common.callbacks import BaseCallback
-
+    """Our agent on the registered benchmark env, stopped after ``seconds``; with its time breakdown
+    (``seconds_per_phase``: act, reward, env, score, update, other, summed over the iterations)."""
     spec = BENCHMARKS[args.task]
     kwargs = env_kwargs(args) | ({"group_size": args.group_size} if algo == "rloo" else {})
     env = gym.make_vec(
@@ -209,7 +213,7 @@ def train_ours(args: Args, algo: str) -> dict:
     settings: dict[str, Any] = {
         "learning_rate": args.learning_rate,
         "episodes_per_rollout": args.batch_size,
-        "minibatch_size": max(1, args.batch_size // 2),
+        "minibatch_size": args.minibatch_size or args.batch_size,
         "init_kl_coef": args.kl_coef,
         "target_kl_ref": None,
     }
@@ -218,6 +222,7 @@ def train_ours(args: Args, algo: str) -> dict:
     agent_class = {"ppo": PPO, "rloo": REINFORCE}[algo]
     agent = agent_class(env, model=args.model, seed=args.seed, precision=args.precision, **settings)
     history: list[tuple[float, float, int]] = []
+    logged = LoggedHistory()  # the agent's per-iteration log, for its time breakdown
 
     class Clock(BaseCallback):
         def _on_training_start(self) -> None:
@@ -236,8 +241,28 @@ def train_ours(args: Args, algo: str) -> dict:
                 history.append((time.perf_counter() - self.start, float(np.mean(self.rewards)), self.tokens))
             self.rewards, self.tokens = [], 0
 
-    agent.learn(total_timesteps=10**12, callback=Clock())
-    return finish(f"ours-{algo}", agent.precision, agent.policy.lm, agent.reference.lm, args, history)
+    agent.learn(total_timesteps=10**12, callback=[Clock(), Logged(logged)])
+    result = finish(f"ours-{algo}", agent.precision, agent.policy.lm, agent.reference.lm, args, history)
+    totals = seconds_per_phase(logged.history)
+    result["seconds_per_phase"] = {k.removeprefix("time/"): v for k, v in totals.items()}
+    return result
+
+
+class Logged(BaseCallback):
+    """Adds ``writer`` to the agent's logger outputs while it trains."""
+
+    def __init__(self, writer: LoggedHistory) -> None:
+        super().__init__()
+        self.writer = writer
+
+    def _on_training_start(self) -> None:
+        self.model.logger.output_formats.append(self.writer)
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_training_end(self) -> None:
+        self.model.logger.output_formats.remove(self.writer)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

@@ -22,6 +22,7 @@ from rewards.drugs import (
     drugs_sentiment_accuracy,
     drugs_sentiment_model,
 )
+from rewards.drugs_review import drugs_review_sentiment_model, review_sentiment_views
 from rewards.encoder import MINILM
 from rewards.error_rate import ErrorRate
 from rewards.fitting import TrainConfig, train_classifier, train_preference
@@ -29,6 +30,7 @@ from rewards.models import ClassifierRewardModel, PreferenceRewardModel, ScalarR
 from rewards.sentiment import VaderSentiment
 from rewards.similarity import BLEU, ChrF, EmbeddingSimilarity, RougeL
 from rewards.validation import CheckedReward, check_batch, check_scores
+from rewards.whole_text import WholeText
 
 __all__ = [
     "BLEU",
@@ -47,14 +49,17 @@ __all__ = [
     "TrainConfig",
     "VaderSentiment",
     "WeightedSum",
+    "WholeText",
     "check_batch",
     "check_scores",
     "drug_reviews",
     "drug_sentiment_data",
     "drugs_preference_model",
     "drugs_preference_pairs",
+    "drugs_review_sentiment_model",
     "drugs_sentiment_accuracy",
     "drugs_sentiment_model",
+    "review_sentiment_views",
     "train_classifier",
     "train_preference",
 ]

@@ -20,6 +20,7 @@ import re
 import zipfile
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -96,11 +97,23 @@ def drug_sentiment_data(split: str = "train") -> tuple[list[str], list[int]]:
     return [text for text, _ in pairs], [label for _, label in pairs]
 
 
+def config_digest(config: TrainConfig, data: dict[str, Any] | None = None) -> str:
+    """12 hex digits of the SHA-256 of ``config`` (without ``logdir`` and ``progress_bar``, which do not
+    change the model) and, if given, the ``data`` recipe: the cache key of a model trained with them.
+
+    >>> config_digest(TrainConfig(logdir="a")) == config_digest(TrainConfig(logdir="b", progress_bar=False))
+    True
+    """
+    settings: dict[str, Any] = dataclasses.asdict(config)
+    settings = {key: value for key, value in settings.items() if key not in ("logdir", "progress_bar")}
+    if data is not None:
+        settings["data"] = data
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def drugs_sentiment_path(config: TrainConfig | None = None, cache_dir: str | Path | None = None) -> Path:
     """Where :func:`drugs_sentiment_model` caches the model trained with ``config`` (keyed by its hash)."""
-    settings = dataclasses.asdict(config or DRUGS_SENTIMENT_CONFIG)
-    settings = {key: value for key, value in settings.items() if key not in ("logdir", "progress_bar")}
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    digest = config_digest(config or DRUGS_SENTIMENT_CONFIG)
     return Path(cache_dir or cache_root() / "rewards") / f"drugs-sentiment-{digest}"
 
 

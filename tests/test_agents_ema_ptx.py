@@ -124,7 +124,12 @@ def pretrained(texts: list[str], out: Path, steps: int = 40) -> Path:
 
 
 def ppo_perplexity(
-    env_kwargs: dict[str, Any], model: Path, ptx_coef: float, train: list[str], held_out: list[str]
+    env_kwargs: dict[str, Any],
+    model: Path,
+    ptx_coef: float,
+    train: list[str],
+    held_out: list[str],
+    seed: int = 0,
 ) -> float:
     mix: dict[str, Any] = {"ptx_coef": ptx_coef, "ptx_dataset": train} if ptx_coef else {}
     agent = PPO(
@@ -133,7 +138,7 @@ def ppo_perplexity(
         learning_rate=3e-3,
         target_kl=None,
         n_epochs=2,
-        **SMALL,
+        **(SMALL | {"seed": seed}),
         **mix,
     )
     agent.learn(total_timesteps=3 * 4 * env_kwargs["max_new_tokens"])
@@ -145,11 +150,15 @@ def test_ptx_keeps_heldout_perplexity_closer(env_kwargs: dict[str, Any], tmp_pat
     train, held_out = reviews[:300], [review.text for review in data.drug_reviews("test")][:16]
     model = pretrained(train, tmp_path / "pretrained")
     before = perplexity(textenv.load_model(str(model)), textenv.load_tokenizer("tiny-sp"), held_out, 48)
-    without = ppo_perplexity(env_kwargs, model, 0.0, train, held_out)
-    with_ptx = ppo_perplexity(env_kwargs, model, 1.0, train, held_out)
-    drift_without, drift_with = abs(math.log(without / before)), abs(math.log(with_ptx / before))
-    print(f"held-out perplexity: before {before:.1f}, PPO {without:.1f}, PPO-ptx {with_ptx:.1f}")
-    assert drift_with < 0.5 * drift_without  # the pretraining mix holds the policy near that text
+    drift_without, drift_with = [], []  # |log perplexity ratio| to the start, per seed
+    for seed in (0, 1, 2):  # one seed is noisy (ratio 0.06 to 0.75 over seeds 0-4); their mean is not
+        without = ppo_perplexity(env_kwargs, model, 0.0, train, held_out, seed)
+        with_ptx = ppo_perplexity(env_kwargs, model, 1.0, train, held_out, seed)
+        drift_without.append(abs(math.log(without / before)))
+        drift_with.append(abs(math.log(with_ptx / before)))
+    print(f"held-out perplexity drift: PPO {drift_without}, PPO-ptx {drift_with}")
+    # the pretraining mix holds the policy near that text (measured: mean drift 0.10 against 0.39)
+    assert sum(drift_with) < 0.5 * sum(drift_without)
 
 
 def test_reinforce_takes_ptx_and_logs_it(env_kwargs: dict[str, Any], tmp_path: Path) -> None:

@@ -129,7 +129,9 @@ def test_export_merges_adapters_into_a_plain_transformers_directory(tmp_path: Pa
 
 def test_lora_agent_learns() -> None:
     """REINFORCE with LoRA adapters (r=8 on every attention and MLP projection) and a trained value head
-    raises the held-out reward of the tiny model by a margin, fixed seeds."""
+    raises the held-out reward of the tiny model by a margin, fixed seeds. (KL coefficient 0.1: at 0.01 the
+    greedy evaluation collapsed to a text without "e" on one of seeds 0-2; at 0.1 seeds 0-2 end at 0.50, 0.71
+    and 0.49 from 0.12.)"""
     torch.set_num_threads(1)
     config = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear")
     agent = REINFORCE(
@@ -138,7 +140,7 @@ def test_lora_agent_learns() -> None:
         episodes_per_rollout=32,
         minibatch_size=16,
         seed=0,
-        init_kl_coef=0.01,
+        init_kl_coef=0.1,
         learning_rate=1e-2,
         peft_config=config,
     )

@@ -14,6 +14,7 @@ import torch
 import textenv  # noqa: F401  (registers the envs)
 from agents import PPO, REINFORCE
 from agents.policy import completion_logits, evaluate_completions, process_logits
+from agents.sampling import draw
 from agents.scoring import score_rollout
 
 
@@ -155,3 +156,55 @@ def test_bad_sampling_settings_say_how_to_fix() -> None:
         PPO(env, model="tiny-sp", deepspeed_config={"fp16": {"enabled": True}})
     with pytest.raises(ValueError, match="sets 'bf16.enabled' to True but the agent's precision is 'fp32'"):
         PPO(env, model="tiny-sp", precision="fp32", deepspeed_config={"bf16": {"enabled": True}})
+
+
+def test_draw_samples_the_distribution_and_never_a_filtered_token() -> None:
+    """``agents.sampling.draw`` (inverse CDF) against the exact probabilities: 20,000 draws per row of a
+    skewed distribution with a filtered (-inf) token in the middle and one at each end."""
+    torch.manual_seed(0)
+    logits = torch.tensor([float("-inf"), 2.0, 0.5, float("-inf"), -1.0, 1.0, float("-inf")])
+    probs = torch.softmax(logits, -1)
+    rows = 20_000
+    tokens = draw(logits.repeat(rows, 1))
+    assert tokens.shape == (rows,) and tokens.dtype == torch.int64
+    counts = torch.bincount(tokens, minlength=len(logits)).float()
+    assert counts[torch.isinf(logits)].sum() == 0
+    # binomial standard error of each frequency is at most sqrt(0.25 / rows) = 0.0035: allow 4 of them
+    assert (counts / rows - probs).abs().max() < 0.014, counts / rows
+    # the same distribution as torch.multinomial, which it replaces (a two-sample check on the frequencies)
+    reference = torch.multinomial(probs.repeat(rows, 1), 1).squeeze(-1)
+    expected = torch.bincount(reference, minlength=len(logits)).float()
+    assert (counts - expected).abs().max() / rows < 0.02
+    # one-hot rows, and a row whose only finite logit is the last token
+    certain = torch.full((3, 5), float("-inf"))
+    certain[0, 0] = certain[1, 2] = certain[2, 4] = 0.0
+    assert draw(certain).tolist() == [0, 2, 4]
+
+
+def test_sequence_rollouts_end_at_the_env_stop_tokens() -> None:
+    """On ``TextGenSeq-v0`` with stop tokens, generation stops at any of them and the rollout batch ends each
+    completion at its first stop token (so the update never trains on what the env threw away)."""
+    torch.manual_seed(0)
+    probe = gym.make("TextGenSeq-v0", model="tiny-sp", max_new_tokens=8, max_prompt_tokens=12)
+    eos = probe.unwrapped.eos_token_id
+    stops = [5, 6, 7, 8, 9, 10, 11, 12]  # frequent enough ids of the tiny vocabulary
+    env = gym.make_vec(
+        "TextGenSeq-v0",
+        num_envs=4,
+        model="tiny-sp",
+        max_new_tokens=8,
+        max_prompt_tokens=12,
+        stop_token_ids=stops,
+        vectorization_mode="vector_entry_point",
+    )
+    agent = REINFORCE(env, model="tiny-sp", seed=0, episodes_per_rollout=16, minibatch_size=8)
+    assert sorted(agent.stop_token_ids) == sorted({*stops, eos})
+    batch, _ = first_rollout(agent)
+    completions = batch.input_ids[:, -8:]
+    lengths = batch.gen_mask.sum(-1)
+    ended = 0
+    for row, length in zip(completions, lengths.long().tolist(), strict=True):
+        is_stop = torch.isin(row[:length], torch.tensor([*stops, eos]))
+        assert not is_stop[:-1].any()  # no stop token before the last kept one
+        ended += int(is_stop[-1])
+    assert ended >= 4, "some completions should have ended at a stop token"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import report, run, suite, throughput, vs_trl
+from benchmarks import report, run, suite, sweep, throughput, vs_trl
 
 TINY = [
     "--model",
@@ -113,6 +113,50 @@ def test_run_seeds_are_reproducible(tmp_path: Path) -> None:
     first, second = run.main(args), run.main(args)
     rewards = [json.loads((d / "summary.json").read_text())["eval_after"]["reward"] for d in first + second]
     assert rewards[0] == rewards[1]  # the same seed in the same process: bit-identical
+
+
+def test_evaluations_during_training_leave_the_run_unchanged(tmp_path: Path) -> None:
+    """--evals 3 evaluates after one and two of three iterations (plus before and after): the curve has 4
+    points at increasing env steps, and the training run is the one --evals 1 gives (the RNG is forked)."""
+    argv = ["--task", "error-rate", "--algo", "reinforce", "--budget", "3it", "--num-envs", "2"]
+    argv += ["--episodes-per-rollout", "2", "--minibatch-size", "2", "--max-new-tokens", "3", *TINY]
+    runs = {n: run.main([*argv, "--evals", str(n), "--logdir", str(tmp_path / str(n))])[0] for n in (1, 3)}
+    summaries = {n: json.loads((d / "summary.json").read_text()) for n, d in runs.items()}
+    history = summaries[3]["eval_history"]
+    steps = [point["timesteps"] for point in history]
+    assert len(history) == 4 and steps[0] == 0 and steps == sorted(set(steps))
+    assert steps[-1] == summaries[3]["timesteps"] and all(p["train_seconds"] >= 0 for p in history)
+    assert len(summaries[1]["eval_history"]) == 2
+    assert summaries[1]["timesteps"] == summaries[3]["timesteps"]
+    assert summaries[1]["eval_after"]["_scores"] == summaries[3]["eval_after"]["_scores"]
+    train = {n: report.load_run(d).scalars["rollout/ep_rew_mean"][1].tolist() for n, d in runs.items()}
+    assert train[1] == train[3]
+    assert len(report.load_run(runs[3]).scalars["eval/reward"][0]) == 4
+    report.main([str(tmp_path / "3"), "--out", str(tmp_path / "report")])
+    png = tmp_path / "report" / "TextGen-ErrorRate-v0__eval_vs_seconds_reward.png"
+    assert png.stat().st_size > 1000  # the held-out reward against training wall time
+
+
+def test_sweep_varies_one_setting_at_a_time_and_resumes(tmp_path: Path) -> None:
+    argv = ["--task", "error-rate", "--budget", "1it", "--num-envs", "2", "--episodes-per-rollout", "4"]
+    argv += ["--minibatch-size", "2", "--max-new-tokens", "3", "--evals", "1", "--learning-rates", "1e-4"]
+    argv += ["--kl-coefs", "--epochs", "1", "--episodes", "2", "--out", str(tmp_path / "sweep"), *TINY]
+    rows = sweep.main([*argv, "--logdir", str(tmp_path / "runs")])
+    assert [r["setting"] for r in rows] == [
+        "base",
+        "learning_rate=0.0001",
+        "n_epochs=1",
+        "episodes_per_rollout=2",
+    ]
+    payload = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    assert payload["pick"] in {r["setting"] for r in rows} and len(payload["rows"]) == 4
+    committed = sorted((tmp_path / "sweep" / "runs").rglob("summary.json"))
+    assert len(committed) == 4
+    # a second sweep elsewhere runs nothing: the committed runs count as finished
+    again = sweep.main([*argv, "--logdir", str(tmp_path / "elsewhere")])
+    assert again == rows and not (tmp_path / "elsewhere").exists()
+    with pytest.raises(ValueError, match="minibatch-size"):
+        sweep.main([*argv, "--logdir", str(tmp_path / "runs"), "--episodes", "1"])
 
 
 def test_run_dqn(tmp_path: Path) -> None:
@@ -253,13 +297,21 @@ def test_report_aggregates_seeds_and_plots_proxy_against_gold(tmp_path: Path) ->
             for step in (10, 20, 30):
                 logger.record("rollout/ep_rew_mean", offset + seed + step / 10)
                 logger.record("rollout/kl", step / 10)
-                logger.record("rollout/classifier", 1.0 - step / 100)
+                logger.record("rollout/classifier", 1.0 - (step / 10 - 2) ** 2)  # gold peaks at KL 2
                 logger.dump(step=step)
             logger.close()
     markdown = report.main([str(tmp_path)]).read_text()
     # last values: ppo seeds 3 and 4 -> 3.5 ± 0.71; reinforce 4 and 5 -> 4.5 ± 0.71
     assert "| rollout/ep_rew_mean | 3.5 ± 0.71 (n=2) | 4.5 ± 0.71 (n=2) |" in markdown
     assert (tmp_path / "report" / "TextGen-Preference-v0__overoptimisation.png").is_file()
+    assert "TextGen-Preference-v0 ppo: mean gold rollout/classifier peaks at KL 2.00 nats (1.000;" in markdown
+    assert "at least 3 points per run" in markdown
+    runs = report.find_runs([tmp_path / "TextGen-Preference-v0" / "ppo"])
+    curves = report.kl_curves(runs, ("rollout/ep_rew_mean", "rollout/classifier"))
+    assert curves is not None
+    grid, ((proxy, proxy_std), (gold, gold_std)) = curves
+    assert grid[-1] == 3.0 and proxy[-1] == 3.5 and abs(proxy_std[-1] - 0.7071) < 1e-3  # seeds 0 and 1
+    assert gold_std.max() == 0.0 and gold.max() == 1.0
     result = report.curve(report.find_runs([tmp_path / "TextGen-Preference-v0" / "ppo"]), "rollout/kl")
     assert result is not None
     steps, mean, std = result
@@ -275,7 +327,7 @@ def test_job_argv_repeats_every_changed_option() -> None:
 
 
 def test_suite_names_its_known_suites() -> None:
-    with pytest.raises(ValueError, match="'nope' is not known; use one of cpu, gpu"):
+    with pytest.raises(ValueError, match="'nope' is not known; use one of cpu, cpu-v1, gpu"):
         suite.Args(suite="nope")
     with pytest.raises(SystemExit):  # the suite's name is required
         suite.main([])
@@ -356,7 +408,25 @@ def test_report_rewrites_only_the_readme_block(tmp_path: Path) -> None:
     text = readme.read_text()
     assert text.startswith("intro\n") and text.endswith("outro\n") and "stale" not in text
     assert "| TextGen-Sentiment-v0 | reward change (paired) | 0 ± 0 (n=1) | 0.5 ± 0 (n=1) |" in text
-    assert "](results/TextGen-Sentiment-v0__rollout_ep_rew_mean.png)" in text  # the learning curves
+    assert "](results/TextGen-Sentiment-v0__eval_reward.png)" in text  # the learning curves
     readme.write_text("no markers\n")
     with pytest.raises(SystemExit, match="benchmarks.report: begin"):
         report.main(argv)
+
+
+def test_cpu_suite_budgets_and_per_job_settings() -> None:
+    """The CPU table's budgets are at least 20 PPO iterations of 16 episodes (sentiment: 20,000 tokens), the
+    same for every algorithm of a task; a job's own settings apply unless the command line sets them."""
+    from textenv.task_envs import BENCHMARKS
+
+    cpu = suite.SUITES["cpu"]
+    assert cpu.settings["evals"] >= 10 and cpu.settings["episodes_per_rollout"] == 16
+    for task, spec in BENCHMARKS.items():
+        budgets = {job[2] for job in cpu.jobs if job[0] == task}
+        assert len(budgets) == 1 and int(budgets.pop()) >= 20 * 16 * spec.max_new_tokens
+    assert int(suite.CPU_BUDGET["sentiment"]) >= 20_000
+    job = next(job for job in cpu.jobs if job[0] == "preference")
+    plain = suite.Args(suite="cpu")
+    assert suite.job_settings(job, plain) == {"init_kl_coef": 0.01}
+    assert suite.job_settings(job, suite.Args(suite="cpu", init_kl_coef=0.2)) == {}
+    assert suite.job_settings(("sentiment", "ppo", "1it"), plain) == {}

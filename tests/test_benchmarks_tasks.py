@@ -34,7 +34,7 @@ def test_error_correction_splits_are_deterministic_and_disjoint() -> None:
     assert [e.prompt for e in error_correction("test")] == [e.prompt for e in test]
     train_refs = {e.reference for e in error_correction("train")}
     assert len(test) == 300 and {e.metadata["source"] for e in test} == {"drugs.com", "shakespeare"}
-    assert test[0].prompt.startswith("Fix the typos: ") and test[0].prompt.endswith("\nCorrected:")
+    assert test[0].prompt.startswith("Fix the typos.\n") and test[0].prompt.endswith("\nCorrected:")
     overlap = sum(e.reference in train_refs for e in test)
     assert overlap < 0.05 * len(test)  # only repeated stock phrases can occur in both splits
 
@@ -59,7 +59,7 @@ def test_benchmark_env_ids_make_checked_envs() -> None:
     env = gym.make("TextGen-ErrorRate-v0", model="tiny-sp", max_new_tokens=4, split="test")
     check_env(env.unwrapped, skip_render_check=True)
     obs, info = env.reset(seed=0)
-    assert info["prompt"].startswith("Fix the typos:") and obs["input_ids"].shape == (64 + 4,)
+    assert info["prompt"].startswith("Fix the typos.") and obs["input_ids"].shape == (96 + 4,)
     for _ in range(4):
         obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
     assert truncated and float(reward) <= 0.0 and "completion" in info

@@ -150,6 +150,7 @@ CHEAP_REWARDS = [
     LengthPenalty(),
     RepetitionPenalty(),
     WeightedSum([VaderSentiment(), LengthPenalty()], weights=[1.0, 0.5]),
+    rewards.WholeText(VaderSentiment()),
 ]
 
 

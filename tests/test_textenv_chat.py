@@ -216,3 +216,98 @@ def test_task_ids_are_registered(env_id: str) -> None:
     env = gym.make(env_id, model="tiny-sp", **kwargs)
     obs, info = env.reset(seed=0)
     assert obs["input_ids"].shape == env.observation_space["input_ids"].shape and info["prompt"]
+
+
+def _play(env, steps: int, seed: int, width: tuple[int, ...], single: bool) -> list:
+    """``steps`` seeded random actions (digits, EOS and other tokens: guesses, turn ends and invalid turns);
+    returns what each step gave back."""
+    rng = np.random.default_rng(seed)
+    unwrapped = env.unwrapped
+    choices = np.array([*DIGITS, unwrapped.eos_token_id, 300, 301])
+    results = []
+    for _ in range(steps):
+        obs, reward, terminated, truncated, info = env.step(rng.choice(choices, size=width))
+        final = info.get("final_info", {}).get("turns") if "final_info" in info else info.get("turns")
+        done = np.asarray(terminated) | np.asarray(truncated)
+        results.append((obs, np.asarray(reward).tolist(), done.tolist(), repr(final)))
+        if single and (terminated or truncated):
+            env.reset()
+    return results
+
+
+def _dialogues(env) -> list:
+    """The state of every row's running dialogue (None when no episode runs)."""
+    unwrapped = env.unwrapped
+    if hasattr(unwrapped, "envs"):
+        conversations = [row._conv for row in unwrapped.envs]
+    else:
+        conversations = unwrapped._convs if hasattr(unwrapped, "_convs") else [unwrapped._conv]
+    return [None if c.dialogue is None else vars(c.dialogue) for c in conversations]
+
+
+@pytest.mark.parametrize(
+    ("env_id", "num_envs"),
+    [("TextChat-v0", None), ("TextChat-v0", 3), ("TextChatSeq-v0", None), ("TextChatSeq-v0", 3)],
+    ids=["token", "token-vector", "seq", "seq-vector"],
+)
+def test_state_dict_resumes_mid_conversation_exactly(env_id: str, num_envs: int | None) -> None:
+    """Save mid-run (rows inside a turn and between turns), load into a new env through JSON, and both
+    envs go on identically: the same sampled episodes, tokens, rewards (the guess count is part of the
+    dialogue's state: a later guess pays less) and turns."""
+    import json
+
+    settings = {**SMALL, "max_turn_tokens": 3, "max_turns": 4, "max_new_tokens": 48}
+    if num_envs is None:
+
+        def make():
+            return gym.make(env_id, **settings).unwrapped  # no wrapper: it needs a reset
+    else:
+
+        def make():
+            return gym.make_vec(
+                env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", **settings
+            )
+
+    seq = env_id == "TextChatSeq-v0"
+    width = ((num_envs,) if num_envs else ()) + ((3,) if seq else ())
+    env = make()
+    env.reset(seed=7)
+
+    def between_turns(state: dict) -> bool:  # a running conversation after at least one agent message
+        conversations = [c for s in state.get("envs", [state]) for c in s["conversations"]]
+        return any(not c["done"] and c["messages"] for c in conversations)
+
+    for step in range(60):
+        _play(env, 1, seed=step, width=width, single=num_envs is None)
+        state = json.loads(json.dumps(env.unwrapped.state_dict()))
+        if step >= 5 and between_turns(state):
+            break
+    assert between_turns(state), "the save should catch a conversation after an agent turn"
+    resumed = make()
+    resumed.unwrapped.load_state_dict(state)
+    assert _dialogues(resumed) == _dialogues(env)  # replayed: e.g. the guesses so far
+    expected, got = (
+        _play(env, 30, seed=2, width=width, single=num_envs is None),
+        _play(resumed, 30, seed=2, width=width, single=num_envs is None),
+    )
+    for (obs_a, *rest_a), (obs_b, *rest_b) in zip(expected, got, strict=True):
+        assert rest_a == rest_b
+        for key in obs_a:
+            np.testing.assert_array_equal(obs_a[key], obs_b[key])
+    assert any(any(np.atleast_1d(done)) for _, _, done, _ in expected)  # episodes ended and restarted
+
+
+def test_state_dict_refuses_another_env() -> None:
+    env = gym.make_vec("TextChat-v0", num_envs=2, vectorization_mode="vector_entry_point", **SMALL)
+    env.reset(seed=0)
+    state = env.unwrapped.state_dict()
+    other = gym.make_vec("TextChat-v0", num_envs=3, vectorization_mode="vector_entry_point", **SMALL)
+    with pytest.raises(ValueError, match="num_envs"):
+        other.unwrapped.load_state_dict(state)
+    with pytest.raises(ValueError, match="lacks"):
+        gym.make("TextChat-v0", **SMALL).unwrapped.load_state_dict({"_np_random": None})
+    bigger = gym.make_vec(
+        "TextChat-v0", num_envs=2, vectorization_mode="vector_entry_point", **{**SMALL, "max_new_tokens": 97}
+    )
+    with pytest.raises(ValueError, match="max_prompt_tokens \\+ max_new_tokens"):
+        bigger.unwrapped.load_state_dict(state)

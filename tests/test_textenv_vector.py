@@ -44,9 +44,10 @@ def assert_infos_equal(a: dict, b: dict) -> None:
             assert a[key].tolist() == b[key].tolist(), key
 
 
-@pytest.mark.parametrize("group_size", [1, 2])
-def test_token_vector_matches_sync(env_kwargs: dict, group_size: int) -> None:
-    native, sync = make_pair("TextGen-v0", {**env_kwargs, "group_size": group_size})
+@pytest.mark.parametrize(("group_size", "stop_token_ids"), [(1, None), (2, None), (1, [14, 30])])
+def test_token_vector_matches_sync(env_kwargs: dict, group_size: int, stop_token_ids: list | None) -> None:
+    settings = {"group_size": group_size, "stop_token_ids": stop_token_ids}
+    native, sync = make_pair("TextGen-v0", {**env_kwargs, **settings})
     assert native.metadata["autoreset_mode"] == AutoresetMode.SAME_STEP
     assert native.single_observation_space == sync.single_observation_space
     obs_a, info_a = native.reset(seed=7)
@@ -59,6 +60,8 @@ def test_token_vector_matches_sync(env_kwargs: dict, group_size: int) -> None:
     for _ in range(25):
         actions = rng.integers(3, 400, size=NUM_ENVS)
         actions[rng.random(NUM_ENVS) < 0.2] = eos
+        if stop_token_ids:
+            actions[rng.random(NUM_ENVS) < 0.2] = rng.choice(stop_token_ids)
         a, b = native.step(actions), sync.step(actions)
         assert_obs_equal(a[0], b[0])
         for x, y in zip(a[1:4], b[1:4], strict=False):
@@ -68,14 +71,17 @@ def test_token_vector_matches_sync(env_kwargs: dict, group_size: int) -> None:
     assert finished >= 2 * NUM_ENVS
 
 
-def test_seq_vector_matches_sync(env_kwargs: dict) -> None:
-    native, sync = make_pair("TextGenSeq-v0", env_kwargs)
+@pytest.mark.parametrize("stop_strings", [None, ["\n"]])
+def test_seq_vector_matches_sync(env_kwargs: dict, stop_strings: list | None) -> None:
+    native, sync = make_pair("TextGenSeq-v0", {**env_kwargs, "stop_strings": stop_strings})
     obs_a, info_a = native.reset(seed=1)
     obs_b, info_b = sync.reset(seed=1)
     assert_obs_equal(obs_a, obs_b)
     rng = np.random.default_rng(0)
     for _ in range(4):
         actions = rng.integers(0, 512, size=(NUM_ENVS, 5))
+        if stop_strings:
+            actions[rng.random(NUM_ENVS) < 0.5, 2] = 14  # tiny-sp's newline
         a, b = native.step(actions), sync.step(actions)
         assert_obs_equal(a[0], b[0])
         for x, y in zip(a[1:4], b[1:4], strict=False):

@@ -3,13 +3,20 @@
 - ``"drugs-sentiment"`` (``DEFAULT_TASK``): continue a real drugs.com review positively. The prompt is the
   first half of a review's words, the reference the rest; metadata holds the label, drug and condition.
   Splits are the package's own files (600 train, 379 test).
+- ``"drugs-turnaround"`` (``TextGen-Sentiment-v0``): turn a complaint around. The prompt is the opening of a
+  negative or neutral drugs.com review (its first third, at most 40 words), the reference the rest; 10 % of
+  the prompts are openings of positive reviews. See :func:`drugs_turnaround`.
 - ``"shakespeare"``: continue a speech. The prompt is the speaker and the first two lines of a speech with
   at least three lines, the reference its third line. Every tenth speech is in ``"test"``, the rest in
   ``"train"``.
 - ``"error-correction"``: correct a real sentence (a drugs.com review sentence or a Shakespeare line)
-  corrupted with seeded typos, dropped and swapped words (:mod:`textenv.noise`). The prompt is
-  ``"Fix the typos: <corrupted>\\nCorrected:"``, the reference the original sentence. See
-  :func:`error_correction`.
+  corrupted with seeded typos, dropped and swapped words (:mod:`textenv.noise`). The prompt is a one-shot
+  example (``ERROR_PROMPT``) ending in ``"Text: <corrupted>\\nCorrected:"``, the reference the original
+  sentence. See :func:`error_correction`.
+- ``"review-keywords"``: write a drugs.com review sentence that uses 3 or 4 given words of it (CommonGen
+  style, RL4LMs' concept-to-text task on patient reviews). The prompt is a one-shot example
+  (``KEYWORDS_PROMPT``) ending in ``"Words: <w1>, <w2>, <w3>\\nSentence:"``, the reference the sentence the
+  words came from. See :func:`review_keywords`.
 
 >>> ds = load_task("drugs-sentiment", split="test")
 >>> len(ds), ds.name, ds[0].metadata["label"] in ("positive", "neutral", "negative")
@@ -31,7 +38,15 @@ from textenv.noise import corrupt
 
 DEFAULT_TASK = "drugs-sentiment"
 SPLITS = ("train", "test")
-ERROR_PROMPT = "Fix the typos: {corrupted}\nCorrected:"
+ERROR_PROMPT = (
+    "Fix the typos.\n"
+    "Text: My headache went awya after days two, but felt I tired the first week.\n"
+    "Corrected: My headache went away after two days, but I felt tired the first week.\n"
+    "Text: {corrupted}\nCorrected:"
+)
+"""The error-correction prompt: one worked example (a typo, two swapped word pairs; written for this prompt,
+in neither split), then the sentence to correct. The answer is one line: the task env ends the completion
+at the newline. Without the example SmolLM2-135M-Instruct talks past the sentence (zero-shot WER 1.38)."""
 NOISE_SEED = 1234
 _SPEAKER = re.compile(r"^[A-Z][A-Z' ,&-]*\.$")
 _FIRST_ACT = re.compile(r"^ACT [IV1]", re.MULTILINE)
@@ -58,6 +73,64 @@ def drugs_sentiment(split: str = "train") -> PromptDataset:
             )
         )
     return PromptDataset(examples, name=f"drugs-sentiment/{split}")
+
+
+TURNAROUND_POSITIVE_SHARE = 0.1
+"""Share of positive reviews among the ``"drugs-turnaround"`` prompts."""
+TURNAROUND_SEED = 0
+"""Seeds the draw of those positive reviews and the order of the prompts."""
+
+
+def drugs_turnaround(
+    split: str = "train", positive_share: float = TURNAROUND_POSITIVE_SHARE, seed: int = TURNAROUND_SEED
+) -> PromptDataset:
+    """Turn a drugs.com review around: the opening of a negative or neutral review -> the rest.
+
+    The prompt is a review's opening (:func:`rewards.drugs_review.opening_length`: its first third, at most 40
+    words, so that most of the review is left to the continuation), the reference the rest of the review.
+    Every negative and neutral review of ``split`` is in, plus positive ones drawn with
+    ``np.random.default_rng(seed)`` so that they make up ``positive_share`` of the prompts (default 10 %: a
+    policy should not learn that every opening is a complaint to contradict); the same generator then
+    shuffles the prompts, so any leading slice is a mix. The train split leaves out reviews whose text is
+    also in the test split. Metadata: ``label``, ``drug``, ``condition``, ``id``.
+
+    >>> ds = drugs_turnaround("test")
+    >>> len(ds), sum(e.metadata["label"] == "positive" for e in ds), ds.name
+    (146, 15, 'drugs-turnaround/test')
+    """
+    from rewards.drugs_review import opening_length
+
+    if isinstance(positive_share, bool) or not isinstance(positive_share, (int, float)):
+        raise TypeError(f"positive_share={positive_share!r} must be a number in [0, 1), e.g. 0.1")
+    if not 0.0 <= positive_share < 1.0:
+        raise ValueError(f"positive_share={positive_share!r} must be in [0, 1), e.g. 0.1 for 10 %")
+    rows = data.drug_review_rows(split)
+    if split == "train":
+        test_texts = {row["review"] for row in data.drug_review_rows("test")}
+        rows = tuple(row for row in rows if row["review"] not in test_texts)
+    others = [row for row in rows if row["label"] in ("negative", "neutral")]
+    positives = [row for row in rows if row["label"] == "positive"]
+    count = round(positive_share / (1.0 - positive_share) * len(others))
+    if count > len(positives):
+        raise ValueError(
+            f"positive_share={positive_share} needs {count} positive reviews; {split!r} has "
+            f"{len(positives)}. Use a smaller share, e.g. 0.1"
+        )
+    rng = np.random.default_rng(seed)
+    chosen = others + [positives[int(i)] for i in sorted(rng.choice(len(positives), count, replace=False))]
+    examples = []
+    for index in rng.permutation(len(chosen)):
+        row = chosen[int(index)]
+        words = row["review"].split()
+        opening = opening_length(len(words))
+        examples.append(
+            Example(
+                prompt=" ".join(words[:opening]),
+                reference=" " + " ".join(words[opening:]) if words[opening:] else None,
+                metadata={key: row[key] for key in ("label", "drug", "condition", "id")},
+            )
+        )
+    return PromptDataset(examples, name=f"drugs-turnaround/{split}")
 
 
 def _speeches(text: str) -> list[tuple[str, list[str]]]:
@@ -116,8 +189,9 @@ def error_correction(split: str = "train", size: int | None = None) -> PromptDat
     references of task ``"shakespeare"``'s split), half and half; 1000 train / 300 test by default.
 
     Example ``i`` of source ``s`` is corrupted with ``np.random.default_rng([NOISE_SEED, s, i])``, so the data
-    is identical on every machine and does not depend on iteration order.
-    Metadata: ``source``, ``noise_seed``.
+    is identical on every machine and does not depend on iteration order. The prompt is ``ERROR_PROMPT``.
+    Metadata: ``source``, ``noise_seed``, ``corrupted`` (the sentence as the prompt shows it: copying it is
+    the baseline a correction must beat).
     """
     if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 2):
         raise ValueError(f"size={size!r} must be an int >= 2 (half of it from each source), or None")
@@ -134,20 +208,94 @@ def error_correction(split: str = "train", size: int | None = None) -> PromptDat
     for source_id, (source, sentences) in enumerate(sources.items()):
         for index, sentence in enumerate(_spread(sentences, size // 2)):
             rng = np.random.default_rng([NOISE_SEED, source_id, index])
+            corrupted = corrupt(sentence, rng)
             examples.append(
                 Example(
-                    prompt=ERROR_PROMPT.format(corrupted=corrupt(sentence, rng)),
+                    prompt=ERROR_PROMPT.format(corrupted=corrupted),
                     reference=sentence,
-                    metadata={"source": source, "noise_seed": [NOISE_SEED, source_id, index]},
+                    metadata={
+                        "source": source,
+                        "noise_seed": [NOISE_SEED, source_id, index],
+                        "corrupted": corrupted,
+                    },
                 )
             )
     return PromptDataset(examples, name=f"error-correction/{split}")
+
+
+KEYWORDS_PROMPT = (
+    "Write a sentence from a medicine review that uses the given words.\n"
+    "Words: tired, sleep, week\n"
+    "Sentence: I felt tired for a week, but now I sleep through the night.\n"
+    "Words: {keywords}\nSentence:"
+)
+"""The review-keywords prompt: one worked example (written for it, in neither split), then the words. The
+answer is one line: the task env ends the completion at the newline."""
+KEYWORD_SEED = 4321
+_FUNCTION_WORDS = frozenset(
+    "about after again also always been because before being could does doing done during each even ever "
+    "every from have having here into just like made make many more most much must never only other over "
+    "really same since some still such than that their them then there these they thing things think this "
+    "those through until very went were what when where which while will with would your".split()
+)
+
+
+def _keywords(sentence: str, rng: np.random.Generator, count: int = 4) -> list[str] | None:
+    """Up to ``count`` distinct content words of ``sentence`` (4+ letters, not a function word), drawn with
+    ``rng`` in a shuffled order; None when it has fewer than 3."""
+    words = dict.fromkeys(w.lower() for w in re.findall(r"[A-Za-z]+", sentence))
+    content = [w for w in words if len(w) >= 4 and w not in _FUNCTION_WORDS]
+    if len(content) < 3:
+        return None
+    return [content[int(i)] for i in rng.permutation(len(content))[:count]]
+
+
+@lru_cache(maxsize=4)
+def review_keywords(split: str = "train", size: int | None = None) -> PromptDataset:
+    """Concept-to-text on drugs.com review sentences (of the same split): the prompt gives 3 or 4 content
+    words of a sentence in a shuffled order, the reference is the sentence; 1000 train / 300 test by default.
+
+    Why this is the similarity task (``TextGen-Similarity-v0``): the reward is the embedding cosine to the
+    reference, so the reference must be predictable from the prompt for the reward to be learnable. The
+    next line of a Shakespeare speech (the previous design) is not: zero-shot scored 0.17, RL left it there,
+    and copying the previous line scores only 0.23. Here the words fix most of the sentence's content. On the
+    first 32 test prompts SmolLM2 scores 0.18 zero-shot, the words alone 0.60, another review sentence 0.29,
+    the real sentence 1.0; among SmolLM2's own samples the reward rises with the given words they use (0.12
+    with none, 0.24 with one, 0.40 with two), so the policy has a signal to climb and room to climb it.
+
+    Sentence ``i`` draws its words with ``np.random.default_rng([KEYWORD_SEED, i])``, so the data is identical
+    on every machine. Metadata: ``keywords``, ``source``.
+
+    >>> ds = review_keywords("test")
+    >>> len(ds), ds[0].prompt.endswith("Words: " + ", ".join(ds[0].metadata["keywords"]) + "\\nSentence:")
+    (300, True)
+    >>> all(w in ds[0].reference.lower() for w in ds[0].metadata["keywords"])
+    True
+    """
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 1):
+        raise ValueError(f"size={size!r} must be an int >= 1, or None")
+    size = size or (1000 if split == "train" else 300)
+    examples = []
+    for index, sentence in enumerate(_spread(_review_sentences(split), size * 2)):
+        words = _keywords(sentence, np.random.default_rng([KEYWORD_SEED, index]))
+        if words is None:
+            continue
+        examples.append(
+            Example(
+                prompt=KEYWORDS_PROMPT.format(keywords=", ".join(words)),
+                reference=sentence,
+                metadata={"keywords": words, "source": "drugs.com"},
+            )
+        )
+    return PromptDataset(_spread(examples, size), name=f"review-keywords/{split}")
 
 
 TASKS: dict[str, Callable[[str], PromptDataset]] = {
     "drugs-sentiment": drugs_sentiment,
     "shakespeare": shakespeare,
     "error-correction": error_correction,
+    "review-keywords": review_keywords,
+    "drugs-turnaround": drugs_turnaround,
 }
 
 

@@ -7,6 +7,7 @@ observation (one row of a vector env's (B, P+N) arrays, or a single env's (P+N,)
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from dataclasses import dataclass, field
@@ -21,6 +22,12 @@ from textenv.envs.core import TextGenCore, _model_vocab_size
 from textenv.models import DEFAULT_MODEL, load_tokenizer
 
 SENTINEL = "\u2063AGENT\u2063"  # stands for the agent's message while the template is rendered
+CONVERSATION_ARRAYS = ("ids", "mask", "agent")
+"""The (P+N,) arrays of a :class:`Conversation`, saved as lists."""
+CONVERSATION_FIELDS = (
+    "index", "turns", "length", "turn_start", "exchanges", "messages", "agent_turns", "success", "done"
+)  # fmt: skip
+"""Its other state: everything but the dialogue, which is rebuilt from ``index`` and ``messages``."""
 
 
 class ChatTokens:
@@ -76,6 +83,7 @@ class Conversation:
     length: int = 0  # real tokens in the N region
     turn_start: int = 0  # N-region position where the agent's current turn began
     exchanges: list[int] = field(default_factory=list)  # N-region end of each finished exchange
+    messages: list[str] = field(default_factory=list)  # the agent's finished messages, as the task read them
     agent_turns: int = 0
     success: bool = False
     done: bool = True
@@ -156,7 +164,7 @@ class ChatCore:
         conv.ids[:], conv.mask[:], conv.agent[:] = self.pad_token_id, 0, 0
         conv.ids[pad:P], conv.mask[pad:P] = ids, 1
         conv.index, conv.dialogue, conv.length, conv.turn_start = index, dialogue, 0, 0
-        conv.exchanges, conv.agent_turns, conv.success, conv.done = [], 0, False, False
+        conv.exchanges, conv.messages, conv.agent_turns, conv.success, conv.done = [], [], 0, False, False
         conv.turns = [
             {"role": "system", "content": self.task.system_prompt},
             {"role": "user", "content": dialogue.opening},
@@ -181,6 +189,7 @@ class ChatCore:
         if not isinstance(reply, Reply):
             raise TypeError(f"the task's respond() returned {type(reply).__name__}, not a textenv Reply.")
         self._write(conv, [token], agent=1)
+        conv.messages.append(message)
         conv.turns.append({"role": "assistant", "content": message})
         if reply.content is not None:
             conv.turns.append({"role": reply.role, "content": reply.content})
@@ -225,6 +234,36 @@ class ChatCore:
             conv.turn_start -= shift
             conv.exchanges = [end - shift for end in conv.exchanges]
         return shift
+
+    # ---- episode state (for an agent's exact resume) -------------------------------------------------------
+    def conversation_state(self, conv: Conversation) -> dict[str, Any]:
+        """``conv`` as JSON-able data: its arrays, turns, counters and the agent's messages so far."""
+        state: dict[str, Any] = {name: getattr(conv, name).tolist() for name in CONVERSATION_ARRAYS}
+        return state | {name: copy.deepcopy(getattr(conv, name)) for name in CONVERSATION_FIELDS}
+
+    def restore_conversation(self, conv: Conversation, state: dict[str, Any]) -> None:
+        """Write :meth:`conversation_state`'s ``state`` into ``conv`` (in place: its arrays may be views of a
+        vector env's). A running episode's dialogue is rebuilt by replaying the agent's messages to
+        ``task.start(index)``, so the task must answer the same messages the same way (the built-in tasks do;
+        the user simulator decodes greedily)."""
+        missing = [name for name in (*CONVERSATION_ARRAYS, *CONVERSATION_FIELDS) if name not in state]
+        if missing:
+            raise ValueError(f"saved conversation lacks {missing}; it comes from another kind of env")
+        for name in CONVERSATION_ARRAYS:
+            array, saved = getattr(conv, name), np.asarray(state[name], dtype=np.int64)
+            if saved.shape != array.shape:
+                raise ValueError(
+                    f"saved conversation has {saved.shape[-1]} slots, this env {len(array)} "
+                    "(max_prompt_tokens + max_new_tokens): make the env with the saved run's sizes"
+                )
+            array[:] = saved
+        for name in CONVERSATION_FIELDS:
+            setattr(conv, name, copy.deepcopy(state[name]))
+        conv.dialogue = None
+        if not conv.done:
+            conv.dialogue = self.task.start(conv.index)
+            for message in conv.messages:
+                conv.dialogue.respond(message)
 
     def final_info(self, conv: Conversation) -> dict[str, Any]:
         """The info of a finished episode: the turns as text, success, and what the agents' logs read."""

@@ -11,13 +11,45 @@ from gymnasium import spaces
 
 from textenv.chat_tasks import ChatTask
 from textenv.envs.chat_core import ChatCore, Conversation
-from textenv.envs.core import PromptSampler, TextGenCore, TokenAttributes
+from textenv.envs.core import PromptSampler, TextGenCore, TokenAttributes, _decode_state, _encode_state
 
 
 class ChatAttributes(TokenAttributes):
-    """The core's settings as env attributes (what ``agents.layout`` reads through SB3's ``get_attr``)."""
+    """The core's settings as env attributes (what ``agents.layout`` reads through SB3's ``get_attr``), and
+    the episode state (:meth:`state_dict`) an agent's checkpoint stores for an exact resume."""
 
     core: ChatCore
+    state_fields: tuple[str, ...] = ()
+    """The attributes that hold episode state besides the conversations: RNGs, prompt samplers, flags."""
+
+    @property
+    def _conversations(self) -> list[Conversation]:
+        return []
+
+    def state_dict(self) -> dict[str, Any]:
+        """The episode state as JSON-able data: RNG states, sampler positions and the running conversations
+        (tokens, turns, the agent's messages; the task's dialogue is rebuilt from them on load)."""
+        state = {name: _encode_state(getattr(self, name)) for name in self.state_fields}
+        return state | {"conversations": [self.core.conversation_state(c) for c in self._conversations]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (from an env made with the same arguments)."""
+        missing = [name for name in (*self.state_fields, "conversations") if name not in state]
+        if missing:
+            raise ValueError(f"saved env state lacks {missing}; it comes from another kind of env")
+        conversations = self._conversations
+        if len(state["conversations"]) != len(conversations):
+            raise ValueError(
+                f"saved env state holds {len(state['conversations'])} conversations, this env "
+                f"{len(conversations)}; make it with the saved run's num_envs"
+            )
+        for name in self.state_fields:
+            current, saved = getattr(self, name), state[name]
+            if saved is None or current is None:  # an RNG that was not seeded yet (no reset) on one side
+                current = None if saved is None else np.random.default_rng()
+            setattr(self, name, None if saved is None else _decode_state(saved, current))
+        for conv, saved in zip(conversations, state["conversations"], strict=True):
+            self.core.restore_conversation(conv, saved)
 
     @property
     def task(self) -> ChatTask:
@@ -110,6 +142,7 @@ class TextChatEnv(ChatAttributes, gym.Env):
     """
 
     metadata = {"render_modes": ["ansi", "human"], "render_fps": 4}
+    state_fields = ("_np_random", "_sampler")
 
     def __init__(
         self,
@@ -151,6 +184,10 @@ class TextChatEnv(ChatAttributes, gym.Env):
             np.zeros(length, np.int64),
             np.zeros(length, np.int64),
         )
+
+    @property
+    def _conversations(self) -> list[Conversation]:
+        return [self._conv]
 
     def _obs(self) -> dict[str, np.ndarray]:
         conv = self._conv

@@ -71,6 +71,13 @@ class TextChatSeqEnv(ChatAttributes, gym.Env):
     def _conv(self) -> Conversation:
         return self._token_env._conv
 
+    def state_dict(self) -> dict[str, Any]:
+        """The episode state (:meth:`TextChatEnv.state_dict`): its token-level env draws and holds it all."""
+        return self._token_env.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._token_env.load_state_dict(state)
+
     def _obs(self) -> dict[str, np.ndarray]:
         conv, length = self._conv, self.core.P + self.core.N
         real = conv.mask == 1
@@ -148,6 +155,22 @@ class TextChatSeqVectorEnv(ChatAttributes, VectorEnv):
         self.single_observation_space = first.observation_space
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self._started = False
+
+    def state_dict(self) -> dict[str, Any]:
+        """Every row's :meth:`TextChatSeqEnv.state_dict` and whether the rows were reset."""
+        return {"envs": [env.state_dict() for env in self.envs], "started": self._started}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not isinstance(state, dict) or "envs" not in state or "started" not in state:
+            raise ValueError("saved env state lacks 'envs' or 'started'; it comes from another kind of env")
+        if len(state["envs"]) != self.num_envs:
+            raise ValueError(
+                f"saved env state holds {len(state['envs'])} envs, this env {self.num_envs}; make it with "
+                "the saved run's num_envs"
+            )
+        for env, saved in zip(self.envs, state["envs"], strict=True):
+            env.load_state_dict(saved)
+        self._started = bool(state["started"])
 
     def _stack(self, observations: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         return {key: np.stack([obs[key] for obs in observations]) for key in observations[0]}

@@ -43,6 +43,7 @@ class TextChatVectorEnv(ChatAttributes, VectorEnv):
     """
 
     metadata = {"render_modes": ["ansi", "human"], "autoreset_mode": AutoresetMode.SAME_STEP}
+    state_fields = ("_rngs", "_samplers", "_started")
 
     def __init__(
         self,
@@ -96,6 +97,10 @@ class TextChatVectorEnv(ChatAttributes, VectorEnv):
             PromptSampler(len(self.core.task), self.core.group_size) for _ in range(self.num_envs)
         ]
         self._started = False
+
+    @property
+    def _conversations(self) -> list[Conversation]:
+        return self._convs
 
     def _obs(self) -> dict[str, np.ndarray]:
         return {

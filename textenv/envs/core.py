@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,19 @@ def _model_vocab_size(model: str | Path) -> int | None:
         return None
     size = getattr(config, "vocab_size", None)
     return int(size) if size else None
+
+
+def token_ids_containing(tokenizer: Any, strings: Sequence[str]) -> list[int]:
+    """Every token id whose text, decoded alone, contains one of ``strings``; e.g. ``["\\n"]`` gives the
+    ids that end a line (SmolLM2: 129 ids, all whitespace such as ``"\\n"``, ``"\\n\\n"``, ``" \\n"``).
+
+    >>> from textenv import load_tokenizer
+    >>> tok = load_tokenizer("tiny-sp")
+    >>> [tok.decode([i]) for i in token_ids_containing(tok, ["\\n"])]
+    ['\\n']
+    """
+    texts = tokenizer.batch_decode([[token] for token in range(len(tokenizer))])
+    return [token for token, text in enumerate(texts) if any(string in text for string in strings)]
 
 
 class PromptSampler:
@@ -88,6 +101,8 @@ class TextGenCore:
         group_size: int = 1,
         split: str = "train",
         vocab_size: int | None = None,
+        stop_token_ids: Iterable[int] | None = None,
+        stop_strings: Sequence[str] | None = None,
     ) -> None:
         self.reward_seconds = 0.0  # time spent in reward_fn, for the agents' time breakdown
         for name, value in [
@@ -157,7 +172,48 @@ class TextGenCore:
         self.pad_token_id = int(tokenizer.pad_token_id)
         model_vocab = _model_vocab_size(model) if model is not None else None
         self.vocab_size = int(vocab_size or max(len(tokenizer), model_vocab or 0))
+        self.stop_token_ids = self._resolve_stops(stop_token_ids, stop_strings)
+        self._stop_array = np.array(self.stop_token_ids, dtype=np.int64)  # (S,), for np.isin
         self._prompt_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def _resolve_stops(self, stop_token_ids: Any, stop_strings: Any) -> tuple[int, ...]:
+        """The sorted ids that end an episode: EOS, ``stop_token_ids`` and the ids whose text contains one of
+        ``stop_strings`` (:func:`token_ids_containing`)."""
+        stops = {self.eos_token_id}
+        if stop_token_ids is not None:
+            if isinstance(stop_token_ids, (str, bytes, int, np.integer)) or not hasattr(
+                stop_token_ids, "__iter__"
+            ):
+                raise TypeError(
+                    f"stop_token_ids={stop_token_ids!r} must be a list of token ids, e.g. "
+                    "stop_token_ids=[198]."
+                )
+            for token in stop_token_ids:
+                if not isinstance(token, (int, np.integer)) or isinstance(token, bool):
+                    raise TypeError(
+                        f"stop_token_ids holds {token!r}; each must be an int token id, e.g. 198."
+                    )
+                if not 0 <= token < self.vocab_size:
+                    raise ValueError(
+                        f"stop_token_ids holds {int(token)}, outside the vocabulary [0, {self.vocab_size}); "
+                        "pass ids of the env's tokenizer."
+                    )
+                stops.add(int(token))
+        if stop_strings is not None:
+            if isinstance(stop_strings, str) or not all(isinstance(s, str) and s for s in stop_strings):
+                raise TypeError(
+                    f"stop_strings={stop_strings!r} must be a list of non-empty strings, e.g. "
+                    'stop_strings=["\\n"].'
+                )
+            found = token_ids_containing(self.tokenizer, list(stop_strings))
+            if not found:
+                raise ValueError(
+                    f"stop_strings={list(stop_strings)!r}: no token of the tokenizer contains them, so they "
+                    "could never end an episode; pass strings that some token's text contains, or "
+                    "stop_token_ids=."
+                )
+            stops.update(found)
+        return tuple(sorted(stops))
 
     # ---- spaces -------------------------------------------------------------------------------------------
     def token_box(self, length: int) -> spaces.Box:
@@ -269,13 +325,17 @@ class TextGenCore:
         return array.astype(np.int64, copy=False)
 
     # ---- completions and rewards --------------------------------------------------------------------------
+    def is_stop(self, tokens: np.ndarray) -> np.ndarray:
+        """Whether each token id ends an episode (EOS or a stop token); bool, the shape of ``tokens``."""
+        return np.isin(tokens, self._stop_array)
+
     def completion_ids(self, tokens: np.ndarray) -> np.ndarray:
-        """The completion part of generated ids: everything before the first EOS."""
-        eos = np.flatnonzero(tokens == self.eos_token_id)
-        return tokens[: eos[0]] if eos.size else tokens
+        """The completion part of generated ids: everything before the first EOS or stop token."""
+        stop = np.flatnonzero(self.is_stop(tokens))
+        return tokens[: stop[0]] if stop.size else tokens
 
     def decode(self, completions: Sequence[np.ndarray]) -> list[str]:
-        """Decode completion ids (EOS already cut) in one batch call, skipping special tokens."""
+        """Decode completion ids (the stop token already cut) in one batch call, skipping special tokens."""
         return self.tokenizer.batch_decode([c.tolist() for c in completions], skip_special_tokens=True)
 
     def score(self, indices: Sequence[int], completions: list[str]) -> np.ndarray:
@@ -420,3 +480,8 @@ class CoreAttributes(TokenAttributes):
     @property
     def max_new_tokens(self) -> int:
         return self.core.max_new_tokens
+
+    @property
+    def stop_token_ids(self) -> tuple[int, ...]:
+        """The sorted ids that end an episode: EOS and the env's stop tokens."""
+        return self.core.stop_token_ids

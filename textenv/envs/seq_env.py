@@ -26,7 +26,8 @@ class TextGenSeqEnv(CoreAttributes, gym.Env):
     ## Action Space
 
     ``MultiDiscrete([vocab_size] * N)`` with ``N = max_new_tokens``: the completion's token ids. The
-    completion ends at the first ``eos_token_id``; ids after it are ignored (fill them with anything).
+    completion ends at the first ``eos_token_id`` or stop token (``stop_token_ids``, left out of the text, as
+    EOS is); ids after it are ignored (fill them with anything).
 
     ## Observation Space
 
@@ -45,7 +46,7 @@ class TextGenSeqEnv(CoreAttributes, gym.Env):
 
     Same as :class:`~textenv.envs.TextGenEnv`: ``model`` or ``tokenizer``, ``task`` (+ ``split``) or
     ``dataset``, ``reward_fn``, ``max_prompt_tokens=64``, ``max_new_tokens=48``, ``render_mode``,
-    ``group_size=1``, ``vocab_size=None``.
+    ``group_size=1``, ``vocab_size=None``, ``stop_token_ids=None``, ``stop_strings=None``.
 
     >>> import gymnasium as gym, numpy as np, textenv
     >>> env = gym.make("TextGenSeq-v0", model="tiny-sp", dataset=["Once upon a time"], max_new_tokens=8)
@@ -75,6 +76,8 @@ class TextGenSeqEnv(CoreAttributes, gym.Env):
         group_size: int = 1,
         split: str = "train",
         vocab_size: int | None = None,
+        stop_token_ids: Any | None = None,
+        stop_strings: Any | None = None,
     ) -> None:
         self._setup_core(
             render_mode,
@@ -88,6 +91,8 @@ class TextGenSeqEnv(CoreAttributes, gym.Env):
             group_size,
             split,
             vocab_size,
+            stop_token_ids,
+            stop_strings,
         )
         self.action_space = spaces.MultiDiscrete(np.full(self.max_new_tokens, self.core.vocab_size))
         self.observation_space = self.core.observation_space(self.max_prompt_tokens)

@@ -36,11 +36,13 @@ class TextGenEnv(CoreAttributes, gym.Env):
     ## Rewards
 
     0 on every step but the last, then ``reward_fn([prompt], [completion], [reference])``. The completion is
-    the generated text before the first EOS, decoded with ``skip_special_tokens=True``.
+    the generated text before the first EOS or stop token (that token is left out), decoded with
+    ``skip_special_tokens=True``.
 
     ## Episode End
 
-    ``terminated`` when the agent emits ``eos_token_id``; ``truncated`` after N tokens. The final ``info``
+    ``terminated`` when the agent emits ``eos_token_id`` or one of ``stop_token_ids`` (the observation keeps
+    that last token, as it keeps EOS); ``truncated`` after N tokens. The final ``info``
     carries ``prompt``, ``completion`` and ``reference``; ``reset`` returns ``prompt`` and ``reference``.
 
     ## Arguments
@@ -55,6 +57,10 @@ class TextGenEnv(CoreAttributes, gym.Env):
     - ``max_prompt_tokens=64``, ``max_new_tokens=48``, ``render_mode`` (``"ansi"`` or ``"human"``),
       ``group_size=1`` (each sampled prompt is used for k episodes in a row, for RLOO baselines),
       ``vocab_size=None`` (override the action space size; at least ``len(tokenizer)``).
+    - ``stop_token_ids=None``: ids that end the episode like EOS does (EOS always does).
+      ``stop_strings=None``: strings such as ``["\\n"]``, which add every id whose text, decoded alone,
+      contains one of them (a token that decodes to something with a newline ends the line; SmolLM2 has 129
+      such ids, all whitespace). ``env.unwrapped.stop_token_ids`` lists the resulting ids, EOS included.
     - ``reset(options={"index": i})`` starts an episode on dataset example i (``0 <= i < len(dataset)``)
       instead of a sampled one.
     - A ``reward_fn`` that raises leaves the episode as it was before that step, so it can be stepped again.
@@ -88,6 +94,8 @@ class TextGenEnv(CoreAttributes, gym.Env):
         group_size: int = 1,
         split: str = "train",
         vocab_size: int | None = None,
+        stop_token_ids: Any | None = None,
+        stop_strings: Any | None = None,
     ) -> None:
         self._setup_core(
             render_mode,
@@ -101,6 +109,8 @@ class TextGenEnv(CoreAttributes, gym.Env):
             group_size,
             split,
             vocab_size,
+            stop_token_ids,
+            stop_strings,
         )
         self.action_space = spaces.Discrete(self.core.vocab_size)
         self.observation_space = self.core.observation_space(self.max_prompt_tokens + self.max_new_tokens)
@@ -141,7 +151,7 @@ class TextGenEnv(CoreAttributes, gym.Env):
             )
         token = int(self.core.check_tokens(action, (), "TextGen-v0 action"))
         position = self.max_prompt_tokens + self._length
-        terminated = token == self.eos_token_id
+        terminated = bool(self.core.is_stop(np.int64(token)))
         truncated = not terminated and self._length + 1 == self.max_new_tokens
         reward, info = 0.0, {}
         if terminated or truncated:  # score first: if reward_fn raises, the episode is as before this step

@@ -61,6 +61,8 @@ class TextGenVectorEnv(CoreAttributes, VectorEnv):
         group_size: int = 1,
         split: str = "train",
         vocab_size: int | None = None,
+        stop_token_ids: Any | None = None,
+        stop_strings: Any | None = None,
     ) -> None:
         if not isinstance(num_envs, (int, np.integer)) or isinstance(num_envs, bool) or num_envs < 1:
             raise ValueError(f"num_envs={num_envs!r} must be a positive int, e.g. num_envs=8.")
@@ -77,6 +79,8 @@ class TextGenVectorEnv(CoreAttributes, VectorEnv):
             group_size,
             split,
             vocab_size,
+            stop_token_ids,
+            stop_strings,
         )
         self.num_envs = num_envs
         P, N = self.max_prompt_tokens, self.max_new_tokens
@@ -133,7 +137,7 @@ class TextGenVectorEnv(CoreAttributes, VectorEnv):
         tokens = self.core.check_tokens(actions, (self.num_envs,), "TextGen-v0 vector actions")  # (B,)
         P = self.max_prompt_tokens
         positions = P + self._lengths  # (B,)
-        terminated = tokens == self.eos_token_id  # (B,)
+        terminated = self.core.is_stop(tokens)  # (B,): EOS or a stop token
         truncated = ~terminated & (self._lengths + 1 >= self.max_new_tokens)  # (B,)
         rewards = np.zeros(self.num_envs, np.float32)
         done_rows = np.flatnonzero(terminated | truncated)
