@@ -384,6 +384,10 @@ def _encode_state(value: Any) -> Any:
     return value
 
 
+BIT_GENERATORS = ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64")
+"""numpy bit generators whose saved state an env restores."""
+
+
 def _decode_state(saved: Any, current: Any) -> Any:
     """``saved`` turned back into the type of ``current`` (restored in place where it is an object)."""
     if isinstance(current, np.ndarray):
@@ -391,8 +395,14 @@ def _decode_state(saved: Any, current: Any) -> Any:
         if restored.shape != current.shape:
             raise ValueError(f"saved env state has shape {restored.shape}, the env {current.shape}")
         return restored
-    if isinstance(current, np.random.Generator):
-        generator = np.random.Generator(np.random.PCG64())
+    is_rng_state = (
+        isinstance(saved, dict) and "bit_generator" in saved
+    )  # an RNG the env may not have made yet
+    if isinstance(current, np.random.Generator) or (current is None and is_rng_state):
+        kind = saved.get("bit_generator") if isinstance(saved, dict) else None
+        if kind not in BIT_GENERATORS:
+            raise ValueError(f"saved env state has an RNG of kind {kind!r}; expected one of {BIT_GENERATORS}")
+        generator = np.random.Generator(getattr(np.random, kind)())
         generator.bit_generator.state = saved
         return generator
     if isinstance(current, PromptSampler):
