@@ -170,8 +170,8 @@ def test_env_pickles(env_kwargs: dict) -> None:
 
 
 def test_state_loads_into_an_env_that_was_never_reset() -> None:
-    """An env's ``state_dict()`` (through JSON) loaded into a fresh env that has not made its RNG yet gives the
-    same next episodes; a state whose RNG kind is unknown is refused with a clear error."""
+    """An env's ``state_dict()`` (through JSON) loaded into a fresh env that has not made its RNG yet gives
+    the same next episodes; a state whose RNG kind is unknown is refused with a clear error."""
     import json
 
     def make() -> Any:
