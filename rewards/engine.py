@@ -161,6 +161,12 @@ def build_config(
             stacklevel=2,
         )
         cfg["hybrid_engine"] = {**cfg["hybrid_engine"], "enabled": False}
+    zero = cfg.get("zero_optimization")
+    if not on_gpu and isinstance(zero, dict) and zero.get("overlap_comm"):
+        # a CPU has no streams to overlap on, and with gloo the overlapped reduction raced the optimizer step:
+        # under load a rank's ZeRO-3 step read half-reduced gradients and its weights became NaN
+        # (DeepSpeed issue #5545 reports overlap_comm data races on GPUs too)
+        cfg["zero_optimization"] = {**zero, "overlap_comm": False}
     cfg.setdefault(
         "optimizer", {"type": "AdamW", "params": {"lr": learning_rate, "eps": 1e-8, "weight_decay": 0.0}}
     )

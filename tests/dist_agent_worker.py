@@ -122,6 +122,7 @@ def phase_update(out: Path, rank: int) -> None:
     results = {}
     for algo in ("ppo", "reinforce"):
         for stage in (0, 3):
+            print(f"rank {rank}: {algo} under ZeRO-{stage}", flush=True)  # names the case in a failure
             results[f"{algo}_zero{stage}"] = one_update(algo, update_config(stage), rank, WORLD)
     torch.save(results, out / f"update_rank{rank}.pt")
 

@@ -191,3 +191,14 @@ def test_hybrid_engine_falls_back_on_cpu() -> None:
     with pytest.warns(UserWarning, match="hybrid_engine.enabled' needs DeepSpeed's CUDA inference kernels"):
         cfg = engine.build_config(config, 1e-5, 1.0, 8, on_gpu=False)
     assert cfg["hybrid_engine"] == {"enabled": False, "max_out_tokens": 512}
+
+
+def test_cpu_configs_do_not_overlap_communication() -> None:
+    """On a CPU there are no streams to overlap on: ``overlap_comm`` (set by the shipped ZeRO-3 config) is
+    switched off there, and kept on a GPU."""
+    user = json.loads((Path(__file__).parents[1] / "agents/configs/ds_zero3.json").read_text())
+    assert user["zero_optimization"]["overlap_comm"] is True
+    cpu = engine.build_config(user, 1e-5, 1.0, 4, on_gpu=False, precision="fp32")
+    assert cpu["zero_optimization"]["overlap_comm"] is False and cpu["zero_optimization"]["stage"] == 3
+    gpu = engine.build_config(user, 1e-5, 1.0, 4, on_gpu=True, precision="fp32")
+    assert gpu["zero_optimization"]["overlap_comm"] is True
