@@ -24,7 +24,7 @@ statistics move left with its tokens. A sequence-level env whose episodes last s
 each, ``TextChatSeq-v0``) gives one training row per message, rewarded with the return from that message on.
 
 >>> collector = RolloutCollector(num_envs=1, prompt_len=2, max_new_tokens=3, pad_token_id=0,
-...                              eos_token_id=9, token_level=True)
+...                              stop_token_ids=9, token_level=True)
 >>> ids, mask = np.array([[0, 7, 0, 0, 0]]), np.array([[0, 1, 0, 0, 0]])
 >>> final = {"input_ids": np.array([0, 7, 9, 0, 0]), "attention_mask": np.array([0, 1, 1, 0, 0])}
 >>> info = {"terminal_observation": final, "prompt_index": 4, "completion": ""}
@@ -81,13 +81,15 @@ class RolloutCollector:
         prompt_len: int,
         max_new_tokens: int,
         pad_token_id: int,
-        eos_token_id: int | list[int] | None,
+        stop_token_ids: int | list[int] | None,
         token_level: bool,
     ) -> None:
         self.prompt_len, self.max_new_tokens = prompt_len, max_new_tokens
         self.pad_token_id = pad_token_id
         # the ids that end a sequence-level completion: EOS, or the env's stop tokens (a list)
-        self.stop_ids = np.asarray([] if eos_token_id is None else eos_token_id, dtype=np.int64).reshape(-1)
+        self.stop_ids = np.asarray([] if stop_token_ids is None else stop_token_ids, dtype=np.int64).reshape(
+            -1
+        )
         self.token_level = token_level
         self.step_logprobs = np.zeros((num_envs, max_new_tokens), np.float32)  # (B, N) running episodes
         self.step_values = np.zeros((num_envs, max_new_tokens), np.float32)  # (B, N)

@@ -79,7 +79,7 @@ def test_a_turn_costs_only_its_new_tokens() -> None:
 
 def test_collector_trains_agent_tokens_with_rewards_on_each_turn() -> None:
     collector = RolloutCollector(
-        1, prompt_len=1, max_new_tokens=5, pad_token_id=0, eos_token_id=9, token_level=True
+        1, prompt_len=1, max_new_tokens=5, pad_token_id=0, stop_token_ids=9, token_level=True
     )
     observations = [  # agent writes 4, 9 (turn end); the env appends 7, 7; the agent writes 9 (the end)
         ([5, 0, 0, 0, 0, 0], [1, 0, 0, 0, 0, 0]),
@@ -113,7 +113,7 @@ def test_collector_trains_agent_tokens_with_rewards_on_each_turn() -> None:
 
 def test_collector_moves_statistics_with_dropped_turns() -> None:
     collector = RolloutCollector(
-        1, prompt_len=1, max_new_tokens=4, pad_token_id=0, eos_token_id=9, token_level=True
+        1, prompt_len=1, max_new_tokens=4, pad_token_id=0, stop_token_ids=9, token_level=True
     )
     # the agent writes 4, then 9 (turn end); the env drops that exchange and appends 7; the agent writes 9
     steps = [

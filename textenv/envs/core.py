@@ -395,11 +395,9 @@ def _decode_state(saved: Any, current: Any) -> Any:
         if restored.shape != current.shape:
             raise ValueError(f"saved env state has shape {restored.shape}, the env {current.shape}")
         return restored
-    is_rng_state = (
-        isinstance(saved, dict) and "bit_generator" in saved
-    )  # an RNG the env may not have made yet
-    if isinstance(current, np.random.Generator) or (current is None and is_rng_state):
-        kind = saved.get("bit_generator") if isinstance(saved, dict) else None
+    # an RNG's saved state names its kind; current is None for an RNG the env has not made yet
+    kind = saved.get("bit_generator") if isinstance(saved, dict) else None
+    if isinstance(current, np.random.Generator) or (current is None and kind is not None):
         if kind not in BIT_GENERATORS:
             raise ValueError(f"saved env state has an RNG of kind {kind!r}; expected one of {BIT_GENERATORS}")
         generator = np.random.Generator(getattr(np.random, kind)())
