@@ -32,6 +32,7 @@ import tyro
 import textenv  # noqa: F401  (registers the envs)
 from agents import PPO
 from agents.policy import position_ids_from_mask
+from agents.rollout import RolloutBatch
 from benchmarks import provenance
 from rewards import engine
 from rewards.storage import atomic_write_text
@@ -59,12 +60,101 @@ class Args:
     """torch intra-op threads; None keeps torch's default."""
     precision: str = "auto"
     """``auto``, ``bf16`` or ``fp32``: the agent's precision; both baselines run in the same one."""
+    deepspeed_config: str | None = None
+    """A DeepSpeed config (JSON file or inline JSON) over the agent's defaults, e.g. ZeRO-3 on a GPU."""
+    lora_rank: int = 0
+    """Train LoRA adapters of this rank on every linear layer instead of all weights (0: full fine-tuning)."""
+    baselines: bool = True
+    """Also time ``generate()`` and the bare training step (off under ZeRO-3: its weights are partitioned)."""
     json: str | None = None
     """Also write the results to this JSON file."""
 
 
 def zero_reward(prompts, completions, references=None) -> np.ndarray:
     return np.zeros(len(completions), dtype=np.float32)
+
+
+def _deepspeed_config(value: str | None) -> str | dict | None:
+    """``--deepspeed-config``: inline JSON (starts with ``{``) or a file path, as the agents take it."""
+    if value is None or not value.lstrip().startswith("{"):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as error:
+        raise SystemExit(
+            f"--deepspeed-config is not valid JSON ({error}); pass a JSON object or a file path"
+        ) from None
+
+
+def _lora_config(rank: int) -> object | None:
+    if rank <= 0:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear", lora_dropout=0.0)
+
+
+def peak_memory_mb() -> dict[str, float]:
+    """Peak resident memory of this process and, on a GPU, peak memory allocated by torch on it."""
+    peaks = {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    if torch.cuda.is_available():
+        peaks["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return peaks
+
+
+def _synchronize() -> None:
+    """Wait for queued GPU work before reading a clock (a no-op on CPU)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _time_generate(agent: PPO, batch: RolloutBatch, args: Args) -> float:
+    """Best tokens/s of ``generate()`` (KV cache, pure sampling) on the rollout's prompts."""
+    lm, prompt_len = agent.policy.lm, args.max_prompt_tokens
+    best = 0.0
+    for _ in range(args.repeats):
+        _synchronize()
+        start = time.perf_counter()
+        with torch.no_grad():
+            out = lm.generate(
+                input_ids=batch.input_ids[:, :prompt_len],  # (B, P)
+                attention_mask=batch.attention_mask[:, :prompt_len],
+                max_new_tokens=args.max_new_tokens,
+                do_sample=True,
+                top_k=0,
+                pad_token_id=agent.pad_token_id,
+                eos_token_id=agent.eos_token_id,
+            )
+        _synchronize()
+        elapsed = time.perf_counter() - start
+        generated = out[:, prompt_len:]  # (B, <=N)
+        tokens = int((generated != agent.pad_token_id).sum()) or generated.numel()
+        best = max(best, tokens / elapsed)
+    return best
+
+
+def _time_bare_step(agent: PPO, batch: RolloutBatch, tokens: float, args: Args) -> float:
+    """Best tokens/s of forward + backward + optimizer step of a copy of the LM, same engine config."""
+    bare = engine.initialize(copy.deepcopy(agent.policy.lm), agent.ds_config)
+    best = 0.0
+    for _ in range(args.repeats):
+        _synchronize()
+        start = time.perf_counter()
+        for first in range(0, len(batch.rewards), args.minibatch_size):
+            ids = batch.input_ids[first : first + args.minibatch_size, :-1]  # (b, P+N-1)
+            mask = batch.attention_mask[first : first + args.minibatch_size, :-1]
+            logits = bare(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=position_ids_from_mask(mask),
+                logits_to_keep=args.max_new_tokens,
+            ).logits  # (b, N, V)
+            loss = torch.log_softmax(logits.float(), -1).mean()
+            bare.backward(loss)
+            bare.step()
+        _synchronize()
+        best = max(best, tokens / (time.perf_counter() - start))
+    return best
 
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
@@ -89,8 +179,10 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         target_kl=None,
         seed=0,
         precision=args.precision,
+        deepspeed_config=_deepspeed_config(args.deepspeed_config),
+        peft_config=_lora_config(args.lora_rank),
     )
-    lm, n_new = agent.policy.lm, args.max_new_tokens
+    n_new = args.max_new_tokens
 
     # 1. rollout through the gym API vs generate()
     rollout_tps = 0.0
@@ -104,25 +196,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         rollout_tps = max(rollout_tps, agent.rollout.tokens / agent._rollout_time)
     batch = agent.rollout_batch
     assert batch is not None
-    prompt_ids = batch.input_ids[:, : args.max_prompt_tokens]  # (B, P)
-    prompt_mask = batch.attention_mask[:, : args.max_prompt_tokens]
-    generate_tps = 0.0
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        with torch.no_grad():
-            out = lm.generate(
-                input_ids=prompt_ids,
-                attention_mask=prompt_mask,
-                max_new_tokens=n_new,
-                do_sample=True,
-                top_k=0,
-                pad_token_id=agent.pad_token_id,
-                eos_token_id=agent.eos_token_id,
-            )
-        elapsed = time.perf_counter() - start
-        generated = out[:, args.max_prompt_tokens :]  # (B, <=N)
-        tokens = int((generated != agent.pad_token_id).sum()) or generated.numel()
-        generate_tps = max(generate_tps, tokens / elapsed)
+    generate_tps = _time_generate(agent, batch, args) if args.baselines else None
 
     # 2. PPO update (all epochs, reference forward included) vs bare forward + backward + optimizer step
     #    over the same minibatches; tokens/s counts every generated token once per epoch.
@@ -131,24 +205,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     for _ in range(args.repeats):
         start = time.perf_counter()
         agent.train()
+        _synchronize()
         update_tps = max(update_tps, args.n_epochs * tokens / (time.perf_counter() - start))
-    bare_tps = 0.0
-    bare = engine.initialize(copy.deepcopy(lm), agent.ds_config)  # same DeepSpeed config and precision
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        for first in range(0, len(batch.rewards), args.minibatch_size):
-            ids = batch.input_ids[first : first + args.minibatch_size, :-1]  # (b, P+N-1)
-            mask = batch.attention_mask[first : first + args.minibatch_size, :-1]
-            logits = bare(
-                input_ids=ids,
-                attention_mask=mask,
-                position_ids=position_ids_from_mask(mask),
-                logits_to_keep=n_new,
-            ).logits  # (b, N, V)
-            loss = torch.log_softmax(logits.float(), -1).mean()
-            bare.backward(loss)
-            bare.step()
-        bare_tps = max(bare_tps, tokens / (time.perf_counter() - start))
+    bare_tps = _time_bare_step(agent, batch, tokens, args) if args.baselines else None
 
     result = {
         "model": args.model,
@@ -157,13 +216,16 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "max_prompt_tokens": args.max_prompt_tokens,
         "max_new_tokens": n_new,
         "rollout_tokens_per_s": round(rollout_tps, 1),
-        "generate_tokens_per_s": round(generate_tps, 1),
-        "rollout_vs_generate": round(rollout_tps / generate_tps, 3),
+        "generate_tokens_per_s": round(generate_tps, 1) if generate_tps else None,
+        "rollout_vs_generate": round(rollout_tps / generate_tps, 3) if generate_tps else None,
         "n_epochs": args.n_epochs,
         "ppo_update_tokens_per_s": round(update_tps, 1),
-        "bare_train_tokens_per_s": round(bare_tps, 1),
-        "update_vs_bare": round(update_tps / bare_tps, 3),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "bare_train_tokens_per_s": round(bare_tps, 1) if bare_tps else None,
+        "update_vs_bare": round(update_tps / bare_tps, 3) if bare_tps else None,
+        **peak_memory_mb(),
+        "zero_stage": agent.zero_stage,
+        "engine": type(agent.engine).__name__,  # DeepSpeedHybridEngine where the Hybrid Engine is on
+        "lora_rank": args.lora_rank,
         "malloc_tuned": engine.keep_freed_memory(),  # applied by the agent's engine, for both sides alike
         "provenance": {"versions": provenance.versions(), "machine": provenance.machine()},
     }

@@ -152,12 +152,17 @@ def build_config(
             "'fp16.enabled' is true in the DeepSpeed config, but fp16 training needs a GPU; on CPU remove "
             "'fp16' from the config and use precision='bf16' (or 'fp32')"
         )
-    if cfg.get("hybrid_engine", {}).get("enabled") and not on_gpu:
+    if cfg.get("hybrid_engine", {}).get("enabled"):
         import warnings
 
+        # DeepSpeed's Hybrid Engine swaps in inference kernels behind the module's generate(); our rollouts
+        # step the policy through its own KV cache instead. On an H200 (2026-11-26) deepspeed.initialize with
+        # it on failed on the actor-critic ("no attribute 'generate'"); on CPU its kernels do not exist.
         warnings.warn(
-            "'hybrid_engine.enabled' needs DeepSpeed's CUDA inference kernels; on CPU it is switched off and "
-            "the rollouts act on the trained weights (under ZeRO-3: on the copy gathered once per rollout)",
+            "'hybrid_engine.enabled' is switched off: textenv's rollouts do not go through generate(), which "
+            "is what DeepSpeed's Hybrid Engine accelerates. They act on a bf16 copy of the trained weights "
+            "instead (agents.precision.RolloutCopy; under ZeRO-3 the copy gathered once per rollout); "
+            "remove 'hybrid_engine' from the config to silence this",
             stacklevel=2,
         )
         cfg["hybrid_engine"] = {**cfg["hybrid_engine"], "enabled": False}

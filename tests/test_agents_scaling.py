@@ -186,10 +186,11 @@ def test_memory_benchmark_smoke(tmp_path: Path) -> None:
     assert {"ckpt-off-12", "ckpt-on-12", "ckpt-off-32", "ckpt-on-32"} <= set(results)
 
 
-def test_hybrid_engine_falls_back_on_cpu() -> None:
+@pytest.mark.parametrize("on_gpu", [False, True])
+def test_hybrid_engine_is_switched_off_with_a_reason(on_gpu: bool) -> None:
     config = {"zero_optimization": {"stage": 3}, "hybrid_engine": {"enabled": True, "max_out_tokens": 512}}
-    with pytest.warns(UserWarning, match="hybrid_engine.enabled' needs DeepSpeed's CUDA inference kernels"):
-        cfg = engine.build_config(config, 1e-5, 1.0, 8, on_gpu=False)
+    with pytest.warns(UserWarning, match="'hybrid_engine.enabled' is switched off: textenv's rollouts"):
+        cfg = engine.build_config(config, 1e-5, 1.0, 8, on_gpu=on_gpu)
     assert cfg["hybrid_engine"] == {"enabled": False, "max_out_tokens": 512}
 
 

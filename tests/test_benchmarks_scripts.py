@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import report, run, suite, sweep, throughput, vs_trl
+from benchmarks import gpu, report, run, suite, sweep, throughput, vs_trl
 
 TINY = [
     "--model",
@@ -284,6 +284,31 @@ def test_throughput_smoke(tmp_path: Path) -> None:
     result = throughput.main(argv)
     assert json.loads(out.read_text()) == result and result["num_envs"] == 2 and result["n_epochs"] == 1
     assert result["rollout_tokens_per_s"] > 0 and result["ppo_update_tokens_per_s"] > 0
+
+
+def test_gpu_cases_run_in_their_own_processes_and_failures_are_recorded(tmp_path: Path) -> None:
+    """``benchmarks.gpu`` on a CPU with a tiny model: a case that runs reports its figures, and a case that
+    fails (a bad DeepSpeed config) is recorded with its error instead of stopping the run."""
+    from textenv.models import model_dir
+
+    model = gpu.random_weights(model_dir("tiny-sp"), tmp_path / "random")
+    assert (model / "config.json").is_file()
+    gpu.CASES["bad-config"] = ["--deepspeed-config", '{"zero_optimization": {"stage": 7}}']
+    try:
+        argv = ["--model", str(model), "--cases", "zero2-bf16", "bad-config", "--num-envs", "2"]
+        argv += ["--minibatch-size", "2", "--max-new-tokens", "4", "--n-epochs", "1", "--repeats", "1"]
+        summary = gpu.main([*argv, "--json", str(tmp_path / "gpu.json")])
+    finally:
+        del gpu.CASES["bad-config"]
+    ok, bad = summary["cases"]["zero2-bf16"], summary["cases"]["bad-config"]
+    assert ok["status"] == "ok" and ok["zero_stage"] == 2 and ok["precision"] == "bf16"
+    assert ok["rollout_tokens_per_s"] > 0 and ok["update_vs_bare"] > 0
+    assert bad["status"] == "failed" and "zero_optimization.stage" in bad["error"]
+    assert json.loads((tmp_path / "gpu.json").read_text())["cases"]["bad-config"]["status"] == "failed"
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        gpu.random_weights(tmp_path, tmp_path / "out")
+    with pytest.raises(SystemExit, match="unknown"):
+        gpu.main(["--cases", "zero9"])
 
 
 def test_report_aggregates_seeds_and_plots_proxy_against_gold(tmp_path: Path) -> None:
