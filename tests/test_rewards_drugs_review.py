@@ -20,11 +20,14 @@ from rewards.drugs_review import (
     OFF_TOPIC_EXAMPLES,
     OPENING_MAX_WORDS,
     REVIEW_SENTIMENT_CONFIG,
+    TRAIN_NEUTRAL,
+    UNRATED_KINDS,
     drugs_review_sentiment_model,
     opening_length,
     reliability,
     review_sentiment_key,
     review_sentiment_views,
+    train_reviews,
 )
 from rewards.sentiment import VaderSentiment
 from textenv.task_envs import BENCHMARKS, side_metrics
@@ -133,7 +136,7 @@ def test_whole_text_rejects_bad_input() -> None:
 
 def test_review_views_are_balanced_train_only_and_label_turned_reviews_by_their_ending() -> None:
     texts, labels, kinds = review_sentiment_views("train")
-    for kind in KINDS[:-1]:
+    for kind in (kind for kind in KINDS if kind not in UNRATED_KINDS):
         in_kind = [label for label, k in zip(labels, kinds, strict=True) if k == kind]
         assert len(in_kind) == 2 * sum(in_kind) > 0  # balanced (off-topic text is all "not positive")
     test_texts = {text for text, _ in drug_reviews("test")}
@@ -157,6 +160,36 @@ def test_review_views_are_balanced_train_only_and_label_turned_reviews_by_their_
     )
     assert (texts, labels, kinds) == review_sentiment_views("train")  # seeded
     assert texts != review_sentiment_views("train", seed=1)[0]
+
+
+def test_drifted_views_are_an_opening_plus_off_topic_text_labelled_not_positive() -> None:
+    texts, labels, kinds = review_sentiment_views("train")
+    reviews = [(text, int(label == "positive")) for text, label in train_reviews() if label != "neutral"]
+    openings: dict[str, set[int]] = {}
+    for text, label in reviews:
+        words = text.split()
+        openings.setdefault(" ".join(words[: opening_length(len(words))]), set()).add(label)
+    drifted = [(t, y) for t, y, kind in zip(texts, labels, kinds, strict=True) if kind == "drifted"]
+    assert len(drifted) == 2 * OFF_TOPIC_EXAMPLES and {y for _, y in drifted} == {0}
+    opened_by: list[int] = []
+    for text, _ in drifted[:: len(drifted) // 40]:
+        words = text.split()
+        starts = [n for n in range(1, OPENING_MAX_WORDS + 1) if " ".join(words[:n]) in openings]
+        opened_by += openings[" ".join(words[: max(starts)])]
+        tail = " ".join(words[max(starts) :])
+        assert 20 <= len(words) - max(starts) <= ENDING_WORDS  # a completion's length of off-topic text
+        assert not any(tail in review for review, _ in reviews)
+    assert {0, 1} <= set(opened_by)  # openings of negative and of positive reviews
+    some, _, some_kinds = review_sentiment_views("test", kinds=("whole", "drifted"))
+    all_texts, _, all_kinds = review_sentiment_views("test")
+    assert set(some_kinds) == {"whole", "drifted"}
+    assert [t for t, k in zip(some, some_kinds, strict=True) if k == "whole"] == [
+        t for t, k in zip(all_texts, all_kinds, strict=True) if k == "whole"
+    ]
+    slice_views = review_sentiment_views(reviews=drug_reviews("test")[:40], balance=False, kinds=("whole",))
+    assert slice_views[0] == [text for text, label in drug_reviews("test")[:40] if label != "neutral"]
+    with pytest.raises(ValueError, match=r"kinds has unknown views \['halves'\]"):
+        review_sentiment_views("test", kinds=("whole", "halves"))
 
 
 def test_reliability_table_and_ece_by_hand() -> None:
@@ -203,7 +236,7 @@ def test_review_classifier_is_trained_once_on_train_views_then_loaded(
     model = drugs_review_sentiment_model(config, cache_dir=tmp_path)
     assert (tmp_path / review_sentiment_key(config)).is_dir() and len(calls) == 1
     texts, labels, eval_texts, _, cfg = calls[0]
-    assert (texts, labels) == review_sentiment_views("train")[:2] and cfg == config
+    assert (texts, labels) == review_sentiment_views("train", neutral=TRAIN_NEUTRAL)[:2] and cfg == config
     assert len(eval_texts) == 343  # the positive and negative test reviews, whole
     assert model.max_length == 32
     monkeypatch.setattr(rewards.fitting, "train_classifier", lambda *a, **k: pytest.fail("retrained"))
