@@ -51,6 +51,8 @@ class Args:
     """Conversations played at once."""
     eval_episodes: int = 32
     """Held-out test episodes played before and after training (the first ones of the test split)."""
+    precision: str = "auto"
+    """The agent's precision: 'auto' (bf16 where the hardware runs it natively), 'bf16' or 'fp32'."""
     learning_rate: float = 3e-5
     """Policy learning rate."""
     n_epochs: int = 2
@@ -155,6 +157,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             learning_rate=args.learning_rate,
             init_kl_coef=args.init_kl_coef,
             seed=seed,
+            precision=args.precision,
             **extra,
         )
         before = success_rate(agent, args, seed)

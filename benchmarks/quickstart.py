@@ -64,6 +64,8 @@ class Args:
     """Held-out test prompts scored before and after."""
     seed: int = 0
     """Seed of the agent, the prompt sampler and the evaluation samples."""
+    precision: str = "auto"
+    """The agent's precision: 'auto' (bf16 where the hardware runs it natively), 'bf16' or 'fp32'."""
     logdir: str = "runs"
     """TensorBoard root; the run lands in <logdir>/TextGen-v0/ppo/seed<k>-<time>/."""
 
@@ -151,6 +153,7 @@ def main(argv: list[str] | None = None) -> tuple[float, float]:
         episodes_per_rollout=args.episodes_per_rollout,
         minibatch_size=args.minibatch_size,
         n_epochs=args.n_epochs,
+        precision=args.precision,
     )
     policy, reference = agent.policy.lm, agent.reference.lm
 

@@ -94,6 +94,8 @@ class RunSettings:
     """Held-out human reviews whose perplexity under the policy measures drift (sentiment, preference)."""
     logdir: str = "runs"
     """Root directory of the runs."""
+    precision: str = "auto"
+    """The agents' precision: 'auto' (bf16 where the hardware runs it natively), 'bf16' or 'fp32'."""
     threads: int | None = None
     """torch intra-op threads; None keeps torch's default."""
     progress_bar: bool = True
@@ -352,7 +354,7 @@ def run_seed(args: Args, seed: int, command: str = "") -> Path:
             round_tokens = freq * int(eval_env.get_wrapper_attr("max_new_tokens"))
             warmup = {"learning_starts": round_tokens, "target_update_interval": 2 * round_tokens}
             settings = {"config": dataclasses.replace(preset, **warmup, target=args.dqn_target)}
-        agent = algo(train_env, model=args.model, seed=seed, **settings)
+        agent = algo(train_env, model=args.model, seed=seed, precision=args.precision, **settings)
         agent.set_logger(logger)
         lm, reference = agent.policy.lm, agent.reference.lm
         hparams = agent._hparams()

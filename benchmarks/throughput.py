@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         update_tps = max(update_tps, args.n_epochs * tokens / (time.perf_counter() - start))
     bare_tps = _time_bare_step(agent, batch, tokens, args) if args.baselines else None
 
-    result = {
+    result: dict[str, object] = {
         "model": args.model,
         "precision": agent.precision,
         "num_envs": args.num_envs,
