@@ -87,7 +87,9 @@ def _deepspeed_config(value: str | None) -> str | dict | None:
 
 
 def _lora_config(rank: int) -> object | None:
-    if rank <= 0:
+    if rank < 0:
+        raise SystemExit(f"--lora-rank {rank}: give a rank >= 1 for LoRA, or 0 for full fine-tuning")
+    if rank == 0:
         return None
     from peft import LoraConfig
 
@@ -159,6 +161,7 @@ def _time_bare_step(agent: PPO, batch: RolloutBatch, tokens: float, args: Args) 
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
     args = tyro.cli(Args, args=argv, prog="python -m benchmarks.throughput", description=__doc__)
+    ds_config, peft_config = _deepspeed_config(args.deepspeed_config), _lora_config(args.lora_rank)
     if args.threads:
         torch.set_num_threads(args.threads)
     env = gym.make_vec(
@@ -179,8 +182,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         target_kl=None,
         seed=0,
         precision=args.precision,
-        deepspeed_config=_deepspeed_config(args.deepspeed_config),
-        peft_config=_lora_config(args.lora_rank),
+        deepspeed_config=ds_config,
+        peft_config=peft_config,
     )
     n_new = args.max_new_tokens
 

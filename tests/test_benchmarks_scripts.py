@@ -309,6 +309,10 @@ def test_gpu_cases_run_in_their_own_processes_and_failures_are_recorded(tmp_path
         gpu.random_weights(tmp_path, tmp_path / "out")
     with pytest.raises(SystemExit, match="unknown"):
         gpu.main(["--cases", "zero9"])
+    with pytest.raises(SystemExit, match="--deepspeed-config is not valid JSON"):
+        throughput.main(["--deepspeed-config", "{stage: 2}"])
+    with pytest.raises(SystemExit, match="--lora-rank -1: give a rank >= 1"):
+        throughput.main(["--lora-rank", "-1"])
 
 
 def test_report_aggregates_seeds_and_plots_proxy_against_gold(tmp_path: Path) -> None:
