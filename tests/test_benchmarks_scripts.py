@@ -459,3 +459,16 @@ def test_cpu_suite_budgets_and_per_job_settings() -> None:
     assert suite.job_settings(job, plain) == {"init_kl_coef": 0.01}
     assert suite.job_settings(job, suite.Args(suite="cpu", init_kl_coef=0.2)) == {}
     assert suite.job_settings(("sentiment", "ppo", "1it"), plain) == {}
+
+
+def test_committed_run_directories_are_not_gitignored() -> None:
+    """Finished runs are committed under ``benchmarks/results/<suite>/runs/``; the scratch ``runs/`` at the
+    top is ignored. (A bare ``runs/`` pattern in .gitignore ignored both: published runs were left out.)"""
+    root = Path(__file__).parents[1]
+    if not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    for suite_dir in ("cpu", "sweep-cpu"):
+        path = f"benchmarks/results/{suite_dir}/runs/a/summary.json"
+        ignored = subprocess.run(["git", "check-ignore", "-q", path], cwd=root).returncode
+        assert ignored == 1, f"{path} is ignored by .gitignore (git check-ignore returned {ignored})"
+    assert subprocess.run(["git", "check-ignore", "-q", "runs/a/summary.json"], cwd=root).returncode == 0
