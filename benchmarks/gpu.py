@@ -35,45 +35,21 @@ from rewards.storage import atomic_write_text
 TORCH_ADAM = {"optimizer": {"type": "AdamW", "params": {"torch_adam": True}}}
 
 
-def _config(**extra: object) -> str:
-    return json.dumps({**TORCH_ADAM, **extra})
+def _case(precision: str, stage: int, *extra: str, **config: object) -> list[str]:
+    """``benchmarks.throughput`` arguments: ``precision``, ZeRO ``stage`` with torch's AdamW, more config keys
+    and flags."""
+    ds_config = {**TORCH_ADAM, "zero_optimization": {"stage": stage}, **config}
+    return ["--precision", precision, "--deepspeed-config", json.dumps(ds_config), *extra]
 
 
 CASES: dict[str, list[str]] = {
-    "zero2-bf16": ["--precision", "bf16", "--deepspeed-config", _config(zero_optimization={"stage": 2})],
-    "zero2-bf16-batch128": [
-        "--precision",
-        "bf16",
-        "--deepspeed-config",
-        _config(zero_optimization={"stage": 2}),
-        "--num-envs",
-        "128",
-        "--minibatch-size",
-        "32",
-    ],
-    "zero2-fp32": ["--precision", "fp32", "--deepspeed-config", _config(zero_optimization={"stage": 2})],
-    "zero0-bf16": ["--precision", "bf16", "--deepspeed-config", _config(zero_optimization={"stage": 0})],
-    "zero3-bf16": [
-        "--precision",
-        "bf16",
-        "--deepspeed-config",
-        _config(zero_optimization={"stage": 3}),
-        "--no-baselines",
-    ],
-    "lora16-bf16": [
-        "--precision",
-        "bf16",
-        "--lora-rank",
-        "16",
-        "--deepspeed-config",
-        _config(zero_optimization={"stage": 2}),
-    ],
-    "hybrid-engine-bf16": [
-        "--precision",
-        "bf16",
-        "--deepspeed-config",
-        _config(zero_optimization={"stage": 2}, hybrid_engine={"enabled": True}),
-    ],
+    "zero2-bf16": _case("bf16", 2),
+    "zero2-bf16-batch128": _case("bf16", 2, "--num-envs", "128", "--minibatch-size", "32"),
+    "zero2-fp32": _case("fp32", 2),
+    "zero0-bf16": _case("bf16", 0),
+    "zero3-bf16": _case("bf16", 3, "--no-baselines"),
+    "lora16-bf16": _case("bf16", 2, "--lora-rank", "16"),
+    "hybrid-engine-bf16": _case("bf16", 2, hybrid_engine={"enabled": True}),
 }
 """Case name -> the extra ``benchmarks.throughput`` arguments of that case."""
 
