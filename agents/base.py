@@ -401,7 +401,10 @@ class TextAlgorithm(Checkpointing, BaseAlgorithm):  # type: ignore[misc]  # save
             self.train()
             if self.kl_ctl is not None and distributed.world_size() > 1:  # one coefficient for all ranks
                 self.kl_ctl.value = distributed.all_mean(self.kl_ctl.value)
-            self._step_cache = StepCache()  # cached K/V were computed with the old weights
+            if isinstance(self.config, PolicyGradientConfig) and self.config.keep_kv_cache:
+                self._step_cache.mark_outdated()  # rows finish their episodes on it; no prompt reuse
+            else:
+                self._step_cache = StepCache()  # cached K/V were computed with the old weights
             assert self.rollout_batch is not None
             tokens = float(self.rollout_batch.gen_mask.sum())
             train_time = time.perf_counter() - train_start

@@ -91,6 +91,17 @@ class PolicyGradientConfig(AlgorithmConfig):
     rollout_precision: str = "same"
     """``"same"`` (act with the trained network) or ``"bf16"`` (act with a bf16 copy, re-synced after every
     update, while training in fp32; see :class:`agents.precision.RolloutCopy`)."""
+    keep_kv_cache: bool = True
+    """Rows that are mid-episode when an update ends keep the KV cache of what they have generated so far
+    (computed with the weights before the update), as SB3-contrib's RecurrentPPO keeps its LSTM states
+    across updates; a row's next episode starts from a fresh prefill (an RLOO group does not reuse the
+    outdated prompt: a REINFORCE gradient has no ratio to correct for it). False recomputes every such row's
+    prompt and partial completion with the new weights at the start of the next rollout: up to one prefill
+    of every env's whole context per iteration, about a quarter of the rollout's time once the envs'
+    episodes are out of step. PPO's "old" log-probs are the ones each token was drawn with (a row's tokens
+    before an update already come from the previous weights, and the ratio corrects for both), or, with a
+    rollout copy, the update path's own scoring pass (``train/rollout_logprob_gap`` then reports how far the
+    acting log-probs were)."""
     ema_decay: float | None = None
     """Keep an fp32 exponential moving average of the actor's weights with this decay (e.g. 0.992), updated
     after every optimizer step, saved with checkpoints, exported by ``export(path, ema=True)``; None: no EMA

@@ -271,6 +271,14 @@ class StepCache:
     fed_len: torch.Tensor | None = None
     prefill_tokens: int = field(default=0)
     reused_tokens: int = field(default=0)
+    outdated: torch.Tensor | None = None
+    """(B,) rows whose keys and values were computed with earlier weights (kept across an update): each goes
+    on to the end of its episode, but the next episode of its group prefills the prompt again."""
+
+    def mark_outdated(self) -> None:
+        """After an update: every row's cache is now from the previous weights."""
+        if self.slot_mask is not None:
+            self.outdated = self.slot_mask.new_ones(self.slot_mask.shape[0], dtype=torch.bool)
 
 
 class _KVLayer(Protocol):
@@ -318,6 +326,23 @@ def _write_rows(cache: StepCache, rows: torch.Tensor, prefill: DynamicCache, mas
         layer.values[rows, :, start:] = new.values
     cache.slot_mask[rows] = 0
     cache.slot_mask[rows, start:] = mask
+
+
+def _packed(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(k, L) ids and mask -> (k, Lr) with each row's real tokens, in order, right-aligned (Lr: the most
+    real tokens of a row, at least 1). A prefill then computes no slot for the layout's padding (the
+    left-padded prompt, the gap of a shorter completion): the positions come from the mask, so the keys and
+    values are the same.
+
+    >>> _packed(torch.tensor([[0, 7, 0, 8], [5, 6, 9, 0]]), torch.tensor([[0, 1, 0, 1], [1, 1, 1, 0]]))
+    (tensor([[0, 7, 8],
+            [5, 6, 9]]), tensor([[0, 1, 1],
+            [1, 1, 1]]))
+    """
+    real = mask != 0
+    width = min(max(int(real.sum(-1).max()), 1), real.shape[1])  # one masked slot if no row has a token
+    order = torch.sort(real.to(torch.uint8), dim=-1, stable=True).indices[:, real.shape[1] - width :]
+    return ids.gather(1, order), mask.gather(1, order)
 
 
 def _crop_left(cache: StepCache) -> None:
@@ -368,6 +393,8 @@ def cached_step(
         # A row whose cache holds the needed prefix and more (the next episode of a group, on the same
         # prompt) forgets the tokens past the prefix instead of prefilling the prompt again.
         reuse = stale & ~differs & (cache.fed_len > need)
+        if cache.outdated is not None:
+            reuse &= ~cache.outdated
         if bool(reuse.any()):
             assert cache.slot_mask is not None
             keep_real = (attention_mask * in_prefix).sum(-1, keepdim=True)  # (B, 1) real tokens to keep
@@ -383,18 +410,21 @@ def cached_step(
     if bool(stale.any()):
         rows = stale.nonzero().squeeze(-1)
         prefill_len = int(need[rows].max())
-        ids = input_ids[rows, :prefill_len]  # (k, Lp)
-        keep = torch.arange(prefill_len, device=ids.device)[None, :] < need[rows, None]
+        keep = torch.arange(prefill_len, device=input_ids.device)[None, :] < need[rows, None]
         mask = attention_mask[rows, :prefill_len] * keep  # the last real token is fed by the step below
+        ids, mask = _packed(input_ids[rows, :prefill_len], mask)  # (k, Lr): the real tokens only
+        prefill_len = mask.shape[1]
         prefill = DynamicCache(config=model.lm.config)
         if prefill_len > 0:
             model(ids, mask, past_key_values=prefill, logits_to_keep=1)
             cache.prefill_tokens += int(mask.sum())
         if fresh:
-            cache.past, cache.slot_mask = prefill, mask.clone()
+            cache.past, cache.slot_mask, cache.outdated = prefill, mask.clone(), None
             _check_layers(prefill)
         else:
             _write_rows(cache, rows, prefill, mask)
+            if cache.outdated is not None:
+                cache.outdated[rows] = False
     assert cache.past is not None and cache.slot_mask is not None
     rows = torch.arange(batch, device=input_ids.device)
     last_token = input_ids[rows, need][:, None]  # (B, 1)

@@ -41,6 +41,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+from transformers import DynamicCache
 
 MAX_SAMPLES = 4
 """(prompt, completion) pairs kept per rollout for TensorBoard's text tab."""
@@ -274,6 +275,53 @@ class RolloutCollector:
             group_ids=tensor(group_ids),
             token_rewards=tensor(token_rewards),
         )
+
+
+KV_BOOKKEEPING = ("slot_mask", "fed_ids", "fed_mask", "fed_len")
+"""The :class:`agents.policy.StepCache` fields a checkpoint keeps beside the keys and values."""
+
+
+def cache_arrays(cache: Any) -> dict[str, np.ndarray]:
+    """A token-level agent's KV cache (:class:`agents.policy.StepCache`) as arrays for a checkpoint's
+    ``rollout_state.npz``: the bookkeeping and every layer's keys and values (in float32, which holds bf16
+    exactly). Kept across updates (``keep_kv_cache``), the cache was computed with earlier weights, so a
+    resumed run needs it to go on exactly as the saved one would. ``{}`` when it holds nothing."""
+    if cache.past is None or cache.slot_mask is None or cache.fed_ids is None:
+        return {}
+    arrays = {f"kv_{name}": getattr(cache, name).cpu().numpy() for name in KV_BOOKKEEPING}
+    if cache.outdated is not None:
+        arrays["kv_outdated"] = cache.outdated.cpu().numpy()
+    for index, layer in enumerate(cache.past.layers):
+        arrays[f"kv_keys_{index}"] = layer.keys.float().cpu().numpy()
+        arrays[f"kv_values_{index}"] = layer.values.float().cpu().numpy()
+    return arrays
+
+
+def restore_cache(
+    arrays: dict[str, np.ndarray], cache: Any, config: Any, dtype: torch.dtype, device: torch.device
+) -> None:
+    """Fill an empty ``cache`` from :func:`cache_arrays`' arrays (nothing when they hold no cache); a cache
+    that does not fit the model (``config``) raises ValueError saying what is off."""
+    if "kv_slot_mask" not in arrays:
+        return
+    slot_mask = torch.as_tensor(arrays["kv_slot_mask"])
+    layers = config.num_hidden_layers
+    if sum(key.startswith("kv_keys_") for key in arrays) != layers or slot_mask.dim() != 2:
+        raise ValueError(f"the saved KV cache does not fit the model ({layers} layers); load it with its own")
+    past = DynamicCache(config=config)
+    for index in range(layers):
+        keys, values = (torch.as_tensor(arrays[f"kv_{kind}_{index}"]) for kind in ("keys", "values"))
+        if keys.dim() != 4 or keys.shape != values.shape or keys.shape[::2] != slot_mask.shape:
+            raise ValueError(
+                f"layer {index} of the saved KV cache has shape {tuple(keys.shape)}, which does not match "
+                f"its slot mask {tuple(slot_mask.shape)}"
+            )
+        past.update(keys.to(device, dtype), values.to(device, dtype), index)
+    cache.past = past
+    for name in KV_BOOKKEEPING:
+        setattr(cache, name, torch.as_tensor(arrays[f"kv_{name}"]).to(device))
+    if "kv_outdated" in arrays:
+        cache.outdated = torch.as_tensor(arrays["kv_outdated"]).to(device, torch.bool)
 
 
 def extend_cache(

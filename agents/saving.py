@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from agents import checkpoint, distributed, lora
+from agents.rollout import cache_arrays, restore_cache
 
 SelfCheckpointing = TypeVar("SelfCheckpointing", bound="Checkpointing")
 
@@ -48,6 +49,8 @@ class Checkpointing:
     _diverged: bool
     _last_obs: Any
     _last_episode_starts: Any
+    _step_cache: Any
+    actor: Any
 
     def _env_attr(self, name: str) -> Any:
         raise NotImplementedError
@@ -123,9 +126,11 @@ class Checkpointing:
         """The env's episodes and the rollout in progress (:func:`agents.checkpoint.resume_files`)."""
         if self.env is None or not isinstance(self._last_obs, dict):
             return {}
-        return checkpoint.resume_files(
-            self.env, self._last_obs, np.asarray(self._last_episode_starts), self.rollout.state_arrays()
-        )
+        arrays = self.rollout.state_arrays()
+        if getattr(self.config, "keep_kv_cache", False):  # computed with earlier weights: not recomputable
+            arrays |= cache_arrays(self._step_cache)
+        starts = np.asarray(self._last_episode_starts)
+        return checkpoint.resume_files(self.env, self._last_obs, starts, arrays)
 
     def _extra_files(self) -> dict[str, Any]:
         """Extension point: ``{file name: writer(path)}`` for further checkpoint files (DQN's replay)."""
@@ -202,6 +207,10 @@ class Checkpointing:
         if resumed is not None:
             agent._last_obs, agent._last_episode_starts, arrays = resumed
             agent.rollout.load_state_arrays(arrays)
+            weight = next(agent.actor.parameters())
+            with checkpoint.reading(saved.path / checkpoint.ROLLOUT_FILE):
+                config = agent.actor.lm.config
+                restore_cache(arrays, agent._step_cache, config, weight.dtype, weight.device)
         agent._load_extra_files(saved.path)
         if agent.rollout_copy is not None:
             agent.rollout_copy.sync()

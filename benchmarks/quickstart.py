@@ -58,6 +58,8 @@ class Args:
     """PPO epochs over each rollout."""
     learning_rate: float = 2e-5
     """AdamW learning rate."""
+    init_kl_coef: float = 0.01
+    """KL penalty coefficient against the reference (the sweep's pick, benchmarks/results/sweep-cpu/)."""
     max_new_tokens: int = 32
     """Completion length."""
     eval_prompts: int = 32
@@ -153,6 +155,7 @@ def main(argv: list[str] | None = None) -> tuple[float, float]:
         episodes_per_rollout=args.episodes_per_rollout,
         minibatch_size=args.minibatch_size,
         n_epochs=args.n_epochs,
+        init_kl_coef=args.init_kl_coef,
         precision=args.precision,
     )
     policy, reference = agent.policy.lm, agent.reference.lm

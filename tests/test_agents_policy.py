@@ -97,6 +97,32 @@ def test_group_episodes_reuse_the_cached_prompt(make_lm) -> None:
     assert cache.reused_tokens == 2 * prefills[0]
 
 
+def test_an_outdated_cache_finishes_its_episode_but_lends_no_prompt() -> None:
+    """After an update (``mark_outdated``) a row goes on from the cache it holds, without a prefill; the next
+    episode of its group then prefills its prompt again instead of reusing the outdated one."""
+    model = ActorCritic(tiny_llama())
+    gen = torch.Generator().manual_seed(4)
+    prompts = torch.randint(3, V, (2, P), generator=gen)
+    prompt_lens = [5, 3]
+    tokens = torch.randint(3, V, (2, N), generator=gen)
+    cache = StepCache()
+    prefills = []
+    for episode in range(2):  # two episodes of one group on each row
+        for step in range(N):
+            if episode == 0 and step == 2:
+                cache.mark_outdated()  # an update ends mid-episode
+            before = cache.prefill_tokens
+            ids, mask = make_obs(prompt_lens, [tokens[i, :step].tolist() for i in range(2)], prompts)
+            logits, _ = cached_step(model, ids, mask, P, cache)
+            with torch.no_grad():
+                full_logits, _ = model(ids, mask, position_ids_from_mask(mask))
+            torch.testing.assert_close(logits, full_logits[:, P + step - 1], atol=1e-4, rtol=1e-4)
+            prefills.append(cache.prefill_tokens - before)
+    assert prefills[:N] == [(5 - 1) + (3 - 1)] + [0] * (N - 1)  # no prefill after mark_outdated
+    assert prefills[N] == (5 - 1) + (3 - 1) and cache.reused_tokens == 0  # the prompt is computed again
+    assert cache.outdated is not None and not cache.outdated.any()
+
+
 @pytest.mark.parametrize("make_lm", [tiny_llama, tiny_gpt2])
 def test_shared_prompt_gives_the_same_values_and_gradients(make_lm) -> None:
     """Computing a group's prompt once (and attending its k completions to it) equals the unshared forward,

@@ -89,6 +89,9 @@ def test_resume_with_a_vector_env_is_exact(tmp_path: Path, name: str) -> None:
     resumed.learn(
         total - resumed.num_timesteps, callback=EpisodeRewards(resumed_rewards), reset_num_timesteps=False
     )
+    if name == "ppo":  # the kept KV cache of the rows that were mid-episode travels with the checkpoint
+        with np.load(tmp_path / "half" / "rollout_state.npz") as data:
+            assert "kv_keys_0" in data.files and (data["attention_mask"][:, 12:].sum(-1) > 0).any()
     assert resumed.num_timesteps == agent.num_timesteps
     assert len(straight) > 20 and resumed_rewards == straight
     for a, b in zip(agent.policy.parameters(), resumed.policy.parameters(), strict=True):
@@ -161,6 +164,18 @@ def damage(path: Path, how: str) -> str:
         head = path / "value_head.safetensors"
         head.write_bytes(head.read_bytes()[:20])
         return "value_head.safetensors"
+    if how in ("kv cache of another shape", "kv cache short of a layer"):
+        file = path / "rollout_state.npz"
+        with np.load(file) as data:
+            arrays = dict(data)
+        assert "kv_keys_0" in arrays  # the kept KV cache is part of the checkpoint
+        if how == "kv cache of another shape":
+            arrays["kv_keys_0"] = arrays["kv_keys_0"][:, :, :-1]
+        else:
+            del arrays["kv_keys_1"], arrays["kv_values_1"]
+        with open(file, "wb") as handle:
+            np.savez(handle, **arrays)
+        return "rollout_state.npz"
     if how == "garbage rng":
         (path / "rng.json").write_text("[1, 2")
         return "rng.json"
@@ -177,6 +192,8 @@ def damage(path: Path, how: str) -> str:
         "no deepspeed folder",
         "truncated value head",
         "garbage rng",
+        "kv cache of another shape",
+        "kv cache short of a layer",
     ],
 )
 def test_damaged_checkpoints_name_the_file(saved: Path, tmp_path: Path, how: str) -> None:

@@ -208,3 +208,48 @@ def test_sequence_rollouts_end_at_the_env_stop_tokens() -> None:
         assert not is_stop[:-1].any()  # no stop token before the last kept one
         ended += int(is_stop[-1])
     assert ended >= 4, "some completions should have ended at a stop token"
+
+
+@pytest.mark.parametrize("keep", [True, False], ids=["keep", "refresh"])
+def test_kept_kv_cache_spares_in_flight_rows_a_second_prefill(keep: bool, monkeypatch) -> None:  # noqa: ANN001
+    """With ``keep_kv_cache`` (the default) a row that is mid-episode when an update ends goes on from the
+    cache it holds; without it, the first step after each update prefills such rows again (the test would
+    count none there if the episodes never crossed an update). Stop tokens end episodes early, so the four
+    envs fall out of step and some are always mid-episode at the end of a rollout."""
+    import agents.base as base
+
+    cold: list[int] = []  # per step: mid-episode rows whose cache does not hold their observation's prefix
+    real_step = base.cached_step
+
+    def counting(model, ids, mask, prompt_len, cache):  # noqa: ANN001, ANN202
+        generated = mask[:, prompt_len:].sum(-1)
+        held = cache.fed_len if cache.fed_len is not None else torch.zeros_like(generated)
+        cold.append(int(((generated > 0) & (held != prompt_len + generated - 1)).sum()))
+        return real_step(model, ids, mask, prompt_len, cache)
+
+    monkeypatch.setattr(base, "cached_step", counting)
+    env = gym.make_vec(
+        "TextGen-v0",
+        num_envs=4,
+        model="tiny-sp",
+        max_new_tokens=8,
+        max_prompt_tokens=12,
+        stop_token_ids=[5, 6, 7, 8, 9, 10],
+        vectorization_mode="vector_entry_point",
+    )
+    agent = PPO(
+        env,
+        model="tiny-sp",
+        seed=0,
+        precision="fp32",
+        keep_kv_cache=keep,
+        episodes_per_rollout=6,
+        minibatch_size=6,
+        learning_rate=1e-2,
+    )
+    agent.learn(total_timesteps=4 * 8 * 6)
+    assert len(cold) > 40  # several rollouts and updates ran
+    if keep:
+        assert sum(cold) == 0, cold
+    else:
+        assert sum(cold) >= 3, cold  # in-flight rows recomputed after the updates

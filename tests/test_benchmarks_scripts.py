@@ -416,6 +416,22 @@ def test_suite_resumes_from_committed_runs(
     assert suite.finished(other, 0, [tmp_path / "published" / "runs"]) is None  # another job
 
 
+def test_suite_runs_only_the_given_tasks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--tasks`` builds a long table task by task: only those jobs run (and are committed); the partial
+    report goes to <logdir>/report and leaves the published table alone."""
+    monkeypatch.chdir(tmp_path)
+    jobs = [("similarity", "zero-shot", "1it"), ("error-rate", "zero-shot", "1it")]
+    tiny = suite.Suite(jobs, {"max_new_tokens": 2}, extras=False, publish="published")
+    monkeypatch.setitem(suite.SUITES, "tiny", tiny)
+    done = suite.main(["tiny", "--tasks", "similarity", "--seeds", "0", "--logdir", "a", *TINY])
+    assert [d.parent.parent.name for d in done] == ["TextGen-Similarity-v0"]
+    assert [p.name for p in (tmp_path / "published" / "runs").iterdir()] == ["TextGen-Similarity-v0"]
+    assert (tmp_path / "a" / "report" / "report.md").is_file()
+    assert not (tmp_path / "published" / "table.json").exists()
+    with pytest.raises(ValueError, match="--tasks sentiment: not a task of suite 'tiny'"):
+        suite.Args(suite="tiny", tasks=["sentiment"])
+
+
 def test_report_rewrites_only_the_readme_block(tmp_path: Path) -> None:
     from stable_baselines3.common.logger import configure
 
@@ -456,8 +472,8 @@ def test_cpu_suite_budgets_and_per_job_settings() -> None:
     assert int(suite.CPU_BUDGET["sentiment"]) >= 20_000
     job = next(job for job in cpu.jobs if job[0] == "preference")
     plain = suite.Args(suite="cpu")
-    assert suite.job_settings(job, plain) == {"init_kl_coef": 0.01}
-    assert suite.job_settings(job, suite.Args(suite="cpu", init_kl_coef=0.2)) == {}
+    assert suite.job_settings(job, plain) == {"init_kl_coef": 0.005, "learning_rate": 2e-5}
+    assert suite.job_settings(job, suite.Args(suite="cpu", init_kl_coef=0.2)) == {"learning_rate": 2e-5}
     assert suite.job_settings(("sentiment", "ppo", "1it"), plain) == {}
 
 
