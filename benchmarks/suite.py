@@ -211,9 +211,9 @@ def run_suite(args: Args, command: str) -> list[Path]:
         shared["threads"] = 1
     plan = [
         (run.Args(task=job[0], algo=job[1], budget=job[2], **(shared | job_settings(job, args))), seed)
-        for seed in args.seeds
-        for job in suite.jobs
+        for job in suite.jobs  # every seed of a job before the next job: a table cell is done at a time
         if args.tasks is None or job[0] in args.tasks
+        for seed in args.seeds
     ]
 
     def launch(item: tuple[run.Args, int]) -> Path | None:
