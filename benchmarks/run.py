@@ -45,6 +45,7 @@ from agents.q_learning import TARGETS as DQN_TARGETS
 from agents.sampling import Sampling
 from benchmarks.evaluation import evaluate
 from benchmarks.provenance import machine, versions
+from rewards.engine import resolve_precision
 from rewards.storage import atomic_write_text
 from textenv import task_envs
 from textenv.task_envs import BENCHMARKS, REWARD_NAMES
@@ -330,8 +331,11 @@ def run_seed(args: Args, seed: int, command: str = "") -> Path:
     eval_env = gym.make(spec.env_id, split="test", **env_kwargs)
     metrics = task_envs.side_metrics(args.task, args.reward)
     agent, hparams = None, {}
-    if args.algo == "zero-shot":
+    if args.algo == "zero-shot":  # evaluated in the precision the agents train in, so the columns compare
         lm = reference = textenv.load_model(args.model)
+        precision = resolve_precision(args.precision, next(lm.parameters()).device)
+        if precision == "bf16":
+            lm = reference = lm.to(torch.bfloat16)
     else:
         algo = agent_class(args.algo)
         train_env = gym.make_vec(
@@ -357,7 +361,7 @@ def run_seed(args: Args, seed: int, command: str = "") -> Path:
             settings = {"config": dataclasses.replace(preset, **warmup, target=args.dqn_target)}
         agent = algo(train_env, model=args.model, seed=seed, precision=args.precision, **settings)
         agent.set_logger(logger)
-        lm, reference = agent.policy.lm, agent.reference.lm
+        lm, reference, precision = agent.policy.lm, agent.reference.lm, agent.precision
         hparams = agent._hparams()
 
     def evaluation() -> dict[str, Any]:
@@ -418,6 +422,7 @@ def run_seed(args: Args, seed: int, command: str = "") -> Path:
         "agent": hparams,
         "env_kwargs": env_kwargs,
         "timesteps": timesteps,
+        "precision": precision,
         "wall_time_s": time.perf_counter() - start,
         "eval_before": before,
         "eval_after": after,

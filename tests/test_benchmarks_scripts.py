@@ -355,6 +355,24 @@ def test_job_argv_repeats_every_changed_option() -> None:
     assert run.parse_args(argv) == run.Args(**{**vars(job), "seeds": [3]})
 
 
+def test_zero_shot_is_evaluated_in_the_agents_precision(tmp_path: Path) -> None:
+    """The zero-shot column is the untrained model in the precision the agents train in: its evaluation
+    equals a bf16 PPO run's evaluation before training (same prompts, same sampling seed)."""
+    common = ["--task", "sentiment", "--reward", "vader", "--heldout-texts", "2", "--seeds", "0"]
+    common += ["--max-new-tokens", "4", "--precision", "bf16", "--logdir", str(tmp_path), *TINY]
+    (zero,) = run.main([*common, "--algo", "zero-shot"])
+    settings = ["--num-envs", "4", "--episodes-per-rollout", "4", "--minibatch-size", "4", "--evals", "1"]
+    (ppo,) = run.main([*common, "--algo", "ppo", "--budget", "1it", *settings])
+    zero_summary, ppo_summary = (json.loads((d / "summary.json").read_text()) for d in (zero, ppo))
+    assert zero_summary["precision"] == ppo_summary["precision"] == "bf16"
+    assert zero_summary["eval_after"]["_samples"] == ppo_summary["eval_before"]["_samples"]
+    assert zero_summary["eval_after"]["reward"] == pytest.approx(ppo_summary["eval_before"]["reward"])
+    # the held-out perplexity tells the precisions apart: measured relative gaps to the PPO run's, 1.4e-6 for
+    # the bf16 zero-shot model and 1.7e-5 for the fp32 one it used to be
+    perplexity = zero_summary["eval_after"]["heldout_perplexity"]
+    assert perplexity == pytest.approx(ppo_summary["eval_before"]["heldout_perplexity"], rel=5e-6)
+
+
 def test_suite_names_its_known_suites() -> None:
     with pytest.raises(ValueError, match="'nope' is not known; use one of cpu, cpu-v1, gpu"):
         suite.Args(suite="nope")
