@@ -170,7 +170,7 @@ class TextAlgorithm(Checkpointing, BaseAlgorithm):  # type: ignore[misc]  # save
         self.zero_stage = engine.zero_stage(self.ds_config)
         acting_copy = self._zero3_acting_copy() if self.zero_stage == 3 else None  # before partitioning
         self.engine = engine.initialize(self.policy, self.ds_config)
-        self.reference.to(dtype=next(self.policy.parameters()).dtype)  # frozen: no master copy needed
+        engine.cast_parameters(self.reference, next(self.policy.parameters()).dtype)  # as the policy's
         self.kl_ctl: AdaptiveKLController | None = None
         self.sampling = Sampling()
         self.rollout_copy: RolloutCopy | None = acting_copy

@@ -32,6 +32,7 @@ from agents.base import TextAlgorithm
 from agents.config import AlgorithmConfig
 from agents.policy import FrozenLM, StepCache, action_logits, cached_step, completion_logits
 from agents.replay import ReplayBuffer
+from rewards.engine import cast_parameters
 
 TRAIN_FREQ_UNITS = ("step", "episode")
 
@@ -192,7 +193,7 @@ class DQN(TextAlgorithm):
         if not self.token_level:
             raise ValueError("DQN needs a token-level env (TextGen-v0); use agents.PPO or agents.REINFORCE")
         cfg = self.config
-        self.target.to(dtype=next(self.policy.parameters()).dtype)
+        cast_parameters(self.target, next(self.policy.parameters()).dtype)
         self.replay = ReplayBuffer(
             cfg.buffer_size, self.prompt_len, self.max_new_tokens, self.pad_token_id, self.n_actions
         )

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from agents import distributed
+from rewards.engine import cast_parameters
 
 ROLLOUT_PRECISIONS = ("same", "bf16")
 
@@ -43,7 +44,7 @@ class RolloutCopy:
 
     def __init__(self, network: nn.Module, dtype: torch.dtype = torch.bfloat16) -> None:
         self.source = network
-        self.network: Any = copy.deepcopy(network).to(dtype).requires_grad_(False)
+        self.network: Any = cast_parameters(copy.deepcopy(network), dtype).requires_grad_(False)
 
     @torch.no_grad()
     def sync(self) -> None:

@@ -45,7 +45,7 @@ from agents.q_learning import TARGETS as DQN_TARGETS
 from agents.sampling import Sampling
 from benchmarks.evaluation import evaluate
 from benchmarks.provenance import machine, versions
-from rewards.engine import resolve_precision
+from rewards.engine import cast_parameters, resolve_precision
 from rewards.storage import atomic_write_text
 from textenv import task_envs
 from textenv.task_envs import BENCHMARKS, REWARD_NAMES
@@ -335,7 +335,7 @@ def run_seed(args: Args, seed: int, command: str = "") -> Path:
         lm = reference = textenv.load_model(args.model)
         precision = resolve_precision(args.precision, next(lm.parameters()).device)
         if precision == "bf16":
-            lm = reference = lm.to(torch.bfloat16)
+            lm = reference = cast_parameters(lm, torch.bfloat16)  # as DeepSpeed casts the agents' LM
     else:
         algo = agent_class(args.algo)
         train_env = gym.make_vec(

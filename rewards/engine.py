@@ -76,6 +76,17 @@ def resolve_precision(setting: str, device: torch.device) -> str:
     return setting  # an explicit "bf16" also runs where bf16 is emulated (slowly)
 
 
+def cast_parameters(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """Cast ``module``'s floating-point parameters to ``dtype`` in place and leave its buffers as they are,
+    as DeepSpeed's engine casts the module it trains (rotary ``inv_freq`` stays float32). A frozen copy cast
+    this way (the reference, a rollout copy, the zero-shot model) computes what the trained module computes;
+    ``module.to(dtype)`` would also round the rotary frequencies. Returns ``module``."""
+    for parameter in module.parameters():
+        if parameter.is_floating_point():
+            parameter.data = parameter.data.to(dtype)
+    return module
+
+
 CPU_DEFAULTS: dict[str, Any] = {
     "zero_optimization": {"stage": 0},
     "fp16": {"enabled": False},
