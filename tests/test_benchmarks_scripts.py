@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import gpu, report, run, suite, sweep, throughput, vs_trl
+from benchmarks import gpu, report, run, sweep, throughput, vs_trl
 
 TINY = [
     "--model",
@@ -347,14 +346,6 @@ def test_report_aggregates_seeds_and_plots_proxy_against_gold(tmp_path: Path) ->
     assert steps.tolist() == [10, 20, 30] and mean.tolist() == [1.0, 2.0, 3.0] and std.tolist() == [0, 0, 0]
 
 
-def test_job_argv_repeats_every_changed_option() -> None:
-    job = run.Args(task="similarity", algo="ppo", budget="2it", threads=1, progress_bar=False, eval_prompts=4)
-    argv = suite.job_argv(job, seed=3)
-    assert argv[:8] == ["--task", "similarity", "--algo", "ppo", "--budget", "2it", "--seeds", "3"]
-    assert {"--no-progress-bar", "--eval-prompts", "4", "--threads", "1"} <= set(argv)
-    assert run.parse_args(argv) == run.Args(**{**vars(job), "seeds": [3]})
-
-
 def test_zero_shot_is_evaluated_in_the_agents_precision(tmp_path: Path) -> None:
     """The zero-shot column is the untrained model in the precision the agents train in: its evaluation
     equals a bf16 PPO run's evaluation before training (same prompts, same sampling seed)."""
@@ -373,83 +364,6 @@ def test_zero_shot_is_evaluated_in_the_agents_precision(tmp_path: Path) -> None:
     perplexity = zero_summary["eval_after"]["heldout_perplexity"]
     assert perplexity == ppo_summary["eval_before"]["heldout_perplexity"]
     assert ppo_summary["eval_before"]["kl_to_reference"] == 0.0
-
-
-def test_suite_names_its_known_suites() -> None:
-    with pytest.raises(ValueError, match="'nope' is not known; use one of cpu, cpu-v1, gpu"):
-        suite.Args(suite="nope")
-    with pytest.raises(SystemExit):  # the suite's name is required
-        suite.main([])
-
-
-def test_suite_runs_in_worker_processes_and_resumes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    jobs = [("similarity", "zero-shot", "1it"), ("error-rate", "ppo", "1it")]
-    settings = {"max_new_tokens": 2, "num_envs": 2, "episodes_per_rollout": 2, "minibatch_size": 2}
-    monkeypatch.setitem(suite.SUITES, "tiny", suite.Suite(jobs, settings, extras=False))
-    argv = ["tiny", "--seeds", "0", "--workers", "2", "--logdir", str(tmp_path), *TINY]
-    first = suite.main(argv)
-    assert sorted(p.parent.name for p in first) == ["ppo", "zero-shot"]
-    summary = json.loads((first[1] / "summary.json").read_text())
-    assert summary["args"]["max_new_tokens"] == 2 and summary["args"]["threads"] == 1
-    assert (tmp_path / "report" / "report.md").is_file()
-    capsys.readouterr()
-    again = suite.main(argv)  # every job is finished: nothing runs again
-    assert again == first and capsys.readouterr().out.count("already in") == 2
-    # one worker runs the same jobs in this process, with the same results
-    single = suite.main([*argv[:4], "1", "--logdir", str(tmp_path / "one"), *TINY])
-    rewards = [
-        [json.loads((d / "summary.json").read_text())["eval_after"] for d in dirs] for dirs in (first, single)
-    ]
-    # equal up to float rounding: the two modes may differ in allocator settings and thread counts, which
-    # changes the summation order of the sentence encoder's matmuls (seen: 1e-7)
-    for worker, alone in zip(*rewards, strict=True):
-        assert worker["_samples"] == alone["_samples"]  # the same sampled completions
-        assert worker["_scores"] == pytest.approx(alone["_scores"], rel=1e-5, abs=1e-6)
-        numbers = {k: v for k, v in worker.items() if not k.startswith("_")}
-        assert numbers == pytest.approx({k: alone[k] for k in numbers}, rel=1e-5, abs=1e-6)
-
-
-def test_suite_resumes_from_committed_runs(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """A published suite copies each finished run's small files to <publish>/runs; on another machine (an
-    empty --logdir) those count as finished, and a job with other settings is not taken for them."""
-    monkeypatch.chdir(tmp_path)  # the report of a published suite would rewrite ./README.md
-    jobs = [("similarity", "zero-shot", "1it")]
-    settings = {"max_new_tokens": 2}
-    monkeypatch.setitem(suite.SUITES, "tiny", suite.Suite(jobs, settings, extras=False, publish="published"))
-    first = suite.main(["tiny", "--seeds", "0", "--logdir", "machine-a", *TINY])
-    (copy,) = (tmp_path / "published" / "runs" / "TextGen-Similarity-v0" / "zero-shot").iterdir()
-    assert copy.name == first[0].name and (copy / "summary.json").is_file()
-    assert [f.name for f in copy.iterdir() if "tfevents" in f.name]  # the curves travel with it
-    assert (tmp_path / "published" / "table.json").is_file()
-    capsys.readouterr()
-    again = suite.main(["tiny", "--seeds", "0", "--logdir", "machine-b", *TINY])
-    assert capsys.readouterr().out.count("already in") == 1 and again[0].resolve() == copy
-    assert not (tmp_path / "machine-b" / "TextGen-Similarity-v0").exists()  # nothing ran again
-    recorded = json.loads((copy / "summary.json").read_text())["args"]
-    job = suite.run.Args(**(recorded | {"logdir": "machine-c"}))  # a third machine
-    assert suite.finished(job, 0, [tmp_path / "published" / "runs"]) == copy
-    other = dataclasses.replace(job, learning_rate=job.learning_rate * 2)
-    assert suite.finished(other, 0, [tmp_path / "published" / "runs"]) is None  # another job
-
-
-def test_suite_runs_only_the_given_tasks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """``--tasks`` builds a long table task by task: only those jobs run (and are committed); the partial
-    report goes to <logdir>/report and leaves the published table alone."""
-    monkeypatch.chdir(tmp_path)
-    jobs = [("similarity", "zero-shot", "1it"), ("error-rate", "zero-shot", "1it")]
-    tiny = suite.Suite(jobs, {"max_new_tokens": 2}, extras=False, publish="published")
-    monkeypatch.setitem(suite.SUITES, "tiny", tiny)
-    done = suite.main(["tiny", "--tasks", "similarity", "--seeds", "0", "--logdir", "a", *TINY])
-    assert [d.parent.parent.name for d in done] == ["TextGen-Similarity-v0"]
-    assert [p.name for p in (tmp_path / "published" / "runs").iterdir()] == ["TextGen-Similarity-v0"]
-    assert (tmp_path / "a" / "report" / "report.md").is_file()
-    assert not (tmp_path / "published" / "table.json").exists()
-    with pytest.raises(ValueError, match="--tasks sentiment: not a task of suite 'tiny'"):
-        suite.Args(suite="tiny", tasks=["sentiment"])
 
 
 def test_report_rewrites_only_the_readme_block(tmp_path: Path) -> None:
@@ -477,34 +391,3 @@ def test_report_rewrites_only_the_readme_block(tmp_path: Path) -> None:
     readme.write_text("no markers\n")
     with pytest.raises(SystemExit, match="benchmarks.report: begin"):
         report.main(argv)
-
-
-def test_cpu_suite_budgets_and_per_job_settings() -> None:
-    """The CPU table's budgets are at least 20 PPO iterations of 16 episodes (sentiment: 20,000 tokens), the
-    same for every algorithm of a task; a job's own settings apply unless the command line sets them."""
-    from textenv.task_envs import BENCHMARKS
-
-    cpu = suite.SUITES["cpu"]
-    assert cpu.settings["evals"] >= 10 and cpu.settings["episodes_per_rollout"] == 16
-    for task, spec in BENCHMARKS.items():
-        budgets = {job[2] for job in cpu.jobs if job[0] == task}
-        assert len(budgets) == 1 and int(budgets.pop()) >= 20 * 16 * spec.max_new_tokens
-    assert int(suite.CPU_BUDGET["sentiment"]) >= 20_000
-    job = next(job for job in cpu.jobs if job[0] == "preference")
-    plain = suite.Args(suite="cpu")
-    assert suite.job_settings(job, plain) == {"init_kl_coef": 0.005, "learning_rate": 2e-5}
-    assert suite.job_settings(job, suite.Args(suite="cpu", init_kl_coef=0.2)) == {"learning_rate": 2e-5}
-    assert suite.job_settings(("sentiment", "ppo", "1it"), plain) == {}
-
-
-def test_committed_run_directories_are_not_gitignored() -> None:
-    """Finished runs are committed under ``benchmarks/results/<suite>/runs/``; the scratch ``runs/`` at the
-    top is ignored. (A bare ``runs/`` pattern in .gitignore ignored both: published runs were left out.)"""
-    root = Path(__file__).parents[1]
-    if not (root / ".git").exists():
-        pytest.skip("not a git checkout")
-    for suite_dir in ("cpu", "sweep-cpu"):
-        path = f"benchmarks/results/{suite_dir}/runs/a/summary.json"
-        ignored = subprocess.run(["git", "check-ignore", "-q", path], cwd=root).returncode
-        assert ignored == 1, f"{path} is ignored by .gitignore (git check-ignore returned {ignored})"
-    assert subprocess.run(["git", "check-ignore", "-q", "runs/a/summary.json"], cwd=root).returncode == 0
