@@ -7,6 +7,8 @@ nucleus is never sampled.
 
 from __future__ import annotations
 
+from typing import Any
+
 import gymnasium as gym
 import pytest
 import torch
@@ -18,7 +20,7 @@ from agents.sampling import draw
 from agents.scoring import score_rollout
 
 
-def make_env(kind: str = "TextGen-v0") -> gym.vector.VectorEnv:
+def make_env(kind: str = "TextGen-v0", **kwargs: Any) -> gym.vector.VectorEnv:
     return gym.make_vec(
         kind,
         num_envs=4,
@@ -26,6 +28,7 @@ def make_env(kind: str = "TextGen-v0") -> gym.vector.VectorEnv:
         max_new_tokens=8,
         max_prompt_tokens=12,
         vectorization_mode="vector_entry_point",
+        **kwargs,
     )
 
 
@@ -188,15 +191,7 @@ def test_sequence_rollouts_end_at_the_env_stop_tokens() -> None:
     probe = gym.make("TextGenSeq-v0", model="tiny-sp", max_new_tokens=8, max_prompt_tokens=12)
     eos = probe.unwrapped.eos_token_id
     stops = [5, 6, 7, 8, 9, 10, 11, 12]  # frequent enough ids of the tiny vocabulary
-    env = gym.make_vec(
-        "TextGenSeq-v0",
-        num_envs=4,
-        model="tiny-sp",
-        max_new_tokens=8,
-        max_prompt_tokens=12,
-        stop_token_ids=stops,
-        vectorization_mode="vector_entry_point",
-    )
+    env = make_env("TextGenSeq-v0", stop_token_ids=stops)
     agent = REINFORCE(env, model="tiny-sp", seed=0, episodes_per_rollout=16, minibatch_size=8)
     assert sorted(agent.stop_token_ids) == sorted({*stops, eos})
     batch, _ = first_rollout(agent)
@@ -228,15 +223,7 @@ def test_kept_kv_cache_spares_in_flight_rows_a_second_prefill(keep: bool, monkey
         return real_step(model, ids, mask, prompt_len, cache)
 
     monkeypatch.setattr(base, "cached_step", counting)
-    env = gym.make_vec(
-        "TextGen-v0",
-        num_envs=4,
-        model="tiny-sp",
-        max_new_tokens=8,
-        max_prompt_tokens=12,
-        stop_token_ids=[5, 6, 7, 8, 9, 10],
-        vectorization_mode="vector_entry_point",
-    )
+    env = make_env(stop_token_ids=[5, 6, 7, 8, 9, 10])
     agent = PPO(
         env,
         model="tiny-sp",
