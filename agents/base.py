@@ -129,8 +129,14 @@ class TextAlgorithm(Checkpointing, BaseAlgorithm):  # type: ignore[misc]  # save
                 f"ZeRO stage 3 is not supported for {self.algo_name} with {copies} (copied from the "
                 'partitioned weights); use "stage": 2, with "offload_optimizer" if memory is short'
             )
+        return self._rollout_copy()
+
+    def _rollout_copy(self) -> RolloutCopy:
+        """The network rollouts act with when it is not the trained one: in bf16 if the agent trains in bf16
+        or ``rollout_precision="bf16"``, with LoRA adapters merged in if ``rollout_merge_lora``."""
         bf16 = self.precision == "bf16" or getattr(self.config, "rollout_precision", "same") == "bf16"
-        return RolloutCopy(self.policy, dtype=torch.bfloat16 if bf16 else torch.float32)
+        merge = bool(getattr(self.config, "rollout_merge_lora", False))
+        return RolloutCopy(self.policy, torch.bfloat16 if bf16 else torch.float32, merge_lora=merge)
 
     def _setup_model(self) -> None:
         assert self.env is not None and self._initial_lm is not None  # __init__ and load always pass them
@@ -178,8 +184,9 @@ class TextAlgorithm(Checkpointing, BaseAlgorithm):  # type: ignore[misc]  # save
             cfg = self.config
             self.kl_ctl = AdaptiveKLController(cfg.init_kl_coef, cfg.target_kl_ref, cfg.kl_horizon)
             self.sampling = Sampling(cfg.temperature, cfg.top_k, cfg.top_p)
-            if cfg.rollout_precision == "bf16" and self.precision == "fp32" and self.rollout_copy is None:
-                self.rollout_copy = RolloutCopy(self.policy)
+            bf16_copy = cfg.rollout_precision == "bf16" and self.precision == "fp32"
+            if (bf16_copy or cfg.rollout_merge_lora) and self.rollout_copy is None:
+                self.rollout_copy = self._rollout_copy()
         self.actor = self.rollout_copy.network if self.rollout_copy else self.policy  # acts in rollouts
         self.rollout = RolloutCollector(
             self.n_envs,

@@ -91,6 +91,12 @@ class PolicyGradientConfig(AlgorithmConfig):
     rollout_precision: str = "same"
     """``"same"`` (act with the trained network) or ``"bf16"`` (act with a bf16 copy, re-synced after every
     update, while training in fp32; see :class:`agents.precision.RolloutCopy`)."""
+    rollout_merge_lora: bool = False
+    """LoRA agents: act with a copy of the network whose adapters are merged into its weights
+    (``W + B A * scale``, recomputed after every update), in bf16 if the agent trains in bf16 or
+    ``rollout_precision="bf16"``: plain linears in the rollout instead of a base matmul plus two adapter ones,
+    for one more copy of the weights in memory (none more under ZeRO-3, whose rollouts act on a whole-weights
+    copy anyway). See :class:`agents.precision.RolloutCopy`."""
     keep_kv_cache: bool = True
     """Rows that are mid-episode when an update ends keep the KV cache of what they have generated so far
     (computed with the weights before the update), as SB3-contrib's RecurrentPPO keeps its LSTM states
@@ -137,6 +143,9 @@ class PolicyGradientConfig(AlgorithmConfig):
             raise ValueError(
                 f"rollout_precision={self.rollout_precision!r} is not known; use one of {ROLLOUT_PRECISIONS}"
             )
+        for flag in ("rollout_merge_lora", "keep_kv_cache"):
+            if not isinstance(getattr(self, flag), bool):
+                raise TypeError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
         check_number("temperature", self.temperature, "0.7")
         check_number("top_p", self.top_p, "0.9")
         if self.temperature <= 0:

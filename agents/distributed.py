@@ -142,8 +142,13 @@ def gather_into(target: nn.Module, source: nn.Module) -> None:
     """Copy ``source``'s weights into ``target`` (same architecture; dtypes may differ), gathering ZeRO-3
     partitions a chunk of parameters at a time: a few all-gathers per rollout instead of one per token and
     module. Every rank must call it (the gathers are collective)."""
-    pairs = list(zip(target.parameters(), source.parameters(), strict=True))
-    if not is_partitioned(source):
+    copy_gathered(list(zip(target.parameters(), source.parameters(), strict=True)))
+
+
+def copy_gathered(pairs: list[tuple[torch.Tensor, nn.Parameter]]) -> None:
+    """``whole.copy_(param)`` for each (whole, param) pair, gathering ZeRO-3 partitions of the params a chunk
+    of about ``GATHER_CHUNK_ELEMENTS`` at a time (every rank must call it)."""
+    if not any(hasattr(param, "ds_id") for _, param in pairs):
         for whole, param in pairs:
             whole.copy_(param)
         return
@@ -175,7 +180,10 @@ def enable_activation_checkpointing(lm: Any) -> int:
     shared-prompt path off)."""
     from transformers.modeling_layers import GradientCheckpointingLayer
 
-    lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(lm, "activation_checkpointing_enable"):  # transformers >= 5.24's name
+        lm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     layers = [m for m in lm.modules() if isinstance(m, GradientCheckpointingLayer)]
     if not layers:
         raise ValueError(

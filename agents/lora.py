@@ -25,6 +25,8 @@ True
 
 from __future__ import annotations
 
+import copy
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +60,9 @@ def wrap(lm: Any, peft_config: Any) -> Any:
             "the model already carries peft adapters; pass the plain transformers model with peft_config, "
             "or merge the adapters first (model.merge_and_unload())"
         )
-    return peft.get_peft_model(lm, peft_config)
+    with warnings.catch_warnings():  # peft asks transformers a question transformers 5 renamed
+        warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+        return peft.get_peft_model(lm, peft_config)
 
 
 def is_peft(lm: Any) -> bool:
@@ -111,11 +115,28 @@ def _plain_key(name: str) -> str | None:
     return name.replace(".base_layer.", ".")
 
 
+def lora_layers(lm: Any) -> list[tuple[str, Any]]:
+    """The LoRA linears of a peft model: (name in the plain model, layer) pairs."""
+    from peft.tuners.lora import LoraLayer
+
+    modules = lm.get_base_model().named_modules()
+    return [(name, m) for name, m in modules if isinstance(m, LoraLayer) and hasattr(m, "base_layer")]
+
+
+def merged_weight(layer: Any) -> torch.Tensor:
+    """A LoRA linear's weight with its active adapters folded in, ``W + B A * scale``, summed in float32 and
+    returned in the base weight's dtype."""
+    weight = layer.base_layer.weight
+    merged = weight.float()
+    for adapter in layer.active_adapters:
+        if adapter in layer.lora_A:
+            merged = merged + layer.get_delta_weight(adapter).float()  # B A * scale
+    return merged.to(weight.dtype)
+
+
 def merged_state_dict(lm: Any, merge: bool = True) -> dict[str, torch.Tensor]:
     """The plain transformers state dict of a peft model: adapters merged into their base weights (``merge``),
     or the base weights alone (``merge=False``, what a checkpoint stores)."""
-    from peft.tuners.lora import LoraLayer
-
     base = lm.get_base_model()
     state: dict[str, torch.Tensor] = {}
     for name, tensor in base.state_dict().items():
@@ -124,17 +145,33 @@ def merged_state_dict(lm: Any, merge: bool = True) -> dict[str, torch.Tensor]:
             state[key] = tensor
     if merge:
         with torch.no_grad():
-            for name, layer in base.named_modules():
-                if not (isinstance(layer, LoraLayer) and hasattr(layer, "base_layer")):
-                    continue
-                lora_layer: Any = layer  # a LoRA Linear: LoraLayer plus its get_delta_weight
-                weight = lora_layer.base_layer.weight
-                merged = weight.float()
-                for adapter in lora_layer.active_adapters:
-                    if adapter in lora_layer.lora_A:
-                        merged = merged + lora_layer.get_delta_weight(adapter).float()  # B A * scale
-                state[f"{name}.weight"] = merged.to(weight.dtype)
+            for name, layer in lora_layers(lm):
+                state[f"{name}.weight"] = merged_weight(layer)
     return state
+
+
+def plain_copy(lm: Any) -> Any:
+    """A deep copy of a peft model as the plain transformers model: each LoRA linear replaced by its base
+    linear, the adapters dropped, not merged in (:class:`agents.precision.RolloutCopy` writes the merged
+    weights into it)."""
+    plain = copy.deepcopy(lm).get_base_model()
+    for name, _ in lora_layers(lm):
+        parent_name, _, child = name.rpartition(".")
+        parent = plain.get_submodule(parent_name)
+        setattr(parent, child, getattr(parent, child).base_layer)
+    return plain
+
+
+def plain_parameters(lm: Any) -> list[tuple[str, nn.Parameter]]:
+    """(plain name, parameter) for a peft model's parameters other than the adapters and the base weights of
+    its LoRA linears (those two make the merged weight: :func:`merged_weight`)."""
+    merged = {f"{name}.weight" for name, _ in lora_layers(lm)}
+    pairs = []
+    for name, param in lm.get_base_model().named_parameters():
+        key = _plain_key(name)
+        if key is not None and key not in merged:
+            pairs.append((key, param))
+    return pairs
 
 
 def save_plain(lm: Any, directory: Path, tokenizer: Any = None, merge: bool = True) -> None:

@@ -24,31 +24,64 @@ from typing import Any
 import torch
 from torch import nn
 
-from agents import distributed
+from agents import distributed, lora
 from rewards.engine import cast_parameters
 
 ROLLOUT_PRECISIONS = ("same", "bf16")
 
 
 class RolloutCopy:
-    """A bf16 copy of a network for acting, re-synced from the trained weights after every update.
+    """A copy of a network for acting (bf16 by default), re-synced from the trained weights after each update.
 
     :meth:`sync` casts the trained parameters into the copy's existing tensors (``copy_``, no reallocation).
     The update never uses the copy: PPO's "old" log-probs come from the update path's own scoring pass, so the
     copy's rounding changes which tokens are sampled but not what the update optimises.
+
+    With ``merge_lora`` (a network whose ``lm`` is a peft model), the copy holds the plain transformers model
+    with the adapters folded into its weights (``W + B A * scale``, recomputed by every :meth:`sync`): one
+    matmul per linear in the rollout's forwards instead of three (the base weight's and the two adapter
+    factors'), as DeepSpeed-Chat's Hybrid Engine fuses LoRA weights for generation, but into a copy, so that
+    the trained weights never go through an in-place merge and unmerge that rounding would make drift in bf16.
 
     Under ZeRO-3 it is also the whole-weights network the rollouts act with (in the training dtype, or bf16):
     made before DeepSpeed partitions the source, and :meth:`sync` gathers the partitions once per rollout
     (:func:`agents.distributed.gather_into`; every rank must call it).
     """
 
-    def __init__(self, network: nn.Module, dtype: torch.dtype = torch.bfloat16) -> None:
+    def __init__(
+        self, network: nn.Module, dtype: torch.dtype = torch.bfloat16, merge_lora: bool = False
+    ) -> None:
         self.source = network
-        self.network: Any = cast_parameters(copy.deepcopy(network), dtype).requires_grad_(False)
+        self.merge_lora = merge_lora
+        if merge_lora:
+            source_lm: Any = getattr(network, "lm", None)
+            if not lora.is_peft(source_lm):
+                raise ValueError(
+                    "rollout_merge_lora=True needs a LoRA agent: pass peft_config=LoraConfig(...), or drop "
+                    "rollout_merge_lora"
+                )
+            plain = lora.plain_copy(source_lm)
+            copied = copy.deepcopy(network, {id(source_lm): plain})  # the rest of the network, around it
+        else:
+            copied = copy.deepcopy(network)
+        self.network: Any = cast_parameters(copied, dtype).requires_grad_(False)
+        if merge_lora:
+            self.sync()  # the merged weights
 
     @torch.no_grad()
     def sync(self) -> None:
-        distributed.gather_into(self.network, self.source)
+        if not self.merge_lora:
+            distributed.gather_into(self.network, self.source)
+            return
+        source_lm, target_lm = self.source.lm, self.network.lm
+        target = dict(target_lm.named_parameters())
+        for name, layer in lora.lora_layers(source_lm):  # W + B A * scale, gathered layer by layer
+            with distributed.gathered(layer):
+                target[f"{name}.weight"].copy_(lora.merged_weight(layer))
+        pairs = [(target[key], param) for key, param in lora.plain_parameters(source_lm)]
+        around = dict(self.network.named_parameters())  # the value head and whatever else is not the LM
+        pairs += [(around[n], p) for n, p in self.source.named_parameters() if not n.startswith("lm.")]
+        distributed.copy_gathered(pairs)
 
     @property
     def nbytes(self) -> int:

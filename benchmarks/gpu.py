@@ -49,6 +49,7 @@ CASES: dict[str, list[str]] = {
     "zero0-bf16": _case("bf16", 0),
     "zero3-bf16": _case("bf16", 3, "--no-baselines"),
     "lora16-bf16": _case("bf16", 2, "--lora-rank", "16"),
+    "lora16-bf16-merged": _case("bf16", 2, "--lora-rank", "16", "--rollout-merge-lora"),
     "hybrid-engine-bf16": _case("bf16", 2, hybrid_engine={"enabled": True}),
 }
 """Case name -> the extra ``benchmarks.throughput`` arguments of that case."""

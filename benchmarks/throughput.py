@@ -64,6 +64,9 @@ class Args:
     """A DeepSpeed config (JSON file or inline JSON) over the agent's defaults, e.g. ZeRO-3 on a GPU."""
     lora_rank: int = 0
     """Train LoRA adapters of this rank on every linear layer instead of all weights (0: full fine-tuning)."""
+    rollout_merge_lora: bool = False
+    """With ``--lora-rank``: roll out with the adapters merged into a copy of the weights (the agents'
+    ``rollout_merge_lora``) instead of through the unmerged adapters."""
     baselines: bool = True
     """Also time ``generate()`` and the bare training step (off under ZeRO-3: its weights are partitioned)."""
     json: str | None = None
@@ -184,6 +187,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         precision=args.precision,
         deepspeed_config=ds_config,
         peft_config=peft_config,
+        rollout_merge_lora=args.rollout_merge_lora,
     )
     n_new = args.max_new_tokens
 
@@ -229,6 +233,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "zero_stage": agent.zero_stage,
         "engine": type(agent.engine).__name__,  # DeepSpeedHybridEngine where the Hybrid Engine is on
         "lora_rank": args.lora_rank,
+        "rollout_merge_lora": args.rollout_merge_lora,
         "malloc_tuned": engine.keep_freed_memory(),  # applied by the agent's engine, for both sides alike
         "provenance": {"versions": provenance.versions(), "machine": provenance.machine()},
     }

@@ -217,7 +217,8 @@ def test_agent_with_gradient_checkpointing_and_prompt_groups_learns_a_step() -> 
     assert agent.group_size == 1
     before = [p.detach().clone() for p in agent.policy.parameters()]
     agent.learn(total_timesteps=40)
-    moved = max(float((p - b).abs().max()) for p, b in zip(agent.policy.parameters(), before, strict=True))
+    pairs = zip(agent.policy.parameters(), before, strict=True)
+    moved = max(float((p.detach() - b).abs().max()) for p, b in pairs)
     assert agent._n_updates >= 1 and moved > 0
 
 
@@ -246,7 +247,9 @@ def test_every_agent_takes_peft_config_and_saves_and_loads(algo: str, tmp_path: 
     adapters = {n: p.detach().clone() for n, p in agent.policy.named_parameters() if "lora_B" in n}
     agent.learn(total_timesteps=40)
     moved = max(
-        float((p - adapters[n]).abs().max()) for n, p in agent.policy.named_parameters() if n in adapters
+        float((p.detach() - adapters[n]).abs().max())
+        for n, p in agent.policy.named_parameters()
+        if n in adapters
     )
     assert moved > 0  # the adapters trained
     agent.save(tmp_path / algo)
@@ -255,3 +258,49 @@ def test_every_agent_takes_peft_config_and_saves_and_loads(algo: str, tmp_path: 
         agent.policy.named_parameters(), loaded.policy.named_parameters(), strict=True
     ):
         torch.testing.assert_close(a, b, atol=0, rtol=0, msg=name)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_merged_rollout_copy_acts_like_the_adapters(precision: str) -> None:
+    """rollout_merge_lora: rollouts act with a plain model whose weights are W + B A * scale (no LoRA layers
+    left), giving the adapter network's logits, and every update's sync carries the new adapters over; the
+    trained network keeps its adapters and its base weights untouched."""
+    agent = small_agent(precision=precision, rollout_merge_lora=True)
+    copy_ = agent.rollout_copy
+    assert copy_ is not None and agent.actor is copy_.network
+    assert not lora.is_peft(agent.actor.lm) and lora.is_peft(agent.policy.lm)
+    assert not any(".lora_" in name for name, _ in agent.actor.named_parameters())
+    dtype = next(agent.policy.parameters()).dtype
+    assert next(agent.actor.parameters()).dtype == dtype  # merging alone keeps the training dtype
+    with torch.no_grad():  # make the adapters matter, as training would
+        for name, param in agent.policy.named_parameters():
+            if "lora_B" in name or name.startswith("value_head"):
+                param.normal_(std=0.5)
+    ids, mask = episodes()
+    tolerance = 1e-4 if precision == "fp32" else 0.1  # bf16: W + BA rounded once against per matmul
+
+    def assert_actor_matches() -> None:
+        with torch.no_grad():
+            trained_logits, trained_values = agent.policy(ids, mask)
+            acting_logits, acting_values = agent.actor(ids, mask)
+        torch.testing.assert_close(acting_logits.float(), trained_logits.float(), atol=tolerance, rtol=0)
+        torch.testing.assert_close(acting_values, trained_values, atol=tolerance, rtol=0)
+
+    with torch.no_grad():
+        stale = float((agent.actor(ids, mask)[0].float() - agent.policy(ids, mask)[0].float()).abs().max())
+    assert stale > 0.5  # before the sync the copy still has the old (zero) adapters
+    copy_.sync()
+    assert_actor_matches()
+    base = {n: p.detach().clone() for n, p in agent.policy.named_parameters() if not p.requires_grad}
+    agent.learn(total_timesteps=48)  # every update ends with a sync
+    assert_actor_matches()
+    for name, param in agent.policy.named_parameters():
+        if not param.requires_grad:
+            assert torch.equal(param, base[name]), name
+
+
+def test_merged_rollouts_need_a_lora_agent() -> None:
+    with pytest.raises(ValueError, match="rollout_merge_lora=True needs a LoRA agent"):
+        PPO(make_env(2), model="tiny-sp", episodes_per_rollout=4, minibatch_size=4, rollout_merge_lora=True)
+    with pytest.raises(TypeError, match="rollout_merge_lora must be True or False"):
+        small_agent(rollout_merge_lora="yes")

@@ -16,7 +16,7 @@ import pytest
 import torch
 from launch import DEEPSPEED, REPO, load_module, needs_torchrun, torchrun
 
-from agents import DQN, PPO, distributed
+from agents import DQN, PPO, distributed, lora
 from rewards import engine
 
 WORKER = Path(__file__).with_name("dist_agent_worker.py")
@@ -130,6 +130,36 @@ def test_zero3_in_one_process_acts_on_a_whole_copy_and_resumes(
     torch.testing.assert_close(
         exported.model.embed_tokens.weight.float(), trained["lm.model.embed_tokens.weight"], atol=0, rtol=0
     )
+
+
+def test_zero3_lora_rollouts_act_on_merged_whole_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ZeRO-3 with LoRA and rollout_merge_lora: the acting copy (whole weights under ZeRO-3 anyway) holds
+    W + B A * scale, gathered layer by layer from the partitions after every update."""
+    from peft import LoraConfig
+
+    torch.set_num_threads(1)
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    worker = load_worker()
+    lora_config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"])
+    agent = PPO(
+        worker.make_env(),
+        model="tiny-sp",
+        deepspeed_config=str(CONFIGS / "ds_zero3.json"),
+        peft_config=lora_config,
+        rollout_merge_lora=True,
+        **worker.agent_kwargs("ppo", 4) | {"learning_rate": 1e-2},
+    )
+    assert agent.zero_stage == 3 and distributed.is_partitioned(agent.policy)
+    assert agent.rollout_copy is not None and not distributed.is_partitioned(agent.actor)
+    agent.learn(total_timesteps=24)
+    acting = dict(agent.actor.lm.named_parameters())
+    with distributed.gathered(agent.policy):
+        merged = lora.merged_state_dict(agent.policy.lm)
+        adapters = [p for n, p in agent.policy.named_parameters() if "lora_B" in n]
+        assert max(float(p.abs().max()) for p in adapters) > 0  # the adapters trained: merging matters
+    assert set(acting) <= set(merged)
+    for name, param in acting.items():
+        torch.testing.assert_close(param, merged[name].to(param.dtype), atol=0, rtol=0, msg=name)
 
 
 def test_offload_and_stage_settings_are_checked() -> None:

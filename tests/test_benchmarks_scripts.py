@@ -276,13 +276,17 @@ def test_vs_trl_smoke(tmp_path: Path) -> None:
     assert json.loads(out.read_text())["versions"]["trl"]
 
 
-def test_throughput_smoke(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "lora", [[], ["--lora-rank", "2", "--rollout-merge-lora"]], ids=["full", "lora-merged"]
+)
+def test_throughput_smoke(tmp_path: Path, lora: list[str]) -> None:
     out = tmp_path / "throughput.json"
     argv = ["--model", "tiny-sp", "--num-envs", "2", "--max-new-tokens", "4", "--minibatch-size", "2"]
-    argv += ["--n-epochs", "1", "--repeats", "1", "--threads", "1", "--json", str(out)]
+    argv += ["--n-epochs", "1", "--repeats", "1", "--threads", "1", "--json", str(out), *lora]
     result = throughput.main(argv)
     assert json.loads(out.read_text()) == result and result["num_envs"] == 2 and result["n_epochs"] == 1
     assert result["rollout_tokens_per_s"] > 0 and result["ppo_update_tokens_per_s"] > 0
+    assert result["rollout_merge_lora"] == bool(lora) and result["lora_rank"] == (2 if lora else 0)
 
 
 def test_gpu_cases_run_in_their_own_processes_and_failures_are_recorded(tmp_path: Path) -> None:
