@@ -167,6 +167,28 @@ class CompletionEval(NamedTuple):
     logits: torch.Tensor  # (E, N, n_actions)
 
 
+def trim_left_padding(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, n_new: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(E, T) episodes without the leading slots that are padding in every row: positions come from the
+    mask, so a forward gives the same outputs on fewer tokens (sentiment prompts fill 35 of their 64 slots
+    on average; a minibatch's longest one, about 57). The last prompt slot and the ``n_new`` completion slots
+    always stay (the prompt's last slot predicts the first completion token).
+
+    >>> ids = torch.tensor([[0, 0, 5, 6, 7], [0, 0, 0, 6, 7]])
+    >>> trim_left_padding(ids, (ids > 0).long(), n_new=2)[0]
+    tensor([[5, 6, 7],
+            [0, 6, 7]])
+    """
+    prompt_slots = attention_mask.shape[1] - n_new
+    real = attention_mask[:, :prompt_slots].any(0)  # (P,)
+    start = int(real.long().argmax()) if bool(real.any()) else prompt_slots
+    start = min(start, prompt_slots - 1)
+    if start <= 0:
+        return input_ids, attention_mask
+    return input_ids[:, start:], attention_mask[:, start:]
+
+
 def completion_logits(
     model: Any,
     input_ids: torch.Tensor,
@@ -179,7 +201,9 @@ def completion_logits(
     (E, N) or None, from one forward pass of ``model`` (an :class:`ActorCritic`, a :class:`FrozenLM`, the
     DeepSpeed engine around one, or a plain causal LM). The last token is never fed: nothing is predicted
     after it. With ``group_ids`` (E,), episodes of a group that share their prompt compute it once (see
-    :func:`shared_prompt_logits`)."""
+    :func:`shared_prompt_logits`). Leading slots that are padding in every episode are dropped first
+    (:func:`trim_left_padding`)."""
+    input_ids, attention_mask = trim_left_padding(input_ids, attention_mask, n_new)
     if group_ids is not None and not isinstance(model, PreTrainedModel):
         shared = shared_prompt_logits(model, input_ids, attention_mask, n_new, group_ids)
         if shared is not None:

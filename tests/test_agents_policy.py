@@ -159,3 +159,35 @@ def test_shared_prompt_gives_the_same_values_and_gradients(make_lm) -> None:
     assert len(shared_grads) == len(unshared_grads) > 0
     for a, b in zip(shared_grads, unshared_grads, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["per-episode", "shared-prompt"])
+def test_padding_columns_of_every_episode_are_not_computed(shared: bool) -> None:
+    """Leading slots that are padding in every episode are dropped before the forward: the same log-probs and
+    values as the episodes without them, from fewer tokens."""
+    from agents.policy import evaluate_completions
+
+    model = ActorCritic(tiny_llama())
+    torch.nn.init.normal_(model.value_head.weight, std=0.1)
+    gen = torch.Generator().manual_seed(4)
+    prompts = torch.randint(3, V, (3, P), generator=gen)
+    gens = [torch.randint(3, V, (n,), generator=gen).tolist() for n in (5, 3, 4)]
+    ids, mask = make_obs([4, 2, 3], gens, prompts)  # the first 2 of P slots are padding everywhere
+    extra = 5  # and 5 more all-padding slots in front
+    wide_ids = torch.cat([torch.zeros(3, extra, dtype=torch.long), ids], dim=1)
+    wide_mask = torch.cat([torch.zeros(3, extra, dtype=torch.long), mask], dim=1)
+    groups = torch.tensor([0, 1, 1]) if shared else None
+    if shared:  # a group shares its prompt
+        for tensor in (ids, mask, wide_ids, wide_mask):
+            tensor[2, : tensor.shape[1] - N] = tensor[1, : tensor.shape[1] - N]
+    widths: list[int] = []
+    model.lm.register_forward_pre_hook(
+        lambda _, args, kwargs: widths.append(kwargs["input_ids"].shape[1]), with_kwargs=True
+    )
+    narrow = evaluate_completions(model, ids[:, 2:], mask[:, 2:], N, V, group_ids=groups)
+    wide = evaluate_completions(model, wide_ids, wide_mask, N, V, group_ids=groups)
+    real = mask[:, P:].bool()
+    torch.testing.assert_close(wide.logprobs[real], narrow.logprobs[real], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(wide.values[real], narrow.values[real], atol=1e-5, rtol=1e-5)
+    half = len(widths) // 2
+    assert widths[half:] == widths[:half], widths  # the wide episodes' forwards saw no padding column more
