@@ -34,8 +34,11 @@ class RolloutCopy:
     """A copy of a network for acting (bf16 by default), re-synced from the trained weights after each update.
 
     :meth:`sync` casts the trained parameters into the copy's existing tensors (``copy_``, no reallocation).
-    The update never uses the copy: PPO's "old" log-probs come from the update path's own scoring pass, so the
-    copy's rounding changes which tokens are sampled but not what the update optimises.
+    The update never uses the copy. When the copy acts in another dtype than the one trained (a bf16 copy of
+    fp32 training), PPO's "old" log-probs come from the update path's own scoring pass, so the copy's rounding
+    changes which tokens are sampled but not what the update optimises; a copy in the training dtype (ZeRO-3's
+    whole weights, merged LoRA) acts with the same weights up to the rounding of the merge, and the log-probs
+    it recorded are used as they are (:func:`agents.scoring.score_rollout`).
 
     With ``merge_lora`` (a network whose ``lm`` is a peft model), the copy holds the plain transformers model
     with the adapters folded into its weights (``W + B A * scale``, recomputed by every :meth:`sync`): one
@@ -52,6 +55,7 @@ class RolloutCopy:
         self, network: nn.Module, dtype: torch.dtype = torch.bfloat16, merge_lora: bool = False
     ) -> None:
         self.source = network
+        self.dtype = dtype
         self.merge_lora = merge_lora
         if merge_lora:
             source_lm: Any = getattr(network, "lm", None)

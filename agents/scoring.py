@@ -78,11 +78,13 @@ def score_batch(
 
 def score_rollout(agent: Any) -> tuple[RolloutBatch, ScoredBatch, torch.Tensor | None]:
     """A policy-gradient agent's rollout batch, scored before its update (:func:`score_batch` with the agent's
-    sampling, and recomputed on the update path when a rollout copy acted), and the group ids whose prompts
-    are computed once (None without prompt groups)."""
+    sampling, and recomputed on the update path when a rollout copy in another dtype acted), and the group ids
+    whose prompts are computed once (None without prompt groups)."""
     batch = agent.rollout_batch
     assert batch is not None, "train() runs after collect_rollouts() has built the batch"
     shared_groups = batch.group_ids if agent.group_size > 1 else None
+    copy = agent.rollout_copy
+    recompute = copy is not None and copy.dtype != next(agent.policy.parameters()).dtype
     start = time.perf_counter()
     scored = score_batch(
         batch,
@@ -92,7 +94,7 @@ def score_rollout(agent: Any) -> tuple[RolloutBatch, ScoredBatch, torch.Tensor |
         agent.n_actions,
         agent.config.minibatch_size,
         agent.sampling,
-        recompute=agent.rollout_copy is not None,
+        recompute=recompute,
         shared_groups=shared_groups,
     )
     agent._score_seconds = time.perf_counter() - start  # the time breakdown's "score" phase

@@ -15,6 +15,7 @@ import pytest
 import torch
 from peft import LoraConfig
 from test_agents_learning import held_out_reward, make_env
+from test_agents_sampling import first_epoch_ratio, first_rollout
 from transformers import AutoModelForCausalLM
 
 import textenv
@@ -292,6 +293,12 @@ def test_merged_rollout_copy_acts_like_the_adapters(precision: str) -> None:
     copy_.sync()
     assert_actor_matches()
     base = {n: p.detach().clone() for n, p in agent.policy.named_parameters() if not p.requires_grad}
+    batch, scored = first_rollout(agent)
+    # a copy in the training dtype: the log-probs it acted with are PPO's "old" ones (no second forward),
+    # and the update path agrees with them up to the merge's rounding
+    assert scored.rollout_gap is None and torch.equal(scored.old_logprobs, batch.old_logprobs)
+    ratio = first_epoch_ratio(agent, batch, scored)
+    assert (ratio - 1).abs().max() < (1e-4 if precision == "fp32" else 0.1), (ratio - 1).abs().max()
     agent.learn(total_timesteps=48)  # every update ends with a sync
     assert_actor_matches()
     for name, param in agent.policy.named_parameters():
