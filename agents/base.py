@@ -47,7 +47,7 @@ from agents.policy import (
     generate_completions,
     process_logits,
 )
-from agents.precision import RolloutCopy
+from agents.precision import RolloutCopy, acting_copy
 from agents.ptx import PretrainingMix
 from agents.rollout import RolloutBatch, RolloutCollector
 from agents.sampling import draw
@@ -129,14 +129,7 @@ class TextAlgorithm(Checkpointing, BaseAlgorithm):  # type: ignore[misc]  # save
                 f"ZeRO stage 3 is not supported for {self.algo_name} with {copies} (copied from the "
                 'partitioned weights); use "stage": 2, with "offload_optimizer" if memory is short'
             )
-        return self._rollout_copy()
-
-    def _rollout_copy(self) -> RolloutCopy:
-        """The network rollouts act with when it is not the trained one: in bf16 if the agent trains in bf16
-        or ``rollout_precision="bf16"``, with LoRA adapters merged in if ``rollout_merge_lora``."""
-        bf16 = self.precision == "bf16" or getattr(self.config, "rollout_precision", "same") == "bf16"
-        merge = bool(getattr(self.config, "rollout_merge_lora", False))
-        return RolloutCopy(self.policy, torch.bfloat16 if bf16 else torch.float32, merge_lora=merge)
+        return acting_copy(self.policy, self.precision, self.config)
 
     def _setup_model(self) -> None:
         assert self.env is not None and self._initial_lm is not None  # __init__ and load always pass them
@@ -174,19 +167,19 @@ class TextAlgorithm(Checkpointing, BaseAlgorithm):  # type: ignore[misc]  # save
         # before the engine casts the LM to bf16: the average starts from the fp32 weights
         self.ema = ExponentialMovingAverage(self.policy.lm, ema_decay) if ema_decay is not None else None
         self.zero_stage = engine.zero_stage(self.ds_config)
-        acting_copy = self._zero3_acting_copy() if self.zero_stage == 3 else None  # before partitioning
+        zero3_copy = self._zero3_acting_copy() if self.zero_stage == 3 else None  # before partitioning
         self.engine = engine.initialize(self.policy, self.ds_config)
         engine.cast_parameters(self.reference, next(self.policy.parameters()).dtype)  # as the policy's
         self.kl_ctl: AdaptiveKLController | None = None
         self.sampling = Sampling()
-        self.rollout_copy: RolloutCopy | None = acting_copy
+        self.rollout_copy: RolloutCopy | None = zero3_copy
         if isinstance(self.config, PolicyGradientConfig):
             cfg = self.config
             self.kl_ctl = AdaptiveKLController(cfg.init_kl_coef, cfg.target_kl_ref, cfg.kl_horizon)
             self.sampling = Sampling(cfg.temperature, cfg.top_k, cfg.top_p)
             bf16_copy = cfg.rollout_precision == "bf16" and self.precision == "fp32"
             if (bf16_copy or cfg.rollout_merge_lora) and self.rollout_copy is None:
-                self.rollout_copy = self._rollout_copy()
+                self.rollout_copy = acting_copy(self.policy, self.precision, cfg)
         self.actor = self.rollout_copy.network if self.rollout_copy else self.policy  # acts in rollouts
         self.rollout = RolloutCollector(
             self.n_envs,

@@ -182,11 +182,8 @@ def trim_left_padding(
     """
     prompt_slots = attention_mask.shape[1] - n_new
     real = attention_mask[:, :prompt_slots].any(0)  # (P,)
-    start = int(real.long().argmax()) if bool(real.any()) else prompt_slots
-    start = min(start, prompt_slots - 1)
-    if start <= 0:
-        return input_ids, attention_mask
-    return input_ids[:, start:], attention_mask[:, start:]
+    start = min(int(real.long().argmax()) if bool(real.any()) else prompt_slots, prompt_slots - 1)
+    return (input_ids[:, start:], attention_mask[:, start:]) if start > 0 else (input_ids, attention_mask)
 
 
 def completion_logits(

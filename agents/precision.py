@@ -92,3 +92,12 @@ class RolloutCopy:
         """Memory the copy holds (its parameters and buffers)."""
         tensors = [*self.network.parameters(), *self.network.buffers()]
         return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def acting_copy(network: nn.Module, precision: str, config: Any) -> RolloutCopy:
+    """The copy an agent's rollouts act with when they do not act with the trained network: in bf16 if the
+    agent trains in bf16 (``precision``) or ``config.rollout_precision == "bf16"``, with the LoRA adapters
+    merged in if ``config.rollout_merge_lora``."""
+    bf16 = precision == "bf16" or getattr(config, "rollout_precision", "same") == "bf16"
+    merge = bool(getattr(config, "rollout_merge_lora", False))
+    return RolloutCopy(network, torch.bfloat16 if bf16 else torch.float32, merge)
