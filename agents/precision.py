@@ -69,7 +69,13 @@ class RolloutCopy:
         else:
             copied = copy.deepcopy(network)
         self.network: Any = cast_parameters(copied, dtype).requires_grad_(False)
-        if merge_lora:
+        if merge_lora:  # what a sync refreshes, matched up once: the frozen weights were copied above
+            target = dict(plain.named_parameters())
+            self._merged = [(target[f"{name}.weight"], layer) for name, layer in lora.lora_layers(source_lm)]
+            pairs = [(target[key], param) for key, param in lora.plain_parameters(source_lm)]
+            around = dict(self.network.named_parameters())  # the value head and whatever is not the LM
+            pairs += [(around[n], p) for n, p in network.named_parameters() if not n.startswith("lm.")]
+            self._trained = [(whole, param) for whole, param in pairs if param.requires_grad]
             self.sync()  # the merged weights
 
     @torch.no_grad()
@@ -77,15 +83,10 @@ class RolloutCopy:
         if not self.merge_lora:
             distributed.gather_into(self.network, self.source)
             return
-        source_lm, target_lm = self.source.lm, self.network.lm
-        target = dict(target_lm.named_parameters())
-        for name, layer in lora.lora_layers(source_lm):  # W + B A * scale, gathered layer by layer
+        for whole, layer in self._merged:  # W + B A * scale, gathered layer by layer
             with distributed.gathered(layer):
-                target[f"{name}.weight"].copy_(lora.merged_weight(layer))
-        pairs = [(target[key], param) for key, param in lora.plain_parameters(source_lm)]
-        around = dict(self.network.named_parameters())  # the value head and whatever else is not the LM
-        pairs += [(around[n], p) for n, p in self.source.named_parameters() if not n.startswith("lm.")]
-        distributed.copy_gathered(pairs)
+                whole.copy_(lora.merged_weight(layer))
+        distributed.copy_gathered(self._trained)  # the value head (and any other trained weight)
 
     @property
     def nbytes(self) -> int:
