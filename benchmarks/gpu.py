@@ -50,6 +50,9 @@ CASES: dict[str, list[str]] = {
     "zero3-bf16": _case("bf16", 3, "--no-baselines"),
     "lora16-bf16": _case("bf16", 2, "--lora-rank", "16"),
     "lora16-bf16-merged": _case("bf16", 2, "--lora-rank", "16", "--rollout-merge-lora"),
+    "lora16-zero3-bf16-merged": _case(
+        "bf16", 3, "--lora-rank", "16", "--rollout-merge-lora", "--no-baselines"
+    ),
     "hybrid-engine-bf16": _case("bf16", 2, hybrid_engine={"enabled": True}),
 }
 """Case name -> the extra ``benchmarks.throughput`` arguments of that case."""

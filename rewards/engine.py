@@ -45,6 +45,7 @@ import os
 import pickle
 import socket
 import sys
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -434,8 +435,38 @@ def initialize(
         }
         optimizer = torch.optim.AdamW(params, **kwargs)
     with launcher_environment():
-        engine, *_ = deepspeed.initialize(
-            model=model, model_parameters=params, optimizer=optimizer, config=cfg
-        )
+        try:
+            engine, *_ = deepspeed.initialize(
+                model=model, model_parameters=params, optimizer=optimizer, config=cfg
+            )
+        except ValueError as error:
+            hint = op_build_hint(error)
+            if hint is None:
+                raise
+            raise RuntimeError(hint) from error
     engine.checkpoint_engine.load = safe_torch_load
     return engine
+
+
+def op_build_hint(error: BaseException) -> str | None:
+    """How to get past DeepSpeed's failure to JIT-build a CUDA op (FusedAdam) on an arch variant such as
+    ``9.0a`` in ``TORCH_CUDA_ARCH_LIST`` (DeepSpeed parses the minor version with ``int()``; open upstream as
+    deepspeedai/DeepSpeed PR #8619); ``None`` for any other error."""
+    frames = traceback.extract_tb(error.__traceback__)
+    if "invalid literal for int()" not in str(error) or not any("op_builder" in f.filename for f in frames):
+        return None
+    arch_list = os.environ.get("TORCH_CUDA_ARCH_LIST", "")
+    plain = ";".join(
+        dict.fromkeys(
+            a.rstrip("abcdefghijklmnopqrstuvwxyz") for a in arch_list.replace(" ", ";").split(";") if a
+        )
+    )
+    if not plain and torch.cuda.is_available():
+        plain = "{}.{}".format(*torch.cuda.get_device_capability())
+    fix = plain or "<your GPU compute capability, e.g. 9.0>"
+    return (
+        f"DeepSpeed could not build its CUDA optimizer op ({error}): TORCH_CUDA_ARCH_LIST={arch_list!r} (or, "
+        "when it is unset, torch's arch list) names an arch variant such as '9.0a', which this DeepSpeed "
+        f"version cannot parse. Fix: run with TORCH_CUDA_ARCH_LIST='{fix}', or set \"torch_adam\": true in "
+        'the "optimizer" "params" of the DeepSpeed config to step with torch\'s AdamW instead of FusedAdam.'
+    )

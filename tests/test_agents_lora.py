@@ -43,12 +43,14 @@ def small_agent(**kwargs) -> PPO:
     )
 
 
-def episodes(n: int = 4, length: int = 20, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def episodes(
+    n: int = 4, length: int = 20, seed: int = 0, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(4, 500, (n, length), generator=gen)
     mask = torch.ones_like(ids)
     mask[1, :3] = 0  # a left-padded prompt
-    return ids, mask
+    return ids.to(device), mask.to(device)
 
 
 def test_reference_is_the_adapter_disabled_network() -> None:
@@ -62,8 +64,8 @@ def test_reference_is_the_adapter_disabled_network() -> None:
         for name, param in agent.policy.named_parameters():
             if "lora_B" in name:
                 param.normal_(std=0.5)
-    ids, mask = episodes()
-    base = textenv.load_model("tiny-sp").to(next(agent.policy.parameters()).dtype)
+    ids, mask = episodes(device=agent.device)
+    base = textenv.load_model("tiny-sp").to(agent.device, next(agent.policy.parameters()).dtype)
     with torch.no_grad():
         reference_logits, _ = agent.reference(ids, mask)
         policy_logits, _ = agent.policy(ids, mask)
@@ -75,7 +77,8 @@ def test_reference_is_the_adapter_disabled_network() -> None:
 
 
 def test_checkpoint_holds_adapters_head_and_optimizer_and_resumes(tmp_path: Path) -> None:
-    agent = small_agent(precision="fp32")
+    # ZeRO-0 on every device (a GPU's default ZeRO-2 keeps the optimizer state in its own files)
+    agent = small_agent(precision="fp32", deepspeed_config={"zero_optimization": {"stage": 0}})
     agent.learn(total_timesteps=48)
     agent.save(tmp_path / "ckpt")
     ckpt = tmp_path / "ckpt"
@@ -115,7 +118,8 @@ def test_export_merges_adapters_into_a_plain_transformers_directory(tmp_path: Pa
     assert not (tmp_path / "export" / "adapter_config.json").exists()
     plain = AutoModelForCausalLM.from_pretrained(tmp_path / "export", use_safetensors=True)
     assert not lora.is_peft(plain)
-    ids, mask = episodes()
+    plain.to(agent.device)
+    ids, mask = episodes(device=agent.device)
     position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
     with torch.no_grad():
         merged = plain(input_ids=ids, attention_mask=mask, position_ids=position_ids).logits
@@ -125,7 +129,7 @@ def test_export_merges_adapters_into_a_plain_transformers_directory(tmp_path: Pa
     assert lora.is_peft(agent.policy.lm)
     base = textenv.load_model("tiny-sp").state_dict()
     for name, tensor in lora.merged_state_dict(agent.policy.lm, merge=False).items():
-        torch.testing.assert_close(tensor, base[name], atol=0, rtol=0, msg=name)
+        torch.testing.assert_close(tensor.cpu(), base[name], atol=0, rtol=0, msg=name)
 
 
 def test_lora_agent_learns() -> None:
@@ -277,7 +281,7 @@ def test_merged_rollout_copy_acts_like_the_adapters(precision: str) -> None:
         for name, param in agent.policy.named_parameters():
             if "lora_B" in name or name.startswith("value_head"):
                 param.normal_(std=0.5)
-    ids, mask = episodes()
+    ids, mask = episodes(device=agent.device)
     tolerance = 1e-4 if precision == "fp32" else 0.1  # bf16: W + BA rounded once against per matmul
 
     def assert_actor_matches() -> None:

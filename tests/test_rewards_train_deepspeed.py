@@ -210,3 +210,23 @@ def test_cli_backbone_precision_and_bad_deepspeed_config(causal_lm, tmp_path) ->
     with pytest.raises(ValueError, match="'zero_optimization.stage' is 7"):
         main([*common, "--out", str(tmp_path / "rm-bad"), "--deepspeed-config", str(bad)])
     assert not (tmp_path / "rm-bad").exists()
+
+
+def test_op_build_failure_on_an_arch_variant_says_how_to_fix(monkeypatch) -> None:
+    """DeepSpeed cannot JIT-build FusedAdam when TORCH_CUDA_ARCH_LIST names an arch variant ('9.0a', as on
+    the H200 image): the engine's error names the variable and both ways out; other errors pass unchanged."""
+    from deepspeed.ops.op_builder.fused_adam import FusedAdamBuilder
+
+    from rewards.engine import op_build_hint
+
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "8.0;9.0a")
+    with pytest.raises(ValueError, match="invalid literal") as caught:
+        FusedAdamBuilder().compute_capability_args()  # the step that fails inside deepspeed.initialize
+    hint = op_build_hint(caught.value)
+    assert hint is not None
+    assert "TORCH_CUDA_ARCH_LIST='8.0;9.0a'" in hint and "TORCH_CUDA_ARCH_LIST='8.0;9.0'" in hint
+    assert '"torch_adam": true' in hint
+    try:
+        int("x")
+    except ValueError as other:  # not raised in DeepSpeed's op builder
+        assert op_build_hint(other) is None
