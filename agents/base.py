@@ -37,6 +37,7 @@ from agents.config import AlgorithmConfig, PolicyGradientConfig
 from agents.ema import ExponentialMovingAverage
 from agents.layout import env_attr, load_lm, read_layout
 from agents.losses import AdaptiveKLController, logprobs_from_logits
+from agents.packing import packed_linears
 from agents.policy import (
     ActorCritic,
     FrozenLM,
@@ -282,42 +283,44 @@ class TextAlgorithm(Checkpointing, BaseAlgorithm):  # type: ignore[misc]  # save
         start, start_timesteps = time.perf_counter(), self.num_timesteps
         tokenizer = self._env_attr("tokenizer")
         callback.on_rollout_start()
-        while not self._rollout_done():
-            obs = self._last_obs
-            assert isinstance(obs, dict)
-            act_start = time.perf_counter()
-            ids, mask = self._obs_tensors(obs)
-            actions, stats = self._act(ids, mask)
-            np_actions = actions.cpu().numpy()
-            env_start = time.perf_counter()
-            new_obs, rewards, dones, infos = env.step(np_actions)
-            self._phase_seconds["act"] += env_start - act_start
-            self._phase_seconds["env"] += time.perf_counter() - env_start
-            self.num_timesteps += env.num_envs
-            self.rollout.record(
-                np.asarray(obs["input_ids"]),
-                np.asarray(obs["attention_mask"]),
-                np_actions,
-                stats,
-                rewards,
-                dones,
-                infos,
-                tokenizer,
-            )
-            callback.update_locals(
-                {
-                    "new_obs": new_obs,
-                    "rewards": rewards,
-                    "dones": dones,
-                    "infos": infos,
-                    "actions": np_actions,
-                }
-            )
-            if not callback.on_step():
-                self._ranks_agree(start_timesteps, stopped=True)
-                return False
-            self._update_info_buffer(infos, dones)
-            self._last_obs, self._last_episode_starts = new_obs, dones  # type: ignore[assignment]
+        pack = getattr(self.config, "pack_cpu_weights", False)  # agents.packing: bitwise the same outputs
+        with packed_linears(self.actor, enabled=pack, rows=self.n_envs):
+            while not self._rollout_done():
+                obs = self._last_obs
+                assert isinstance(obs, dict)
+                act_start = time.perf_counter()
+                ids, mask = self._obs_tensors(obs)
+                actions, stats = self._act(ids, mask)
+                np_actions = actions.cpu().numpy()
+                env_start = time.perf_counter()
+                new_obs, rewards, dones, infos = env.step(np_actions)
+                self._phase_seconds["act"] += env_start - act_start
+                self._phase_seconds["env"] += time.perf_counter() - env_start
+                self.num_timesteps += env.num_envs
+                self.rollout.record(
+                    np.asarray(obs["input_ids"]),
+                    np.asarray(obs["attention_mask"]),
+                    np_actions,
+                    stats,
+                    rewards,
+                    dones,
+                    infos,
+                    tokenizer,
+                )
+                callback.update_locals(
+                    {
+                        "new_obs": new_obs,
+                        "rewards": rewards,
+                        "dones": dones,
+                        "infos": infos,
+                        "actions": np_actions,
+                    }
+                )
+                if not callback.on_step():
+                    self._ranks_agree(start_timesteps, stopped=True)
+                    return False
+                self._update_info_buffer(infos, dones)
+                self._last_obs, self._last_episode_starts = new_obs, dones  # type: ignore[assignment]
         if not self._ranks_agree(start_timesteps, stopped=False):
             return False
         self._rollout_time = time.perf_counter() - start

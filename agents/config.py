@@ -108,6 +108,11 @@ class PolicyGradientConfig(AlgorithmConfig):
     before an update already come from the previous weights, and the ratio corrects for both), or, with a
     rollout copy, the update path's own scoring pass (``train/rollout_logprob_gap`` then reports how far the
     acting log-probs were)."""
+    pack_cpu_weights: bool = True
+    """bf16 on a CPU: rollouts run their forwards on linear weights reordered once per rollout into oneDNN's
+    blocked layout (bitwise the same outputs; decoding about 1.1x faster for SmolLM2-135M), a packed copy of
+    those weights that lives only during the rollout; False saves that memory. No effect elsewhere. See
+    :mod:`agents.packing`."""
     ema_decay: float | None = None
     """Keep an fp32 exponential moving average of the actor's weights with this decay (e.g. 0.992), updated
     after every optimizer step, saved with checkpoints, exported by ``export(path, ema=True)``; None: no EMA
@@ -143,7 +148,7 @@ class PolicyGradientConfig(AlgorithmConfig):
             raise ValueError(
                 f"rollout_precision={self.rollout_precision!r} is not known; use one of {ROLLOUT_PRECISIONS}"
             )
-        for flag in ("rollout_merge_lora", "keep_kv_cache"):
+        for flag in ("rollout_merge_lora", "keep_kv_cache", "pack_cpu_weights"):
             if not isinstance(getattr(self, flag), bool):
                 raise TypeError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
         check_number("temperature", self.temperature, "0.7")

@@ -9,6 +9,10 @@ Measures in one run:
    same precision (target ratio >= 0.8);
 3. peak resident memory (RSS) of the process.
 
+Where the agent packs its bf16 CPU weights (``pack_cpu_weights``, :mod:`agents.packing`), the rollout and the
+update are also timed with packing off, alternating with the timed runs with it on, so that its speed-up is a
+ratio taken in the same run.
+
 Usage::
 
     python -m benchmarks.throughput --precision bf16 --json t.json   # SmolLM2-135M, batch 8, 64 + 48 tokens
@@ -30,7 +34,7 @@ import torch
 import tyro
 
 import textenv  # noqa: F401  (registers the envs)
-from agents import PPO
+from agents import PPO, packing
 from agents.policy import position_ids_from_mask
 from agents.rollout import RolloutBatch
 from benchmarks import provenance
@@ -67,6 +71,8 @@ class Args:
     rollout_merge_lora: bool = False
     """With ``--lora-rank``: roll out with the adapters merged into a copy of the weights (the agents'
     ``rollout_merge_lora``) instead of through the unmerged adapters."""
+    pack_cpu_weights: bool = True
+    """The agent's ``pack_cpu_weights`` (bf16 on a CPU: act and score on oneDNN-packed weights)."""
     baselines: bool = True
     """Also time ``generate()`` and the bare training step (off under ZeRO-3: its weights are partitioned)."""
     json: str | None = None
@@ -162,6 +168,13 @@ def _time_bare_step(agent: PPO, batch: RolloutBatch, tokens: float, args: Args) 
     return best
 
 
+def _speedups(rollout: dict[bool, float], update: dict[bool, float]) -> list[tuple[str, float]]:
+    """Packed over unpacked tokens/s of the rollout and the update (none without the A/B)."""
+    if False not in rollout or True not in rollout:
+        return []
+    return [("rollout", rollout[True] / rollout[False]), ("update", update[True] / update[False])]
+
+
 def main(argv: list[str] | None = None) -> dict[str, object]:
     args = tyro.cli(Args, args=argv, prog="python -m benchmarks.throughput", description=__doc__)
     ds_config, peft_config = _deepspeed_config(args.deepspeed_config), _lora_config(args.lora_rank)
@@ -188,19 +201,24 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         deepspeed_config=ds_config,
         peft_config=peft_config,
         rollout_merge_lora=args.rollout_merge_lora,
+        pack_cpu_weights=args.pack_cpu_weights,
     )
     n_new = args.max_new_tokens
+    packs = args.pack_cpu_weights and agent.precision == "bf16" and packing.cpu_bf16()
+    modes = (True, False) if packs else (args.pack_cpu_weights,)  # packing on, then off (A/B in one run)
 
     # 1. rollout through the gym API vs generate()
-    rollout_tps = 0.0
+    rollout_tps = dict.fromkeys(modes, 0.0)
     _, callback = agent._setup_learn(total_timesteps=10**9)
     venv = agent.env
     assert venv is not None
     for _ in range(args.repeats):
-        agent._last_obs = cast("dict[str, np.ndarray]", venv.reset())
-        agent._step_cache = type(agent._step_cache)()
-        agent.collect_rollouts(venv, callback)
-        rollout_tps = max(rollout_tps, agent.rollout.tokens / agent._rollout_time)
+        for mode in reversed(modes):  # the packed rollout last: its batch is the one the update trains on
+            agent.config.pack_cpu_weights = mode
+            agent._last_obs = cast("dict[str, np.ndarray]", venv.reset())
+            agent._step_cache = type(agent._step_cache)()
+            agent.collect_rollouts(venv, callback)
+            rollout_tps[mode] = max(rollout_tps[mode], agent.rollout.tokens / agent._rollout_time)
     batch = agent.rollout_batch
     assert batch is not None
     generate_tps = _time_generate(agent, batch, args) if args.baselines else None
@@ -208,27 +226,39 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     # 2. PPO update (all epochs, reference forward included) vs bare forward + backward + optimizer step
     #    over the same minibatches; tokens/s counts every generated token once per epoch.
     tokens = float(batch.gen_mask.sum())
-    update_tps = 0.0
+    update_tps = dict.fromkeys(modes, 0.0)
     for _ in range(args.repeats):
-        start = time.perf_counter()
-        agent.train()
-        _synchronize()
-        update_tps = max(update_tps, args.n_epochs * tokens / (time.perf_counter() - start))
+        for mode in modes:
+            agent.config.pack_cpu_weights = mode
+            agent.rollout_batch = batch  # train() consumes it
+            start = time.perf_counter()
+            agent.train()
+            _synchronize()
+            update_tps[mode] = max(update_tps[mode], args.n_epochs * tokens / (time.perf_counter() - start))
+    agent.config.pack_cpu_weights = args.pack_cpu_weights
     bare_tps = _time_bare_step(agent, batch, tokens, args) if args.baselines else None
 
+    unpacked = {"rollout": rollout_tps.get(False), "update": update_tps.get(False)} if packs else {}
+    rollout, update = rollout_tps[modes[0]], update_tps[modes[0]]
     result: dict[str, object] = {
         "model": args.model,
         "precision": agent.precision,
         "num_envs": args.num_envs,
         "max_prompt_tokens": args.max_prompt_tokens,
         "max_new_tokens": n_new,
-        "rollout_tokens_per_s": round(rollout_tps, 1),
+        "rollout_tokens_per_s": round(rollout, 1),
         "generate_tokens_per_s": round(generate_tps, 1) if generate_tps else None,
-        "rollout_vs_generate": round(rollout_tps / generate_tps, 3) if generate_tps else None,
+        "rollout_vs_generate": round(rollout / generate_tps, 3) if generate_tps else None,
         "n_epochs": args.n_epochs,
-        "ppo_update_tokens_per_s": round(update_tps, 1),
+        "ppo_update_tokens_per_s": round(update, 1),
         "bare_train_tokens_per_s": round(bare_tps, 1) if bare_tps else None,
-        "update_vs_bare": round(update_tps / bare_tps, 3) if bare_tps else None,
+        "update_vs_bare": round(update / bare_tps, 3) if bare_tps else None,
+        "pack_cpu_weights": packs,
+        **{f"{k}_unpacked_tokens_per_s": round(v, 1) for k, v in unpacked.items() if v},
+        **{
+            f"packing_{k}_speedup": round(modes_ratio, 3)
+            for k, modes_ratio in _speedups(rollout_tps, update_tps)
+        },
         **peak_memory_mb(),
         "zero_stage": agent.zero_stage,
         "engine": type(agent.engine).__name__,  # DeepSpeedHybridEngine where the Hybrid Engine is on
