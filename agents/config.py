@@ -111,7 +111,8 @@ class PolicyGradientConfig(AlgorithmConfig):
     pack_cpu_weights: bool = True
     """bf16 on a CPU: rollouts run their forwards on linear weights reordered once per rollout into oneDNN's
     blocked layout (bitwise the same outputs; decoding about 1.1x faster for SmolLM2-135M), a packed copy of
-    those weights that lives only during the rollout; False saves that memory. No effect elsewhere. See
+    those weights that lives only during the rollout; False saves that memory. No effect elsewhere, nor on
+    unmerged LoRA adapters (``rollout_merge_lora=True`` acts on a plain copy, which is packed). See
     :mod:`agents.packing`."""
     ema_decay: float | None = None
     """Keep an fp32 exponential moving average of the actor's weights with this decay (e.g. 0.992), updated
