@@ -4,10 +4,10 @@ torch's bf16 ``F.linear`` on a CPU runs oneDNN's matmul on the weight as it is s
 once into oneDNN's own blocked layout (``torch.ops.mkldnn._reorder_linear_weight``, what inductor's
 weight-freezing pass does for CPU inference), the weight goes through ``torch.ops.mkldnn._linear_pointwise``
 with bitwise the same output (tested), and at the few rows of token-by-token decoding (one per env) faster:
-SmolLM2-135M's linears at 8 rows took 17 ms instead of 26 ms per step on the 2-core AVX512-BF16 CPU, and its
-rollouts ran 1.10x faster (``benchmarks.throughput`` times them with and without packing in one run). At the
-hundreds of rows of a scoring pass or an update the reorder is already amortised (the scoring pass measured
-no faster), so only rollouts use it.
+SmolLM2-135M's linears at 8 rows took 17 ms instead of 26 ms per step on the 2-core AVX512-BF16 CPU, and
+its rollouts ran 1.08-1.20x faster (``benchmarks.throughput`` times them with and without packing in one
+run). At the hundreds of rows of a scoring pass or an update the reorder is already amortised (the scoring
+pass measured no faster), so only rollouts use it.
 
 The weights change with every optimizer step, and DeepSpeed writes them in place through ``.data`` (which
 does not bump a tensor's version counter), so a packed weight is only trusted while nothing trains:
