@@ -12,7 +12,11 @@
   state of the trainable parameters (adapters + head) with their optimizer state; no ``reference/``.
 - **Export** (:func:`merged_state_dict`) folds the adapters into the base weights (``W + B A * scale``) and
   writes a plain transformers directory that ``AutoModelForCausalLM`` loads without peft; the training network
-  is left as it was (no in-place merge and unmerge, so bf16 weights do not drift).
+  is left as it was (no in-place merge and unmerge, so bf16 weights do not drift). Modules trained whole
+  (``modules_to_save``) are exported as trained, and the base holds their original weights.
+- **Settings** that would break one of these (the reference being the untouched base, or the merged weight
+  being ``W + B A * scale``) are refused by :func:`wrap`, naming the setting: DoRA, LoRA biases, trained base
+  biases, trainable tokens, initialisations that rewrite the base weights (PiSSA, OLoRA, LoftQ, CorDA), ...
 
 >>> import textenv
 >>> from peft import LoraConfig
@@ -27,14 +31,16 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Container, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
 from agents.policy import lm_forward
 
+T = TypeVar("T")
 ADAPTER_DIR = "adapter"
 BASE_DIR = "base"
 
@@ -47,14 +53,59 @@ def _peft() -> Any:
     return peft
 
 
-def wrap(lm: Any, peft_config: Any) -> Any:
-    """``lm`` with LoRA adapters (``peft.get_peft_model``): base weights frozen, adapters trainable."""
+#: LoraConfig settings the agents cannot honour, with why; each must keep LoraConfig's default
+UNSUPPORTED = {
+    "use_dora": "DoRA's weight is not W + B A * scale, which export and merged rollouts fold in",
+    "lora_bias": "the adapters' bias is not part of the merged weight W + B A * scale",
+    "bias": "trained base biases would change the reference (the base with adapters off)",
+    "trainable_token_indices": "trainable token embeddings are not exported or merged",
+    "target_parameters": "LoRA on bare parameters is not exported or merged",
+    "layer_replication": "replicated layers share base weights that export cannot write back",
+    "use_qalora": "QALoRA's pooled adapters are not W + B A * scale",
+    "use_bdlora": "block-diagonal LoRA is not exported or merged",
+    "alora_invocation_tokens": "activated LoRA switches adapters per token; export cannot",
+    "loftq_config": "LoftQ rewrites the base weights, which must stay the reference",
+    "eva_config": "EVA needs its data-driven initialisation, which the agents do not run",
+    "corda_config": "CorDA rewrites the base weights, which must stay the reference",
+    "lora_ga_config": "LoRA-GA rewrites the base weights, which must stay the reference",
+    "velora_config": "VeLoRA is not exported or merged",
+    "monteclora_config": "MonteCLoRA's sampled adapters are not W + B A * scale",
+    "arrow_config": "Arrow routing between adapters is not exported or merged",
+    "kasa_config": "KaSA rewrites the base weights, which must stay the reference",
+    "megatron_config": "Megatron-parallel layers are not supported",
+}
+#: ``init_lora_weights`` values that leave the base weights as they are
+PLAIN_INITS = (True, False, "gaussian")
+
+
+def check_config(peft_config: Any) -> None:
+    """Refuse a ``LoraConfig`` setting the agents cannot honour (:data:`UNSUPPORTED`), naming it."""
     peft = _peft()
     if not isinstance(peft_config, peft.LoraConfig):
         raise TypeError(
             f"peft_config must be a peft.LoraConfig, got {type(peft_config).__name__}; e.g. "
             "peft_config=LoraConfig(r=16, lora_alpha=32, target_modules='all-linear')"
         )
+    defaults = peft.LoraConfig()
+    for name, why in UNSUPPORTED.items():
+        value, default = getattr(peft_config, name, None), getattr(defaults, name, None)
+        if value != default and not (value is None and default in ({}, False)):
+            raise ValueError(
+                f"peft_config.{name}={value!r} is not supported: {why}. Leave it at its default ({default!r})"
+            )
+    init = peft_config.init_lora_weights
+    if not any(init is plain or (isinstance(plain, str) and init == plain) for plain in PLAIN_INITS):
+        raise ValueError(
+            f"peft_config.init_lora_weights={init!r} is not supported: it rewrites the base weights (or "
+            "needs data), and the base with adapters off must stay the reference. Use True, False"
+            " or 'gaussian'"
+        )
+
+
+def wrap(lm: Any, peft_config: Any) -> Any:
+    """``lm`` with LoRA adapters (``peft.get_peft_model``): base weights frozen, adapters trainable."""
+    peft = _peft()
+    check_config(peft_config)
     if is_peft(lm):
         raise ValueError(
             "the model already carries peft adapters; pass the plain transformers model with peft_config, "
@@ -108,11 +159,30 @@ class AdapterDisabledLM(nn.Module):
         return out.logits, None
 
 
-def _plain_key(name: str) -> str | None:
-    """The plain transformers name of a peft state-dict key (None for an adapter tensor)."""
+def _plain_key(name: str, merge: bool, active: Container[str]) -> str | None:
+    """The plain transformers name of a peft state-dict key, or None where the key is not part of the plain
+    model: an adapter tensor, and of a module trained whole (``modules_to_save``) the trained copies of the
+    adapters in ``active`` when ``merge`` (the exported model), else its original (the base)."""
     if ".lora_" in name:
         return None
+    if ".original_module." in name:
+        return None if merge else name.replace(".original_module.", ".")
+    if ".modules_to_save." in name:
+        module, _, rest = name.partition(".modules_to_save.")
+        adapter, _, tail = rest.partition(".")
+        return f"{module}.{tail}" if merge and adapter in active else None
     return name.replace(".base_layer.", ".")
+
+
+def _plain_items(lm: Any, items: Iterable[tuple[str, T]], merge: bool) -> list[tuple[str, T]]:
+    """(plain name, item) for the peft-named ``items`` of ``lm``'s base model (:func:`_plain_key`)."""
+    active = set(lm.active_adapters)
+    pairs = [(key, item) for name, item in items if (key := _plain_key(name, merge, active)) is not None]
+    keys = [key for key, _ in pairs]
+    twice = sorted({key for key in keys if keys.count(key) > 1})
+    if twice:  # a module trained whole by two active adapters: which copy is the model is undefined
+        raise ValueError(f"peft model has more than one active copy of {twice[:3]}; activate one adapter")
+    return pairs
 
 
 def lora_layers(lm: Any) -> list[tuple[str, Any]]:
@@ -137,12 +207,7 @@ def merged_weight(layer: Any) -> torch.Tensor:
 def merged_state_dict(lm: Any, merge: bool = True) -> dict[str, torch.Tensor]:
     """The plain transformers state dict of a peft model: adapters merged into their base weights (``merge``),
     or the base weights alone (``merge=False``, what a checkpoint stores)."""
-    base = lm.get_base_model()
-    state: dict[str, torch.Tensor] = {}
-    for name, tensor in base.state_dict().items():
-        key = _plain_key(name)
-        if key is not None:
-            state[key] = tensor
+    state = dict(_plain_items(lm, lm.get_base_model().state_dict().items(), merge))
     if merge:
         with torch.no_grad():
             for name, layer in lora_layers(lm):
@@ -153,25 +218,30 @@ def merged_state_dict(lm: Any, merge: bool = True) -> dict[str, torch.Tensor]:
 def plain_copy(lm: Any) -> Any:
     """A deep copy of a peft model as the plain transformers model: each LoRA linear replaced by its base
     linear, the adapters dropped, not merged in (:class:`agents.precision.RolloutCopy` writes the merged
-    weights into it)."""
+    weights into it), and each module trained whole (``modules_to_save``) by its active trained copy."""
+    from peft.utils import ModulesToSaveWrapper
+
     plain = copy.deepcopy(lm).get_base_model()
     for name, _ in lora_layers(lm):
-        parent_name, _, child = name.rpartition(".")
-        parent = plain.get_submodule(parent_name)
-        setattr(parent, child, getattr(parent, child).base_layer)
+        _replace(plain, name, plain.get_submodule(name).base_layer)
+    wrappers = [(n, m) for n, m in plain.named_modules() if isinstance(m, ModulesToSaveWrapper)]
+    for name, wrapper in wrappers:
+        adapters = [a for a in wrapper.active_adapters if a in wrapper.modules_to_save]
+        _replace(plain, name, wrapper.modules_to_save[adapters[0]] if adapters else wrapper.original_module)
     return plain
+
+
+def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name), child, module)
 
 
 def plain_parameters(lm: Any) -> list[tuple[str, nn.Parameter]]:
     """(plain name, parameter) for a peft model's parameters other than the adapters and the base weights of
     its LoRA linears (those two make the merged weight: :func:`merged_weight`)."""
     merged = {f"{name}.weight" for name, _ in lora_layers(lm)}
-    pairs = []
-    for name, param in lm.get_base_model().named_parameters():
-        key = _plain_key(name)
-        if key is not None and key not in merged:
-            pairs.append((key, param))
-    return pairs
+    pairs = _plain_items(lm, lm.get_base_model().named_parameters(), merge=True)
+    return [(key, param) for key, param in pairs if key not in merged]
 
 
 def save_plain(lm: Any, directory: Path, tokenizer: Any = None, merge: bool = True) -> None:

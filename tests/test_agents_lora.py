@@ -37,9 +37,8 @@ def small_agent(**kwargs) -> PPO:
         minibatch_size=4,
         seed=0,
         learning_rate=1e-2,
-        peft_config=lora_config(),
         target_kl=None,
-        **kwargs,
+        **{"peft_config": lora_config()} | kwargs,
     )
 
 
@@ -130,6 +129,82 @@ def test_export_merges_adapters_into_a_plain_transformers_directory(tmp_path: Pa
     base = textenv.load_model("tiny-sp").state_dict()
     for name, tensor in lora.merged_state_dict(agent.policy.lm, merge=False).items():
         torch.testing.assert_close(tensor.cpu(), base[name], atol=0, rtol=0, msg=name)
+
+
+def test_modules_trained_whole_are_exported_checkpointed_and_merged(tmp_path: Path) -> None:
+    """modules_to_save (here every RMSNorm): the export holds the trained copies under the plain names, the
+    checkpoint's base the originals, the reference uses the originals, the merged rollout copy and a loaded
+    checkpoint the trained ones."""
+    config = lora_config()
+    config.modules_to_save = ["norm"]
+    agent = small_agent(precision="fp32", peft_config=config, rollout_merge_lora=True)
+    trained_whole = [n for n, p in agent.policy.named_parameters() if ".modules_to_save." in n]
+    parameters = dict(agent.policy.named_parameters())
+    assert trained_whole and all(parameters[name].requires_grad for name in trained_whole)
+    with torch.no_grad():  # as training would: adapters and the norms' trained copies move
+        for name, param in agent.policy.named_parameters():
+            if "lora_B" in name or ".modules_to_save." in name:
+                param.add_(torch.randn_like(param) * 0.3)
+    ids, mask = episodes(device=agent.device)
+    with torch.no_grad():
+        trained, _ = agent.policy(ids, mask)
+
+    agent.export(tmp_path / "export")
+    plain, info = AutoModelForCausalLM.from_pretrained(
+        tmp_path / "export", use_safetensors=True, output_loading_info=True
+    )
+    assert not any(info.values()), info  # no missing, unexpected or mismatched keys
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    plain.to(agent.device)
+    with torch.no_grad():
+        exported = plain(input_ids=ids, attention_mask=mask, position_ids=position_ids).logits
+    torch.testing.assert_close(exported, trained, atol=1e-4, rtol=1e-4)
+
+    original = textenv.load_model("tiny-sp")
+    base = lora.merged_state_dict(agent.policy.lm, merge=False)
+    assert sorted(base) == sorted(original.state_dict())
+    for name, tensor in original.state_dict().items():
+        torch.testing.assert_close(base[name].cpu(), tensor, atol=0, rtol=0, msg=name)
+    with torch.no_grad():
+        reference, _ = agent.reference(ids, mask)
+        untrained = original.to(agent.device)(input_ids=ids, attention_mask=mask, position_ids=position_ids)
+    torch.testing.assert_close(reference, untrained.logits, atol=1e-5, rtol=1e-5)
+
+    agent.rollout_copy.sync()
+    acting_names = [name for name, _ in agent.actor.named_parameters()]
+    assert not any(".modules_to_save." in n or ".original_module." in n for n in acting_names)
+    with torch.no_grad():
+        acting, _ = agent.actor(ids, mask)
+    torch.testing.assert_close(acting, trained, atol=1e-4, rtol=1e-4)
+
+    agent.save(tmp_path / "checkpoint")
+    loaded = PPO.load(tmp_path / "checkpoint", env=make_env(4))
+    with torch.no_grad():
+        reloaded, _ = loaded.policy(ids, mask)
+        loaded_reference, _ = loaded.reference(ids, mask)
+    torch.testing.assert_close(reloaded, trained, atol=0, rtol=0)
+    torch.testing.assert_close(loaded_reference, reference, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        {"use_dora": True},
+        {"lora_bias": True},
+        {"bias": "all"},
+        {"init_lora_weights": "pissa"},
+        {"init_lora_weights": "olora"},
+        {"trainable_token_indices": [5, 6]},
+    ],
+    ids=lambda setting: next(iter(setting)),
+)
+def test_lora_settings_the_agents_cannot_honour_are_refused(setting: dict) -> None:
+    """Each breaks the reference (the untouched base with adapters off) or the merged weight W + B A * scale
+    of export and merged rollouts; the error names the setting and its default."""
+    name, value = next(iter(setting.items()))
+    config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], **setting)
+    with pytest.raises(ValueError, match=rf"peft_config\.{name}={value!r}".replace("[", r"\[")):
+        PPO(make_env(2), model="tiny-sp", episodes_per_rollout=4, minibatch_size=4, peft_config=config)
 
 
 def test_lora_agent_learns() -> None:
