@@ -1,7 +1,10 @@
 """DQN for token-level text generation: the LM head read as Q-values over the vocabulary.
 
-Q(s, a) for a state s (prompt plus the tokens generated so far) and a token a is the logit the causal LM gives
-a after s. Initialised from the pretrained LM, the greedy action argmax_a Q(s, a) is greedy decoding. A whole
+Q(s, a) for a state s (prompt plus the tokens generated so far) and a token a is read from the logit the
+causal LM gives a after s: as the raw logit, or as a dueling network (``dueling``, which the SmolLM2 preset
+sets), ``Q(s, a) = V(s) + logit(s, a) - max_a' logit(s, a')`` with V(s) from the value head, so that the TD
+targets, in reward units, move V and leave the logits their gaps. Either way, initialised from the
+pretrained LM, the greedy action argmax_a Q(s, a) is greedy decoding. A whole
 episode is one sequence, so one forward pass over E sampled episodes yields Q(s_t, .) for every one of their
 tokens (E, N, V), and the n-step targets come from one target-network forward over the same episodes. The
 math (the four targets, the CQL penalty, exploration and its schedules) is in :mod:`agents.q_learning`.
@@ -12,6 +15,7 @@ math (the four targets, the CQL penalty, exploration and its schedules) is in :m
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from dataclasses import dataclass
@@ -30,7 +34,14 @@ from transformers import PreTrainedModel
 from agents import q_learning, run_logging
 from agents.base import TextAlgorithm
 from agents.config import AlgorithmConfig
-from agents.policy import FrozenLM, StepCache, action_logits, cached_step, completion_logits
+from agents.policy import (
+    ActorCritic,
+    FrozenLM,
+    StepCache,
+    action_logits,
+    cached_step,
+    completion_logits,
+)
 from agents.replay import ReplayBuffer
 from rewards.engine import cast_parameters
 
@@ -78,6 +89,14 @@ class DQNConfig(AlgorithmConfig):
     """Boltzmann exploration: final T."""
     n_steps: int = 4
     """n of the n-step return (the reward comes only at the end of an episode)."""
+    dueling: bool = False
+    """Q(s, a) = V(s) + logit(s, a) - max_a' logit(s, a') (a dueling network, Wang et al. 2016), with V(s) the
+    replay's mean return plus the value head's output: V carries the level of Q, the logits only the gaps.
+    Set it for a pretrained LM whose logits sit far from the rewards' level (the SmolLM2 preset does): with
+    raw-logit Q (False) every TD step drags the logits of the tokens taken towards the rewards' level and the
+    ranking breaks (on the error-rate task, SmolLM2's corrections degenerated into repeated capitalised words
+    twice as long: KL 94 nats). Raw logits suit a model whose logits are at the rewards' level: on the tests'
+    random tiny model (logits near 0, rewards in [0, 1]) raw-logit DQN learns and the dueling one did not."""
     conservative_coef: float = 0.1
     """Weight alpha of the conservative regulariser ``logsumexp_a Q - E_{a~pi_ref} Q`` (0 disables it)."""
     top_k: int = 50
@@ -132,8 +151,31 @@ class DQNConfig(AlgorithmConfig):
         settings: dict[str, Any] = dict(batch_size=16, buffer_size=50_000, learning_starts=1_536, n_steps=8)
         # one round of 4 updates per 16 finished episodes: a 135M update on CPU takes seconds
         settings.update(train_freq=(16, "episode"), gradient_steps=4, target_update_interval=1_536)
-        settings.update(reward_scale=5.0)
+        settings.update(reward_scale=5.0, dueling=True)  # SmolLM2's logits sit far above the rewards
         return cls(**{**settings, **overrides})
+
+
+class FrozenActorCritic(nn.Module):
+    """The target network of a dueling DQN: a frozen copy of the Q-network, LM and value head."""
+
+    def __init__(self, network: ActorCritic) -> None:
+        super().__init__()
+        self.network = copy.deepcopy(network).eval().requires_grad_(False)
+
+    @property
+    def lm(self) -> nn.Module:
+        return self.network.lm
+
+    @property
+    def value_head(self) -> nn.Module:
+        return self.network.value_head
+
+    def train(self, mode: bool = True) -> FrozenActorCritic:
+        return super().train(False)
+
+    def forward(self, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """:class:`~agents.policy.ActorCritic`'s: logits (B, K, V) and values (B, K)."""
+        return self.network(*args, **kwargs)
 
 
 class DQN(TextAlgorithm):
@@ -183,10 +225,13 @@ class DQN(TextAlgorithm):
         super().__init__(env, model, config, **kwargs)
 
     def _build_networks(self, lm: PreTrainedModel, reference_lm: PreTrainedModel) -> None:
-        """``self.policy``: the Q-network (the LM's logits; its value head is unused), ``self.reference`` and
-        the target network ``self.target``."""
+        """``self.policy``: the Q-network (the LM's logits, and with ``dueling`` the value head's V(s)),
+        ``self.reference`` and the target network ``self.target`` (a frozen copy of the same)."""
         super()._build_networks(lm, reference_lm)
-        self.target = FrozenLM(lm).to(self.device)
+        if self.config.dueling:
+            self.target: FrozenLM | FrozenActorCritic = FrozenActorCritic(self.policy).to(self.device)
+        else:
+            self.target = FrozenLM(lm).to(self.device)
 
     def _setup_model(self) -> None:
         super()._setup_model()
@@ -270,19 +315,24 @@ class DQN(TextAlgorithm):
         cfg, n_new, n_actions = self.config, self.max_new_tokens, self.n_actions
         losses, td_losses, penalties, q_means, target_means = [], [], [], [], []
         expected_sarsa = cfg.target == "expected_sarsa"
+        # dueling: V(s) = the replay's mean return + the value head's output, so the head learns only how a
+        # state differs from the mean (a head that starts at 0 and moves by about lr per step would take
+        # thousands of steps to reach the level of the rewards; meanwhile the TD error reshapes the LM)
+        level = self.replay.mean_return() * cfg.reward_scale
         for _ in range(gradient_steps):
             batch = self.replay.sample(batch_size, self.replay_rng, self.device)
             ids, attn = batch.input_ids, batch.attention_mask
-            logits, _ = completion_logits(self.engine, ids, attn, n_new, n_actions)  # (U, N, A)
-            q = logits.float()  # Q(s_t, .) for every slot t (used at the agent's tokens only)
+            logits, head = completion_logits(self.engine, ids, attn, n_new, n_actions)  # (U, N, A), (U, N)
+            q = q_learning.q_values(logits, head if cfg.dueling else None, level)  # (U, N, A) for every slot
             with torch.no_grad():
-                target_logits, _ = completion_logits(self.target, ids, attn, n_new, n_actions)
+                target_logits, target_head = completion_logits(self.target, ids, attn, n_new, n_actions)
+                target_q = q_learning.q_values(target_logits, target_head if cfg.dueling else None, level)
                 ref_logits = None  # (U, N, A) the reference LM, for the CQL term and pi_explore
                 if cfg.conservative_coef > 0 or (expected_sarsa and self.exploration.uses_reference):
                     ref_logits, _ = completion_logits(self.reference, ids, attn, n_new, n_actions)
                 mu = self.exploration.behaviour_probs(q.detach(), ref_logits) if expected_sarsa else None
             terms = q_learning.q_loss(
-                q, target_logits.float(), batch, cfg.target, cfg.gamma, cfg.n_steps, cfg.reward_scale,
+                q, target_q, batch, cfg.target, cfg.gamma, cfg.n_steps, cfg.reward_scale,
                 ref_logits, cfg.conservative_coef, mu,
             )  # fmt: skip
             self._gradient_step(terms.loss)
@@ -305,7 +355,8 @@ class DQN(TextAlgorithm):
         due = (self.num_timesteps - self.last_target_update) // self.config.target_update_interval
         if due > 0:
             tau = 1.0 - (1.0 - self.config.tau) ** due
-            polyak_update(self.policy.lm.parameters(), self.target.lm.parameters(), tau)
+            source = self.policy if self.config.dueling else self.policy.lm  # with V(s): the value head too
+            polyak_update(source.parameters(), self.target.parameters(), tau)
             self.last_target_update += due * self.config.target_update_interval
 
     def learn(  # type: ignore[override]
@@ -374,7 +425,9 @@ class DQN(TextAlgorithm):
         self.replay_rng.bit_generator.state = state["replay_rng"]
 
     def _extra_modules(self) -> dict[str, nn.Module]:
-        return {"target": self.target.lm}
+        target = self.target
+        heads = {"target_value_head": target.value_head} if isinstance(target, FrozenActorCritic) else {}
+        return {"target": target.lm, **heads}
 
     def _extra_files(self) -> dict[str, Any]:
         """The replay buffer (``replay.npz``) when ``save_replay_buffer`` is set."""

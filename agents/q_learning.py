@@ -64,6 +64,20 @@ EXPLORATIONS = ("epsilon_greedy", "boltzmann")
 SCHEDULES = ("linear", "exponential")
 
 
+def q_values(logits: torch.Tensor, values: torch.Tensor | None = None, level: float = 0.0) -> torch.Tensor:
+    """Q(s, .) in float32 from (..., V) LM logits: with (...) value-head outputs, the dueling form
+    ``V(s) + logit(s, a) - max_a' logit(s, a')`` with ``V(s) = level + values`` (the greedy token's Q is
+    V(s)); without, the logits themselves. Either way argmax_a Q(s, a) is the LM's greedy token.
+
+    >>> q_values(torch.tensor([[1.0, 3.0]]), torch.tensor([-0.5]), level=1.0)
+    tensor([[-1.5000,  0.5000]])
+    """
+    q = logits.float()
+    if values is None:
+        return q
+    return level + values.float()[..., None] + q - q.max(-1, keepdim=True).values
+
+
 def n_step_targets(
     rewards: torch.Tensor, bootstrap: torch.Tensor, mask: torch.Tensor, gamma: float, n_steps: int
 ) -> torch.Tensor:

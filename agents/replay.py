@@ -116,6 +116,11 @@ class ReplayBuffer:
             self.next_slot = (slot + 1) % self.buffer_size
             self.size = min(self.size + 1, self.buffer_size)
 
+    def mean_return(self) -> float:
+        """The mean over the stored episodes of their summed rewards (0.0 when empty)."""
+        returns = [rewards[agent > 0].sum() for _, _, rewards, agent in self.episodes.values()]
+        return float(np.mean(returns)) if returns else 0.0
+
     def _release(self, episode: int) -> None:
         self.live[episode] -= 1
         if self.live[episode] == 0:

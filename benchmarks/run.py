@@ -82,6 +82,9 @@ class RunSettings:
     """rloo: samples per prompt."""
     dqn_target: str = "double_q"
     """dqn: the TD target: double_q, q_learning, sarsa or expected_sarsa (agents.q_learning defines them)."""
+    dqn_dueling: bool = True
+    """dqn: Q(s, a) = V(s) + logit(s, a) - max logit(s, .), V from the value head (DQNConfig.dueling);
+    --no-dqn-dueling reads the raw logits as Q (the table's DQN runs until 2026-11-26)."""
     max_new_tokens: int | None = None
     """Completion length N; None keeps the task's."""
     eval_prompts: int = 64
@@ -358,7 +361,8 @@ def run_seed(args: Args, seed: int, command: str = "") -> Path:
             freq = preset.train_freq[0] if isinstance(preset.train_freq, tuple) else 1
             round_tokens = freq * int(eval_env.get_wrapper_attr("max_new_tokens"))
             warmup = {"learning_starts": round_tokens, "target_update_interval": 2 * round_tokens}
-            settings = {"config": dataclasses.replace(preset, **warmup, target=args.dqn_target)}
+            dqn = {"target": args.dqn_target, "dueling": args.dqn_dueling}
+            settings = {"config": dataclasses.replace(preset, **warmup, **dqn)}
         agent = algo(train_env, model=args.model, seed=seed, precision=args.precision, **settings)
         agent.set_logger(logger)
         lm, reference, precision = agent.policy.lm, agent.reference.lm, agent.precision

@@ -131,11 +131,20 @@ class Args(run.RunSettings):
 EXECUTION_ONLY = ("seeds", "logdir", "threads", "progress_bar", "eval_batch_size")
 
 
+#: the value an option had in runs recorded before it existed (absent options otherwise match any value)
+BEFORE_OPTION = {"dqn_dueling": False}
+
+
 def same_job(recorded: dict[str, Any], job: run.Args) -> bool:
     """Whether a run's recorded ``args`` (its summary.json) are those of ``job``, up to
-    :data:`EXECUTION_ONLY` options (so a DQN run with another ``--dqn-target`` is another job)."""
+    :data:`EXECUTION_ONLY` options and the ``dqn_*`` options of other algorithms (so a DQN run with another
+    ``--dqn-target`` is another job, a PPO run is not). An option the run did not record matches, unless it
+    had a value before it existed (:data:`BEFORE_OPTION`: DQN runs before the dueling Q-values are raw-logit
+    runs)."""
     wanted = {k: v for k, v in dataclasses.asdict(job).items() if k not in EXECUTION_ONLY}
-    return all(recorded.get(k, v) == v for k, v in wanted.items())
+    if job.algo != "dqn":
+        wanted = {k: v for k, v in wanted.items() if not k.startswith("dqn_")}
+    return all(recorded.get(k, BEFORE_OPTION.get(k, v)) == v for k, v in wanted.items())
 
 
 def committed_runs(suite: str) -> Path | None:

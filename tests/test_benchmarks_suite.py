@@ -88,6 +88,19 @@ def test_suite_resumes_from_committed_runs(
     assert suite.finished(other, 0, [tmp_path / "published" / "runs"]) is None  # another job
 
 
+def test_a_dqn_run_before_dueling_q_values_is_another_job() -> None:
+    """DQN runs recorded before --dqn-dueling existed read raw logits as Q: they are not the dueling job, but
+    they are the --no-dqn-dueling one; for other algorithms the dqn_* options do not matter."""
+    dqn = run.Args(task="error-rate", algo="dqn", budget="12800")
+    recorded = {k: v for k, v in dataclasses.asdict(dqn).items() if k != "dqn_dueling"}  # an older run
+    assert not suite.same_job(recorded, dqn)
+    assert suite.same_job(recorded, dataclasses.replace(dqn, dqn_dueling=False))
+    assert suite.same_job(recorded | {"dqn_dueling": True}, dqn)
+    ppo = dataclasses.replace(dqn, algo="ppo")
+    assert suite.same_job(recorded | {"algo": "ppo"}, ppo)
+    assert not suite.same_job(recorded | {"algo": "ppo", "learning_rate": 1.0}, ppo)
+
+
 def test_suite_runs_only_the_given_tasks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``--tasks`` builds a long table task by task: only those jobs run (and are committed); the partial
     report goes to <logdir>/report and leaves the published table alone."""

@@ -17,7 +17,7 @@ from stable_baselines3.common.logger import Logger
 import textenv  # noqa: F401  (registers the envs)
 from agents import q_learning
 from agents.dqn import DQN, DQNConfig
-from agents.policy import Sampling
+from agents.policy import Sampling, completion_logits
 from agents.q_learning import (
     TARGETS,
     Exploration,
@@ -85,6 +85,60 @@ def test_double_dqn_and_conservative_penalty() -> None:
     assert conservative_penalty(q + 100.0, ref).item() == pytest.approx(
         expected.item(), abs=1e-4
     )  # shift-inv.
+
+
+def test_dueling_q_values_keep_the_greedy_token() -> None:
+    logits = torch.tensor([[[2.0, 5.0, 1.0], [0.0, -1.0, 3.0]]])
+    values = torch.tensor([[-4.0, 0.5]])
+    q = q_learning.q_values(logits, values)
+    assert torch.equal(q.argmax(-1), logits.argmax(-1))
+    assert torch.allclose(q, torch.tensor([[[-7.0, -4.0, -8.0], [-2.5, -3.5, 0.5]]]))  # greedy token: V(s)
+    assert torch.equal(q_learning.q_values(logits), logits)  # not dueling: the logits themselves
+
+
+def constant_reward(prompts, completions, references=None) -> np.ndarray:
+    return np.full(len(completions), -5.0, dtype=np.float32)
+
+
+def reward_blind_training(dueling: bool) -> tuple[float, float]:
+    """Train on a reward no token changes (every episode earns -5, far below the tiny model's logits, about
+    +1): (the mean change of the logit of the tokens taken, the share of replay states whose greedy token
+    changed)."""
+    torch.set_num_threads(1)
+    env = gym.make_vec(
+        "TextGen-v0", num_envs=4, model="tiny-sp", max_new_tokens=4, max_prompt_tokens=8,
+        reward_fn=constant_reward, vectorization_mode="vector_entry_point",
+    )  # fmt: skip
+    settings = {"learning_starts": 32, "batch_size": 16, "target_update_interval": 32, "n_steps": 4}
+    agent = DQN(env, model="tiny-sp", seed=0, learning_rate=1e-3, dueling=dueling, top_k=0, **settings)
+    agent.learn(total_timesteps=32)  # fills the replay; the first update runs after this
+    states = agent.replay.sample(64, np.random.default_rng(1))
+    mask = states.gen_mask.bool()
+    taken = states.input_ids[:, -4:][mask]
+
+    def logits() -> torch.Tensor:
+        with torch.no_grad():
+            out, _ = completion_logits(
+                agent.policy, states.input_ids, states.attention_mask, 4, agent.n_actions
+            )
+        return out.float()[mask]  # (T, A) at the replay's transitions
+
+    before = logits()
+    agent.learn(total_timesteps=256, reset_num_timesteps=False)
+    after = logits()
+    moved = (after - before).gather(-1, taken[:, None]).mean().item()
+    return moved, (after.argmax(-1) != before.argmax(-1)).float().mean().item()
+
+
+def test_a_reward_no_token_changes_moves_the_value_not_the_logits() -> None:
+    """No token is better than another, so the policy has nothing to learn. Dueling Q takes the rewards'
+    level in V(s) (the replay's mean return plus the value head) and the logits stay close; raw-logit Q drags
+    the logits of the tokens taken down towards -5 and the greedy tokens change: the collapse of raw-logit
+    DQN on the error-rate benchmark (KL 94 nats)."""
+    dueling_moved, dueling_flipped = reward_blind_training(dueling=True)
+    raw_moved, raw_flipped = reward_blind_training(dueling=False)
+    assert abs(dueling_moved) < 0.5 and raw_moved < -1.5, (dueling_moved, raw_moved)
+    assert dueling_flipped < 0.5 < raw_flipped, (dueling_flipped, raw_flipped)
 
 
 def test_each_target_by_hand() -> None:
