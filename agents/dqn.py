@@ -1,13 +1,11 @@
 """DQN for token-level text generation: the LM head read as Q-values over the vocabulary.
 
 Q(s, a) for a state s (prompt plus the tokens generated so far) and a token a is read from the logit the
-causal LM gives a after s: as the raw logit, or as a dueling network (``dueling``, which the SmolLM2 preset
-sets), ``Q(s, a) = V(s) + logit(s, a) - max_a' logit(s, a')`` with V(s) from the value head, so that the TD
-targets, in reward units, move V and leave the logits their gaps. Either way, initialised from the
-pretrained LM, the greedy action argmax_a Q(s, a) is greedy decoding. A whole
-episode is one sequence, so one forward pass over E sampled episodes yields Q(s_t, .) for every one of their
-tokens (E, N, V), and the n-step targets come from one target-network forward over the same episodes. The
-math (the four targets, the CQL penalty, exploration and its schedules) is in :mod:`agents.q_learning`.
+causal LM gives a after s, raw or as a dueling network (``dueling``); either way, initialised from the
+pretrained LM, the greedy action argmax_a Q(s, a) is greedy decoding. A whole episode is one sequence, so one
+forward pass over E sampled episodes yields Q(s_t, .) for every one of their tokens (E, N, V), and the n-step
+targets come from one target-network forward over the same episodes. The math (the four targets, the CQL
+penalty, exploration and its schedules) is in :mod:`agents.q_learning`.
 
 >>> DQNConfig(train_freq=4).train_freq
 (4, 'step')
@@ -15,9 +13,9 @@ math (the four targets, the CQL penalty, exploration and its schedules) is in :m
 
 from __future__ import annotations
 
-import copy
 import os
 import time
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,14 +32,7 @@ from transformers import PreTrainedModel
 from agents import q_learning, run_logging
 from agents.base import TextAlgorithm
 from agents.config import AlgorithmConfig
-from agents.policy import (
-    ActorCritic,
-    FrozenLM,
-    StepCache,
-    action_logits,
-    cached_step,
-    completion_logits,
-)
+from agents.policy import FrozenLM, StepCache, action_logits, cached_step, completion_logits
 from agents.replay import ReplayBuffer
 from rewards.engine import cast_parameters
 
@@ -90,13 +81,10 @@ class DQNConfig(AlgorithmConfig):
     n_steps: int = 4
     """n of the n-step return (the reward comes only at the end of an episode)."""
     dueling: bool = False
-    """Q(s, a) = V(s) + logit(s, a) - max_a' logit(s, a') (a dueling network, Wang et al. 2016), with V(s) the
-    replay's mean return plus the value head's output: V carries the level of Q, the logits only the gaps.
-    Set it for a pretrained LM whose logits sit far from the rewards' level (the SmolLM2 preset does): with
-    raw-logit Q (False) every TD step drags the logits of the tokens taken towards the rewards' level and the
-    ranking breaks (on the error-rate task, SmolLM2's corrections degenerated into repeated capitalised words
-    twice as long: KL 94 nats). Raw logits suit a model whose logits are at the rewards' level: on the tests'
-    random tiny model (logits near 0, rewards in [0, 1]) raw-logit DQN learns and the dueling one did not."""
+    """Q(s, a) = V(s) + logit(s, a) - max_a' logit(s, a'), V(s) = the replay's mean return + the value head
+    (:func:`agents.q_learning.q_values`): for a pretrained LM whose logits sit far from the rewards' level
+    (the SmolLM2 preset sets it; raw-logit Q collapsed it on the error-rate task); raw logits (False) suit
+    logits at the rewards' level (the tests' tiny model)."""
     conservative_coef: float = 0.1
     """Weight alpha of the conservative regulariser ``logsumexp_a Q - E_{a~pi_ref} Q`` (0 disables it)."""
     top_k: int = 50
@@ -155,29 +143,6 @@ class DQNConfig(AlgorithmConfig):
         return cls(**{**settings, **overrides})
 
 
-class FrozenActorCritic(nn.Module):
-    """The target network of a dueling DQN: a frozen copy of the Q-network, LM and value head."""
-
-    def __init__(self, network: ActorCritic) -> None:
-        super().__init__()
-        self.network = copy.deepcopy(network).eval().requires_grad_(False)
-
-    @property
-    def lm(self) -> nn.Module:
-        return self.network.lm
-
-    @property
-    def value_head(self) -> nn.Module:
-        return self.network.value_head
-
-    def train(self, mode: bool = True) -> FrozenActorCritic:
-        return super().train(False)
-
-    def forward(self, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """:class:`~agents.policy.ActorCritic`'s: logits (B, K, V) and values (B, K)."""
-        return self.network(*args, **kwargs)
-
-
 class DQN(TextAlgorithm):
     """DQN with n-step returns on a DeepSpeed-backed causal LM whose logits are Q-values.
 
@@ -194,12 +159,10 @@ class DQN(TextAlgorithm):
     turn's reward follows the agent token that ended it, and the bootstrap goes from one agent token to the
     next across the other party's turn (:func:`agents.q_learning.agent_td_targets`).
 
-    Example (run in tests/test_dqn.py; DeepSpeed's start-up prints make it unfit for a doctest)::
+    Example (DeepSpeed's start-up prints make it unfit for a doctest; the model defaults to SmolLM2)::
 
-        env = gym.make_vec("TextGen-v0", num_envs=8, model="smollm2-135m-instruct",
-                           vectorization_mode="vector_entry_point")
-        agent = DQN(env, model="smollm2-135m-instruct", config=DQNConfig.smollm2_sentiment(), seed=0)
-        agent.learn(total_timesteps=50_000)
+        env = gym.make_vec("TextGen-v0", num_envs=8, vectorization_mode="vector_entry_point")
+        agent = DQN(env, config=DQNConfig.smollm2_sentiment(), seed=0).learn(total_timesteps=50_000)
     """
 
     config_class = DQNConfig
@@ -213,25 +176,20 @@ class DQN(TextAlgorithm):
         config: DQNConfig | None = None,
         **kwargs: Any,
     ) -> None:
-        space = getattr(env, "action_space", None)  # None for an env id string
-        if isinstance(env, gym.vector.VectorEnv):
-            space = env.single_action_space
+        vector = isinstance(env, gym.vector.VectorEnv)
+        space = getattr(env, "single_action_space" if vector else "action_space", None)  # None: an env id
         if space is not None and not isinstance(space, spaces.Discrete):
             raise ValueError(
                 f"DQN needs a token-level env with a Discrete(vocab) action space (TextGen-v0), got {space}. "
-                "For the sequence-level TextGenSeq-v0 (MultiDiscrete actions) "
-                "use agents.PPO or agents.REINFORCE"
+                "For the sequence-level TextGenSeq-v0 (MultiDiscrete) use agents.PPO or agents.REINFORCE"
             )
         super().__init__(env, model, config, **kwargs)
 
     def _build_networks(self, lm: PreTrainedModel, reference_lm: PreTrainedModel) -> None:
-        """``self.policy``: the Q-network (the LM's logits, and with ``dueling`` the value head's V(s)),
-        ``self.reference`` and the target network ``self.target`` (a frozen copy of the same)."""
+        """``self.policy`` (the Q-network), ``self.reference`` and ``self.target`` (a frozen copy)."""
         super()._build_networks(lm, reference_lm)
-        if self.config.dueling:
-            self.target: FrozenLM | FrozenActorCritic = FrozenActorCritic(self.policy).to(self.device)
-        else:
-            self.target = FrozenLM(lm).to(self.device)
+        target = q_learning.FrozenActorCritic(self.policy) if self.config.dueling else FrozenLM(lm)
+        self.target: FrozenLM | q_learning.FrozenActorCritic = target.to(self.device)
 
     def _setup_model(self) -> None:
         super()._setup_model()
@@ -313,11 +271,9 @@ class DQN(TextAlgorithm):
         """``gradient_steps`` updates, each on ``batch_size`` transitions: one online, one target and (for the
         CQL term or epsilon-greedy expected SARSA) one reference forward pass over their episodes."""
         cfg, n_new, n_actions = self.config, self.max_new_tokens, self.n_actions
-        losses, td_losses, penalties, q_means, target_means = [], [], [], [], []
+        stats: dict[str, list[float]] = defaultdict(list)
         expected_sarsa = cfg.target == "expected_sarsa"
-        # dueling: V(s) = the replay's mean return + the value head's output, so the head learns only how a
-        # state differs from the mean (a head that starts at 0 and moves by about lr per step would take
-        # thousands of steps to reach the level of the rewards; meanwhile the TD error reshapes the LM)
+        # dueling: V(s) = the replay's mean return + the head, which learns only how a state differs from it
         level = self.replay.mean_return() * cfg.reward_scale
         for _ in range(gradient_steps):
             batch = self.replay.sample(batch_size, self.replay_rng, self.device)
@@ -337,17 +293,15 @@ class DQN(TextAlgorithm):
             )  # fmt: skip
             self._gradient_step(terms.loss)
             self._n_updates += 1
-            losses.append(terms.loss.item())
-            td_losses.append(terms.td_loss.item())
+            stats["loss"].append(terms.loss.item())
+            stats["td_loss"].append(terms.td_loss.item())
             if terms.penalty is not None:
-                penalties.append(terms.penalty.item())
-            q_means.append(terms.q_taken.mean().item())
-            target_means.append(terms.targets.mean().item())
+                stats["conservative_penalty"].append(terms.penalty.item())
+            stats["q_mean"].append(terms.q_taken.mean().item())
+            stats["target_q_mean"].append(terms.targets.mean().item())
         self._update_target()
-        stats = {"loss": losses, "td_loss": td_losses, "conservative_penalty": penalties, "q_mean": q_means}
-        for name, values in {**stats, "target_q_mean": target_means}.items():
-            if values:
-                self.logger.record(f"train/{name}", float(np.mean(values)))
+        for name, values in stats.items():
+            self.logger.record(f"train/{name}", float(np.mean(values)))
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
 
     def _update_target(self) -> None:
@@ -425,9 +379,9 @@ class DQN(TextAlgorithm):
         self.replay_rng.bit_generator.state = state["replay_rng"]
 
     def _extra_modules(self) -> dict[str, nn.Module]:
-        target = self.target
-        heads = {"target_value_head": target.value_head} if isinstance(target, FrozenActorCritic) else {}
-        return {"target": target.lm, **heads}
+        if isinstance(self.target, q_learning.FrozenActorCritic):  # dueling: its value head too
+            return {"target": self.target.lm, "target_value_head": self.target.value_head}
+        return {"target": self.target.lm}
 
     def _extra_files(self) -> dict[str, Any]:
         """The replay buffer (``replay.npz``) when ``save_replay_buffer`` is set."""

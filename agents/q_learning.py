@@ -49,19 +49,44 @@ value x (eps, or the temperature for Boltzmann) after t env steps (tokens summed
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from stable_baselines3.common.utils import LinearSchedule
+from torch import nn
 
-from agents.policy import PLAIN_SAMPLING, Sampling, process_logits
+from agents.policy import PLAIN_SAMPLING, ActorCritic, Sampling, process_logits
 from agents.replay import ReplaySamples
 
 TARGETS = ("double_q", "q_learning", "sarsa", "expected_sarsa")
 EXPLORATIONS = ("epsilon_greedy", "boltzmann")
 SCHEDULES = ("linear", "exponential")
+
+
+class FrozenActorCritic(nn.Module):
+    """The target network of a dueling DQN: a frozen copy of the Q-network, LM and value head."""
+
+    def __init__(self, network: ActorCritic) -> None:
+        super().__init__()
+        self.network = copy.deepcopy(network).eval().requires_grad_(False)
+
+    @property
+    def lm(self) -> nn.Module:
+        return self.network.lm
+
+    @property
+    def value_head(self) -> nn.Module:
+        return self.network.value_head
+
+    def train(self, mode: bool = True) -> FrozenActorCritic:
+        return super().train(False)
+
+    def forward(self, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """:class:`~agents.policy.ActorCritic`'s: logits (B, K, V) and values (B, K)."""
+        return self.network(*args, **kwargs)
 
 
 def q_values(logits: torch.Tensor, values: torch.Tensor | None = None, level: float = 0.0) -> torch.Tensor:
