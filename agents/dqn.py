@@ -274,7 +274,7 @@ class DQN(TextAlgorithm):
         stats: dict[str, list[float]] = defaultdict(list)
         expected_sarsa = cfg.target == "expected_sarsa"
         # dueling: V(s) = the replay's mean return + the head, which learns only how a state differs from it
-        level = self.replay.mean_return() * cfg.reward_scale
+        level = self.replay.mean_return() * cfg.reward_scale if cfg.dueling else 0.0
         for _ in range(gradient_steps):
             batch = self.replay.sample(batch_size, self.replay_rng, self.device)
             ids, attn = batch.input_ids, batch.attention_mask

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections import Counter
 from collections.abc import Container, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -178,8 +179,7 @@ def _plain_items(lm: Any, items: Iterable[tuple[str, T]], merge: bool) -> list[t
     """(plain name, item) for the peft-named ``items`` of ``lm``'s base model (:func:`_plain_key`)."""
     active = set(lm.active_adapters)
     pairs = [(key, item) for name, item in items if (key := _plain_key(name, merge, active)) is not None]
-    keys = [key for key, _ in pairs]
-    twice = sorted({key for key in keys if keys.count(key) > 1})
+    twice = sorted(key for key, count in Counter(key for key, _ in pairs).items() if count > 1)
     if twice:  # a module trained whole by two active adapters: which copy is the model is undefined
         raise ValueError(f"peft model has more than one active copy of {twice[:3]}; activate one adapter")
     return pairs
@@ -223,17 +223,13 @@ def plain_copy(lm: Any) -> Any:
 
     plain = copy.deepcopy(lm).get_base_model()
     for name, _ in lora_layers(lm):
-        _replace(plain, name, plain.get_submodule(name).base_layer)
+        plain.set_submodule(name, plain.get_submodule(name).base_layer)
     wrappers = [(n, m) for n, m in plain.named_modules() if isinstance(m, ModulesToSaveWrapper)]
     for name, wrapper in wrappers:
-        adapters = [a for a in wrapper.active_adapters if a in wrapper.modules_to_save]
-        _replace(plain, name, wrapper.modules_to_save[adapters[0]] if adapters else wrapper.original_module)
+        copies = wrapper.modules_to_save
+        trained = [copies[a] for a in wrapper.active_adapters if a in copies]
+        plain.set_submodule(name, trained[0] if trained else wrapper.original_module)
     return plain
-
-
-def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name), child, module)
 
 
 def plain_parameters(lm: Any) -> list[tuple[str, nn.Parameter]]:
