@@ -37,6 +37,7 @@ each, ``TextChatSeq-v0``) gives one training row per message, rewarded with the 
 
 from __future__ import annotations
 
+import random
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -44,7 +45,9 @@ import torch
 from transformers import DynamicCache
 
 MAX_SAMPLES = 4
-"""(prompt, completion) pairs kept per rollout for TensorBoard's text tab."""
+"""(prompt, completion) pairs kept per rollout for TensorBoard's text tab: a uniform sample of its finished
+episodes (reservoir sampling, on an RNG of its own so that logging does not change training). The first
+episodes to finish are the short ones, so keeping those would show mostly short or empty completions."""
 
 
 class RolloutBatch(NamedTuple):
@@ -100,6 +103,8 @@ class RolloutCollector:
         self.has_stats = True
         self.episodes: list[Episode] = []
         self.samples: list[tuple[str, str]] = []
+        self._finished = 0  # episodes finished in this rollout (the reservoir's count)
+        self._sample_rng = random.Random(0)
         self.tokens = 0  # tokens generated in this rollout (all rows, tracked or not)
 
     def __len__(self) -> int:
@@ -107,7 +112,7 @@ class RolloutCollector:
 
     def clear(self) -> None:
         """Start a new rollout: drop finished episodes; running ones carry over."""
-        self.episodes, self.samples, self.tokens = [], [], 0
+        self.episodes, self.samples, self.tokens, self._finished = [], [], 0, 0
 
     def untrack(self) -> None:
         """Forget the running episodes (e.g. after the env was reset): rows rejoin at their next episode."""
@@ -236,12 +241,20 @@ class RolloutCollector:
         if group is None:
             group = tuple(ids[:prompt_len][mask[:prompt_len] == 1].tolist())
         self.episodes.append(Episode(ids, mask, logprobs, values, reward, group, agent, token_rewards))
-        if len(self.samples) < MAX_SAMPLES:
+        self._finished += 1
+        slot = len(self.samples)
+        if slot >= MAX_SAMPLES:
+            slot = self._sample_rng.randrange(self._finished)
+        if slot < MAX_SAMPLES:  # reservoir sampling: each finished episode is kept with equal probability
             completion = info.get("completion")
             if completion is None:
                 tokens = ids[prompt_len:][mask[prompt_len:] == 1].tolist()
                 completion = tokenizer.decode(tokens) if tokenizer is not None else str(tokens)
-            self.samples.append((str(info.get("prompt", "")), str(completion)))
+            sample = (str(info.get("prompt", "")), str(completion))
+            if slot == len(self.samples):
+                self.samples.append(sample)
+            else:
+                self.samples[slot] = sample
 
     # ---- the batch ----------------------------------------------------------------------------------------
     def build(self, device: torch.device | str = "cpu") -> RolloutBatch:

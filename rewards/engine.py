@@ -318,11 +318,18 @@ def import_deepspeed() -> Any:
     accelerator is named explicitly (``DS_ACCELERATOR=cpu``, unless the user set it), which is exactly what
     DeepSpeed would pick, and the op-build line is dropped from stdout (see :func:`quiet_stdout`).
     """
-    if not torch.cuda.is_available():
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    name_cpu_accelerator()
     import deepspeed
 
     return deepspeed
+
+
+def name_cpu_accelerator() -> None:
+    """Set ``DS_ACCELERATOR=cpu`` (unless the user set it) where torch sees no CUDA device: what DeepSpeed
+    would pick itself, minus its warning. Call it before anything that may import DeepSpeed indirectly
+    (transformers' ``save_pretrained`` does, through accelerate)."""
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
 @contextlib.contextmanager

@@ -235,3 +235,27 @@ def test_benchmark_script_smoke(tmp_path) -> None:
     assert saved["change"] == summary["change"] and len(saved["runs"]) == 2
     low, high = saved["change_ci95"]
     assert low <= saved["change"] <= high and 0.0 <= saved["success_before"] <= 1.0
+
+
+def test_logged_samples_are_a_uniform_draw_of_the_rollouts_episodes() -> None:
+    """TensorBoard's rollout samples must not be just the first (shortest) episodes to finish."""
+    from agents.rollout import MAX_SAMPLES
+
+    collector = RolloutCollector(
+        1, prompt_len=2, max_new_tokens=3, pad_token_id=0, stop_token_ids=9, token_level=True
+    )
+    ids, mask = np.array([[0, 7, 0, 0, 0]]), np.array([[0, 1, 0, 0, 0]])
+    final = {"input_ids": np.array([0, 7, 9, 0, 0]), "attention_mask": np.array([0, 1, 1, 0, 0])}
+    per_rollout, kept = 40, []
+    for _ in range(200):
+        collector.clear()
+        for index in range(per_rollout):
+            info = {"terminal_observation": final, "prompt_index": 0, "completion": str(index)}
+            collector.record(ids, mask, np.array([9]), None, np.array([1.0]), np.array([True]), [info])
+        assert len(collector.samples) == MAX_SAMPLES
+        kept += [int(completion) for _, completion in collector.samples]
+    assert len(set(kept)) == per_rollout  # every episode can be drawn
+    counts = np.bincount(kept, minlength=per_rollout)
+    # uniform: each episode kept with probability MAX_SAMPLES / per_rollout = 0.1, i.e. ~20 of 200 times
+    assert counts[:MAX_SAMPLES].sum() < 3 * 20 * MAX_SAMPLES / 2, counts
+    assert abs(np.mean(kept) - (per_rollout - 1) / 2) < 2.0, np.mean(kept)

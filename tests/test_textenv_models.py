@@ -123,3 +123,21 @@ def test_hub_is_asked_only_when_allowed(monkeypatch: pytest.MonkeyPatch) -> None
     with pytest.raises(OSError, match="the hub is not reachable.*local directory"):
         textenv.load_tokenizer("someone/not-a-cached-model")
     assert len(asked) == 1
+
+
+def test_first_build_prints_one_line_and_no_library_chatter(tmp_path: Path) -> None:
+    """A fresh cache (a new user's first run) builds the model with one line of ours, not the libraries'
+    progress bars or DeepSpeed's accelerator warning (transformers' save_pretrained imports DeepSpeed)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {key: value for key, value in os.environ.items() if key != "DS_ACCELERATOR"}
+    env.update(TEXTENV_CACHE=str(tmp_path), PYTHONWARNINGS="default")
+    code = "from textenv.models import model_dir; print(model_dir('tiny-gpt2'))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert Path(done.stdout.strip(), "config.json").is_file()
+    assert done.stderr.count("textenv: building model 'tiny-gpt2' once") == 1, done.stderr
+    for noise in ("Warning", "WARNING", "Loading weights", "Writing model shards", "it/s]"):
+        assert noise not in done.stderr, f"{noise!r} in the output:\n{done.stderr}"

@@ -20,14 +20,17 @@ Hugging Face cache, and an uncached one fails at once with an error that says wh
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import socket
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from rewards.engine import name_cpu_accelerator
 from rewards.storage import cached_dir
 from textenv import tiny
 
@@ -81,6 +84,25 @@ def _build_tiny_smollm2(out: Path) -> None:
     tiny.build_tiny_llama(AutoTokenizer.from_pretrained(smollm2_tokenizer_dir()), out)
 
 
+def _build_quietly(name: str, out: Path) -> None:
+    """Build model ``name`` into ``out`` (once per cache) with one line of our own instead of the libraries'
+    progress bars and notices (GGUF conversion, weight loading and shard writing bars; DeepSpeed's accelerator
+    warning, imported by transformers' ``save_pretrained``)."""
+    from transformers.utils import logging as hf_logging
+
+    print(f"textenv: building model {name!r} once, into the cache {out.parent}", file=sys.stderr, flush=True)
+    name_cpu_accelerator()
+    bars, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        _BUILDERS[name](out)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 _BUILDERS = {
     "smollm2-135m-instruct": _build_smollm2,
     "tiny-smollm2": _build_tiny_smollm2,
@@ -97,7 +119,7 @@ def model_dir(name_or_path: str | Path) -> Path | str:
     """
     name = str(name_or_path)
     if name in _BUILDERS:
-        return cached_dir(f"models/{tiny.CACHE_VERSION}/{name}", _BUILDERS[name])
+        return cached_dir(f"models/{tiny.CACHE_VERSION}/{name}", functools.partial(_build_quietly, name))
     path = Path(name).expanduser()
     if path.is_dir():
         return path
