@@ -29,10 +29,10 @@ from stable_baselines3.common.vec_env import VecEnv
 from torch import nn
 from transformers import PreTrainedModel
 
-from agents import q_learning, run_logging
+from agents import q_learning, run_logging, soft_q
 from agents.base import TextAlgorithm
 from agents.config import AlgorithmConfig
-from agents.policy import FrozenLM, StepCache, action_logits, cached_step, completion_logits
+from agents.policy import FrozenLM, StepCache, action_logits, cached_step
 from agents.replay import ReplayBuffer
 from rewards.engine import cast_parameters
 
@@ -85,6 +85,9 @@ class DQNConfig(AlgorithmConfig):
     (:func:`agents.q_learning.q_values`): for a pretrained LM whose logits sit far from the rewards' level
     (the SmolLM2 preset sets it; raw-logit Q collapsed it on the error-rate task); raw logits (False) suit
     logits at the rewards' level (the tests' tiny model)."""
+    soft_q_coef: float = 0.0
+    """beta > 0: KL-regularised (soft) Q-learning, Q = V(s) + beta * log(pi/pi_ref), the LM itself the policy
+    (:mod:`agents.soft_q`; with ``exploration="policy"``; ``target`` and ``dueling`` are not used)."""
     conservative_coef: float = 0.1
     """Weight alpha of the conservative regulariser ``logsumexp_a Q - E_{a~pi_ref} Q`` (0 disables it)."""
     top_k: int = 50
@@ -101,6 +104,11 @@ class DQNConfig(AlgorithmConfig):
     @property
     def micro_batch_size(self) -> int:
         return self.batch_size
+
+    @property
+    def value_head(self) -> bool:
+        """Whether Q reads V(s) from the value head (dueling or soft)."""
+        return self.dueling or self.soft_q_coef > 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -127,6 +135,9 @@ class DQNConfig(AlgorithmConfig):
                 ref_ok and self.reward_scale > 0
             ),
             f"target={self.target!r} is unknown; use one of {', '.join(targets)}": self.target not in targets,
+            f"soft_q_coef={self.soft_q_coef}: use beta >= 0 (0: off), and with beta > 0 exploration='policy' "
+            "(soft Q-learning acts with the LM's own distribution)": self.soft_q_coef < 0
+            or (self.soft_q_coef > 0 and self.exploration != "policy"),
         }
         for message, wrong in fix.items():
             if wrong:
@@ -188,7 +199,7 @@ class DQN(TextAlgorithm):
     def _build_networks(self, lm: PreTrainedModel, reference_lm: PreTrainedModel) -> None:
         """``self.policy`` (the Q-network), ``self.reference`` and ``self.target`` (a frozen copy)."""
         super()._build_networks(lm, reference_lm)
-        target = q_learning.FrozenActorCritic(self.policy) if self.config.dueling else FrozenLM(lm)
+        target = q_learning.FrozenActorCritic(self.policy) if self.config.value_head else FrozenLM(lm)
         self.target: FrozenLM | q_learning.FrozenActorCritic = target.to(self.device)
 
     def _setup_model(self) -> None:
@@ -268,29 +279,16 @@ class DQN(TextAlgorithm):
 
     # ---- learning ------------------------------------------------------------------------------------------
     def train(self, gradient_steps: int, batch_size: int = 64) -> None:  # type: ignore[override]
-        """``gradient_steps`` updates, each on ``batch_size`` transitions: one online, one target and (for the
-        CQL term or epsilon-greedy expected SARSA) one reference forward pass over their episodes."""
-        cfg, n_new, n_actions = self.config, self.max_new_tokens, self.n_actions
+        """``gradient_steps`` updates, each on ``batch_size`` transitions (``update_terms`` of
+        :mod:`agents.q_learning`, or of :mod:`agents.soft_q` for soft Q-learning)."""
+        cfg, networks = self.config, (self.engine, self.target, self.reference)
         stats: dict[str, list[float]] = defaultdict(list)
-        expected_sarsa = cfg.target == "expected_sarsa"
-        # dueling: V(s) = the replay's mean return + the head, which learns only how a state differs from it
-        level = self.replay.mean_return() * cfg.reward_scale if cfg.dueling else 0.0
+        # dueling, soft: V(s) = the replay's mean return + the head, which learns how a state differs from it
+        level = self.replay.mean_return() * cfg.reward_scale if cfg.value_head else 0.0
+        update = soft_q.update_terms if cfg.soft_q_coef > 0 else q_learning.update_terms
         for _ in range(gradient_steps):
             batch = self.replay.sample(batch_size, self.replay_rng, self.device)
-            ids, attn = batch.input_ids, batch.attention_mask
-            logits, head = completion_logits(self.engine, ids, attn, n_new, n_actions)  # (U, N, A), (U, N)
-            q = q_learning.q_values(logits, head if cfg.dueling else None, level)  # (U, N, A) for every slot
-            with torch.no_grad():
-                target_logits, target_head = completion_logits(self.target, ids, attn, n_new, n_actions)
-                target_q = q_learning.q_values(target_logits, target_head if cfg.dueling else None, level)
-                ref_logits = None  # (U, N, A) the reference LM, for the CQL term and pi_explore
-                if cfg.conservative_coef > 0 or (expected_sarsa and self.exploration.uses_reference):
-                    ref_logits, _ = completion_logits(self.reference, ids, attn, n_new, n_actions)
-                mu = self.exploration.behaviour_probs(q.detach(), ref_logits) if expected_sarsa else None
-            terms = q_learning.q_loss(
-                q, target_q, batch, cfg.target, cfg.gamma, cfg.n_steps, cfg.reward_scale,
-                ref_logits, cfg.conservative_coef, mu,
-            )  # fmt: skip
+            terms = update(*networks, batch, cfg, level, self.n_actions, self.exploration)
             self._gradient_step(terms.loss)
             self._n_updates += 1
             stats["loss"].append(terms.loss.item())
@@ -309,7 +307,7 @@ class DQN(TextAlgorithm):
         due = (self.num_timesteps - self.last_target_update) // self.config.target_update_interval
         if due > 0:
             tau = 1.0 - (1.0 - self.config.tau) ** due
-            source = self.policy if self.config.dueling else self.policy.lm  # with V(s): the value head too
+            source = self.policy if self.config.value_head else self.policy.lm  # with V(s): the value head
             polyak_update(source.parameters(), self.target.parameters(), tau)
             self.last_target_update += due * self.config.target_update_interval
 

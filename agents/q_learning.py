@@ -37,7 +37,9 @@ keeps the *shape* of softmax(Q) on the reference LM. It is shift-invariant per s
 TD loss over the level of Q(s, .), only over the ranking of tokens.
 
 **Exploration**. Epsilon-greedy takes a ``pi_explore`` sample with probability eps, else argmax Q
-(:func:`epsilon_greedy`); Boltzmann samples ``softmax(Q / temperature)`` (:func:`boltzmann`). The exploration
+(:func:`epsilon_greedy`); Boltzmann samples ``softmax(Q / temperature)`` (:func:`boltzmann`); ``policy``
+samples the LM's own softmax under ``temperature``, ``top_k`` and ``top_p``, as the evaluation does (the
+policy of soft Q-learning, :mod:`agents.soft_q`; for raw or dueling Q: Boltzmann at T = 1). The exploration
 value x (eps, or the temperature for Boltzmann) after t env steps (tokens summed over envs) goes from x0 to x1
 (:func:`scheduled_value`):
 
@@ -58,11 +60,11 @@ import torch.nn.functional as F
 from stable_baselines3.common.utils import LinearSchedule
 from torch import nn
 
-from agents.policy import PLAIN_SAMPLING, ActorCritic, Sampling, process_logits
+from agents.policy import PLAIN_SAMPLING, ActorCritic, Sampling, completion_logits, process_logits
 from agents.replay import ReplaySamples
 
 TARGETS = ("double_q", "q_learning", "sarsa", "expected_sarsa")
-EXPLORATIONS = ("epsilon_greedy", "boltzmann")
+EXPLORATIONS = ("epsilon_greedy", "boltzmann", "policy")
 SCHEDULES = ("linear", "exponential")
 
 
@@ -420,6 +422,8 @@ class Exploration:
         boltzmann = config.exploration == "boltzmann"
         initial = config.exploration_initial_temperature if boltzmann else config.exploration_initial_eps
         final = config.exploration_final_temperature if boltzmann else config.exploration_final_eps
+        if config.exploration == "policy":  # no schedule: the policy itself explores
+            initial = final = 0.0
         schedule = dict(schedule=config.exploration_schedule, fraction=config.exploration_fraction)
         sampling = dict(temperature=config.temperature, top_k=config.top_k, top_p=config.top_p)
         return cls(config.exploration, initial, final, decay=config.exploration_decay, **schedule, **sampling)
@@ -444,6 +448,8 @@ class Exploration:
         reference LM's (B, V) ``ref_logits``."""
         if self.kind == "boltzmann":
             return boltzmann(q, self.value)
+        if self.kind == "policy":
+            return torch.distributions.Categorical(logits=process_logits(q, self.sampling)).sample()
         assert ref_logits is not None, "epsilon-greedy exploration samples from the reference LM's logits"
         return epsilon_greedy(q, ref_logits, self.value, self.sampling)
 
@@ -451,5 +457,38 @@ class Exploration:
         """(..., V) behaviour-policy probabilities in each state of (..., V) ``q`` (and ``ref_logits``)."""
         if self.kind == "boltzmann":
             return boltzmann_probs(q, self.value)
+        if self.kind == "policy":
+            return torch.softmax(process_logits(q, self.sampling), -1)
         assert ref_logits is not None, "epsilon-greedy's behaviour policy needs the reference LM's logits"
         return epsilon_greedy_probs(q, ref_logits, self.value, self.sampling)
+
+
+def update_terms(
+    engine: Any,
+    target: Any,
+    reference: Any,
+    batch: ReplaySamples,
+    config: Any,
+    level: float,
+    n_actions: int,
+    exploration: Exploration,
+) -> QLoss:
+    """One DQN update's :class:`QLoss` on ``batch``, Q read from the logits (raw, or dueling with ``level``):
+    the online forward through the DeepSpeed ``engine`` (with gradients), the ``target`` network's and, for
+    the CQL term or epsilon-greedy expected SARSA, the ``reference`` LM's; settings from the
+    :class:`~agents.dqn.DQNConfig` ``config``, the behaviour policy from ``exploration``."""
+    ids, attn, n_new = batch.input_ids, batch.attention_mask, batch.gen_mask.shape[1]
+    expected_sarsa, dueling = config.target == "expected_sarsa", config.dueling
+    logits, head = completion_logits(engine, ids, attn, n_new, n_actions)  # (U, N, A), (U, N)
+    q = q_values(logits, head if dueling else None, level)  # (U, N, A) for every slot
+    with torch.no_grad():
+        target_logits, target_head = completion_logits(target, ids, attn, n_new, n_actions)
+        target_q = q_values(target_logits, target_head if dueling else None, level)
+        ref_logits = None  # (U, N, A) the reference LM, for the CQL term and pi_explore
+        if config.conservative_coef > 0 or (expected_sarsa and exploration.uses_reference):
+            ref_logits, _ = completion_logits(reference, ids, attn, n_new, n_actions)
+        mu = exploration.behaviour_probs(q.detach(), ref_logits) if expected_sarsa else None
+    return q_loss(
+        q, target_q, batch, config.target, config.gamma, config.n_steps, config.reward_scale,
+        ref_logits, config.conservative_coef, mu,
+    )  # fmt: skip

@@ -85,6 +85,10 @@ class RunSettings:
     dqn_dueling: bool = True
     """dqn: Q(s, a) = V(s) + logit(s, a) - max logit(s, .), V from the value head (DQNConfig.dueling);
     --no-dqn-dueling reads the raw logits as Q (the table's DQN runs until 2026-11-26)."""
+    dqn_soft_q_coef: float = 0.0
+    """dqn: beta > 0 runs soft (KL-regularised) Q-learning instead (DQNConfig.soft_q_coef, agents.soft_q):
+    Q = V(s) + beta log(pi / pi_ref), acting with the policy's own samples, no CQL term. With the preset's
+    reward_scale 5, beta 0.05 is the KL coefficient 0.01 of the other agents."""
     max_new_tokens: int | None = None
     """Completion length N; None keeps the task's."""
     eval_prompts: int = 64
@@ -140,6 +144,9 @@ class RunSettings:
         if self.dqn_target not in DQN_TARGETS:
             choices = ", ".join(DQN_TARGETS)
             raise ValueError(f"--dqn-target {self.dqn_target!r} is not known; use one of {choices}.")
+        if not (math.isfinite(self.dqn_soft_q_coef) and self.dqn_soft_q_coef >= 0):
+            flag = "--dqn-soft-q-coef"
+            raise ValueError(f"{flag} {self.dqn_soft_q_coef} must be >= 0 (0: off), e.g. {flag} 0.05.")
 
 
 @dataclass
@@ -361,7 +368,9 @@ def run_seed(args: Args, seed: int, command: str = "") -> Path:
             freq = preset.train_freq[0] if isinstance(preset.train_freq, tuple) else 1
             round_tokens = freq * int(eval_env.get_wrapper_attr("max_new_tokens"))
             warmup = {"learning_starts": round_tokens, "target_update_interval": 2 * round_tokens}
-            dqn = {"target": args.dqn_target, "dueling": args.dqn_dueling}
+            dqn: dict[str, Any] = {"target": args.dqn_target, "dueling": args.dqn_dueling}
+            if args.dqn_soft_q_coef > 0:  # soft Q-learning acts with its policy; log(pi/pi_ref) anchors it
+                dqn |= {"soft_q_coef": args.dqn_soft_q_coef, "exploration": "policy", "conservative_coef": 0}
             settings = {"config": dataclasses.replace(preset, **warmup, **dqn)}
         agent = algo(train_env, model=args.model, seed=seed, precision=args.precision, **settings)
         agent.set_logger(logger)

@@ -101,6 +101,16 @@ def test_a_dqn_run_before_dueling_q_values_is_another_job() -> None:
     assert not suite.same_job(recorded | {"algo": "ppo", "learning_rate": 1.0}, ppo)
 
 
+def test_a_dqn_run_before_soft_q_learning_is_not_a_soft_job() -> None:
+    """Runs recorded before --dqn-soft-q-coef existed are plain DQN (beta 0), not a soft Q-learning job."""
+    soft = run.Args(task="sentiment", algo="dqn", budget="20480", dqn_soft_q_coef=0.05)
+    older = {k: v for k, v in dataclasses.asdict(soft).items() if k != "dqn_soft_q_coef"}
+    assert not suite.same_job(older, soft)
+    assert suite.same_job(older, dataclasses.replace(soft, dqn_soft_q_coef=0.0))
+    with pytest.raises(ValueError, match="--dqn-soft-q-coef -1.0 must be >= 0"):
+        run.Args(task="sentiment", algo="dqn", dqn_soft_q_coef=-1.0)
+
+
 def test_suite_runs_only_the_given_tasks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``--tasks`` builds a long table task by task: only those jobs run (and are committed); the partial
     report goes to <logdir>/report and leaves the published table alone."""

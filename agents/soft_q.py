@@ -1,0 +1,144 @@
+"""KL-regularised ("soft") Q-learning for :class:`~agents.dqn.DQN` (``DQNConfig.soft_q_coef`` = beta > 0).
+
+The objective is the return minus beta times the KL divergence from the reference LM, per token. Its optimal
+soft Q-function and policy satisfy ``pi(a|s) = pi_ref(a|s) exp((Q(s, a) - V(s)) / beta)`` with
+``V(s) = beta log sum_a pi_ref(a|s) exp(Q(s, a) / beta)`` (KL control; Jaques et al. 2019 use it for dialogue,
+and path consistency learning, Nachum et al. 2017, is the same relation over n steps). So Q is read as
+
+    Q(s, a) = V(s) + beta * (log pi_theta(a|s) - log pi_ref(a|s))
+
+with V(s) from the value head (plus the replay's mean return, as in the dueling form) and pi_theta the LM's
+own softmax. Then the soft V of the formula is exactly the value head, and the LM *is* the policy: acting
+samples it, the held-out evaluation samples it, and a token no update touched keeps its probability relative
+to the reference's, instead of all tried tokens drifting to one Q-value as with Q read from raw or dueling
+logits (which flattens softmax(logits) while leaving the greedy token in place).
+
+The n-step target of token t, with l_t = log pi(a_t|s_t) - log pi_ref(a_t|s_t) of the target network:
+
+    beta * l_t + sum_{k<n} gamma^k (r_{t+k} - beta * l_{t+k}) + gamma^n V_targ(s_{t+n})
+
+(for n = 1 it is r_t + gamma V_targ(s_{t+1}), the soft Bellman target). Gradients reach the taken token's
+log-probability and the value head.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from agents.policy import completion_logits
+from agents.q_learning import QLoss, agent_td_targets, conservative_penalty
+from agents.replay import ReplaySamples
+
+
+def log_ratios(logits: torch.Tensor, ref_logits: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """(E, N) ``log pi(a_t|s_t) - log pi_ref(a_t|s_t)`` of the (E, N) ``actions`` under (E, N, A) logits.
+
+    >>> log_ratios(torch.tensor([[[0.0, 0.0]]]), torch.tensor([[[0.0, 2.0]]]), torch.tensor([[0]])).round(
+    ...     decimals=4)   # log 0.5 - log(1 / (1 + e^2))
+    tensor([[1.4338]])
+    """
+    taken = actions[..., None]
+    logp = torch.log_softmax(logits.float(), -1).gather(-1, taken).squeeze(-1)
+    return logp - torch.log_softmax(ref_logits.float(), -1).gather(-1, taken).squeeze(-1)
+
+
+def soft_q_values(
+    logits: torch.Tensor, ref_logits: torch.Tensor, values: torch.Tensor, beta: float, level: float = 0.0
+) -> torch.Tensor:
+    """Q(s, .) (..., A) in float32: ``level + values + beta * (log_softmax(logits) - log_softmax(ref))``.
+
+    >>> soft_q_values(torch.zeros(1, 2), torch.zeros(1, 2), torch.tensor([0.5]), beta=0.1, level=1.0)
+    tensor([[1.5000, 1.5000]])
+    """
+    ratio = torch.log_softmax(logits.float(), -1) - torch.log_softmax(ref_logits.float(), -1)
+    return level + values.float()[..., None] + beta * ratio
+
+
+def soft_targets(
+    target_ratios: torch.Tensor,
+    target_values: torch.Tensor,
+    batch: ReplaySamples,
+    beta: float,
+    gamma: float,
+    n_steps: int,
+    reward_scale: float = 1.0,
+) -> torch.Tensor:
+    """(U, N) n-step soft targets (module docstring) from the target network's (U, N) log-ratios of the taken
+    tokens and its (U, N) state values V(s_t) (level included), over the agent's tokens of ``batch``.
+
+    >>> from agents.replay import ReplaySamples
+    >>> one = torch.ones(1, 2)
+    >>> batch = ReplaySamples(None, None, one, torch.tensor([[0.0, 1.0]]), None, None)
+    >>> soft_targets(torch.tensor([[0.5, 2.0]]), torch.tensor([[0.0, 3.0]]), batch, 0.1, 1.0, 1)
+    tensor([[3., 1.]])
+    """
+    agent = batch.gen_mask
+    penalised = batch.rewards * reward_scale - beta * target_ratios * agent  # (U, N)
+    return (beta * target_ratios + agent_td_targets(target_values, agent, penalised, gamma, n_steps)) * agent
+
+
+def soft_q_loss(
+    logits: torch.Tensor,
+    values: torch.Tensor,
+    target_logits: torch.Tensor,
+    target_values: torch.Tensor,
+    ref_logits: torch.Tensor,
+    batch: ReplaySamples,
+    beta: float,
+    gamma: float,
+    n_steps: int,
+    reward_scale: float = 1.0,
+    level: float = 0.0,
+    conservative_coef: float = 0.0,
+) -> QLoss:
+    """The loss of one soft DQN update on ``batch``: online (U, N, A) ``logits`` and (U, N) ``values``, the
+    target network's, and the reference LM's (U, N, A) ``ref_logits``; Huber loss of Q(s_t, a_t) against
+    :func:`soft_targets` at the sampled transitions, plus ``conservative_coef`` times the CQL term on the soft
+    Q-values there."""
+    n_new = logits.shape[1]
+    actions = batch.input_ids[:, -n_new:]  # (U, N) the token taken in each state
+    rows, positions = batch.rows, batch.positions  # (B,)
+    with torch.no_grad():
+        target_ratios = log_ratios(target_logits, ref_logits, actions)  # (U, N)
+        targets = soft_targets(
+            target_ratios, level + target_values.float(), batch, beta, gamma, n_steps, reward_scale
+        )[rows, positions]  # (B,)
+    ratio = log_ratios(logits[rows, positions], ref_logits[rows, positions], actions[rows, positions])
+    q_taken = level + values[rows, positions].float() + beta * ratio  # (B,)
+    td_loss = F.smooth_l1_loss(q_taken, targets)
+    loss, penalty = td_loss, None
+    if conservative_coef > 0:
+        q = soft_q_values(logits[rows, positions], ref_logits[rows, positions], values[rows, positions], beta)
+        penalty = conservative_penalty(q, torch.log_softmax(ref_logits[rows, positions].float(), -1))
+        loss = td_loss + conservative_coef * penalty
+    return QLoss(loss, td_loss, penalty, q_taken, targets)
+
+
+def update_terms(
+    engine: Any,
+    target: Any,
+    reference: Any,
+    batch: ReplaySamples,
+    config: Any,
+    level: float,
+    n_actions: int,
+    exploration: Any = None,
+) -> QLoss:
+    """One soft DQN update's :class:`~agents.q_learning.QLoss` on ``batch``: the online forward through the
+    DeepSpeed ``engine`` (logits and values, with gradients), then the ``target`` network's and the
+    ``reference`` LM's, settings from the :class:`~agents.dqn.DQNConfig` ``config``. The signature of
+    :func:`agents.q_learning.update_terms`; ``exploration`` is not used (the behaviour policy never enters
+    the soft target)."""
+    ids, attn, n_new = batch.input_ids, batch.attention_mask, batch.gen_mask.shape[1]
+    logits, values = completion_logits(engine, ids, attn, n_new, n_actions)  # (U, N, A), (U, N)
+    with torch.no_grad():
+        target_logits, target_values = completion_logits(target, ids, attn, n_new, n_actions)
+        ref_logits, _ = completion_logits(reference, ids, attn, n_new, n_actions)
+    assert values is not None and target_values is not None, "soft Q-learning needs the value head"
+    return soft_q_loss(
+        logits, values, target_logits, target_values, ref_logits, batch, config.soft_q_coef, config.gamma,
+        config.n_steps, config.reward_scale, level, config.conservative_coef,
+    )  # fmt: skip
