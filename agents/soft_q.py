@@ -18,7 +18,9 @@ The n-step target of token t, with l_t = log pi(a_t|s_t) - log pi_ref(a_t|s_t) o
     beta * l_t + sum_{k<n} gamma^k (r_{t+k} - beta * l_{t+k}) + gamma^n V_targ(s_{t+n})
 
 (for n = 1 it is r_t + gamma V_targ(s_{t+1}), the soft Bellman target). Gradients reach the taken token's
-log-probability and the value head.
+log-probability and the value head. An update's loss covers every agent token of the sampled transitions'
+episodes (:func:`update_terms`): the three forwards compute them all anyway, so this multiplies the signal per
+update by the episode length at no extra cost.
 """
 
 from __future__ import annotations
@@ -127,12 +129,15 @@ def update_terms(
     n_actions: int,
     exploration: Any = None,
 ) -> QLoss:
-    """One soft DQN update's :class:`~agents.q_learning.QLoss` on ``batch``: the online forward through the
-    DeepSpeed ``engine`` (logits and values, with gradients), then the ``target`` network's and the
-    ``reference`` LM's, settings from the :class:`~agents.dqn.DQNConfig` ``config``. The signature of
-    :func:`agents.q_learning.update_terms`; ``exploration`` is not used (the behaviour policy never enters
-    the soft target)."""
+    """One soft DQN update's :class:`~agents.q_learning.QLoss` on the episodes of ``batch``: the online
+    forward through the DeepSpeed ``engine`` (logits and values, with gradients), then the ``target``
+    network's and the ``reference`` LM's, settings from the :class:`~agents.dqn.DQNConfig` ``config``. The
+    loss covers every agent token of those episodes, not only the sampled transitions: the forwards computed
+    them all anyway. The signature of :func:`agents.q_learning.update_terms`; ``exploration`` is not used
+    (the behaviour policy never enters the soft target)."""
     ids, attn, n_new = batch.input_ids, batch.attention_mask, batch.gen_mask.shape[1]
+    rows, positions = batch.gen_mask.nonzero(as_tuple=True)  # every agent token of the sampled episodes
+    batch = batch._replace(rows=rows, positions=positions)
     logits, values = completion_logits(engine, ids, attn, n_new, n_actions)  # (U, N, A), (U, N)
     with torch.no_grad():
         target_logits, target_values = completion_logits(target, ids, attn, n_new, n_actions)

@@ -133,7 +133,7 @@ def test_soft_dqn_learns() -> None:
     torch.set_num_threads(1)
     agent = soft_agent(letter_e_fraction)
     before = held_out_reward(agent)
-    agent.learn(total_timesteps=8000)  # seeds 0 / 1: 0.046 -> 0.349 / 0.399 (greedy: 0.49 / 0.50)
+    agent.learn(total_timesteps=8000)  # seeds 0 / 1 / 2: 0.046 -> 0.424 / 0.249 / 0.379
     after = held_out_reward(agent)
     assert after - before > 0.25, (before, after)
     assert math.isfinite(agent.logger.name_to_value.get("train/td_loss", 0.0))
