@@ -141,3 +141,24 @@ def test_first_build_prints_one_line_and_no_library_chatter(tmp_path: Path) -> N
     assert done.stderr.count("textenv: building model 'tiny-gpt2' once") == 1, done.stderr
     for noise in ("Warning", "WARNING", "Loading weights", "Writing model shards", "it/s]"):
         assert noise not in done.stderr, f"{noise!r} in the output:\n{done.stderr}"
+
+
+def test_a_failed_build_shows_what_the_libraries_printed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The build's own stderr is hidden only when it succeeds: a failure shows it, raises, and leaves no
+    cache entry behind."""
+    import sys
+
+    from textenv import models
+
+    def broken(out: Path) -> None:
+        print("converter: tensor 7 is corrupt", file=sys.stderr)
+        raise OSError("cannot read the GGUF file")
+
+    monkeypatch.setenv("TEXTENV_CACHE", str(tmp_path))
+    monkeypatch.setitem(models._BUILDERS, "tiny-sp", broken)
+    with pytest.raises(OSError, match="cannot read the GGUF file"):
+        models.model_dir("tiny-sp")
+    assert "converter: tensor 7 is corrupt" in capsys.readouterr().err
+    assert not any(p.is_dir() and p.name == "tiny-sp" for p in tmp_path.rglob("*"))

@@ -20,8 +20,10 @@ Hugging Face cache, and an uncached one fails at once with an error that says wh
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
+import io
 import os
 import socket
 import sys
@@ -87,7 +89,8 @@ def _build_tiny_smollm2(out: Path) -> None:
 def _build_quietly(name: str, out: Path) -> None:
     """Build model ``name`` into ``out`` (once per cache) with one line of our own instead of the libraries'
     progress bars and notices (GGUF conversion, weight loading and shard writing bars; DeepSpeed's accelerator
-    warning, imported by transformers' ``save_pretrained``)."""
+    warning, imported by transformers' ``save_pretrained``). What the build writes to stderr is kept and
+    shown only if it fails."""
     from transformers.utils import logging as hf_logging
 
     print(f"textenv: building model {name!r} once, into the cache {out.parent}", file=sys.stderr, flush=True)
@@ -95,8 +98,13 @@ def _build_quietly(name: str, out: Path) -> None:
     bars, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+    captured = io.StringIO()  # the GGUF converter's own tqdm bar writes here
     try:
-        _BUILDERS[name](out)
+        with contextlib.redirect_stderr(captured):
+            _BUILDERS[name](out)
+    except BaseException:
+        sys.stderr.write(captured.getvalue())
+        raise
     finally:
         hf_logging.set_verbosity(verbosity)
         if bars:
