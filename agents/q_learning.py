@@ -62,6 +62,7 @@ from torch import nn
 
 from agents.policy import PLAIN_SAMPLING, ActorCritic, Sampling, completion_logits, process_logits
 from agents.replay import ReplaySamples
+from agents.sampling import draw
 
 TARGETS = ("double_q", "q_learning", "sarsa", "expected_sarsa")
 EXPLORATIONS = ("epsilon_greedy", "boltzmann", "policy")
@@ -449,7 +450,7 @@ class Exploration:
         if self.kind == "boltzmann":
             return boltzmann(q, self.value)
         if self.kind == "policy":
-            return torch.distributions.Categorical(logits=process_logits(q, self.sampling)).sample()
+            return draw(process_logits(q, self.sampling))  # the rollouts' fast sampler, every token
         assert ref_logits is not None, "epsilon-greedy exploration samples from the reference LM's logits"
         return epsilon_greedy(q, ref_logits, self.value, self.sampling)
 

@@ -35,28 +35,25 @@ from agents.q_learning import QLoss, agent_td_targets, conservative_penalty
 from agents.replay import ReplaySamples
 
 
-def log_ratios(logits: torch.Tensor, ref_logits: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-    """(E, N) ``log pi(a_t|s_t) - log pi_ref(a_t|s_t)`` of the (E, N) ``actions`` under (E, N, A) logits.
+def taken_log_probs(logits: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """(E, N) ``log pi(a_t|s_t)`` in float32 of the (E, N) ``actions`` under (E, N, A) logits.
 
-    >>> log_ratios(torch.tensor([[[0.0, 0.0]]]), torch.tensor([[[0.0, 2.0]]]), torch.tensor([[0]])).round(
-    ...     decimals=4)   # log 0.5 - log(1 / (1 + e^2))
-    tensor([[1.4338]])
+    >>> taken_log_probs(torch.tensor([[[0.0, 0.0]]]), torch.tensor([[0]])).round(decimals=4)   # log 0.5
+    tensor([[-0.6931]])
     """
-    taken = actions[..., None]
-    logp = torch.log_softmax(logits.float(), -1).gather(-1, taken).squeeze(-1)
-    return logp - torch.log_softmax(ref_logits.float(), -1).gather(-1, taken).squeeze(-1)
+    return torch.log_softmax(logits.float(), -1).gather(-1, actions[..., None]).squeeze(-1)
 
 
 def soft_q_values(
-    logits: torch.Tensor, ref_logits: torch.Tensor, values: torch.Tensor, beta: float, level: float = 0.0
+    logprobs: torch.Tensor, ref_logprobs: torch.Tensor, values: torch.Tensor, beta: float, level: float = 0.0
 ) -> torch.Tensor:
-    """Q(s, .) (..., A) in float32: ``level + values + beta * (log_softmax(logits) - log_softmax(ref))``.
+    """Q(s, .) (..., A) in float32 from the policy's and the reference's (..., A) log-probabilities and the
+    (...) values: ``level + values + beta * (logprobs - ref_logprobs)``.
 
     >>> soft_q_values(torch.zeros(1, 2), torch.zeros(1, 2), torch.tensor([0.5]), beta=0.1, level=1.0)
     tensor([[1.5000, 1.5000]])
     """
-    ratio = torch.log_softmax(logits.float(), -1) - torch.log_softmax(ref_logits.float(), -1)
-    return level + values.float()[..., None] + beta * ratio
+    return level + values.float()[..., None] + beta * (logprobs - ref_logprobs)
 
 
 def soft_targets(
@@ -103,18 +100,21 @@ def soft_q_loss(
     n_new = logits.shape[1]
     actions = batch.input_ids[:, -n_new:]  # (U, N) the token taken in each state
     rows, positions = batch.rows, batch.positions  # (B,)
+    ref_logprobs = torch.log_softmax(ref_logits.float(), -1)  # (U, N, A), once for the target, Q and CQL
+    ref_taken = ref_logprobs.gather(-1, actions[..., None]).squeeze(-1)  # (U, N)
     with torch.no_grad():
-        target_ratios = log_ratios(target_logits, ref_logits, actions)  # (U, N)
+        target_ratios = taken_log_probs(target_logits, actions) - ref_taken  # (U, N)
         targets = soft_targets(
             target_ratios, level + target_values.float(), batch, beta, gamma, n_steps, reward_scale
         )[rows, positions]  # (B,)
-    ratio = log_ratios(logits[rows, positions], ref_logits[rows, positions], actions[rows, positions])
+    logprobs = torch.log_softmax(logits[rows, positions].float(), -1)  # (B, A)
+    ratio = logprobs.gather(-1, actions[rows, positions, None]).squeeze(-1) - ref_taken[rows, positions]
     q_taken = level + values[rows, positions].float() + beta * ratio  # (B,)
     td_loss = F.smooth_l1_loss(q_taken, targets)
     loss, penalty = td_loss, None
     if conservative_coef > 0:
-        q = soft_q_values(logits[rows, positions], ref_logits[rows, positions], values[rows, positions], beta)
-        penalty = conservative_penalty(q, torch.log_softmax(ref_logits[rows, positions].float(), -1))
+        q = soft_q_values(logprobs, ref_logprobs[rows, positions], values[rows, positions], beta, level)
+        penalty = conservative_penalty(q, ref_logprobs[rows, positions])
         loss = td_loss + conservative_coef * penalty
     return QLoss(loss, td_loss, penalty, q_taken, targets)
 
