@@ -106,6 +106,9 @@ class Args(run.RunSettings):
     tasks: list[str] | None = None
     """Run only these tasks' jobs (e.g. --tasks sentiment), to build a long table up task by task; such a
     partial run skips the extras and writes its report to <logdir>/report, leaving the README alone."""
+    algos: list[str] | None = None
+    """Run only these algorithms' jobs (e.g. --algos zero-shot rloo), to build a table cell by cell; partial
+    like --tasks."""
     resume: bool = True
     """Skip a job whose run (same task, algo, seed, budget) already has a summary.json in --logdir."""
     extras: bool = True
@@ -122,6 +125,9 @@ class Args(run.RunSettings):
         unknown = sorted(set(self.tasks or ()) - {job[0] for job in SUITES[self.suite].jobs})
         if unknown:
             raise ValueError(f"--tasks {' '.join(unknown)}: not a task of suite {self.suite!r}.")
+        unknown = sorted(set(self.algos or ()) - {job[1] for job in SUITES[self.suite].jobs})
+        if unknown:
+            raise ValueError(f"--algos {' '.join(unknown)}: not an algorithm of suite {self.suite!r}.")
         if self.workers < 1:
             raise ValueError(f"--workers {self.workers} must be at least 1, e.g. --workers 2.")
 
@@ -221,7 +227,7 @@ def run_suite(args: Args, command: str) -> list[Path]:
     plan = [
         (run.Args(task=job[0], algo=job[1], budget=job[2], **(shared | job_settings(job, args))), seed)
         for job in suite.jobs  # every seed of a job before the next job: a table cell is done at a time
-        if args.tasks is None or job[0] in args.tasks
+        if (args.tasks is None or job[0] in args.tasks) and (args.algos is None or job[1] in args.algos)
         for seed in args.seeds
     ]
 
@@ -264,7 +270,8 @@ def run_suite(args: Args, command: str) -> list[Path]:
             f"{len(plan) - len(run_dirs)} of {len(plan)} runs failed (see above); run the same command "
             "again to resume (finished runs are skipped)."
         )
-    if suite.extras and args.extras and args.tasks is None:
+    partial = args.tasks is not None or args.algos is not None
+    if suite.extras and args.extras and not partial:
         from benchmarks import chat, env_overhead, reward_speed, throughput, vs_trl
 
         logdir = Path(args.logdir)
@@ -278,7 +285,7 @@ def run_suite(args: Args, command: str) -> list[Path]:
     from benchmarks import report
 
     argv = [args.logdir, *map(str, committed)]
-    if suite.publish and args.tasks is None:
+    if suite.publish and not partial:
         argv += ["--out", suite.publish] + (["--readme", "README.md"] if Path("README.md").is_file() else [])
     report.main(argv)
     return run_dirs

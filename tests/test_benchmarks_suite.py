@@ -127,6 +127,20 @@ def test_suite_runs_only_the_given_tasks(tmp_path: Path, monkeypatch: pytest.Mon
         suite.Args(suite="tiny", tasks=["sentiment"])
 
 
+def test_suite_runs_only_the_given_algorithms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--algos`` builds a table cell by cell: only those algorithms' jobs run, and the report is partial."""
+    monkeypatch.chdir(tmp_path)
+    jobs = [("similarity", "zero-shot", "1it"), ("similarity", "ppo", "1it")]
+    tiny = suite.Suite(jobs, {"max_new_tokens": 2}, extras=False, publish="published")
+    monkeypatch.setitem(suite.SUITES, "tiny", tiny)
+    done = suite.main(["tiny", "--algos", "zero-shot", "--seeds", "0", "--logdir", "a", *TINY])
+    assert [d.parent.name for d in done] == ["zero-shot"]
+    assert (tmp_path / "a" / "report" / "report.md").is_file()
+    assert not (tmp_path / "published" / "table.json").exists()
+    with pytest.raises(ValueError, match="--algos dqn: not an algorithm of suite 'tiny'"):
+        suite.Args(suite="tiny", algos=["dqn"])
+
+
 def test_cpu_suite_budgets_and_per_job_settings() -> None:
     """The CPU table's budgets are at least 20 PPO iterations of 16 episodes (sentiment: 20,000 tokens), the
     same for every algorithm of a task; a job's own settings apply unless the command line sets them."""
