@@ -50,7 +50,11 @@ from rewards.storage import atomic_write_text
 from textenv import task_envs
 from textenv.task_envs import BENCHMARKS, REWARD_NAMES
 
-ALGOS = ("zero-shot", "ppo", "reinforce", "rloo", "dqn")
+ALGOS = ("zero-shot", "ppo", "reinforce", "rloo", "dqn", "soft-dqn")
+#: DQN's algorithms (their runs take the --dqn-* options); soft-dqn is DQN with soft Q-learning, its own column
+DQN_ALGOS = ("dqn", "soft-dqn")
+#: --algo soft-dqn's beta unless --dqn-soft-q-coef sets one: the two-seed similarity pilot's setting
+SOFT_DQN_COEF = 0.05
 
 
 @dataclass
@@ -156,7 +160,8 @@ class Args(RunSettings):
     task: str = "sentiment"
     """Benchmark task: sentiment, error-rate, similarity or preference."""
     algo: str = "zero-shot"
-    """zero-shot, ppo, reinforce, rloo or dqn."""
+    """zero-shot, ppo, reinforce, rloo, dqn or soft-dqn (DQN with soft Q-learning, --dqn-soft-q-coef 0.05
+    unless given)."""
     budget: str = "10it"
     """Training budget: '<n>' env steps (generated tokens over all envs) or '<n>it' iterations."""
 
@@ -171,6 +176,8 @@ class Args(RunSettings):
                 f"--algo rloo needs --group-size 2 or more (got {self.group_size}): its baseline is the mean "
                 "of the other samples of the same prompt. Use e.g. --group-size 4, or --algo reinforce."
             )
+        if self.algo == "soft-dqn" and self.dqn_soft_q_coef == 0:
+            self.dqn_soft_q_coef = SOFT_DQN_COEF  # recorded in summary.json's args as it ran
         parse_budget(self.budget)
 
 
@@ -200,10 +207,11 @@ def parse_args(argv: list[str] | None = None) -> Args:
 
 # ---- training -------------------------------------------------------------------------------------------
 def agent_class(algo: str) -> Any:
-    """The agent class that trains ``algo`` (rloo: REINFORCE with its leave-one-out baseline)."""
+    """The agent class that trains ``algo`` (rloo: REINFORCE with its leave-one-out baseline; soft-dqn: DQN)."""
     import agents
 
-    classes = {"ppo": agents.PPO, "reinforce": agents.REINFORCE, "rloo": agents.REINFORCE, "dqn": agents.DQN}
+    classes = {"ppo": agents.PPO, "reinforce": agents.REINFORCE, "rloo": agents.REINFORCE}
+    classes |= {"dqn": agents.DQN, "soft-dqn": agents.DQN}
     return classes[algo]
 
 
@@ -362,7 +370,7 @@ def run_seed(args: Args, seed: int, command: str = "") -> Path:
         }
         names = {f.name for f in dataclasses.fields(algo.config_class)}
         settings = {k: v for k, v in wanted.items() if k in names}
-        if args.algo == "dqn":  # DQN's preset for a 135M model: a few replay updates per round of episodes,
+        if args.algo in DQN_ALGOS:  # DQN's preset for a 135M model: a few replay updates per round of episodes,
             # learning from the second round on (so it trains at every budget), target synced every 2 rounds
             preset = algo.config_class.smollm2_sentiment(**settings)
             freq = preset.train_freq[0] if isinstance(preset.train_freq, tuple) else 1

@@ -61,7 +61,7 @@ CPU_BUDGET = {"sentiment": "20480", "error-rate": "12800", "similarity": "10240"
 #: preference runs at twice the sweep's learning rate and half its KL coefficient: the sweep's lr 3e-5 run
 #: drifted 6.7 nats in 12,288 tokens, its lr 1e-5 runs 1.4 to 2.0, and the over-optimisation curves need 5+
 CPU_JOB_SETTINGS: dict[str, dict[str, Any]] = {"preference": {"init_kl_coef": 0.005, "learning_rate": 2e-5}}
-TABLE_ALGOS = ("zero-shot", "ppo", "rloo", "dqn")
+TABLE_ALGOS = ("zero-shot", "ppo", "rloo", "dqn", "soft-dqn")
 #: the first release's CPU table (2026-11-22): two PPO iterations' worth of tokens per run, REINFORCE with a
 #: moving-average baseline, fp32, evaluated before and after only; kept so that its report can be rebuilt
 CPU_V1_BUDGET = {"sentiment": "3072", "error-rate": "2560", "similarity": "1536", "preference": "3072"}
@@ -90,7 +90,7 @@ SUITES: dict[str, Suite] = {
         extras=False,
     ),
 }
-"""Named suites. ``cpu`` is the README's table (48 runs of about 10 to 30 minutes each on 2 cores, built up
+"""Named suites. ``cpu`` is the README's table (60 runs of about 10 to 80 minutes each on 2 cores, built up
 over several sittings: each finished run is committed under ``benchmarks/results/cpu/runs/``); ``gpu`` the
 same at a GPU-sized budget; ``cpu-v1`` and ``sentiment-cpu`` the first release's tables."""
 
@@ -148,7 +148,7 @@ def same_job(recorded: dict[str, Any], job: run.Args) -> bool:
     had a value before it existed (:data:`BEFORE_OPTION`: DQN runs before the dueling Q-values are raw-logit
     runs)."""
     wanted = {k: v for k, v in dataclasses.asdict(job).items() if k not in EXECUTION_ONLY}
-    if job.algo != "dqn":
+    if job.algo not in run.DQN_ALGOS:
         wanted = {k: v for k, v in wanted.items() if not k.startswith("dqn_")}
     return all(recorded.get(k, BEFORE_OPTION.get(k, v)) == v for k, v in wanted.items())
 

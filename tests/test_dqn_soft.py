@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import gymnasium as gym
@@ -160,3 +161,19 @@ def test_benchmark_cli_runs_soft_q_learning(tmp_path) -> None:
     agent = json.loads((run_dir / "summary.json").read_text())["agent"]
     assert agent["soft_q_coef"] == 0.05 and agent["exploration"] == "policy", agent
     assert agent["conservative_coef"] == 0
+
+
+def test_soft_dqn_is_its_own_table_column() -> None:
+    """``--algo soft-dqn`` is DQN at beta 0.05 (recorded in the run's args), a job of its own in the suite:
+    neither a dqn run nor a dqn run at beta 0.05 (the pilot's) counts as one."""
+    from benchmarks import run, suite
+
+    soft = run.Args(task="similarity", algo="soft-dqn", budget="10240")
+    assert soft.dqn_soft_q_coef == run.SOFT_DQN_COEF == 0.05
+    assert run.Args(task="similarity", algo="soft-dqn", dqn_soft_q_coef=0.2).dqn_soft_q_coef == 0.2
+    assert run.agent_class("soft-dqn") is run.agent_class("dqn")
+    pilot = dataclasses.asdict(dataclasses.replace(soft, algo="dqn"))
+    assert suite.same_job(dataclasses.asdict(soft), soft)
+    assert not suite.same_job(pilot, soft)
+    assert not suite.same_job(pilot | {"dqn_target": "sarsa", "algo": "soft-dqn"}, soft)  # DQN options count
+    assert "soft-dqn" in suite.TABLE_ALGOS
