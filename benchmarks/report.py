@@ -290,7 +290,7 @@ README_BEGIN, README_END = "<!-- benchmarks.report: begin -->", "<!-- benchmarks
 
 
 def ordered(algos: Any) -> list[str]:
-    """Algorithms in table order: zero-shot, ppo, reinforce, rloo, dqn, soft-dqn, then any others alphabetically."""
+    """Algorithms in table order (:data:`ALGO_ORDER`), then any others alphabetically."""
     return sorted(algos, key=lambda a: (ALGO_ORDER.index(a) if a in ALGO_ORDER else len(ALGO_ORDER), a))
 
 

@@ -51,7 +51,7 @@ from textenv import task_envs
 from textenv.task_envs import BENCHMARKS, REWARD_NAMES
 
 ALGOS = ("zero-shot", "ppo", "reinforce", "rloo", "dqn", "soft-dqn")
-#: DQN's algorithms (their runs take the --dqn-* options); soft-dqn is DQN with soft Q-learning, its own column
+#: DQN's algorithms (their runs take the --dqn-* options); soft-dqn, DQN with soft Q-learning, is a column
 DQN_ALGOS = ("dqn", "soft-dqn")
 #: --algo soft-dqn's beta unless --dqn-soft-q-coef sets one: the two-seed similarity pilot's setting
 SOFT_DQN_COEF = 0.05
@@ -370,7 +370,9 @@ def run_seed(args: Args, seed: int, command: str = "") -> Path:
         }
         names = {f.name for f in dataclasses.fields(algo.config_class)}
         settings = {k: v for k, v in wanted.items() if k in names}
-        if args.algo in DQN_ALGOS:  # DQN's preset for a 135M model: a few replay updates per round of episodes,
+        if (
+            args.algo in DQN_ALGOS
+        ):  # DQN's preset for a 135M model: a few replay updates per round of episodes,
             # learning from the second round on (so it trains at every budget), target synced every 2 rounds
             preset = algo.config_class.smollm2_sentiment(**settings)
             freq = preset.train_freq[0] if isinstance(preset.train_freq, tuple) else 1
