@@ -207,7 +207,7 @@ def parse_args(argv: list[str] | None = None) -> Args:
 
 # ---- training -------------------------------------------------------------------------------------------
 def agent_class(algo: str) -> Any:
-    """The agent class that trains ``algo`` (rloo: REINFORCE with its leave-one-out baseline; soft-dqn: DQN)."""
+    """The agent class that trains ``algo`` (rloo: REINFORCE with a leave-one-out baseline; soft-dqn: DQN)."""
     import agents
 
     classes = {"ppo": agents.PPO, "reinforce": agents.REINFORCE, "rloo": agents.REINFORCE}
