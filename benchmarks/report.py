@@ -181,22 +181,24 @@ def plot(env_id: str, by_algo: dict[str, list[Run]], tag: str, out: Path) -> Pat
     return path
 
 
+def kl_series(run: Run, tags: tuple[str, ...]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each of ``tags`` of one run at the KL of their step (``rollout/kl`` interpolated), sorted by KL."""
+    kl = run.scalars["rollout/kl"]
+    per_tag = []
+    for tag in tags:
+        steps, values = run.scalars[tag]
+        x = np.interp(steps, kl[0], kl[1])  # KL at the steps the metric was logged
+        order = np.argsort(x, kind="stable")
+        per_tag.append((x[order], values[order]))
+    return per_tag
+
+
 def kl_curves(
     runs: list[Run], tags: tuple[str, ...], points: int = 25
 ) -> tuple[np.ndarray, list[Any]] | None:
-    """Each of ``tags`` against the KL to the reference, as (grid, [(mean, std) per tag]) over ``runs``: every
-    run's values at the KL of their step (``rollout/kl`` interpolated), sorted by KL, interpolated onto a
-    common grid from 0 to the smallest of the runs' largest KLs (so every point averages every run)."""
-    series = []
-    for run in runs:
-        kl = run.scalars["rollout/kl"]
-        per_tag = []
-        for tag in tags:
-            steps, values = run.scalars[tag]
-            x = np.interp(steps, kl[0], kl[1])  # KL at the steps the metric was logged
-            order = np.argsort(x, kind="stable")
-            per_tag.append((x[order], values[order]))
-        series.append(per_tag)
+    """Each of ``tags`` against the KL, (grid, [(mean, std) per tag]) over ``runs``: every :func:`kl_series`
+    on a grid from 0 to the smallest of the runs' largest KLs (so every point averages every run)."""
+    series = [kl_series(run, tags) for run in runs]
     top = min(float(per_tag[0][0].max()) for per_tag in series)
     if not np.isfinite(top) or top <= 0:
         return None
@@ -208,13 +210,24 @@ def kl_curves(
     return grid, curves
 
 
+def moving_average(values: np.ndarray, window: int = 5) -> np.ndarray:
+    """The mean of each value and the ``window // 2`` on either side (fewer at the ends).
+
+    >>> moving_average(np.array([0.0, 3.0, 0.0, 3.0]), window=3).tolist(), moving_average(np.ones(2)).tolist()
+    ([1.5, 1.0, 2.0, 1.5], [1.0, 1.0])
+    """
+    index, total = np.arange(len(values)), np.concatenate([[0.0], np.cumsum(values)])
+    low, high = np.maximum(index - window // 2, 0), np.minimum(index + window // 2 + 1, len(values))
+    return (total[high] - total[low]) / (high - low)
+
+
 def overoptimisation(
     env_id: str, by_algo: dict[str, list[Run]], gold: str, out: Path
 ) -> tuple[Path, list[str]] | None:
     """Proxy reward (the trained-on reward) and ``gold`` against the KL to the reference, every iteration of
-    every run, as the mean over seeds with a ± std band (:func:`kl_curves`): a gold curve that falls while the
-    proxy still rises is over-optimisation. Returns the PNG and one line per algorithm saying at which KL the
-    mean gold reward peaks (None: not logged)."""
+    every run: the mean over seeds with a ± std band (:func:`kl_curves`), each run over its own KL range thin
+    (smoothed over 5 iterations). A gold curve that falls while the proxy still rises is over-optimisation.
+    Returns the PNG and one line per algorithm: the KL where the mean gold peaks (None: not logged)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -238,13 +251,17 @@ def overoptimisation(
         for axis, (mean, std) in zip(axes, curves, strict=True):
             axis.plot(grid, mean, color=f"C{index}", label=f"{algo} (n={len(runs)})")
             axis.fill_between(grid, mean - std, mean + std, color=f"C{index}", alpha=0.2)
+        for run in runs:  # each run over its own KL range (a moving average of 5 iterations), thin
+            for axis, (x, y) in zip(axes, kl_series(run, tags), strict=True):
+                axis.plot(x, moving_average(y), color=f"C{index}", alpha=0.35, linewidth=0.8)
         gold_mean = curves[1][0]
         best = int(np.argmax(gold_mean))
         points = min(len(r.scalars[gold][0]) for r in runs)
+        reached = " / ".join(f"{float(r.scalars['rollout/kl'][1].max()):.2f}" for r in runs)
         peaks.append(
             f"{env_id} {algo}: mean gold {gold} peaks at KL {grid[best]:.2f} nats ({gold_mean[best]:.3f}; "
             f"{gold_mean[0]:.3f} at the start, {gold_mean[-1]:.3f} at {grid[-1]:.2f}, the largest KL all "
-            f"{len(runs)} runs reached); at least {points} points per run"
+            f"{len(runs)} runs reached; each run's largest: {reached}); at least {points} points per run"
         )
     for axis, tag in zip(axes, ("proxy: " + tags[0], "gold: " + gold), strict=True):
         axis.set(xlabel="KL to reference (nats per episode)", ylabel=tag, title=f"{env_id}: {tag}")

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -338,6 +339,8 @@ def test_report_aggregates_seeds_and_plots_proxy_against_gold(tmp_path: Path) ->
     assert (tmp_path / "report" / "TextGen-Preference-v0__overoptimisation.png").is_file()
     assert "TextGen-Preference-v0 ppo: mean gold rollout/classifier peaks at KL 2.00 nats (1.000;" in markdown
     assert "at least 3 points per run" in markdown
+    assert "each run's largest: 3.00 / 3.00)" in markdown  # the thin per-run lines reach that far
+    assert report.moving_average(np.array([1.0, 1.0, 4.0]), window=3).tolist() == [1.0, 2.0, 2.5]
     runs = report.find_runs([tmp_path / "TextGen-Preference-v0" / "ppo"])
     curves = report.kl_curves(runs, ("rollout/ep_rew_mean", "rollout/classifier"))
     assert curves is not None
