@@ -210,7 +210,7 @@ def agent_class(algo: str) -> Any:
     """The agent class that trains ``algo`` (rloo: REINFORCE with a leave-one-out baseline; soft-dqn: DQN)."""
     import agents
 
-    classes = {"ppo": agents.PPO, "reinforce": agents.REINFORCE, "rloo": agents.REINFORCE}
+    classes: dict[str, Any] = {"ppo": agents.PPO, "reinforce": agents.REINFORCE, "rloo": agents.REINFORCE}
     classes |= {"dqn": agents.DQN, "soft-dqn": agents.DQN}
     return classes[algo]
 
