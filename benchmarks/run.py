@@ -210,8 +210,10 @@ def agent_class(algo: str) -> Any:
     """The agent class that trains ``algo`` (rloo: REINFORCE with a leave-one-out baseline; soft-dqn: DQN)."""
     import agents
 
-    classes: dict[str, Any] = {"ppo": agents.PPO, "reinforce": agents.REINFORCE, "rloo": agents.REINFORCE}
-    classes |= {"dqn": agents.DQN, "soft-dqn": agents.DQN}
+    classes: dict[str, Any] = {
+        "ppo": agents.PPO, "reinforce": agents.REINFORCE, "rloo": agents.REINFORCE,
+        "dqn": agents.DQN, "soft-dqn": agents.DQN,
+    }  # fmt: skip
     return classes[algo]
 
 
@@ -370,10 +372,9 @@ def run_seed(args: Args, seed: int, command: str = "") -> Path:
         }
         names = {f.name for f in dataclasses.fields(algo.config_class)}
         settings = {k: v for k, v in wanted.items() if k in names}
-        if (
-            args.algo in DQN_ALGOS
-        ):  # DQN's preset for a 135M model: a few replay updates per round of episodes,
-            # learning from the second round on (so it trains at every budget), target synced every 2 rounds
+        if args.algo in DQN_ALGOS:
+            # DQN's preset for a 135M model: a few replay updates per round of episodes, learning from the
+            # second round on (so it trains at every budget), target synced every 2 rounds
             preset = algo.config_class.smollm2_sentiment(**settings)
             freq = preset.train_freq[0] if isinstance(preset.train_freq, tuple) else 1
             round_tokens = freq * int(eval_env.get_wrapper_attr("max_new_tokens"))
