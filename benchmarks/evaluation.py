@@ -46,7 +46,8 @@ def evaluate(
     lm.eval()
     torch.manual_seed(seed)
     completions, kls, lengths = [], [], []
-    stops = torch.as_tensor(core.stop_token_ids)  # (S,): EOS and the task's stop tokens
+    device = next(lm.parameters()).device  # inputs follow the model (a GPU under DeepSpeed)
+    stops = torch.as_tensor(core.stop_token_ids, device=device)  # (S,): EOS and the task's stop tokens
     generation = {
         "do_sample": True,
         "top_k": sampling.top_k,
@@ -56,8 +57,8 @@ def evaluate(
     }
     for start in range(0, count, batch_size):
         encoded = [core.encode_prompt(i) for i in range(start, min(count, start + batch_size))]
-        ids = torch.as_tensor(np.stack([e[0] for e in encoded]))  # (B, P)
-        mask = torch.as_tensor(np.stack([e[1] for e in encoded]))  # (B, P)
+        ids = torch.as_tensor(np.stack([e[0] for e in encoded]), device=device)  # (B, P)
+        mask = torch.as_tensor(np.stack([e[1] for e in encoded]), device=device)  # (B, P)
         out = lm.generate(
             input_ids=ids,
             attention_mask=mask,
@@ -79,7 +80,7 @@ def evaluate(
             )  # (B, n_gen)
             kls += (log_ratio * gen_mask).sum(-1).tolist()
         lengths += gen_mask.sum(-1).tolist()
-        completions += core.decode([core.completion_ids(row) for row in out.numpy()])
+        completions += core.decode([core.completion_ids(row) for row in out.cpu().numpy()])
     examples = [core.dataset[i] for i in range(count)]
     prompts, references = [e.prompt for e in examples], [e.reference for e in examples]
     scores = core.score(range(count), completions)

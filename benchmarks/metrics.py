@@ -40,14 +40,15 @@ def perplexity(
 ) -> float:
     """exp(mean token NLL) of ``texts`` under ``lm`` (each truncated to ``max_tokens``, no special tokens)."""
     nll, count = 0.0, 0
+    device = next(lm.parameters()).device
     for start in range(0, len(texts), batch_size):
         rows = [
             tokenizer(t, add_special_tokens=False)["input_ids"][:max_tokens]
             for t in texts[start : start + batch_size]
         ]
         width = max(map(len, rows))
-        ids = torch.tensor([r + [tokenizer.pad_token_id] * (width - len(r)) for r in rows])  # (B, T)
-        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])  # (B, T)
+        ids = torch.tensor([r + [tokenizer.pad_token_id] * (width - len(r)) for r in rows], device=device)
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)  # (B, T)
         logits = lm(input_ids=ids, attention_mask=mask).logits[:, :-1].float()  # (B, T-1, V)
         token_nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
         nll += float((token_nll * mask[:, 1:]).sum())
