@@ -143,6 +143,19 @@ def test_first_build_prints_one_line_and_no_library_chatter(tmp_path: Path) -> N
         assert noise not in done.stderr, f"{noise!r} in the output:\n{done.stderr}"
 
 
+def test_loading_a_model_draws_no_progress_bar(capfd: pytest.CaptureFixture[str]) -> None:
+    """transformers draws a "Loading weights" bar at every load: each benchmark run, evaluation copy and
+    worker would print one. load_model turns it off for the load and leaves the user's setting as it was."""
+    from transformers.utils import logging as hf_logging
+
+    textenv.load_model("tiny-gpt2")  # built (or found) in the cache first, so the next load is a plain load
+    capfd.readouterr()
+    hf_logging.enable_progress_bar()
+    textenv.load_model("tiny-gpt2")
+    assert "Loading weights" not in capfd.readouterr().err
+    assert hf_logging.is_progress_bar_enabled()
+
+
 def test_a_failed_build_shows_what_the_libraries_printed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

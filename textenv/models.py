@@ -27,6 +27,7 @@ import io
 import os
 import socket
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,21 @@ def _build_tiny_smollm2(out: Path) -> None:
     tiny.build_tiny_llama(AutoTokenizer.from_pretrained(smollm2_tokenizer_dir()), out)
 
 
+@contextlib.contextmanager
+def _no_hf_progress_bars() -> Iterator[None]:
+    """transformers' progress bars off for the block (its "Loading weights" bar, drawn at every load of a
+    model that loads in a second), then as they were."""
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def _build_quietly(name: str, out: Path) -> None:
     """Build model ``name`` into ``out`` (once per cache) with one line of our own instead of the libraries'
     progress bars and notices (GGUF conversion, weight loading and shard writing bars; DeepSpeed's accelerator
@@ -95,20 +111,17 @@ def _build_quietly(name: str, out: Path) -> None:
 
     print(f"textenv: building model {name!r} once, into the cache {out.parent}", file=sys.stderr, flush=True)
     name_cpu_accelerator()
-    bars, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
-    hf_logging.disable_progress_bar()
+    verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     captured = io.StringIO()  # the GGUF converter's own tqdm bar writes here
     try:
-        with contextlib.redirect_stderr(captured):
+        with _no_hf_progress_bars(), contextlib.redirect_stderr(captured):
             _BUILDERS[name](out)
     except BaseException:
         sys.stderr.write(captured.getvalue())
         raise
     finally:
         hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 _BUILDERS = {
@@ -211,4 +224,5 @@ def load_model(name_or_path: str | Path = DEFAULT_MODEL, dtype: torch.dtype = to
     from transformers import AutoModelForCausalLM
 
     source = model_dir(name_or_path)
-    return _from_pretrained(AutoModelForCausalLM, source, dtype=dtype).eval()
+    with _no_hf_progress_bars():
+        return _from_pretrained(AutoModelForCausalLM, source, dtype=dtype).eval()
