@@ -82,7 +82,7 @@ class TrainConfig:
     logdir: str | None = None
     """TensorBoard directory; ``None``: ``runs/rewards/<kind>__seed<k>__<time>``; ``""`` disables logging."""
     progress_bar: bool = True
-    """Show a tqdm progress bar."""
+    """Show a tqdm progress bar on a terminal (redirected to a file, e.g. a benchmark log, it shows none)."""
 
     def __post_init__(self) -> None:
         check_setting("base_model", self.base_model, "str", repr(MINILM))
@@ -316,7 +316,9 @@ def fit(
         settings = {**dataclasses.asdict(config), "precision": resolved, "world_size": world}
         writer.add_text("hparams", json.dumps({**settings, "deepspeed": ds_config}, indent=2, default=str))
     metrics: dict[str, float] = {}
-    bar = tqdm(total=total_steps, disable=not config.progress_bar or rank != 0, desc=f"train {model.kind} RM")
+    quiet = not config.progress_bar or rank != 0
+    # disable=None: tqdm draws only on a terminal, so a log file does not fill up with bars
+    bar = tqdm(total=total_steps, disable=True if quiet else None, desc=f"train {model.kind} RM")
     step = 0
     for epoch in range(config.epochs):
         model.train(True)

@@ -127,6 +127,20 @@ def classifier(backbones) -> ClassifierRewardModel:
     return train_classifier(texts, labels, eval_texts, eval_labels, config(backbones["encoder"]))
 
 
+def test_progress_bar_only_on_a_terminal(backbones, capfd: pytest.CaptureFixture[str]) -> None:
+    """With progress_bar=True a training run draws its bar on a terminal only: stderr captured to a file
+    (here pytest's; a benchmark's log) gets no bar lines."""
+    texts, labels = sentiment_fixture(0)
+    train_classifier(
+        texts[:8],
+        labels[:8],
+        texts[:8],
+        labels[:8],
+        config(backbones["encoder"], epochs=1, progress_bar=True),
+    )
+    assert "train classifier RM" not in capfd.readouterr().err
+
+
 def test_classifier_learns(classifier) -> None:
     assert classifier.pooling == "mean"
     assert classifier.metrics["eval_accuracy"] >= 0.9
