@@ -68,3 +68,26 @@ def torchrun(
         output, _ = proc.communicate()
         pytest.fail(f"torchrun did not finish in {timeout} s:\n{output.decode(errors='replace')[-4000:]}")
     return subprocess.CompletedProcess(command, proc.returncode, output.decode(errors="replace"), "")
+
+
+def failure_report(output: str, lines_per_rank: int = 40) -> str:
+    r"""What a failed multi-process run printed, for an assertion message: the last ``lines_per_rank`` lines
+    of each rank's own ``[rankN]:`` traceback (the rank that crashed first is otherwise hidden behind the
+    "connection closed by peer" traceback of the others), then the last lines of the whole output.
+
+    >>> print(failure_report("[rank1]: ValueError: x\n[rank0]: RuntimeError: peer closed\ndone", 1))
+    --- rank0 ---
+    [rank0]: RuntimeError: peer closed
+    --- rank1 ---
+    [rank1]: ValueError: x
+    --- end of the output ---
+    [rank1]: ValueError: x
+    [rank0]: RuntimeError: peer closed
+    done
+    """
+    by_rank: dict[str, list[str]] = {}
+    for line in output.splitlines():
+        if line.startswith("[rank") and "]:" in line:
+            by_rank.setdefault(line[1 : line.index("]")], []).append(line)
+    parts = [f"--- {rank} ---\n" + "\n".join(by_rank[rank][-lines_per_rank:]) for rank in sorted(by_rank)]
+    return "\n".join([*parts, "--- end of the output ---", output[-2000:]])

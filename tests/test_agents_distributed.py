@@ -11,7 +11,7 @@ from pathlib import Path
 from types import ModuleType
 
 import torch
-from launch import load_module, needs_torchrun, torchrun
+from launch import failure_report, load_module, needs_torchrun, torchrun
 
 WORKER = Path(__file__).with_name("dist_grad_worker.py")
 RUNS = ("0:none", "1:none", "2:1.0")  # ZeRO stage : max_grad_norm (1.0 does clip this batch)
@@ -48,7 +48,7 @@ def test_two_process_gradient_equals_full_batch_gradient(tmp_path) -> None:
     step equal the single-process full-batch ones, for ZeRO stages 0, 1, 2 and with gradient clipping."""
     torch.set_num_threads(1)
     result = run_torchrun(tmp_path)
-    assert result.returncode == 0, result.stdout[-4000:]
+    assert result.returncode == 0, failure_report(result.stdout)
     worker = load_worker()
     for run in RUNS:
         clip = run.split(":")[1]

@@ -14,7 +14,7 @@ from types import ModuleType
 
 import pytest
 import torch
-from launch import DEEPSPEED, REPO, load_module, needs_torchrun, torchrun
+from launch import DEEPSPEED, REPO, failure_report, load_module, needs_torchrun, torchrun
 
 from agents import DQN, PPO, distributed, lora
 from rewards import engine
@@ -30,7 +30,7 @@ def load_worker() -> ModuleType:
 def run_worker(out_dir: Path, *phases: str, timeout: float = 240.0) -> str:
     """``torchrun --nproc_per_node 2`` on the worker's ``phases``; the process group is killed on timeout."""
     result = torchrun([str(WORKER), str(out_dir), *phases], timeout)
-    assert result.returncode == 0, result.stdout[-6000:]
+    assert result.returncode == 0, failure_report(result.stdout)
     return result.stdout
 
 
@@ -95,7 +95,7 @@ def test_whole_runs_under_the_deepspeed_launcher(tmp_path: Path) -> None:
     """The ``deepspeed`` launcher (2 CPU processes; it appends ``--local_rank=R`` to the script's arguments)
     runs the same whole runs as torchrun: equal steps and weights on both ranks, each on its own episodes."""
     result = torchrun([str(WORKER), str(tmp_path), "learn"], timeout=240, launcher="deepspeed")
-    assert result.returncode == 0, result.stdout[-6000:]
+    assert result.returncode == 0, failure_report(result.stdout)
     learned = [json.loads((tmp_path / f"learn_rank{rank}.json").read_text()) for rank in range(2)]
     for algo in ("ppo", "reinforce", "dqn"):
         assert learned[0][algo] == learned[1][algo] and learned[0][algo]["updates"] >= 2, algo
