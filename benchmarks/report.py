@@ -9,8 +9,9 @@ path ``.../<env-id>/<algo>/seed<k>-<time>/``. Scalars are read with TensorBoard'
 
 - Table per env id: one row per scalar tag, one column per algorithm; each cell is the mean ± sample std over
   seeds of the run's last value of that tag (for ``eval/*``, the evaluation after training), and ``(n=k)``.
-- Curves per env id and tag: one line per algorithm (the mean over seeds, on the union of their steps,
-  interpolated) with a band of ± one std; x is env steps (generated tokens). The held-out reward is also
+- Curves per env id and tag (:mod:`benchmarks.plots`): one line per algorithm (the mean over seeds on the
+  range every seed covers, interpolated; each longer run's rest thin) with a band of ± one std; x is env
+  steps (generated tokens). The held-out reward is also
   plotted against the training wall time (``eval_vs_seconds/reward``, from each summary's
   ``eval_history``; the evaluations' own time excluded).
 - ``table.json``: every cell of the headline table as a row (:func:`headline_rows`), with the values per
@@ -34,12 +35,11 @@ import numpy as np
 import tyro
 
 from benchmarks.metrics import paired_change
+from benchmarks.plots import BY_SECONDS, overoptimisation, plot
 from rewards.storage import atomic_write_text
 
 CURVE_TAGS = ("rollout/ep_rew_mean", "rollout/kl", "eval/reward", "eval_vs_seconds/reward")
 """Tags plotted by default, beside every ``rollout/<side metric>`` a run logged."""
-BY_SECONDS = "eval_vs_seconds/"
-"""Prefix of the series read from a summary's ``eval_history`` with the training wall time as x."""
 
 
 @dataclass
@@ -130,148 +130,6 @@ def table(by_algo: dict[str, list[Run]]) -> str:
             cells.append(mean_std(finals) if finals else "–")
         lines.append(f"| {tag} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def curve(runs: list[Run], tag: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """(steps, mean, std) of ``tag`` over ``runs`` on the union of their steps (each run interpolated within
-    its own range; a step counts the runs that reached it)."""
-    series = [run.scalars[tag] for run in runs if tag in run.scalars and len(run.scalars[tag][0])]
-    if not series:
-        return None
-    steps = np.unique(np.concatenate([s for s, _ in series]))
-    grid = np.full((len(series), len(steps)), np.nan)
-    for row, (s, v) in enumerate(series):
-        inside = (steps >= s.min()) & (steps <= s.max())
-        grid[row, inside] = np.interp(steps[inside], s, v)
-    counts = np.sum(~np.isnan(grid), 0)
-    mean = np.nanmean(grid, 0)
-    std = np.where(counts > 1, np.nanstd(np.where(np.isnan(grid), mean, grid), 0, ddof=0), 0.0)
-    return steps, mean, std
-
-
-def plot(env_id: str, by_algo: dict[str, list[Run]], tag: str, out: Path) -> Path | None:
-    """One PNG: a line per algorithm with a ± std band over seeds; None if no run logged ``tag``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(6, 4))
-    drawn = False
-    for algo in ordered(by_algo):
-        result = curve(by_algo[algo], tag)
-        if result is None:
-            continue
-        steps, mean, std = result
-        marker = "o" if len(steps) < 4 else None
-        axis.plot(steps, mean, label=f"{algo} (n={len(by_algo[algo])})", marker=marker)
-        axis.fill_between(steps, mean - std, mean + std, alpha=0.2)
-        drawn = True
-    if not drawn:
-        plt.close(figure)
-        return None
-    xlabel = "training wall time (s)" if tag.startswith(BY_SECONDS) else "env steps (generated tokens)"
-    axis.set(title=f"{env_id}: {tag}", xlabel=xlabel, ylabel=tag)
-    axis.grid(alpha=0.3)
-    axis.legend()
-    path = out / f"{env_id}__{tag.replace('/', '_')}.png"
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
-
-
-def kl_series(run: Run, tags: tuple[str, ...]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Each of ``tags`` of one run at the KL of their step (``rollout/kl`` interpolated), sorted by KL."""
-    kl = run.scalars["rollout/kl"]
-    per_tag = []
-    for tag in tags:
-        steps, values = run.scalars[tag]
-        x = np.interp(steps, kl[0], kl[1])  # KL at the steps the metric was logged
-        order = np.argsort(x, kind="stable")
-        per_tag.append((x[order], values[order]))
-    return per_tag
-
-
-def kl_curves(
-    runs: list[Run], tags: tuple[str, ...], points: int = 25
-) -> tuple[np.ndarray, list[Any]] | None:
-    """Each of ``tags`` against the KL, (grid, [(mean, std) per tag]) over ``runs``: every :func:`kl_series`
-    on a grid from 0 to the smallest of the runs' largest KLs (so every point averages every run)."""
-    series = [kl_series(run, tags) for run in runs]
-    top = min(float(per_tag[0][0].max()) for per_tag in series)
-    if not np.isfinite(top) or top <= 0:
-        return None
-    grid = np.linspace(0.0, top, points)
-    curves = []
-    for index in range(len(tags)):
-        rows = np.array([np.interp(grid, *per_tag[index]) for per_tag in series])  # (runs, points)
-        curves.append((rows.mean(0), rows.std(0, ddof=1) if len(rows) > 1 else np.zeros(points)))
-    return grid, curves
-
-
-def moving_average(values: np.ndarray, window: int = 5) -> np.ndarray:
-    """The mean of each value and the ``window // 2`` on either side (fewer at the ends).
-
-    >>> moving_average(np.array([0.0, 3.0, 0.0, 3.0]), window=3).tolist(), moving_average(np.ones(2)).tolist()
-    ([1.5, 1.0, 2.0, 1.5], [1.0, 1.0])
-    """
-    index, total = np.arange(len(values)), np.concatenate([[0.0], np.cumsum(values)])
-    low, high = np.maximum(index - window // 2, 0), np.minimum(index + window // 2 + 1, len(values))
-    return (total[high] - total[low]) / (high - low)
-
-
-def overoptimisation(
-    env_id: str, by_algo: dict[str, list[Run]], gold: str, out: Path
-) -> tuple[Path, list[str]] | None:
-    """Proxy reward (the trained-on reward) and ``gold`` against the KL to the reference, every iteration of
-    every run: the mean over seeds with a ± std band (:func:`kl_curves`), each run over its own KL range thin
-    (smoothed over 5 iterations). A gold curve that falls while the proxy still rises is over-optimisation.
-    Returns the PNG and one line per algorithm: the KL where the mean gold peaks (None: not logged)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    tags = ("rollout/ep_rew_mean", gold)
-    groups = {
-        algo: [r for r in by_algo[algo] if {"rollout/kl", *tags} <= set(r.scalars)]
-        for algo in ordered(by_algo)
-    }
-    groups = {algo: runs for algo, runs in groups.items() if runs}
-    if not groups:
-        return None
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
-    peaks = []
-    for index, (algo, runs) in enumerate(groups.items()):
-        result = kl_curves(runs, tags)
-        if result is None:
-            continue
-        grid, curves = result
-        for axis, (mean, std) in zip(axes, curves, strict=True):
-            axis.plot(grid, mean, color=f"C{index}", label=f"{algo} (n={len(runs)})")
-            axis.fill_between(grid, mean - std, mean + std, color=f"C{index}", alpha=0.2)
-        for run in runs:  # each run over its own KL range (a moving average of 5 iterations), thin
-            for axis, (x, y) in zip(axes, kl_series(run, tags), strict=True):
-                axis.plot(x, moving_average(y), color=f"C{index}", alpha=0.35, linewidth=0.8)
-        gold_mean = curves[1][0]
-        best = int(np.argmax(gold_mean))
-        points = min(len(r.scalars[gold][0]) for r in runs)
-        reached = " / ".join(f"{float(r.scalars['rollout/kl'][1].max()):.2f}" for r in runs)
-        peaks.append(
-            f"{env_id} {algo}: mean gold {gold} peaks at KL {grid[best]:.2f} nats ({gold_mean[best]:.3f}; "
-            f"{gold_mean[0]:.3f} at the start, {gold_mean[-1]:.3f} at {grid[-1]:.2f}, the largest KL all "
-            f"{len(runs)} runs reached; each run's largest: {reached}); at least {points} points per run"
-        )
-    for axis, tag in zip(axes, ("proxy: " + tags[0], "gold: " + gold), strict=True):
-        axis.set(xlabel="KL to reference (nats per episode)", ylabel=tag, title=f"{env_id}: {tag}")
-        axis.grid(alpha=0.3)
-        axis.legend()
-    path = out / f"{env_id}__overoptimisation.png"
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path, peaks
 
 
 def provenance(by_algo: dict[str, list[Run]]) -> list[str]:
@@ -452,7 +310,8 @@ def write_report(
         summary,
     ]
     figures = []
-    for env_id, by_algo in sorted(groups.items()):
+    for env_id, unordered in sorted(groups.items()):
+        by_algo = {algo: unordered[algo] for algo in ordered(unordered)}
         sections += ["", f"## {env_id}", "", table(by_algo), ""]
         logged = {tag for runs_ in by_algo.values() for run in runs_ for tag in run.scalars}
         wanted = tags or [

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import gpu, report, run, sweep, throughput, vs_trl
+from benchmarks import gpu, plots, report, run, sweep, throughput, vs_trl
 
 TINY = [
     "--model",
@@ -340,14 +340,14 @@ def test_report_aggregates_seeds_and_plots_proxy_against_gold(tmp_path: Path) ->
     assert "TextGen-Preference-v0 ppo: mean gold rollout/classifier peaks at KL 2.00 nats (1.000;" in markdown
     assert "at least 3 points per run" in markdown
     assert "each run's largest: 3.00 / 3.00)" in markdown  # the thin per-run lines reach that far
-    assert report.moving_average(np.array([1.0, 1.0, 4.0]), window=3).tolist() == [1.0, 2.0, 2.5]
+    assert plots.moving_average(np.array([1.0, 1.0, 4.0]), window=3).tolist() == [1.0, 2.0, 2.5]
     runs = report.find_runs([tmp_path / "TextGen-Preference-v0" / "ppo"])
-    curves = report.kl_curves(runs, ("rollout/ep_rew_mean", "rollout/classifier"))
+    curves = plots.kl_curves(runs, ("rollout/ep_rew_mean", "rollout/classifier"))
     assert curves is not None
     grid, ((proxy, proxy_std), (gold, gold_std)) = curves
     assert grid[-1] == 3.0 and proxy[-1] == 3.5 and abs(proxy_std[-1] - 0.7071) < 1e-3  # seeds 0 and 1
     assert gold_std.max() == 0.0 and gold.max() == 1.0
-    result = report.curve(report.find_runs([tmp_path / "TextGen-Preference-v0" / "ppo"]), "rollout/kl")
+    result = plots.curve(report.find_runs([tmp_path / "TextGen-Preference-v0" / "ppo"]), "rollout/kl")
     assert result is not None
     steps, mean, std = result
     assert steps.tolist() == [10, 20, 30] and mean.tolist() == [1.0, 2.0, 3.0] and std.tolist() == [0, 0, 0]
