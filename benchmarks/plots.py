@@ -80,14 +80,8 @@ def plot(env_id: str, by_algo: Mapping[str, Sequence[Scalars]], tag: str, out: P
         plt.close(figure)
         return None
     xlabel = "training wall time (s)" if tag.startswith(BY_SECONDS) else "env steps (generated tokens)"
-    axis.set(title=f"{env_id}: {tag}", xlabel=xlabel, ylabel=tag)
-    axis.grid(alpha=0.3)
-    axis.legend()
-    path = out / f"{env_id}__{tag.replace('/', '_')}.png"
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    _finish(axis, f"{env_id}: {tag}", xlabel, tag)
+    return _save(figure, out / f"{env_id}__{tag.replace('/', '_')}.png")
 
 
 def kl_series(run: Scalars, tags: tuple[str, ...]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -170,11 +164,20 @@ def overoptimisation(
             f"{len(runs)} runs reached; each run's largest: {reached}); at least {points} points per run"
         )
     for axis, tag in zip(axes, ("proxy: " + tags[0], "gold: " + gold), strict=True):
-        axis.set(xlabel="KL to reference (nats per episode)", ylabel=tag, title=f"{env_id}: {tag}")
-        axis.grid(alpha=0.3)
-        axis.legend()
-    path = out / f"{env_id}__overoptimisation.png"
+        _finish(axis, f"{env_id}: {tag}", "KL to reference (nats per episode)", tag)
+    return _save(figure, out / f"{env_id}__overoptimisation.png"), peaks
+
+
+def _finish(axis: Any, title: str, xlabel: str, ylabel: str) -> None:
+    axis.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    axis.grid(alpha=0.3)
+    axis.legend()
+
+
+def _save(figure: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
-    return path, peaks
+    return path
