@@ -100,3 +100,31 @@ def test_readme_commands_parse() -> None:
     for module, command in inline + blocks:
         args = importlib.import_module("textenv.__main__" if module == "textenv" else module).Args
         tyro.cli(args, args=shlex.split(command))  # exits on an unknown option or a bad value
+
+
+def anchor(heading: str) -> str:
+    """GitHub's anchor of a markdown heading: lower case, punctuation but ``-``/``_`` dropped, spaces ``-``.
+
+    >>> anchor("Set-up: the two commands"), anchor("`TextGen-v0`, the token level")
+    ('set-up-the-two-commands', 'textgen-v0-the-token-level')
+    """
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_readme_and_architecture_links_resolve() -> None:
+    """Every relative link of README.md and ARCHITECTURE.md names a file or folder of the repository, and
+    every ``#anchor`` one of the target's headings (a moved file or a renamed section breaks the map)."""
+    checked = 0
+    for doc in ("README.md", "ARCHITECTURE.md"):
+        text = (ROOT / doc).read_text()
+        for target in re.findall(r"\]\(([^)\s]+)\)", "".join(text.split("```")[::2])):
+            if re.match(r"[a-z]+:", target):
+                continue  # http(s), mailto: not checked offline
+            path, _, fragment = target.partition("#")
+            where = ROOT / doc if not path else ROOT / path
+            assert where.exists(), f"{doc}: the link ({target}) names a missing {where.relative_to(ROOT)}"
+            if fragment:
+                headings = re.findall(r"^#+ (.+)$", where.read_text(), flags=re.MULTILINE)
+                assert fragment in {anchor(h) for h in headings}, f"{doc}: ({target}) names no heading"
+            checked += 1
+    assert checked >= 20, checked
