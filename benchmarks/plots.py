@@ -143,7 +143,9 @@ def overoptimisation(
         return None
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
     peaks = []
-    for index, (algo, runs) in enumerate(groups.items()):
+    colours = {algo: index for index, algo in enumerate(by_algo)}  # the same colour as in :func:`plot`
+    for algo, runs in groups.items():
+        index = colours[algo]
         result = kl_curves(runs, tags)
         if result is None:
             continue
