@@ -24,7 +24,6 @@ would differ even at identical weights, which breaks PPO's ratio.
 from __future__ import annotations
 
 import copy
-import inspect
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol, cast
 
@@ -36,6 +35,7 @@ from transformers.cache_utils import DynamicLayer
 from agents.losses import entropy_from_logits, logprobs_from_logits
 from agents.rollout import extend_cache
 from agents.sampling import PLAIN_SAMPLING, Sampling, process_logits  # re-exported: the public names
+from textenv.models import cache_argument
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -105,21 +105,6 @@ class FrozenLM(nn.Module):
         """Logits (B, K, V) of the last ``logits_to_keep`` positions (all if 0), and no values."""
         out = lm_forward(self.lm, input_ids, attention_mask, position_ids, past_key_values, logits_to_keep)
         return out.logits, None
-
-
-def cache_argument(lm: Any) -> str:
-    """The name under which ``lm`` takes the KV cache: ``cache`` since transformers 5.24 (which deprecates
-    ``past_key_values`` with a warning on every call), ``past_key_values`` before. A wrapper such as a peft
-    model passes it through to the model it wraps, so that model's signature decides."""
-    cls = type(lm.get_base_model() if hasattr(lm, "get_base_model") else lm)
-    if cls not in _CACHE_ARGUMENT:
-        forward = getattr(cls, "forward", None)
-        takes_cache = forward is not None and "cache" in inspect.signature(forward).parameters
-        _CACHE_ARGUMENT[cls] = "cache" if takes_cache else "past_key_values"
-    return _CACHE_ARGUMENT[cls]
-
-
-_CACHE_ARGUMENT: dict[type, str] = {}
 
 
 def lm_forward(

@@ -5,7 +5,7 @@ Measures, in one run on the same machine:
 - the native vector env (``TextGen-v0``, ``vector_entry_point``): seconds per batched token step, averaged
   over whole episodes, so the decoding and the one batched reward call at episode end are included;
 - the single env (``gym.make``) per token step, for reference;
-- one incremental SmolLM2-135M forward pass at the same batch size with the KV cache (``past_key_values``).
+- one incremental SmolLM2-135M forward pass at the same batch size with the KV cache.
 
 and prints the ratio env / forward (target: under 5%) as a table and as JSON.
 
@@ -28,7 +28,7 @@ import tyro
 import textenv
 from rewards.storage import atomic_write_text
 from textenv.envs import TextGenVectorEnv
-from textenv.models import DEFAULT_MODEL, load_model
+from textenv.models import DEFAULT_MODEL, cache_argument, load_model
 
 
 @dataclass
@@ -102,15 +102,16 @@ def time_forward(args: Args) -> float:
     generator = torch.Generator().manual_seed(args.seed)
     vocab = model.config.vocab_size
     prompt = torch.randint(0, vocab, (args.num_envs, args.max_prompt_tokens), generator=generator)  # (B, P)
+    cache = cache_argument(model)  # the KV cache's argument (and output) name in this transformers version
     out = model(input_ids=prompt, use_cache=True)
-    past, token = out.past_key_values, out.logits[:, -1:].argmax(-1)  # token: (B, 1)
+    past, token = out[cache], out.logits[:, -1:].argmax(-1)  # token: (B, 1)
     for _ in range(2):  # warm-up
-        out = model(input_ids=token, past_key_values=past, use_cache=True)
-        past = out.past_key_values
+        out = model(input_ids=token, use_cache=True, **{cache: past})
+        past = out[cache]
     start = time.perf_counter()
     for _ in range(args.forward_steps):
-        out = model(input_ids=token, past_key_values=past, use_cache=True)
-        past, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        out = model(input_ids=token, use_cache=True, **{cache: past})
+        past, token = out[cache], out.logits[:, -1:].argmax(-1)
     return (time.perf_counter() - start) / args.forward_steps
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Any
 
 import gymnasium as gym
@@ -46,6 +47,10 @@ def test_env_rollout_with_kv_cache(smollm2: tuple[Any, float]) -> None:
 
 
 def test_main_demo(capsys: pytest.CaptureFixture) -> None:
-    main(["--model", "tiny-sp", "--episodes", "2", "--max-new-tokens", "4", "--task", "shakespeare"])
+    """``python -m textenv``: two episodes, and no deprecation warning from transformers (the KV cache goes
+    under the name this transformers version takes, ``textenv.models.cache_argument``)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        main(["--model", "tiny-sp", "--episodes", "2", "--max-new-tokens", "4", "--task", "shakespeare"])
     out = capsys.readouterr().out
     assert out.count("completion:") == 2 and "mean reward" in out

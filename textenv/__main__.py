@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import tyro
 
-from textenv.models import DEFAULT_MODEL, load_model
+from textenv.models import DEFAULT_MODEL, cache_argument, load_model
 from textenv.tasks import DEFAULT_TASK, TASKS
 
 
@@ -60,10 +60,11 @@ def run_episode(
     P = int(env.get_wrapper_attr("max_prompt_tokens"))
     prompt = torch.as_tensor(obs["input_ids"][:P][obs["attention_mask"][:P] == 1]).unsqueeze(0)  # (1, T)
     logits_input, past, steps = prompt, None, 0
+    cache = cache_argument(model)  # the KV cache's argument (and output) name in this transformers version
     while True:
-        out = model(input_ids=logits_input, past_key_values=past, use_cache=True)
+        out = model(input_ids=logits_input, use_cache=True, **{cache: past})
         logits = out.logits[:, -1, :]  # (1, vocab)
-        past = out.past_key_values
+        past = out[cache]
         if temperature > 0:
             probs = torch.softmax(logits / temperature, dim=-1)
             token = torch.multinomial(probs, 1, generator=generator)  # (1, 1)

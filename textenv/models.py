@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
+import inspect
 import io
 import os
 import socket
@@ -226,3 +227,18 @@ def load_model(name_or_path: str | Path = DEFAULT_MODEL, dtype: torch.dtype = to
     source = model_dir(name_or_path)
     with _no_hf_progress_bars():
         return _from_pretrained(AutoModelForCausalLM, source, dtype=dtype).eval()
+
+
+def cache_argument(lm: Any) -> str:
+    """The name under which ``lm`` takes the KV cache: ``cache`` since transformers 5.24 (which deprecates
+    ``past_key_values`` with a warning on every call), ``past_key_values`` before. A wrapper such as a peft
+    model passes it through to the model it wraps, so that model's signature decides."""
+    cls = type(lm.get_base_model() if hasattr(lm, "get_base_model") else lm)
+    if cls not in _CACHE_ARGUMENT:
+        forward = getattr(cls, "forward", None)
+        takes_cache = forward is not None and "cache" in inspect.signature(forward).parameters
+        _CACHE_ARGUMENT[cls] = "cache" if takes_cache else "past_key_values"
+    return _CACHE_ARGUMENT[cls]
+
+
+_CACHE_ARGUMENT: dict[type, str] = {}
