@@ -156,7 +156,7 @@ def test_zero3_lora_rollouts_act_on_merged_whole_weights(monkeypatch: pytest.Mon
     with distributed.gathered(agent.policy):
         merged = lora.merged_state_dict(agent.policy.lm)
         adapters = [p for n, p in agent.policy.named_parameters() if "lora_B" in n]
-        assert max(float(p.detach().abs().max()) for p in adapters) > 0  # the adapters trained: merging matters
+        assert max(float(p.detach().abs().max()) for p in adapters) > 0  # adapters trained: merging matters
     assert set(acting) <= set(merged)
     for name, param in acting.items():
         torch.testing.assert_close(param, merged[name].to(param.dtype), atol=0, rtol=0, msg=name)
