@@ -52,11 +52,7 @@ def curve(runs: Sequence[Scalars], tag: str) -> tuple[np.ndarray, np.ndarray, np
 def plot(env_id: str, by_algo: Mapping[str, Sequence[Scalars]], tag: str, out: Path) -> Path | None:
     """One PNG: a line per algorithm with a ± std band over seeds (:func:`curve`), and the part of each run
     beyond the range all its algorithm's runs cover as a thin line; None if no run logged ``tag``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     figure, axis = plt.subplots(figsize=(6, 4))
     drawn = False
     for index, (algo, runs) in enumerate(by_algo.items()):
@@ -131,22 +127,15 @@ def overoptimisation(
     every run: the mean over seeds with a ± std band (:func:`kl_curves`), each run over its own KL range thin
     (smoothed over 5 iterations). A gold curve that falls while the proxy still rises is over-optimisation.
     Returns the PNG and one line per algorithm: the KL where the mean gold peaks (None: not logged)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     tags = ("rollout/ep_rew_mean", gold)
     groups = {algo: [r for r in by_algo[algo] if {"rollout/kl", *tags} <= set(r.scalars)] for algo in by_algo}
-    groups = {algo: runs for algo, runs in groups.items() if runs}
-    if not groups:
+    if not any(groups.values()):
         return None
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
     peaks = []
-    colours = {algo: index for index, algo in enumerate(by_algo)}  # the same colour as in :func:`plot`
-    for algo, runs in groups.items():
-        index = colours[algo]
-        result = kl_curves(runs, tags)
+    for index, (algo, runs) in enumerate(groups.items()):  # colour C<index>, as in :func:`plot`
+        result = kl_curves(runs, tags) if runs else None
         if result is None:
             continue
         grid, curves = result
@@ -177,9 +166,18 @@ def _finish(axis: Any, title: str, xlabel: str, ylabel: str) -> None:
 
 
 def _save(figure: Any, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
     figure.tight_layout()
     figure.savefig(path, dpi=120)
-    plt.close(figure)
+    _pyplot().close(figure)
     return path
+
+
+def _pyplot() -> Any:
+    """matplotlib's pyplot on the file-only Agg backend (imported on first use: the report's tables need
+    no matplotlib)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
