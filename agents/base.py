@@ -54,7 +54,7 @@ from agents.rollout import RolloutBatch, RolloutCollector
 from agents.sampling import draw
 from agents.saving import Checkpointing
 from agents.vec_env import wrap_vector_env
-from rewards import engine
+from infra import engine
 
 
 class TextAlgorithm(Checkpointing, BaseAlgorithm):  # type: ignore[misc]  # save/load take directories

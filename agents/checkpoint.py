@@ -16,7 +16,7 @@ A saved agent is a directory::
 
 Our own files hold no pickles: JSON, safetensors and ``.npz`` read with ``allow_pickle=False``.
 
-Every write goes through :func:`rewards.storage.atomic_directory`: the checkpoint is built under a
+Every write goes through :func:`infra.storage.atomic_directory`: the checkpoint is built under a
 temporary name, fsynced and then swapped in, so the path always holds a whole checkpoint, the old or the new
 one. A directory that is not a checkpoint, or a file, is never replaced.
 
@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from agents import distributed, lora
-from rewards.storage import atomic_directory, recover_directory
+from infra.storage import atomic_directory, recover_directory
 
 STATE_FILE = "agent.json"
 RNG_FILE = "rng.json"

@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 
 from agents.precision import ROLLOUT_PRECISIONS
-from rewards.engine import PRECISIONS
+from infra.engine import PRECISIONS
 
 
 def check_number(name: str, value: object, example: str) -> None:

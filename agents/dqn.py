@@ -34,7 +34,7 @@ from agents.base import TextAlgorithm
 from agents.config import AlgorithmConfig
 from agents.policy import FrozenLM, StepCache, action_logits, cached_step
 from agents.replay import ReplayBuffer
-from rewards.engine import cast_parameters
+from infra.engine import cast_parameters
 
 TRAIN_FREQ_UNITS = ("step", "episode")
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from rewards.storage import jsonl_objects
+from infra.storage import jsonl_objects
 
 
 def token_nll(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:

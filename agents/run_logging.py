@@ -20,7 +20,7 @@ from typing import Any
 
 from stable_baselines3.common.logger import HParam, Logger, TensorBoardOutputFormat, configure
 
-from rewards.storage import atomic_write_text
+from infra.storage import atomic_write_text
 
 
 def make_run_dir(tensorboard_log: str, env_id: str, tb_log_name: str, seed: int | None) -> Path:

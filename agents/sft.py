@@ -6,7 +6,7 @@
     torchrun --nproc_per_node 2 -m agents.sft ...          # 2 processes, each trains its share of a batch
 
 The model is any textenv name (``"smollm2-135m-instruct"``, ``"tiny-sp"``...) or a local HF directory. It
-trains with :mod:`rewards.engine` (the engine, precision ``"auto"``/``"bf16"``/``"fp32"`` and ZeRO settings
+trains with :mod:`infra.engine` (the engine, precision ``"auto"``/``"bf16"``/``"fp32"`` and ZeRO settings
 of the RL agents; ``--deepspeed-config`` takes their JSON) and a linear warmup/decay of the learning rate.
 
 Data: a JSON-lines file (or a list of such dicts), one example per line, either
@@ -50,8 +50,8 @@ from agents.config import check_number
 from agents.layout import load_lm
 from agents.ptx import masked_lm_loss, token_nll
 from agents.sft_data import SFTExample, collate, fingerprint, load_examples
-from rewards import engine
-from rewards.storage import atomic_write_text
+from infra import engine
+from infra.storage import atomic_write_text
 
 
 @dataclass

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from rewards.storage import jsonl_objects
+from infra.storage import jsonl_objects
 
 ROLES = ("system", "user", "assistant")
 EXAMPLE_LINE = '{"prompt": "Question: ...", "completion": " Answer ..."}'

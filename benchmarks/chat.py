@@ -28,7 +28,7 @@ import textenv  # noqa: F401  (registers the envs)
 from agents import PPO, REINFORCE
 from benchmarks.metrics import mean_interval
 from benchmarks.provenance import machine, versions
-from rewards.storage import atomic_write_text
+from infra.storage import atomic_write_text
 
 ALGOS = {"ppo": PPO, "reinforce": REINFORCE}
 

@@ -26,7 +26,7 @@ import torch
 import tyro
 
 import textenv
-from rewards.storage import atomic_write_text
+from infra.storage import atomic_write_text
 from textenv.envs import TextGenVectorEnv
 from textenv.models import DEFAULT_MODEL, cache_argument, load_model
 

@@ -30,7 +30,7 @@ import torch
 import tyro
 
 from benchmarks import provenance
-from rewards.storage import atomic_write_text
+from infra.storage import atomic_write_text
 
 TORCH_ADAM = {"optimizer": {"type": "AdamW", "params": {"torch_adam": True}}}
 

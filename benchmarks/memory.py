@@ -41,8 +41,8 @@ from agents.layout import load_lm
 from agents.policy import ActorCritic, evaluate_completions
 from agents.rollout import RolloutBatch
 from benchmarks import provenance
-from rewards import engine
-from rewards.storage import atomic_write_text
+from infra import engine
+from infra.storage import atomic_write_text
 
 PARTS = ("lora", "checkpointing", "zero")
 GB = 1024**3

@@ -46,10 +46,11 @@ from agents import PPO
 from agents.sft import SFTConfig, train_sft
 from benchmarks import provenance, run
 from benchmarks.evaluation import evaluate
-from rewards.drugs import drug_review_rows, drugs_preference_pairs
+from infra.corpora import drug_review_rows
+from infra.storage import atomic_write_text
+from rewards.drugs import drugs_preference_pairs
 from rewards.encoder import MINILM
 from rewards.fitting import TrainConfig, train_preference
-from rewards.storage import atomic_write_text
 
 STEPS = (1, 2, 3)
 
@@ -155,7 +156,7 @@ def review_halves(split: str, count: int) -> list[dict[str, str]]:
     for row in drug_review_rows(split):
         words = row["review"].split()
         half = max(1, len(words) // 2)
-        if row["rating"] == "positive" and words[half:]:
+        if row["label"] == "positive" and words[half:]:
             records.append({"prompt": " ".join(words[:half]), "completion": " " + " ".join(words[half:])})
     return records[:count] if count else records
 

@@ -36,7 +36,7 @@ import tyro
 
 from benchmarks.metrics import paired_change
 from benchmarks.plots import BY_SECONDS, overoptimisation, plot
-from rewards.storage import atomic_write_text
+from infra.storage import atomic_write_text
 
 CURVE_TAGS = ("rollout/ep_rew_mean", "rollout/kl", "eval/reward", "eval_vs_seconds/reward")
 """Tags plotted by default, beside every ``rollout/<side metric>`` a run logged."""

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import tyro
 
-from rewards.storage import atomic_write_text
+from infra.storage import atomic_write_text
 
 
 @dataclass
@@ -49,7 +49,7 @@ def make_batch(batch_size: int, tokens: int) -> tuple[list[str], list[str], list
     """Prompts, completions and references; the texts are ``tokens`` MiniLM tokens of drugs.com reviews."""
     from transformers import AutoTokenizer
 
-    from rewards.drugs import drug_reviews
+    from infra.corpora import drug_reviews
     from rewards.encoder import minilm_path
 
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())

@@ -45,8 +45,8 @@ from agents.q_learning import TARGETS as DQN_TARGETS
 from agents.sampling import Sampling
 from benchmarks.evaluation import evaluate
 from benchmarks.provenance import machine, versions
-from rewards.engine import cast_parameters, resolve_precision
-from rewards.storage import atomic_write_text
+from infra.engine import cast_parameters, resolve_precision
+from infra.storage import atomic_write_text
 from textenv import task_envs
 from textenv.task_envs import BENCHMARKS, REWARD_NAMES
 

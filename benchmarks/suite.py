@@ -28,7 +28,7 @@ import torch
 import tyro
 
 from benchmarks import run
-from rewards.storage import atomic_directory
+from infra.storage import atomic_directory
 from textenv.task_envs import BENCHMARKS
 
 DISTRIBUTED_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")

@@ -27,7 +27,7 @@ from typing import Any
 import tyro
 
 from benchmarks import run, suite
-from rewards.storage import atomic_write_text
+from infra.storage import atomic_write_text
 
 SWEPT = {"learning_rates": "learning_rate", "kl_coefs": "init_kl_coef", "epochs": "n_epochs"}
 SWEPT["episodes"] = "episodes_per_rollout"

@@ -38,8 +38,8 @@ from agents import PPO, packing
 from agents.policy import position_ids_from_mask
 from agents.rollout import RolloutBatch
 from benchmarks import provenance
-from rewards import engine
-from rewards.storage import atomic_write_text
+from infra import engine
+from infra.storage import atomic_write_text
 
 
 @dataclass

@@ -45,8 +45,8 @@ from benchmarks.evaluation import evaluate
 from benchmarks.logs import LoggedHistory, seconds_per_phase
 from benchmarks.provenance import machine, versions
 from benchmarks.report import vs_trl_table
-from rewards import engine
-from rewards.storage import atomic_write_text
+from infra import engine
+from infra.storage import atomic_write_text
 from textenv.task_envs import BENCHMARKS, build_reward
 
 Contestant = Literal["trl-grpo", "trl-grpo-fp32", "ours-rloo", "ours-ppo"]
@@ -87,7 +87,7 @@ class Args:
     """Our agents' precision: auto (bf16 where native), bf16 or fp32."""
     keep_freed_memory: bool = True
     """Tune glibc's malloc for every contestant, TRL included, as our agents do on CPU
-    (:func:`rewards.engine.keep_freed_memory`); with --no-keep-freed-memory nobody gets it."""
+    (:func:`infra.engine.keep_freed_memory`); with --no-keep-freed-memory nobody gets it."""
     json: str = "runs/vs_trl.json"
     """Where the JSON results go."""
 

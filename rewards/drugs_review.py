@@ -50,10 +50,11 @@ from typing import Any
 
 import numpy as np
 
-from rewards.drugs import config_digest, drug_reviews
+from infra.corpora import drug_reviews
+from infra.storage import atomic_write_text, cache_root, cached_dir
+from rewards.drugs import config_digest
 from rewards.fitting import TrainConfig
 from rewards.models import ClassifierRewardModel
-from rewards.storage import atomic_write_text, cache_root, cached_dir
 
 OPENING_MAX_WORDS = 40
 """The longest opening, in words (about 55 SmolLM2 tokens: it fits the 64 prompt slots)."""

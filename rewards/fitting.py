@@ -12,7 +12,7 @@ or ``PreferenceRewardModel.load(path)`` loads it back.
 Bad data is refused before any training with a :class:`TrainingDataError` (a ``ValueError``) that says what
 was wrong: no examples, labels of one class only, or too few examples to hold some out and still train.
 
-Training runs on a DeepSpeed engine (:mod:`rewards.engine`, shared with the agents): AdamW with linear
+Training runs on a DeepSpeed engine (:mod:`infra.engine`, shared with the agents): AdamW with linear
 warmup and decay, gradient clipping at 1.0, the same ``deepspeed_config`` (ZeRO stage, ...) and ``precision``
 (``"fp32"``, ``"bf16"``, ``"auto"``) settings, and data parallelism under ``torchrun``/``deepspeed`` (each of
 N processes takes 1/N of every batch, so N processes train the same model as one). In one fp32 process it
@@ -267,7 +267,7 @@ def fit(
     deepspeed_config: str | os.PathLike[str] | dict[str, Any] | None = None,
     precision: str = "fp32",
 ) -> dict[str, float]:
-    """The one training loop, on a DeepSpeed engine (:mod:`rewards.engine`); returns the metrics.
+    """The one training loop, on a DeepSpeed engine (:mod:`infra.engine`); returns the metrics.
 
     ``loss_fn(model, items)`` returns one loss per item. Every rank draws the same seeded order and takes its
     share (``items[rank::world]``) of each batch of ``config.batch_size`` items, and its loss is scaled so
@@ -280,7 +280,7 @@ def fit(
     import torch.distributed as dist
     from tqdm.auto import tqdm
 
-    from rewards import engine as ds
+    from infra import engine as ds
 
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
@@ -452,7 +452,7 @@ def train_preference(
       exported policy: any ``*ForCausalLM`` directory, its LM head dropped) reads ``prompt + completion +
       EOS`` as one sequence and the scalar head scores the last real token's hidden state.
     - ``deepspeed_config``: a DeepSpeed config (dict, JSON path or ``None``) merged over the defaults of
-      :func:`rewards.engine.build_config` (ZeRO stage, clipping; the learning rates, weight decay and batch
+      :func:`infra.engine.build_config` (ZeRO stage, clipping; the learning rates, weight decay and batch
       size come from ``config``). ``precision``: ``"fp32"`` (default: the shipped models' figures),
       ``"bf16"`` or ``"auto"`` (bf16 where native), as the agents. Launched under ``torchrun`` or
       ``deepspeed`` with N processes, each takes ``1/N`` of every batch (see :func:`fit`).

@@ -38,8 +38,8 @@ from typing import Any, Protocol
 
 import tyro
 
+from infra.storage import jsonl_objects
 from rewards.label_page import PAGE, SCRIPT
-from rewards.storage import jsonl_objects
 from rewards.train import TrainingDataError, read_preference_log
 
 CHOICES = ("1", "2", "0", "skip")

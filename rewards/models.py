@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from infra.storage import atomic_directory
 from rewards.encoder import (
     MINILM,
     default_pooling,
@@ -38,7 +39,6 @@ from rewards.encoder import (
     tokenize,
     tokenize_causal,
 )
-from rewards.storage import atomic_directory
 from rewards.validation import CheckedReward, check_setting
 
 CONFIG_NAME = "reward_model.json"
@@ -177,7 +177,7 @@ class ScalarRewardModel(CheckedReward):
         return self.score(prompts, completions)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the model to directory ``path`` atomically with :func:`rewards.storage.atomic_directory`."""
+        """Write the model to directory ``path`` atomically with :func:`infra.storage.atomic_directory`."""
         from safetensors.torch import save_file
 
         target = Path(path).resolve()

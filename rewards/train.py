@@ -25,10 +25,10 @@ from typing import Annotated, Any, Literal
 
 import tyro
 
+from infra.storage import jsonl_objects
 from rewards.encoder import MINILM
 from rewards.fitting import TrainConfig, TrainingDataError, Triple, train_classifier, train_preference
 from rewards.models import ScalarRewardModel
-from rewards.storage import jsonl_objects
 
 
 def read_records(

@@ -2,7 +2,7 @@
 
 Launched as ``torchrun --nproc_per_node W tests/dist_grad_worker.py OUT_DIR --runs 0:none 2:1.0`` (or with
 ``deepspeed --num_gpus W``). Each run is ``ZERO_STAGE:MAX_GRAD_NORM``: every rank builds the same seeded tiny
-actor-critic through :mod:`rewards.engine`, takes its 1/W share of a fixed batch, runs ``engine.backward`` on
+actor-critic through :mod:`infra.engine`, takes its 1/W share of a fixed batch, runs ``engine.backward`` on
 the mean per-sample loss and one ``engine.step``, and saves the gradient DeepSpeed averaged across ranks and
 the parameters after the step to ``OUT_DIR/{run}_rank{R}.pt`` (``:`` replaced by ``_``). The test compares
 them with one process on the whole batch.
@@ -54,7 +54,7 @@ def build_module() -> torch.nn.Module:
 def run_once(run: str, out_dir: Path) -> None:
     from deepspeed.utils import safe_get_full_grad
 
-    from rewards import engine
+    from infra import engine
 
     stage, clip = run.split(":")
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])

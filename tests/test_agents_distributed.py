@@ -1,7 +1,7 @@
 """Two CPU processes under torchrun (gloo) give the same DeepSpeed update as one process on the whole batch.
 
-This also checks the launcher command documented in :mod:`rewards.engine`:
-``torchrun --nproc_per_node 2 --master_port PORT script.py``, with the engine built by ``rewards.engine``.
+This also checks the launcher command documented in :mod:`infra.engine`:
+``torchrun --nproc_per_node 2 --master_port PORT script.py``, with the engine built by ``infra.engine``.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from transformers import AutoModelForCausalLM
 import textenv
 from agents import PPO, REINFORCE, distributed, lora
 from agents.policy import ActorCritic, evaluate_completions
-from rewards.engine import safe_torch_load
+from infra.engine import safe_torch_load
 
 
 def lora_config(r: int = 4) -> LoraConfig:

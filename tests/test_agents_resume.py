@@ -19,7 +19,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 
 import textenv  # noqa: F401  (registers the envs)
 from agents import DQN, PPO, REINFORCE
-from rewards import storage
+from infra import storage
 
 ROOT = Path(__file__).resolve().parents[1]
 

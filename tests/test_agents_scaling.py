@@ -17,7 +17,7 @@ import torch
 from launch import DEEPSPEED, REPO, failure_report, load_module, needs_torchrun, torchrun
 
 from agents import DQN, PPO, distributed, lora
-from rewards import engine
+from infra import engine
 
 WORKER = Path(__file__).with_name("dist_agent_worker.py")
 CONFIGS = REPO / "agents" / "configs"

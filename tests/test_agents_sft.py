@@ -63,9 +63,9 @@ def test_bad_lines_name_file_and_line(tmp_path: Path, line: Any, message: str) -
 
 
 def review_records(count: int, offset: int = 0) -> list[dict[str, str]]:
-    from rewards.drugs import drug_review_rows
+    from infra.corpora import drug_review_rows
 
-    rows = [r["review"].split() for r in drug_review_rows("train") if r["rating"] == "positive"]
+    rows = [r["review"].split() for r in drug_review_rows("train") if r["label"] == "positive"]
     halves = [(len(words) // 2, words) for words in rows[offset : offset + count]]
     return [{"prompt": " ".join(w[:h]), "completion": " " + " ".join(w[h:])} for h, w in halves]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-LAYERS = ["rewards", "textenv", "agents", "benchmarks"]
+LAYERS = ["infra", "rewards", "textenv", "agents", "benchmarks"]
 ALGORITHM_FILES = ["agents/ppo.py", "agents/reinforce.py", "agents/dqn.py"]
 
 
@@ -88,7 +88,7 @@ def layer(module: str) -> int:
 def test_checker_finds_circles_and_layers() -> None:
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
-    assert layer("agents.ppo") > layer("textenv.envs.core") > layer("rewards.storage")
+    assert layer("agents.ppo") > layer("textenv.envs.core") > layer("infra.storage")
 
 
 def test_checker_sees_lazy_and_type_checking_imports(tmp_path: Path) -> None:

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 import rewards
+from infra.corpora import drug_reviews
 from rewards import WholeText
-from rewards.drugs import drug_reviews
 from rewards.drugs_review import (
     ENDING_WORDS,
     KINDS,

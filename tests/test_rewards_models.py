@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from infra.corpora import drug_reviews
 from rewards import (
     ClassifierRewardModel,
     PreferenceRewardModel,
@@ -21,7 +22,7 @@ from rewards import (
     train_classifier,
     train_preference,
 )
-from rewards.drugs import drug_reviews, drug_sentiment_data
+from rewards.drugs import drug_sentiment_data
 from rewards.encoder import minilm_path
 from rewards.train import main
 

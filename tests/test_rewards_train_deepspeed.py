@@ -217,7 +217,7 @@ def test_op_build_failure_on_an_arch_variant_says_how_to_fix(monkeypatch) -> Non
     the H200 image): the engine's error names the variable and both ways out; other errors pass unchanged."""
     from deepspeed.ops.op_builder.fused_adam import FusedAdamBuilder
 
-    from rewards.engine import op_build_hint
+    from infra.engine import op_build_hint
 
     monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "8.0;9.0a")
     with pytest.raises(ValueError, match="invalid literal") as caught:

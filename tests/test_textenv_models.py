@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import textenv
-from rewards.storage import cached_dir
+from infra.storage import cached_dir
 
 
 @pytest.mark.parametrize(
@@ -78,7 +78,7 @@ def test_cache_lost_rename_race(tmp_path: Path) -> None:
 
 
 def test_cache_root_env_var(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from rewards.storage import cache_root
+    from infra.storage import cache_root
 
     monkeypatch.setenv("TEXTENV_CACHE", str(tmp_path))
     assert cache_root() == tmp_path

