@@ -1,6 +1,6 @@
 """Comparison report of benchmark runs: markdown tables (mean ± std over seeds) and learning curves.
 
-    python -m benchmarks.report runs/                  # writes runs/report/report.md and runs/report/*.png
+    python -m benchmarks.report runs/                  # writes runs/report/report.md and its PNG curves
     python -m benchmarks.report runs/ --out docs/results --tags rollout/ep_rew_mean eval/reward
 
 Every directory below the given paths that holds TensorBoard event files is one run; it belongs to the group
