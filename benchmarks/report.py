@@ -53,8 +53,9 @@ class Args:
     tags: list[str] | None = None
     """Scalar tags to plot; None: the reward, the KL and every side metric."""
     readme: str | None = None
-    """Also put the summary table and the reward curves into this markdown file, between its
-    '<!-- benchmarks.report: begin -->' and '<!-- benchmarks.report: end -->' lines."""
+    """Also put the summary table and the reward curves into this markdown file (any page: the published
+    table is docs/benchmarks.md's), between its '<!-- benchmarks.report: begin -->' and
+    '<!-- benchmarks.report: end -->' lines; its links are written relative to that file."""
 
 
 @dataclass

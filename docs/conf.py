@@ -1,5 +1,8 @@
-"""Sphinx configuration of textenv's documentation: Markdown pages (MyST), the API reference from the docstrings
-(autodoc + napoleon), the furo theme. Build: ``python -m sphinx -W --keep-going -b html docs docs/_build/html``."""
+"""Sphinx configuration of textenv's documentation: Markdown pages (MyST), the API reference from the
+docstrings (autodoc + napoleon), the furo theme.
+
+Build: ``python -m sphinx -W --keep-going -b html docs docs/_build/html``.
+"""
 
 from __future__ import annotations
 
@@ -24,8 +27,8 @@ source_suffix = {".md": "markdown"}
 exclude_patterns = ["_build"]
 root_doc = "index"
 
-# Headings get GitHub's anchors, so one #anchor works on GitHub and in the built site; a link to a missing page,
-# file or #anchor is a myst.xref_missing warning, an error under -W.
+# Headings get GitHub's anchors, so one #anchor works on GitHub and in the built site; a link to a missing
+# page, file or #anchor is a myst.xref_missing warning, an error under -W.
 myst_heading_anchors = 4
 myst_enable_extensions = ["colon_fence"]
 
@@ -39,9 +42,9 @@ autodoc_mock_imports = ["trl", "playwright", "matplotlib"]
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 
-# Links from a page to a repository file outside docs/ (benchmarks/results/..., ARCHITECTURE.md's source files):
-# checked to exist, then pointed at ``repo_links_url/<path>`` (empty: the file in this checkout, relative to the
-# built page). Set it to e.g. "https://github.com/<owner>/textenv/blob/main" for a published site.
+# Links from a page to a repository file outside docs/ (benchmarks/results/...): checked to exist (a missing
+# one fails the build), then pointed at ``repo_links_url/<path>``; empty: the file in this checkout, relative
+# to the built page. Set it to e.g. "https://github.com/<owner>/textenv/blob/main" for a published site.
 repo_links_url = ""
 
 html_theme = "furo"

@@ -68,7 +68,7 @@ def test_suite_resumes_from_committed_runs(
 ) -> None:
     """A published suite copies each finished run's small files to <publish>/runs; on another machine (an
     empty --logdir) those count as finished, and a job with other settings is not taken for them."""
-    monkeypatch.chdir(tmp_path)  # the report of a published suite would rewrite ./README.md
+    monkeypatch.chdir(tmp_path)  # a published suite's report would rewrite ./docs/benchmarks.md
     jobs = [("similarity", "zero-shot", "1it")]
     settings = {"max_new_tokens": 2}
     monkeypatch.setitem(suite.SUITES, "tiny", suite.Suite(jobs, settings, extras=False, publish="published"))
