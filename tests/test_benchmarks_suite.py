@@ -72,7 +72,11 @@ def test_suite_resumes_from_committed_runs(
     jobs = [("similarity", "zero-shot", "1it")]
     settings = {"max_new_tokens": 2}
     monkeypatch.setitem(suite.SUITES, "tiny", suite.Suite(jobs, settings, extras=False, publish="published"))
+    page = tmp_path / suite.RESULTS_PAGE  # the docs page that holds the published table
+    page.parent.mkdir()
+    page.write_text("intro\n<!-- benchmarks.report: begin -->\nstale\n<!-- benchmarks.report: end -->\n")
     first = suite.main(["tiny", "--seeds", "0", "--logdir", "machine-a", *TINY])
+    assert "stale" not in page.read_text() and "| TextGen-Similarity-v0 |" in page.read_text()
     (copy,) = (tmp_path / "published" / "runs" / "TextGen-Similarity-v0" / "zero-shot").iterdir()
     assert copy.name == first[0].name and (copy / "summary.json").is_file()
     assert [f.name for f in copy.iterdir() if "tfevents" in f.name]  # the curves travel with it
