@@ -1,10 +1,11 @@
 """Links from the docs to repository files outside ``docs/`` (results, JSONs, source folders).
 
-The pages link to ``../benchmarks/results/cpu/report.md`` so that they work where GitHub renders them. Sphinx
-knows only the files under ``docs/``, so this transform resolves every such link against the checkout: a path
-that exists becomes a link to ``repo_links_url`` + the path (or, when that is empty, to the file in the
-checkout, relative to the built page); a path that does not exist is left to MyST, which reports it as a
-``myst.xref_missing`` warning, an error under ``-W``.
+The pages link to ``../benchmarks/results/cpu/report.md`` so that they work where GitHub renders them (and an
+included file, such as ARCHITECTURE.md or the README, links relative to itself). Sphinx knows only the files
+under ``docs/``, so this transform resolves every such link against the checkout: a path that exists becomes a
+link to ``repo_links_url`` + the path (or, when that is empty, to the file in the checkout, relative to the
+built page); a path that does not exist is left to MyST, which reports it as a ``myst.xref_missing`` warning,
+an error under ``-W``.
 """
 
 from __future__ import annotations
@@ -33,12 +34,16 @@ def _outside_target(srcdir: Path, docname: str, node: nodes.Element) -> tuple[st
     else:
         target, _, fragment = target.partition("#")
         candidates = [target]
-    here = posixpath.dirname(docname)
-    for candidate in candidates:
-        path = (srcdir / here / candidate).resolve()  # an absolute candidate stays itself
-        if path.exists() and not path.is_relative_to(srcdir) and path.is_relative_to(repo):
-            relative = path.relative_to(repo).as_posix() + ("/" if path.is_dir() else "")
-            return relative, fragment
+    # A link is relative to the file it is written in, as on GitHub: an {include}d file (ARCHITECTURE.md,
+    # the README) keeps its own directory; then the page's.
+    bases = [Path(node.source).parent] if node.source and Path(node.source).is_file() else []
+    bases.append(srcdir / posixpath.dirname(docname))
+    for base in bases:
+        for candidate in candidates:
+            path = (base / candidate).resolve()  # an absolute candidate stays itself
+            if path.exists() and not path.is_relative_to(srcdir) and path.is_relative_to(repo):
+                relative = path.relative_to(repo).as_posix() + ("/" if path.is_dir() else "")
+                return relative, fragment
     return None
 
 
