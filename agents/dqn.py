@@ -55,7 +55,8 @@ class DQNConfig(AlgorithmConfig):
     gamma: float = 1.0
     """Discount per generated token."""
     train_freq: int | tuple[int, str] = (1, "episode")
-    """Train every n ``"step"``s (vector-env steps) or n finished ``"episode"``s; an int means steps."""
+    """Train every n steps (unit ``"step"``: vector-env steps) or n finished episodes (``"episode"``); an int
+    means steps."""
     gradient_steps: int = 4
     """Gradient steps after each rollout; -1 does as many as vector-env steps were collected."""
     target_update_interval: int = 1_000

@@ -1,6 +1,6 @@
 """Comparison report of benchmark runs: markdown tables (mean ± std over seeds) and learning curves.
 
-    python -m benchmarks.report runs/                  # writes runs/report/report.md and runs/report/*.png
+    python -m benchmarks.report runs/                  # writes runs/report/report.md and its PNG curves
     python -m benchmarks.report runs/ --out docs/results --tags rollout/ep_rew_mean eval/reward
 
 Every directory below the given paths that holds TensorBoard event files is one run; it belongs to the group
@@ -53,8 +53,9 @@ class Args:
     tags: list[str] | None = None
     """Scalar tags to plot; None: the reward, the KL and every side metric."""
     readme: str | None = None
-    """Also put the summary table and the reward curves into this markdown file, between its
-    '<!-- benchmarks.report: begin -->' and '<!-- benchmarks.report: end -->' lines."""
+    """Also put the summary table and the reward curves into this markdown file (any page: the published
+    table is docs/benchmarks.md's), between its '<!-- benchmarks.report: begin -->' and
+    '<!-- benchmarks.report: end -->' lines; its links are written relative to that file."""
 
 
 @dataclass

@@ -1,15 +1,15 @@
 """Benchmark suites: the published tables as lists of jobs, run in worker processes, resumed, then reported.
 
-    python -m benchmarks.suite cpu --seeds 0 1 2 --workers 2 --logdir runs/cpu   # every README figure
+    python -m benchmarks.suite cpu --seeds 0 1 2 --workers 2 --logdir runs/cpu   # every published figure
     python -m benchmarks.suite smoke --model tiny-sp --eval-prompts 4 --logdir runs/smoke   # a quick check
 
 A suite runs its (task, algo, budget) jobs for every seed, ``--workers`` at a time in separate processes,
 skipping jobs that already have a finished run in ``--logdir`` (so it resumes); then (cpu, gpu) the extras
 ``benchmarks.vs_trl``, ``throughput``, ``env_overhead``, ``reward_speed`` and ``chat`` (multi-turn); then
-``benchmarks.report``, which for ``cpu`` writes ``benchmarks/results/cpu/`` and rewrites README.md's
-``benchmarks.report`` block. Every option of a single run but ``--task``, ``--algo`` and ``--budget``
-(``--model``, ``--eval-prompts``, ``--threads``, ...: :class:`benchmarks.run.RunSettings`) applies to every
-job.
+``benchmarks.report``, which for ``cpu`` writes ``benchmarks/results/cpu/`` and rewrites the
+``benchmarks.report`` block of ``docs/benchmarks.md`` (``RESULTS_PAGE``). Every option of a single run but
+``--task``, ``--algo`` and ``--budget`` (``--model``, ``--eval-prompts``, ``--threads``, ...:
+:class:`benchmarks.run.RunSettings`) applies to every job.
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ from benchmarks import run
 from infra.storage import atomic_directory
 from textenv.task_envs import BENCHMARKS
 
+RESULTS_PAGE = "docs/benchmarks.md"
+"""The page whose ``benchmarks.report`` block a published suite rewrites (from the repository root)."""
 DISTRIBUTED_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
 
 
@@ -49,8 +51,8 @@ class Suite:
     trl_seconds: int = 240
     """Wall-clock training budget of each contestant of benchmarks.vs_trl."""
     publish: str | None = None
-    """Where the report goes (None: ``<logdir>/report``); a published suite also rewrites README.md's
-    ``benchmarks.report`` block when run from the repository root."""
+    """Where the report goes (None: ``<logdir>/report``); a published suite also rewrites the
+    ``benchmarks.report`` block of docs/benchmarks.md when run from the repository root."""
 
 
 #: generated tokens per run, equal for every algorithm of a task: the equivalent of at least 20 PPO
@@ -90,7 +92,7 @@ SUITES: dict[str, Suite] = {
         extras=False,
     ),
 }
-"""Named suites. ``cpu`` is the README's table (60 runs of about 10 to 80 minutes each on 2 cores, built up
+"""Named suites. ``cpu`` is the published table (60 runs of about 10 to 80 minutes each on 2 cores, built up
 over several sittings: each finished run is committed under ``benchmarks/results/cpu/runs/``); ``gpu`` the
 same at a GPU-sized budget; ``cpu-v1`` and ``sentiment-cpu`` the first release's tables."""
 
@@ -105,7 +107,7 @@ class Args(run.RunSettings):
     """Jobs run at once, each in its own process (with --threads 1 unless --threads is given)."""
     tasks: list[str] | None = None
     """Run only these tasks' jobs (e.g. --tasks sentiment), to build a long table up task by task; such a
-    partial run skips the extras and writes its report to <logdir>/report, leaving the README alone."""
+    partial run skips the extras and writes its report to <logdir>/report, leaving the docs alone."""
     algos: list[str] | None = None
     """Run only these algorithms' jobs (e.g. --algos zero-shot rloo), to build a table cell by cell; partial
     like --tasks."""
@@ -286,7 +288,8 @@ def run_suite(args: Args, command: str) -> list[Path]:
 
     argv = [args.logdir, *map(str, committed)]
     if suite.publish and not partial:
-        argv += ["--out", suite.publish] + (["--readme", "README.md"] if Path("README.md").is_file() else [])
+        page = ["--readme", RESULTS_PAGE] if Path(RESULTS_PAGE).is_file() else []
+        argv += ["--out", suite.publish, *page]
     report.main(argv)
     return run_dirs
 

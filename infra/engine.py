@@ -287,7 +287,7 @@ def keep_freed_memory() -> bool:
     so every KV-cache step, which reallocates the cache, faults in and zeroes fresh pages: about 235,000 minor
     page faults per 32-token rollout of SmolLM2 with 16 rows. Raising the mmap and trim thresholds to 1 GiB
     (``mallopt``) cut that to about 3,000 and the rollout time by about 30 % on the 2-core CPU (one torch
-    thread, measured on a shared machine; see the README's "Speed" for the idle-machine figures). It costs
+    thread, measured on a shared machine; docs/agents.md, "Speed", has the idle-machine figures). It costs
     resident memory: freed blocks stay mapped for reuse. The setting is process-wide, applied once, and
     only on Linux with glibc; ``TEXTENV_MALLOC_TUNING=0`` turns it off. Returns whether it is in effect.
     """

@@ -1,7 +1,7 @@
 """Scaling out: whole agents under torchrun (2 CPU processes, gloo), ZeRO-3, offload, and their clear errors.
 
 The multi-process checks launch ``tests/dist_agent_worker.py`` with
-``torchrun --nproc_per_node 2 --master_port <free port>`` (the command of the README's "Scaling out" section),
+``torchrun --nproc_per_node 2 --master_port <free port>`` (the command of docs/scaling-out.md),
 each in its own process group with a free port, so they run beside other tests under pytest-xdist.
 Tolerances: parameters after an update agree to 1e-6 absolute while the update moves them by more than 1e-3.
 """

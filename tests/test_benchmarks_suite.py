@@ -68,11 +68,15 @@ def test_suite_resumes_from_committed_runs(
 ) -> None:
     """A published suite copies each finished run's small files to <publish>/runs; on another machine (an
     empty --logdir) those count as finished, and a job with other settings is not taken for them."""
-    monkeypatch.chdir(tmp_path)  # the report of a published suite would rewrite ./README.md
+    monkeypatch.chdir(tmp_path)  # a published suite's report would rewrite ./docs/benchmarks.md
     jobs = [("similarity", "zero-shot", "1it")]
     settings = {"max_new_tokens": 2}
     monkeypatch.setitem(suite.SUITES, "tiny", suite.Suite(jobs, settings, extras=False, publish="published"))
+    page = tmp_path / suite.RESULTS_PAGE  # the docs page that holds the published table
+    page.parent.mkdir()
+    page.write_text("intro\n<!-- benchmarks.report: begin -->\nstale\n<!-- benchmarks.report: end -->\n")
     first = suite.main(["tiny", "--seeds", "0", "--logdir", "machine-a", *TINY])
+    assert "stale" not in page.read_text() and "| TextGen-Similarity-v0 |" in page.read_text()
     (copy,) = (tmp_path / "published" / "runs" / "TextGen-Similarity-v0" / "zero-shot").iterdir()
     assert copy.name == first[0].name and (copy / "summary.json").is_file()
     assert [f.name for f in copy.iterdir() if "tfevents" in f.name]  # the curves travel with it
