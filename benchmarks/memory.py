@@ -375,7 +375,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "settings": asdict(args),
         "results": results,
         "date": time.strftime("%Y-%m-%d"),
-        "provenance": {"versions": provenance.versions(), "machine": provenance.machine()},
+        "provenance": provenance.record(),
     }
     if args.json:
         atomic_write_text(args.json, json.dumps(report, indent=2))

@@ -21,6 +21,15 @@ BY_SECONDS = "eval_vs_seconds/"
 """Prefix of the series read from a summary's ``eval_history`` with the training wall time as x."""
 
 
+def figure_name(env_id: str, tag: str) -> str:
+    """The PNG file name of ``tag``'s figure for ``env_id`` (``"overoptimisation"``: the proxy-vs-gold plot).
+
+    >>> figure_name("TextGen-Sentiment-v0", "eval/reward")
+    'TextGen-Sentiment-v0__eval_reward.png'
+    """
+    return f"{env_id}__{tag.replace('/', '_')}.png"
+
+
 class Scalars(Protocol):
     """A run as the figures read it: ``tag -> (steps, values)``."""
 
@@ -77,7 +86,7 @@ def plot(env_id: str, by_algo: Mapping[str, Sequence[Scalars]], tag: str, out: P
         return None
     xlabel = "training wall time (s)" if tag.startswith(BY_SECONDS) else "env steps (generated tokens)"
     _finish(axis, f"{env_id}: {tag}", xlabel, tag)
-    return _save(figure, out / f"{env_id}__{tag.replace('/', '_')}.png")
+    return _save(figure, out / figure_name(env_id, tag))
 
 
 def kl_series(run: Scalars, tags: tuple[str, ...]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -156,7 +165,7 @@ def overoptimisation(
         )
     for axis, tag in zip(axes, ("proxy: " + tags[0], "gold: " + gold), strict=True):
         _finish(axis, f"{env_id}: {tag}", "KL to reference (nats per episode)", tag)
-    return _save(figure, out / f"{env_id}__overoptimisation.png"), peaks
+    return _save(figure, out / figure_name(env_id, "overoptimisation")), peaks
 
 
 def _finish(axis: Any, title: str, xlabel: str, ylabel: str) -> None:

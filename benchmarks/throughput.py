@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "lora_rank": args.lora_rank,
         "rollout_merge_lora": args.rollout_merge_lora,
         "malloc_tuned": engine.keep_freed_memory(),  # applied by the agent's engine, for both sides alike
-        "provenance": {"versions": provenance.versions(), "machine": provenance.machine()},
+        "provenance": provenance.record(),
     }
     print(json.dumps(result, indent=2))
     if args.json:

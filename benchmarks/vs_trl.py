@@ -41,9 +41,9 @@ import tyro
 from stable_baselines3.common.callbacks import BaseCallback
 
 from agents import PPO, REINFORCE
+from benchmarks import provenance
 from benchmarks.evaluation import evaluate
 from benchmarks.logs import LoggedHistory, seconds_per_phase
-from benchmarks.provenance import machine, versions
 from benchmarks.report import vs_trl_table
 from infra import engine
 from infra.storage import atomic_write_text
@@ -284,8 +284,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "args": dataclasses.asdict(args),
         "results": results,
         "malloc_tuned": engine.keep_freed_memory() if args.keep_freed_memory else False,
-        "versions": versions(),
-        "machine": machine(),
+        **provenance.record(),
     }
     atomic_write_text(out, json.dumps(payload, indent=2) + "\n")
     print(vs_trl_table(results))
