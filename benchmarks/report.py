@@ -400,14 +400,15 @@ def write_report(
         by_algo = {algo: unordered[algo] for algo in ordered(unordered)}
         sections += ["", f"## {env_id}", "", table(by_algo), ""]
         logged = {tag for runs_ in by_algo.values() for run in runs_ for tag in run.scalars}
+        reward = trained_reward(by_algo)
         wanted = tags or [
             t for t in logged if t in CURVE_TAGS or (t.startswith("rollout/") and t[8:].isalpha())
         ]
         for tag in sorted(set(wanted)):
-            png = plot(env_id, by_algo, tag, out)
+            png = plot(env_id, by_algo, tag, out, reward=reward)
             if png is not None:
                 sections.append(f"![{env_id} {tag}]({png.name})")
-        found = overoptimisation(env_id, by_algo, GOLD, out)
+        found = overoptimisation(env_id, by_algo, GOLD, out, reward=reward)
         if found is not None:
             png, peaks = found
             sections += [f"![{env_id} proxy vs gold]({png.name})", "", *[f"- {line}" for line in peaks]]
@@ -418,6 +419,20 @@ def write_report(
     if readme is not None:
         update_readme(readme, readme_block(groups, paths, Path(os.path.relpath(out, readme.parent))))
     return report
+
+
+def trained_reward(by_algo: dict[str, list[Run]]) -> str | None:
+    """The name of the reward the runs trained on (``--reward``, else the task's own), None if unrecorded.
+
+    >>> trained_reward({"ppo": [Run(Path("."), "e", "ppo", {}, {"benchmark": {"reward": "wer"}})]})
+    'wer'
+    """
+    for runs in by_algo.values():
+        for run in runs:
+            name = run.summary.get("args", {}).get("reward") or run.summary.get("benchmark", {}).get("reward")
+            if name:
+                return str(name)
+    return None
 
 
 GOLD = "rollout/classifier"
