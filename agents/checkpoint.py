@@ -41,6 +41,7 @@ from torch import nn
 
 from agents import distributed, lora
 from infra.storage import atomic_directory, recover_directory
+from textenv.models import no_hf_progress_bars
 
 STATE_FILE = "agent.json"
 RNG_FILE = "rng.json"
@@ -80,11 +81,14 @@ def _check_target(path: Path, what: str) -> None:
 
 
 def _save_hf(lm: Any, directory: Path, tokenizer: Any = None, merge: bool = True) -> None:
-    """``lm`` as a plain HF directory; a peft model with its adapters merged (``merge``) or its base alone."""
+    """``lm`` as a plain HF directory; a peft model with its adapters merged (``merge``) or its base alone
+    (quietly: no progress bar)."""
     if lora.is_peft(lm):
-        lora.save_plain(lm, directory, tokenizer, merge=merge)
+        with no_hf_progress_bars():
+            lora.save_plain(lm, directory, tokenizer, merge=merge)
         return
-    lm.save_pretrained(directory, safe_serialization=True)
+    with no_hf_progress_bars():
+        lm.save_pretrained(directory, safe_serialization=True)
     if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
         tokenizer.save_pretrained(directory)
 
@@ -280,7 +284,7 @@ class SavedAgent:
     def load_lm(self, name: str) -> Any:
         from transformers import AutoModelForCausalLM
 
-        with reading(self.path / name):
+        with reading(self.path / name), no_hf_progress_bars():
             return AutoModelForCausalLM.from_pretrained(self.path / name, use_safetensors=True)  # no pickle
 
     def peft_config(self) -> Any:

@@ -26,8 +26,8 @@ from stable_baselines3.common.callbacks import BaseCallback
 
 import textenv  # noqa: F401  (registers the envs)
 from agents import PPO, REINFORCE
+from benchmarks import provenance
 from benchmarks.metrics import mean_interval
-from benchmarks.provenance import machine, versions
 from infra.storage import atomic_write_text
 
 ALGOS = {"ppo": PPO, "reinforce": REINFORCE}
@@ -195,7 +195,7 @@ def write_summary(args: Args, runs: list[dict[str, Any]]) -> dict[str, Any]:
         "change_ci95": mean_interval(changes),
         "runs": runs,
         "settings": {key: str(value) for key, value in dataclasses.asdict(args).items()},
-        "provenance": {"versions": versions(), "machine": machine()},
+        "provenance": provenance.record(),
     }
     atomic_write_text(args.out / "summary.json", json.dumps(summary, indent=2))
     return summary

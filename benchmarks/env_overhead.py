@@ -26,6 +26,7 @@ import torch
 import tyro
 
 import textenv
+from benchmarks import provenance
 from infra.storage import atomic_write_text
 from textenv.envs import TextGenVectorEnv
 from textenv.models import DEFAULT_MODEL, cache_argument, load_model
@@ -144,7 +145,7 @@ def main(argv: list[str] | None = None) -> dict[str, float | int | str]:
     print(f"env cost is {ratio:.2f}% of a batch-{args.num_envs} forward pass (target < 5%): {verdict}")
     print(json.dumps(results))
     if args.json:
-        atomic_write_text(args.json, json.dumps(results, indent=2))
+        atomic_write_text(args.json, json.dumps({**results, "provenance": provenance.record()}, indent=2))
     return results
 
 

@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "max_new_tokens": args.max_new_tokens,
         "n_epochs": args.n_epochs,
         "cases": results,
-        "provenance": {"versions": provenance.versions(), "machine": provenance.machine()},
+        "provenance": provenance.record(),
     }
     if args.json:
         atomic_write_text(args.json, json.dumps(summary, indent=2) + "\n")

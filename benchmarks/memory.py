@@ -45,7 +45,8 @@ from infra import engine
 from infra.storage import atomic_write_text
 
 PARTS = ("lora", "checkpointing", "zero")
-GB = 1024**3
+GIB = 1024**3
+"""Bytes per GiB: every memory figure of this script is in GiB."""
 
 
 @dataclass
@@ -189,12 +190,12 @@ def train_case(args: Args, lora: bool) -> dict[str, Any]:
     stepped, state = optimizer_bytes(agent.engine)
     return {
         "trainable_params": sum(p.numel() for p in agent.policy.parameters() if p.requires_grad),
-        "policy_weights_gb": tensor_bytes(agent.policy.parameters()) / GB,
-        "reference_weights_gb": tensor_bytes(agent.reference.parameters()) / GB,
-        "optimizer_weights_gb": stepped / GB,
-        "optimizer_state_gb": state / GB,
-        "rss_after_first_update_gb": (after_first - start_rss) / GB,
-        "peak_rss_update_gb": (peak.peak - start_rss) / GB,
+        "policy_weights_gib": tensor_bytes(agent.policy.parameters()) / GIB,
+        "reference_weights_gib": tensor_bytes(agent.reference.parameters()) / GIB,
+        "optimizer_weights_gib": stepped / GIB,
+        "optimizer_state_gib": state / GIB,
+        "rss_after_first_update_gib": (after_first - start_rss) / GIB,
+        "peak_rss_update_gib": (peak.peak - start_rss) / GIB,
         "rollout_tokens_per_s": rollout_tps,
         "update_tokens_per_s": args.steps * args.batch * args.new_tokens / elapsed,
         "precision": agent.precision,
@@ -220,7 +221,7 @@ def checkpointing_case(args: Args, on: bool, tokens: int) -> dict[str, Any]:
     return {
         "tokens_per_sequence": tokens,
         "batch": batch,
-        "activation_peak_gb": peak.above_baseline / GB,
+        "activation_peak_gib": peak.above_baseline / GIB,
         "seconds": elapsed,
         "precision": precision,
     }
@@ -247,11 +248,11 @@ def zero_case(args: Args, stage: int, out: Path) -> None:
     facts = {
         "stage": stage,
         "rank": distributed.rank(),
-        "module_weights_gb": tensor_bytes(distributed.local_shards(module)) / GB,
-        "optimizer_weights_gb": stepped / GB,
-        "optimizer_state_gb": state / GB,
-        "rss_after_init_gb": (after_init - start_rss) / GB,
-        "peak_rss_step_gb": (peak.peak - start_rss) / GB,
+        "module_weights_gib": tensor_bytes(distributed.local_shards(module)) / GIB,
+        "optimizer_weights_gib": stepped / GIB,
+        "optimizer_state_gib": state / GIB,
+        "rss_after_init_gib": (after_init - start_rss) / GIB,
+        "peak_rss_step_gib": (peak.peak - start_rss) / GIB,
         "precision": cfg["bf16"]["enabled"] and "bf16" or "fp32",
     }
     (out / f"zero{stage}_rank{distributed.rank()}.json").write_text(json.dumps(facts))
@@ -312,11 +313,11 @@ def markdown_table(results: dict[str, Any]) -> str:
             rows.append(
                 f"| PPO, {'LoRA r16 all-linear' if case == 'lora' else 'full fine-tuning'} | "
                 f"trainable / reference weights / Adam state | {r['trainable_params'] / 1e6:.2f} M / "
-                f"{r['reference_weights_gb']:.3f} GB / {r['optimizer_state_gb']:.3f} GB |"
+                f"{r['reference_weights_gib']:.3f} GiB / {r['optimizer_state_gib']:.3f} GiB |"
             )
             rows.append(
-                f"| | RSS after 1st update / peak in updates | {r['rss_after_first_update_gb']:.2f} GB / "
-                f"{r['peak_rss_update_gb']:.2f} GB |"
+                f"| | RSS after 1st update / peak in updates | {r['rss_after_first_update_gib']:.2f} GiB / "
+                f"{r['peak_rss_update_gib']:.2f} GiB |"
             )
             rows.append(
                 f"| | rollout / update tokens/s | {r['rollout_tokens_per_s']:.0f} / "
@@ -327,17 +328,17 @@ def markdown_table(results: dict[str, Any]) -> str:
             on = results[case.replace("off", "on")]
             rows.append(
                 f"| activations, {r['batch']} x {r['tokens_per_sequence']} tokens | without / with "
-                f"checkpointing (time) | {r['activation_peak_gb']:.3f} GB ({r['seconds']:.1f} s) / "
-                f"{on['activation_peak_gb']:.3f} GB ({on['seconds']:.1f} s) |"
+                f"checkpointing (time) | {r['activation_peak_gib']:.3f} GiB ({r['seconds']:.1f} s) / "
+                f"{on['activation_peak_gib']:.3f} GiB ({on['seconds']:.1f} s) |"
             )
     for case, r in results.items():
         if case.startswith("zero-"):
             rank = r["ranks"][0]
             rows.append(
                 f"| ZeRO-{rank['stage']}, 2 ranks | per rank: weights / fp32 master / Adam state; RSS "
-                f"after init / peak in a step | {rank['module_weights_gb']:.3f} / "
-                f"{rank['optimizer_weights_gb']:.3f} / {rank['optimizer_state_gb']:.3f} GB; "
-                f"{rank['rss_after_init_gb']:.2f} / {rank['peak_rss_step_gb']:.2f} GB |"
+                f"after init / peak in a step | {rank['module_weights_gib']:.3f} / "
+                f"{rank['optimizer_weights_gib']:.3f} / {rank['optimizer_state_gib']:.3f} GiB; "
+                f"{rank['rss_after_init_gib']:.2f} / {rank['peak_rss_step_gib']:.2f} GiB |"
             )
     return "\n".join(rows)
 
@@ -375,7 +376,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "settings": asdict(args),
         "results": results,
         "date": time.strftime("%Y-%m-%d"),
-        "provenance": {"versions": provenance.versions(), "machine": provenance.machine()},
+        "provenance": provenance.record(),
     }
     if args.json:
         atomic_write_text(args.json, json.dumps(report, indent=2))

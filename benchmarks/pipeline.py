@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     reward_model = Path(args.reward_model) if args.reward_model else None
     results: dict[str, Any] = {
         "settings": asdict(args),
-        "provenance": {"machine": provenance.machine(), "versions": provenance.versions()},
+        "provenance": provenance.record(),
     }
     if 1 in args.step_list:
         sft_model, results["sft"] = step_sft(args, root)

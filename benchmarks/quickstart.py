@@ -226,8 +226,7 @@ def write_summary(
         "rollout_last10_over_first10": decay(history),
         "seconds_per_phase": seconds_per_phase(history),
         "history": history,
-        "versions": provenance.versions(),
-        "machine": provenance.machine(),
+        **provenance.record(),
     }
     atomic_write_text(path, json.dumps(summary, indent=2) + "\n")
 

@@ -34,8 +34,8 @@ from typing import Annotated, Any
 import numpy as np
 import tyro
 
-from benchmarks.metrics import paired_change
-from benchmarks.plots import BY_SECONDS, overoptimisation, plot
+from benchmarks.metrics import SIGNIFICANCE, mean_interval, seeds_and_prompts_interval
+from benchmarks.plots import BY_SECONDS, figure_name, overoptimisation, plot
 from infra.storage import atomic_write_text
 
 CURVE_TAGS = ("rollout/ep_rew_mean", "rollout/kl", "eval/reward", "eval_vs_seconds/reward")
@@ -99,14 +99,15 @@ def find_runs(paths: Sequence[str | Path]) -> list[Run]:
 
 
 def mean_std(values: list[float]) -> str:
-    """``"mean ± std (n=k)"`` with the sample std (0 for one value).
+    """``"mean ± std (n = k)"`` with the sample std; one value has no spread: ``"mean (n = 1)"``.
 
-    >>> mean_std([1.0, 2.0, 3.0])
-    '2 ± 1 (n=3)'
+    >>> mean_std([1.0, 2.0, 3.0]), mean_std([0.5])
+    ('2 ± 1 (n = 3)', '0.5 (n = 1)')
     """
     array = np.asarray(values, dtype=float)
-    std = float(array.std(ddof=1)) if len(array) > 1 else 0.0
-    return f"{array.mean():.4g} ± {std:.2g} (n={len(array)})"
+    if len(array) == 1:
+        return f"{array[0]:.4g} (n = 1)"
+    return f"{array.mean():.4g} ± {float(array.std(ddof=1)):.2g} (n = {len(array)})"
 
 
 def group(runs: list[Run]) -> dict[str, dict[str, list[Run]]]:
@@ -142,17 +143,18 @@ def provenance(by_algo: dict[str, list[Run]]) -> list[str]:
             if not summary:
                 lines.append(f"- {algo} `{run.path.name}`: no summary.json")
                 continue
-            args, machine, versions = (
-                summary.get("args", {}),
-                summary.get("machine", {}),
-                summary.get("versions", {}),
-            )
+            nested = summary.get("provenance", {})
+            args = summary.get("args", {})
+            machine = summary.get("machine") or nested.get("machine", {})
+            versions = summary.get("versions") or nested.get("versions", {})
+            trained, evaluated = run_times(summary)
+            times = f"{trained or 0:.0f} s training + {evaluated or 0:.0f} s evaluation"
             lines.append(
                 f"- {algo} seed {summary.get('seed')}: model `{args.get('model')}`, "
-                f"budget `{args.get('budget')}`, "
-                f"{summary.get('timesteps')} steps in {summary.get('wall_time_s', 0):.0f} s on "
+                f"budget `{args.get('budget')}`, {summary.get('timesteps')} steps in {times} on "
                 f"{machine.get('gpu') or machine.get('processor')} ({machine.get('cpu_count')} CPUs, "
                 f"{machine.get('torch_threads')} torch threads); "
+                f"commit {commit_of(summary) or 'not recorded'}; "
                 + ", ".join(f"{k} {v}" for k, v in versions.items() if v)
                 + f"; `{summary.get('command', '')}`"
             )
@@ -171,13 +173,86 @@ def ordered(algos: Any) -> list[str]:
 
 
 CHANGE = "reward change (paired)"
+TRAIN_TIME, EVAL_TIME = "training time (s)", "evaluation time (s)"
+INTERVALS = (
+    "Reward change (paired): after - before training, on the same test prompts and sampling seed; "
+    "mean ± sample std over seeds, then two 95 % intervals of the mean: **t** over seeds (the test "
+    "prompts held fixed) and **seeds × prompts**, a two-way bootstrap that treats both the training seeds "
+    "and the test prompts as random (benchmarks.metrics.seeds_and_prompts_interval: 10,000 resamples of "
+    "seeds and, independently, prompts, with replacement; percentile interval; fixed RNG seed). "
+    f"{SIGNIFICANCE}. A cell of one seed shows n = 1 and no interval. Training time excludes the held-out "
+    "evaluations, which are timed apart."
+)
+"""How the report's paired changes, intervals, significance mark and times are read (printed under the
+summary table)."""
+
+
+def run_times(summary: dict[str, Any]) -> tuple[float | None, float | None]:
+    """(training seconds, evaluation seconds) of a run: its ``train_time_s`` and ``eval_time_s``, or for a
+    run written before those fields, the training time before its last evaluation (``eval_history``) and
+    the rest of ``wall_time_s``. A run that did not train (zero-shot) has no training time.
+
+    >>> run_times({"wall_time_s": 10.0, "eval_history": [{"train_seconds": 0.0}, {"train_seconds": 7.0}]})
+    (7.0, 3.0)
+    """
+    if "train_time_s" in summary:
+        return summary["train_time_s"], summary.get("eval_time_s")
+    history, total = summary.get("eval_history") or [], summary.get("wall_time_s")
+    if summary.get("timesteps") == 0 and total is not None:  # zero-shot: evaluation only
+        return None, float(total)
+    if not history or total is None:
+        return None, None
+    trained = float(history[-1]["train_seconds"])
+    return trained, float(total) - trained
+
+
+def commit_of(summary: dict[str, Any]) -> str | None:
+    """The git commit a run recorded (``"<hash>+dirty"`` for a tree with uncommitted changes), None for a run
+    written before provenance recorded it.
+
+    >>> commit_of({"git": {"commit": "abc", "dirty": True}}), commit_of({})
+    ('abc+dirty', None)
+    """
+    git = summary.get("git") or summary.get("provenance", {}).get("git") or {}
+    if not git.get("commit"):
+        return None
+    return git["commit"] + ("+dirty" if git.get("dirty") else "")
+
+
+def score_changes(summaries: list[dict[str, Any]]) -> np.ndarray | None:
+    """The seeds x prompts table of paired per-prompt changes (``eval_after._scores - eval_before._scores``),
+    None when a run lacks them or the runs scored different numbers of prompts."""
+    rows = []
+    for s in summaries:
+        after, before = s["eval_after"].get("_scores", []), s["eval_before"].get("_scores", [])
+        if not after or len(after) != len(before):
+            return None
+        rows.append(np.asarray(after, float) - np.asarray(before, float))  # (P,)
+    if not rows or len({len(r) for r in rows}) > 1:
+        return None
+    return np.stack(rows)  # (S, P)
+
+
+def change_intervals(values: list[float], changes: np.ndarray | None) -> dict[str, Any]:
+    """The paired change's two intervals (None where there is one seed or no per-prompt scores) and the
+    verdict of the one significance rule (None: no verdict)."""
+    t = mean_interval(values) if len(values) > 1 else None
+    boot = seeds_and_prompts_interval(changes) if changes is not None else None
+    return {
+        "t_interval": list(t) if t else None,
+        "seeds_and_prompts_interval": list(boot) if boot else None,
+        "prompts": int(changes.shape[1]) if changes is not None else None,
+        "significant": None if boot is None else bool(boot[0] > 0 or boot[1] < 0),
+    }
 
 
 def headline_rows(groups: dict[str, dict[str, list[Run]]]) -> list[dict[str, Any]]:
     """Every cell of the headline table as a row: ``env_id``, ``algo``, ``metric``, ``values`` (one per
-    seed), ``mean``, ``std`` (sample std, 0 for one value) and ``n``. The paired change of the reward (after -
-    before on the same prompts and sampling seed, one value per seed) also gets its 95 % t interval over
-    seeds (``ci_low``, ``ci_high``) when there are at least two seeds. This is ``table.json``."""
+    seed), ``mean``, ``std`` (sample std; None for one value), ``n`` and ``commits`` (the git commits the
+    runs recorded; None for a run that predates the record). The paired change of the reward (after -
+    before on the same prompts and sampling seed, one value per seed) also gets ``t_interval`` (95 % t over
+    seeds), ``seeds_and_prompts_interval`` (the 95 % two-way bootstrap), ``prompts`` and ``significant``
+    (:func:`change_intervals`). This is ``table.json``."""
     rows = []
     for env_id, by_algo in sorted(groups.items()):
         summaries = {
@@ -191,7 +266,7 @@ def headline_rows(groups: dict[str, dict[str, list[Run]]]) -> list[dict[str, Any
             for name in names
             if name not in ("reward", *SKIPPED) and not name.startswith("_")
         ]
-        metrics.append(("wall time (s)", lambda s: s.get("wall_time_s")))
+        metrics += [(TRAIN_TIME, lambda s: run_times(s)[0]), (EVAL_TIME, lambda s: run_times(s)[1])]
         for label, get in metrics:
             for algo in ordered(summaries):
                 values = [float(v) for v in (get(s) for s in summaries[algo]) if v is not None]
@@ -203,34 +278,45 @@ def headline_rows(groups: dict[str, dict[str, list[Run]]]) -> list[dict[str, Any
                     "algo": algo,
                     "metric": label,
                     "mean": float(array.mean()),
-                    "std": float(array.std(ddof=1)) if len(array) > 1 else 0.0,
+                    "std": float(array.std(ddof=1)) if len(array) > 1 else None,
                     "n": len(values),
                     "values": values,
+                    "commits": sorted({commit_of(s) or "not recorded" for s in summaries[algo]}),
                 }
-                if label == CHANGE and len(values) > 1:
-                    change = paired_change([0.0] * len(values), values)  # each value is already a change
-                    row |= {"ci_low": change.low, "ci_high": change.high}
+                if label == CHANGE:
+                    row |= change_intervals(values, score_changes(summaries[algo]))
                 rows.append(row)
     return rows
 
 
+def change_cell(row: dict[str, Any]) -> str:
+    """A paired change's cell: mean ± std (n), the t and the seeds-and-prompts intervals, * if significant.
+
+    >>> change_cell({"values": [0.1, 0.3], "t_interval": [-1.07, 1.47],
+    ...              "seeds_and_prompts_interval": [0.05, 0.35], "significant": True})
+    '0.2 ± 0.14 (n = 2); t [-1.07, +1.47]; seeds × prompts [+0.05, +0.35]*'
+    """
+    text = mean_std(row["values"])
+    for name, key in (("t", "t_interval"), ("seeds × prompts", "seeds_and_prompts_interval")):
+        if row.get(key):
+            text += f"; {name} [{row[key][0]:+.3g}, {row[key][1]:+.3g}]"
+    return text + ("*" if row.get("significant") else "")
+
+
 def headline(groups: dict[str, dict[str, list[Run]]]) -> str:
     """One table for all tasks, from the runs' summaries: every evaluation metric after training, the paired
-    change of the reward (after - before, same seed and prompts; with its 95 % interval over seeds, marked *
-    where it excludes 0) and the wall time; mean ± std over seeds."""
+    change of the reward (after - before, same seed and prompts) with its two intervals (:data:`INTERVALS`)
+    and the training and evaluation times; mean ± sample std over seeds."""
     rows = headline_rows(groups)
     algos = ordered({row["algo"] for row in rows})
     cells: dict[tuple[str, str], dict[str, str]] = defaultdict(dict)
     for row in rows:
-        text = mean_std(row["values"])
-        if "ci_low" in row:
-            mark = "*" if row["ci_low"] > 0 or row["ci_high"] < 0 else ""
-            text += f" [{row['ci_low']:+.3g}, {row['ci_high']:+.3g}]{mark}"
+        text = change_cell(row) if row["metric"] == CHANGE else mean_std(row["values"])
         cells[(row["env_id"], row["metric"])][row["algo"]] = text
     lines = ["| env id | metric | " + " | ".join(algos) + " |", "|---" * (len(algos) + 2) + "|"]
     for (env_id, label), by_algo in cells.items():
         lines.append(f"| {env_id} | {label} | " + " | ".join(by_algo.get(a, "–") for a in algos) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines + ["", INTERVALS])
 
 
 def extras(root: Path) -> list[str]:
@@ -250,6 +336,7 @@ def extras(root: Path) -> list[str]:
         if path.is_file():
             payload = json.loads(path.read_text())
             flat = payload.get("samples_per_s", payload)  # reward_speed nests its figures
+            flat = {k: v for k, v in flat.items() if k != "provenance"}
             rows = [
                 f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in flat.items()
             ]
@@ -310,42 +397,75 @@ def write_report(
         "",
         summary,
     ]
-    figures = []
     for env_id, unordered in sorted(groups.items()):
         by_algo = {algo: unordered[algo] for algo in ordered(unordered)}
         sections += ["", f"## {env_id}", "", table(by_algo), ""]
         logged = {tag for runs_ in by_algo.values() for run in runs_ for tag in run.scalars}
+        reward = trained_reward(by_algo)
         wanted = tags or [
             t for t in logged if t in CURVE_TAGS or (t.startswith("rollout/") and t[8:].isalpha())
         ]
         for tag in sorted(set(wanted)):
-            png = plot(env_id, by_algo, tag, out)
+            png = plot(env_id, by_algo, tag, out, reward=reward)
             if png is not None:
                 sections.append(f"![{env_id} {tag}]({png.name})")
-                figures += [png] if tag in ("eval/reward", BY_SECONDS + "reward") else []
-        found = overoptimisation(env_id, by_algo, "rollout/classifier", out)
+        found = overoptimisation(env_id, by_algo, GOLD, out, reward=reward)
         if found is not None:
             png, peaks = found
             sections += [f"![{env_id} proxy vs gold]({png.name})", "", *[f"- {line}" for line in peaks]]
-            figures.append(png)
         sections += ["", "Produced by:", *provenance(by_algo)]
     extra_sections = [line for root in paths for line in extras(Path(root))]
     report = out / "report.md"
     atomic_write_text(report, "\n".join(sections + extra_sections) + "\n")
     if readme is not None:
-        where = Path(os.path.relpath(out, readme.parent))
-        block = "\n".join(
-            [
-                summary,
-                "",
-                f"Full tables, every curve and provenance: [{where}/report.md]({where}/report.md).",
-                "",
-            ]
-            + [f"![{png.stem}]({where / png.name})" for png in figures]
-            + extra_sections
-        )
-        update_readme(readme, block)
+        update_readme(readme, readme_block(groups, paths, Path(os.path.relpath(out, readme.parent))))
     return report
+
+
+def trained_reward(by_algo: dict[str, list[Run]]) -> str | None:
+    """The name of the reward the runs trained on (``--reward``, else the task's own), None if unrecorded.
+
+    >>> trained_reward({"ppo": [Run(Path("."), "e", "ppo", {}, {"benchmark": {"reward": "wer"}})]})
+    'wer'
+    """
+    for runs in by_algo.values():
+        for run in runs:
+            name = run.summary.get("args", {}).get("reward") or run.summary.get("benchmark", {}).get("reward")
+            if name:
+                return str(name)
+    return None
+
+
+GOLD = "rollout/classifier"
+"""The gold scorer of the over-optimisation plot (the preference task's held-out classifier)."""
+
+
+def readme_figures(groups: dict[str, dict[str, list[Run]]]) -> list[str]:
+    """File names of the figures the README block shows: each task's held-out reward against env steps and
+    against training time, and its over-optimisation plot where the runs logged the gold scorer."""
+    names = []
+    for env_id, by_algo in sorted(groups.items()):
+        runs = [run for runs_ in by_algo.values() for run in runs_]
+        logged = {tag for run in runs for tag in run.scalars}
+        names += [figure_name(env_id, tag) for tag in ("eval/reward", BY_SECONDS + "reward") if tag in logged]
+        if any({"rollout/kl", "rollout/ep_rew_mean", GOLD} <= set(run.scalars) for run in runs):
+            names.append(figure_name(env_id, "overoptimisation"))
+    return names
+
+
+def readme_block(groups: dict[str, dict[str, list[Run]]], paths: Sequence[str | Path], where: Path) -> str:
+    """The text ``--readme`` puts between the README markers: the summary table, a link to the full report
+    in ``where`` (relative to the README), the headline figures and the extras' sections."""
+    return "\n".join(
+        [
+            headline(groups),
+            "",
+            f"Full tables, every curve and provenance: [{where}/report.md]({where}/report.md).",
+            "",
+        ]
+        + [f"![{Path(name).stem}]({where / name})" for name in readme_figures(groups)]
+        + [line for root in paths for line in extras(Path(root))]
+    )
 
 
 def main(argv: list[str] | None = None) -> Path:

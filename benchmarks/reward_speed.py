@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import tyro
 
+from benchmarks import provenance
 from infra.storage import atomic_write_text
 
 
@@ -121,6 +122,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         print(f"{name:32s} {results[name]:12.1f} {cpu_results[name]:16.1f}")
     if args.json:
         report = {"settings": vars(args), "load_average": load, "samples_per_s": results}
+        report["provenance"] = provenance.record()
         atomic_write_text(args.json, json.dumps({**report, "samples_per_cpu_s": cpu_results}, indent=2))
     return results
 

@@ -14,11 +14,15 @@ Budget: ``--budget 20000`` is env steps, i.e. generated tokens summed over all e
 
 Each seed writes ``<logdir>/<env-id>/<algo>/seed<k>-<time>/``: TensorBoard events (the agent's ``rollout/``,
 ``train/``, ``time/`` scalars; ``rollout/<metric>`` for every side metric of the task on the training
-samples, logged each iteration; ``eval/*`` on the fixed test prompts before training and ``--evals`` times
+samples, logged each iteration; ``eval/*`` on the fixed ``--eval-split`` prompts (test unless told; a sweep
+evaluates on validation) before training and ``--evals`` times
 over the budget, the last after training) and ``summary.json`` (the full config, the seed, package versions,
-the machine, wall time, the evaluations before and after, and ``eval_history``: every evaluation with its
-env steps and the training wall time before it, evaluations excluded).
-Evaluation samples ``--eval-prompts`` test prompts (the first ones of the test split) at the task's sampling
+the git commit, the machine (:func:`benchmarks.provenance.record`), the times, the evaluations before and
+after, and ``eval_history``: every evaluation with its env steps and the training wall time before it,
+evaluations excluded). Times: ``train_time_s`` is training only (None for zero-shot), ``eval_time_s`` the
+held-out evaluations, ``wall_time_s`` both. The evaluations keep every prompt's score (``_scores``), so a
+report can treat the test prompts as random too (:func:`benchmarks.metrics.seeds_and_prompts_interval`).
+Evaluation samples ``--eval-prompts`` prompts (the first ones of the split) at the task's sampling
 temperature (``Benchmark.temperature``, which the rollouts use too; 1.0, pure sampling, unless the task sets
 one), with no top-k/top-p, under ``torch.manual_seed(seed)``, so before and after use the same seeds.
 """
@@ -43,8 +47,8 @@ import tyro
 
 from agents.q_learning import TARGETS as DQN_TARGETS
 from agents.sampling import Sampling
+from benchmarks import provenance
 from benchmarks.evaluation import evaluate
-from benchmarks.provenance import machine, versions
 from infra.engine import cast_parameters, resolve_precision
 from infra.storage import atomic_write_text
 from textenv import task_envs
@@ -53,8 +57,11 @@ from textenv.task_envs import BENCHMARKS, REWARD_NAMES
 ALGOS = ("zero-shot", "ppo", "reinforce", "rloo", "dqn", "soft-dqn")
 #: DQN's algorithms (their runs take the --dqn-* options); soft-dqn, DQN with soft Q-learning, is a column
 DQN_ALGOS = ("dqn", "soft-dqn")
-#: --algo soft-dqn's beta unless --dqn-soft-q-coef sets one: the two-seed similarity pilot's setting
+#: --algo soft-dqn's beta unless --dqn-soft-q-coef sets one: the two-seed similarity pilot's setting (a
+#: pilot scored on the test prompts, before the validation split existed)
 SOFT_DQN_COEF = 0.05
+#: The splits a run may evaluate on (textenv.tasks.SPLITS but the one it trains on)
+EVAL_SPLITS = ("test", "validation")
 
 
 @dataclass
@@ -164,9 +171,17 @@ class Args(RunSettings):
     unless given)."""
     budget: str = "10it"
     """Training budget: '<n>' env steps (generated tokens over all envs) or '<n>it' iterations."""
+    eval_split: str = "test"
+    """The prompts evaluated: 'test' for reported results (the table reads only these), 'validation' to
+    choose settings on (benchmarks.sweep always evaluates on it)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.eval_split not in EVAL_SPLITS:
+            raise ValueError(
+                f"--eval-split {self.eval_split!r} is not known; use test (to report) or validation "
+                "(to choose settings on)."
+            )
         if self.task not in BENCHMARKS:
             raise ValueError(f"--task {self.task!r} is not known; use one of {', '.join(BENCHMARKS)}.")
         if self.algo not in ALGOS:
@@ -348,7 +363,7 @@ def run_seed(args: Args, seed: int, command: str = "") -> Path:
     )
     logger = configure(str(run_dir), ["tensorboard"])
     env_kwargs = environment(args)
-    eval_env = gym.make(spec.env_id, split="test", **env_kwargs)
+    eval_env = gym.make(spec.env_id, split=args.eval_split, **env_kwargs)
     metrics = task_envs.side_metrics(args.task, args.reward)
     agent, hparams = None, {}
     if args.algo == "zero-shot":  # evaluated in the precision the agents train in, so the columns compare
@@ -438,6 +453,7 @@ def run_seed(args: Args, seed: int, command: str = "") -> Path:
         timesteps = agent.num_timesteps
         after = evaluate_now(timesteps)
     logger.close()
+    total_seconds = time.perf_counter() - start
     summary = {
         "env_id": spec.env_id,
         "benchmark": dataclasses.asdict(spec),
@@ -447,12 +463,13 @@ def run_seed(args: Args, seed: int, command: str = "") -> Path:
         "env_kwargs": env_kwargs,
         "timesteps": timesteps,
         "precision": precision,
-        "wall_time_s": time.perf_counter() - start,
+        "wall_time_s": total_seconds,
+        "train_time_s": total_seconds - eval_seconds if agent is not None else None,
+        "eval_time_s": eval_seconds,
         "eval_before": before,
         "eval_after": after,
         "eval_history": history,
-        "versions": versions(),
-        "machine": machine(),
+        **provenance.record(),
         "command": command,
     }
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
@@ -464,7 +481,8 @@ def run_one(job: Args, seed: int, command: str) -> Path:
     summary = json.loads((run_dir / "summary.json").read_text())
     print(
         f"{job.task} {job.algo} seed {seed}: eval reward {summary['eval_before']['reward']:.4f} -> "
-        f"{summary['eval_after']['reward']:.4f} ({summary['wall_time_s']:.0f} s) in {run_dir}",
+        f"{summary['eval_after']['reward']:.4f} ({summary['wall_time_s']:.0f} s with evaluations) "
+        f"in {run_dir}",
         flush=True,
     )
     return run_dir

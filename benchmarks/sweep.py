@@ -8,11 +8,15 @@ iteration), at the same generated-token budget. Each run is an ordinary :mod:`be
 finished runs in ``--logdir`` or under ``<out>/runs/`` (where each finished run's summary and event files
 are copied, to be committed) are not run again, so an interrupted sweep resumes on any machine.
 
-``<out>/sweep.json`` and ``<out>/sweep.md`` list every run: the setting it changes, the held-out reward before
-and after on the same prompts and sampling seed (the paired change), the KL to the reference, the held-out
-perplexity (where the task has one) and the wall time. The pick is the run with the largest paired change
-among those whose held-out perplexity rose by at most ``--max-perplexity-rise`` (a fraction); one seed ranks
-settings only roughly, so the README states the pick with the sweep beside it.
+Every run is evaluated on the task's validation prompts (:data:`SPLIT`), never on the test prompts that the
+benchmark table reports: a setting chosen here has not seen the test split.
+
+``<out>/sweep.json`` and ``<out>/sweep.md`` list every run: the setting it changes, the validation reward
+before and after on the same prompts and sampling seed (the paired change), the KL to the reference, the
+held-out perplexity (where the task has one) and the training time (evaluations excluded). The pick is the
+run with the largest paired change among those whose held-out perplexity rose by at most
+``--max-perplexity-rise`` (a fraction); one seed ranks settings only roughly, so the README states the pick
+with the sweep beside it.
 """
 
 from __future__ import annotations
@@ -27,8 +31,12 @@ from typing import Any
 import tyro
 
 from benchmarks import run, suite
+from benchmarks.report import run_times
 from infra.storage import atomic_write_text
 
+SPLIT = "validation"
+"""The only prompts a sweep scores: settings are chosen on validation, never on the test prompts the table
+reports (:data:`textenv.tasks.SPLITS`)."""
 SWEPT = {"learning_rates": "learning_rate", "kl_coefs": "init_kl_coef", "epochs": "n_epochs"}
 SWEPT["episodes"] = "episodes_per_rollout"
 """Sweep option -> the run setting it varies."""
@@ -73,7 +81,7 @@ def plan(args: Args) -> list[tuple[str, run.Args]]:
     ['base', 'learning_rate=2e-05']
     """
     settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(run.RunSettings)}
-    base = run.Args(task=args.task, algo=args.algo, budget=args.budget, **settings)
+    base = run.Args(task=args.task, algo=args.algo, budget=args.budget, eval_split=SPLIT, **settings)
     jobs, seen = [("base", base)], {json.dumps(dataclasses.asdict(base), sort_keys=True, default=str)}
     for option, name in SWEPT.items():
         if name == "n_epochs" and args.algo != "ppo":
@@ -93,7 +101,19 @@ def plan(args: Args) -> list[tuple[str, run.Args]]:
 
 
 def row(label: str, summary: dict[str, Any]) -> dict[str, Any]:
-    """One line of the sweep table from a run's summary.json."""
+    """One line of the sweep table from a run's summary.json (a run evaluated on validation).
+
+    >>> row("base", {"args": {"eval_split": "test"}})
+    Traceback (most recent call last):
+    ...
+    ValueError: base: the run was evaluated on the test split; a sweep reads validation runs only (rerun it).
+    """
+    split = summary["args"].get("eval_split", "test")  # runs before --eval-split evaluated on test
+    if split != SPLIT:
+        raise ValueError(
+            f"{label}: the run was evaluated on the {split} split; a sweep reads {SPLIT} runs only "
+            "(rerun it)."
+        )
     before, after = summary["eval_before"], summary["eval_after"]
     result = {
         "setting": label,
@@ -101,7 +121,7 @@ def row(label: str, summary: dict[str, Any]) -> dict[str, Any]:
         "reward_after": after["reward"],
         "reward_change": after["reward"] - before["reward"],
         "kl_to_reference": after.get("kl_to_reference"),
-        "wall_time_s": summary.get("wall_time_s"),
+        "train_time_s": run_times(summary)[0],
     }
     if "heldout_perplexity" in after:
         result["perplexity_rise"] = after["heldout_perplexity"] / before["heldout_perplexity"] - 1
@@ -120,7 +140,8 @@ def pick(rows: list[dict[str, Any]], max_rise: float) -> dict[str, Any] | None:
 
 def markdown(rows: list[dict[str, Any]], chosen: dict[str, Any] | None) -> str:
     lines = [
-        "| setting | reward before | reward after | change (paired) | KL | perplexity rise | wall time (s) |",
+        "| setting | reward before | reward after | change (paired) | KL | perplexity rise | "
+        "training time (s) |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -128,7 +149,7 @@ def markdown(rows: list[dict[str, Any]], chosen: dict[str, Any] | None) -> str:
         rise = f"{r['perplexity_rise']:+.1%}" if "perplexity_rise" in r else "–"
         lines.append(
             f"| {r['setting']}{mark} | {r['reward_before']:.3f} | {r['reward_after']:.3f} | "
-            f"{r['reward_change']:+.3f} | {r['kl_to_reference']:.2f} | {rise} | {r['wall_time_s']:.0f} |"
+            f"{r['reward_change']:+.3f} | {r['kl_to_reference']:.2f} | {rise} | {r['train_time_s']:.0f} |"
         )
     return "\n".join(lines)
 

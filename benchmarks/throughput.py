@@ -105,11 +105,12 @@ def _lora_config(rank: int) -> object | None:
     return LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear", lora_dropout=0.0)
 
 
-def peak_memory_mb() -> dict[str, float]:
-    """Peak resident memory of this process and, on a GPU, peak memory allocated by torch on it."""
-    peaks = {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+def peak_memory_gib() -> dict[str, float]:
+    """Peak resident memory of this process and, on a GPU, peak memory allocated by torch on it, in GiB (the
+    one memory unit of every benchmark's output)."""
+    peaks = {"peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}  # KiB
     if torch.cuda.is_available():
-        peaks["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        peaks["peak_gpu_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
     return peaks
 
 
@@ -247,13 +248,13 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "update_vs_bare": round(update / bare_tps, 3) if bare_tps else None,
         "pack_cpu_weights": packs,
         **unpacked,
-        **peak_memory_mb(),
+        **peak_memory_gib(),
         "zero_stage": agent.zero_stage,
         "engine": type(agent.engine).__name__,  # DeepSpeedHybridEngine where the Hybrid Engine is on
         "lora_rank": args.lora_rank,
         "rollout_merge_lora": args.rollout_merge_lora,
         "malloc_tuned": engine.keep_freed_memory(),  # applied by the agent's engine, for both sides alike
-        "provenance": {"versions": provenance.versions(), "machine": provenance.machine()},
+        "provenance": provenance.record(),
     }
     print(json.dumps(result, indent=2))
     if args.json:

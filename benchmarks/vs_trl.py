@@ -26,10 +26,13 @@ machine) and printed as a markdown table (:func:`benchmarks.report.vs_trl_table`
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import time
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -41,12 +44,13 @@ import tyro
 from stable_baselines3.common.callbacks import BaseCallback
 
 from agents import PPO, REINFORCE
+from benchmarks import provenance
 from benchmarks.evaluation import evaluate
 from benchmarks.logs import LoggedHistory, seconds_per_phase
-from benchmarks.provenance import machine, versions
 from benchmarks.report import vs_trl_table
 from infra import engine
 from infra.storage import atomic_write_text
+from textenv.models import no_hf_progress_bars
 from textenv.task_envs import BENCHMARKS, build_reward
 
 Contestant = Literal["trl-grpo", "trl-grpo-fp32", "ours-rloo", "ours-ppo"]
@@ -121,6 +125,18 @@ def finish(
     }
 
 
+@contextlib.contextmanager
+def quiet_libraries() -> Iterator[None]:
+    """Run TRL's trainer without the libraries' noise: the FutureWarnings transformers raises about its own
+    renames (``gradient_checkpointing`` -> ``activation_checkpointing``, from inside TRL and transformers,
+    not from anything we pass) and its "Loading weights" progress bar. Other warnings still show."""
+    with warnings.catch_warnings(), no_hf_progress_bars():
+        warnings.filterwarnings(
+            "ignore", category=FutureWarning, module=r"(transformers|trl|accelerate)(\.|$)"
+        )
+        yield
+
+
 def train_trl(args: Args, bf16: bool) -> dict:
     """GRPOTrainer on the task's train prompts (left-truncated to P tokens), stopped after ``seconds``."""
     from datasets import Dataset
@@ -164,38 +180,40 @@ def train_trl(args: Args, bf16: bool) -> dict:
                 control.should_training_stop = history[-1][0] >= budget.seconds
 
     use_gpu = torch.cuda.is_available()
-    config = GRPOConfig(
-        output_dir=str(Path(args.json).parent / "trl-grpo"),
-        per_device_train_batch_size=args.batch_size,
-        generation_batch_size=args.batch_size,
-        num_generations=args.group_size,
-        max_completion_length=args.max_new_tokens,
-        num_iterations=1,
-        learning_rate=args.learning_rate,
-        beta=args.kl_coef,
-        temperature=1.0,
-        top_k=0,
-        top_p=1.0,
-        max_steps=10**6,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=not use_gpu,
-        bf16=bf16,
-        seed=args.seed,
-        disable_tqdm=True,
-    )
-    model = str(model_dir(args.model))  # a local HF directory: TRL builds its reference model from it too
-    trainer = GRPOTrainer(
-        model=model,
-        reward_funcs=reward,
-        args=config,
-        train_dataset=train_data,
-        processing_class=tokenizer,
-        callbacks=[Clock()],
-    )
-    trainer.remove_callback(PrinterCallback)  # it prints every log dict to stdout
-    trainer.train()
+    engine.name_cpu_accelerator()  # DeepSpeed's "Setting accelerator to CPU" warning, through accelerate
+    with quiet_libraries():
+        config = GRPOConfig(
+            output_dir=str(Path(args.json).parent / "trl-grpo"),
+            per_device_train_batch_size=args.batch_size,
+            generation_batch_size=args.batch_size,
+            num_generations=args.group_size,
+            max_completion_length=args.max_new_tokens,
+            num_iterations=1,
+            learning_rate=args.learning_rate,
+            beta=args.kl_coef,
+            temperature=1.0,
+            top_k=0,
+            top_p=1.0,
+            max_steps=10**6,
+            logging_steps=1,
+            save_strategy="no",
+            report_to="none",
+            use_cpu=not use_gpu,
+            bf16=bf16,
+            seed=args.seed,
+            disable_tqdm=True,
+        )
+        model = str(model_dir(args.model))  # a local HF directory: TRL builds its reference model from it too
+        trainer = GRPOTrainer(
+            model=model,
+            reward_funcs=reward,
+            args=config,
+            train_dataset=train_data,
+            processing_class=tokenizer,
+            callbacks=[Clock()],
+        )
+        trainer.remove_callback(PrinterCallback)  # it prints every log dict to stdout
+        trainer.train()
     lm = trainer.accelerator.unwrap_model(trainer.model)
     reference = textenv.load_model(args.model)
     name, precision = ("trl-grpo", "bf16") if bf16 else ("trl-grpo-fp32", "fp32")
@@ -284,8 +302,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "args": dataclasses.asdict(args),
         "results": results,
         "malloc_tuned": engine.keep_freed_memory() if args.keep_freed_memory else False,
-        "versions": versions(),
-        "machine": machine(),
+        **provenance.record(),
     }
     atomic_write_text(out, json.dumps(payload, indent=2) + "\n")
     print(vs_trl_table(results))

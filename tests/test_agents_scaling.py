@@ -210,9 +210,9 @@ def test_memory_benchmark_smoke(tmp_path: Path) -> None:
     report = memory.main(argv)
     results = json.loads(out.read_text())["results"]
     assert results == json.loads(json.dumps(report["results"]))
-    assert results["lora"]["reference_weights_gb"] == 0.0 < results["full"]["reference_weights_gb"]
+    assert results["lora"]["reference_weights_gib"] == 0.0 < results["full"]["reference_weights_gib"]
     assert results["lora"]["trainable_params"] < results["full"]["trainable_params"]
-    assert results["lora"]["optimizer_state_gb"] < results["full"]["optimizer_state_gb"]
+    assert results["lora"]["optimizer_state_gib"] < results["full"]["optimizer_state_gib"]
     assert {"ckpt-off-12", "ckpt-on-12", "ckpt-off-32", "ckpt-on-32"} <= set(results)
 
 

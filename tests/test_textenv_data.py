@@ -36,12 +36,14 @@ def test_shakespeare_corpus() -> None:
 
 
 def test_drugs_task_prompt_is_first_half() -> None:
+    from textenv.tasks import drug_review_split
+
     ds = load_task("drugs-sentiment", split="train")
-    assert len(ds) == 600 and ds.name == "drugs-sentiment/train"
-    for example, review in zip(ds, drug_reviews("train"), strict=False):
-        assert (example.prompt + (example.reference or "")).split() == review.text.split()
-        assert example.metadata["label"] == review.label
-        assert len(example.prompt.split()) == max(1, len(review.text.split()) // 2)
+    assert len(ds) == 450 and ds.name == "drugs-sentiment/train"  # 600 reviews, 150 of them validation
+    for example, row in zip(ds, drug_review_split("train"), strict=True):
+        assert (example.prompt + (example.reference or "")).split() == row["review"].split()
+        assert example.metadata["label"] == row["label"]
+        assert len(example.prompt.split()) == max(1, len(row["review"].split()) // 2)
 
 
 def test_splits_are_deterministic_and_disjoint() -> None:
@@ -57,7 +59,7 @@ def test_unknown_task_and_split() -> None:
     with pytest.raises(ValueError, match="Known tasks: drugs-sentiment, shakespeare"):
         load_task("imdb")
     with pytest.raises(ValueError, match="split"):
-        load_task("shakespeare", split="validation")
+        load_task("shakespeare", split="dev")
 
 
 def test_from_list_jsonl_csv(tmp_path: Path) -> None:

@@ -276,7 +276,7 @@ def test_single_env_is_consistent_after_the_reward_raises(env_id: str, env_kwarg
         ({"max_prompt_tokens": -1}, ValueError, "max_prompt_tokens=-1 must be a positive int"),
         ({"group_size": 0}, ValueError, "group_size=0 must be a positive int"),
         ({"render_mode": "rgb_array"}, ValueError, r"render_mode='rgb_array' is not supported.*'ansi'"),
-        ({"split": "validation"}, ValueError, "split='validation' is not known; use one of train, test"),
+        ({"split": "dev"}, ValueError, "split='dev' is not known; use one of train, validation, test"),
         ({"split": "test"}, ValueError, "split='test' applies to the prompts of task=, not to dataset="),
         ({"tokenizer": "tiny-sp"}, TypeError, "tokenizer='tiny-sp' is a name, not a tokenizer; pass model="),
         ({"tokenizer": object()}, TypeError, r"tokenizer is object, which lacks \['eos_token_id'"),

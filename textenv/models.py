@@ -89,9 +89,9 @@ def _build_tiny_smollm2(out: Path) -> None:
 
 
 @contextlib.contextmanager
-def _no_hf_progress_bars() -> Iterator[None]:
-    """transformers' progress bars off for the block (its "Loading weights" bar, drawn at every load of a
-    model that loads in a second), then as they were."""
+def no_hf_progress_bars() -> Iterator[None]:
+    """transformers' progress bars off for the block (its "Loading weights" and "Writing model shards" bars,
+    drawn at every load or save of a model that takes a second), then as they were."""
     from transformers.utils import logging as hf_logging
 
     bars = hf_logging.is_progress_bar_enabled()
@@ -116,7 +116,7 @@ def _build_quietly(name: str, out: Path) -> None:
     hf_logging.set_verbosity_error()
     captured = io.StringIO()  # the GGUF converter's own tqdm bar writes here
     try:
-        with _no_hf_progress_bars(), contextlib.redirect_stderr(captured):
+        with no_hf_progress_bars(), contextlib.redirect_stderr(captured):
             _BUILDERS[name](out)
     except BaseException:
         sys.stderr.write(captured.getvalue())
@@ -225,7 +225,7 @@ def load_model(name_or_path: str | Path = DEFAULT_MODEL, dtype: torch.dtype = to
     from transformers import AutoModelForCausalLM
 
     source = model_dir(name_or_path)
-    with _no_hf_progress_bars():
+    with no_hf_progress_bars():
         return _from_pretrained(AutoModelForCausalLM, source, dtype=dtype).eval()
 
 

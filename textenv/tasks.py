@@ -1,14 +1,22 @@
 """Built-in prompt tasks. ``TASKS`` maps each task name to the function that builds its dataset.
 
+Every task has three disjoint splits (:data:`SPLITS`): ``"train"`` to train on, ``"validation"`` to choose
+settings on (sweeps, presets, pilots) and ``"test"`` for the reported results only. The validation split is
+carved out of the training data (:func:`drug_review_split`: every 4th review of the drugs.com train file;
+:func:`shakespeare`: every 10th speech, beside the test speeches), so the test prompts are the ones they have
+always been. Sizes (train / validation / test prompts): drugs-sentiment 450 / 149 / 379, drugs-turnaround
+181 / 58 / 146, shakespeare 7,230 / 904 / 903, error-correction 1000 / 200 / 300, review-keywords
+1000 / 200 / 300. (Before the validation split, train had 600, 239 and 8,134 of the first three.)
+
 - ``"drugs-sentiment"`` (``DEFAULT_TASK``): continue a real drugs.com review positively. The prompt is the
   first half of a review's words, the reference the rest; metadata holds the label, drug and condition.
-  Splits are the package's own files (600 train, 379 test).
+  Test is the package's test file (379 reviews); train and validation share its train file (600 reviews).
 - ``"drugs-turnaround"`` (``TextGen-Sentiment-v0``): turn a complaint around. The prompt is the opening of a
   negative or neutral drugs.com review (its first third, at most 40 words), the reference the rest; 10 % of
   the prompts are openings of positive reviews. See :func:`drugs_turnaround`.
 - ``"shakespeare"``: continue a speech. The prompt is the speaker and the first two lines of a speech with
-  at least three lines, the reference its third line. Every tenth speech is in ``"test"``, the rest in
-  ``"train"``.
+  at least three lines, the reference its third line. Of every ten speeches the tenth is in ``"test"``,
+  the fifth in ``"validation"``, the rest in ``"train"``.
 - ``"error-correction"``: correct a real sentence (a drugs.com review sentence or a Shakespeare line)
   corrupted with seeded typos, dropped and swapped words (:mod:`textenv.noise`). The prompt is a one-shot
   example (``ERROR_PROMPT``) ending in ``"Text: <corrupted>\\nCorrected:"``, the reference the original
@@ -37,7 +45,10 @@ from textenv.data import Example, PromptDataset
 from textenv.noise import corrupt
 
 DEFAULT_TASK = "drugs-sentiment"
-SPLITS = ("train", "test")
+SPLITS = ("train", "validation", "test")
+"""The splits of every task: train on ``"train"``, choose settings on ``"validation"``, report ``"test"``."""
+VALIDATION_EVERY = 4
+"""Every 4th review of the drugs.com train file (and every task built from it) is validation."""
 ERROR_PROMPT = (
     "Fix the typos.\n"
     "Text: My headache went awya after days two, but felt I tired the first week.\n"
@@ -53,10 +64,43 @@ _FIRST_ACT = re.compile(r"^ACT [IV1]", re.MULTILINE)
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
+def drug_review_split(split: str) -> tuple[dict[str, str], ...]:
+    """The drugs.com review rows of a task split. ``"test"`` is the package's test file. Its train file is
+    split: every :data:`VALIDATION_EVERY`-th row (the 4th, 8th, ...) is ``"validation"`` unless its text is
+    also in the test file, the other rows are ``"train"`` unless their text is in validation. Validation
+    shares no review text with train or test (train and test share one review, as the files do).
+
+    >>> [len(drug_review_split(s)) for s in SPLITS]
+    [450, 149, 379]
+    >>> held = {row["review"] for row in drug_review_split("validation")}
+    >>> any(row["review"] in held for split in ("train", "test") for row in drug_review_split(split))
+    False
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r} is not known; use one of {', '.join(SPLITS)}.")
+    if split == "test":
+        return data.drug_review_rows("test")
+    rows = data.drug_review_rows("train")
+    test_texts = {row["review"] for row in data.drug_review_rows("test")}
+    held = tuple(
+        row
+        for index, row in enumerate(rows)
+        if index % VALIDATION_EVERY == VALIDATION_EVERY - 1 and row["review"] not in test_texts
+    )
+    if split == "validation":
+        return held
+    held_texts = {row["review"] for row in held}
+    return tuple(
+        row
+        for index, row in enumerate(rows)
+        if index % VALIDATION_EVERY != VALIDATION_EVERY - 1 and row["review"] not in held_texts
+    )
+
+
 def drugs_sentiment(split: str = "train") -> PromptDataset:
     """Positive continuation of drugs.com review openings (first half of the words → the rest)."""
     examples = []
-    for row in data.drug_review_rows(split):
+    for row in drug_review_split(split):
         words = row["review"].split()
         half = max(1, len(words) // 2)
         examples.append(
@@ -91,8 +135,8 @@ def drugs_turnaround(
     Every negative and neutral review of ``split`` is in, plus positive ones drawn with
     ``np.random.default_rng(seed)`` so that they make up ``positive_share`` of the prompts (default 10 %: a
     policy should not learn that every opening is a complaint to contradict); the same generator then
-    shuffles the prompts, so any leading slice is a mix. The train split leaves out reviews whose text is
-    also in the test split. Metadata: ``label``, ``drug``, ``condition``, ``id``.
+    shuffles the prompts, so any leading slice is a mix. The train and validation splits leave out reviews
+    whose text is also in the test split. Metadata: ``label``, ``drug``, ``condition``, ``id``.
 
     >>> ds = drugs_turnaround("test")
     >>> len(ds), sum(e.metadata["label"] == "positive" for e in ds), ds.name
@@ -104,8 +148,8 @@ def drugs_turnaround(
         raise TypeError(f"positive_share={positive_share!r} must be a number in [0, 1), e.g. 0.1")
     if not 0.0 <= positive_share < 1.0:
         raise ValueError(f"positive_share={positive_share!r} must be in [0, 1), e.g. 0.1 for 10 %")
-    rows = data.drug_review_rows(split)
-    if split == "train":
+    rows = drug_review_split(split)
+    if split != "test":
         test_texts = {row["review"] for row in data.drug_review_rows("test")}
         rows = tuple(row for row in rows if row["review"] not in test_texts)
     others = [row for row in rows if row["label"] in ("negative", "neutral")]
@@ -156,9 +200,9 @@ def shakespeare(split: str = "train") -> PromptDataset:
         for speaker, lines in _speeches(text):
             if len(lines) < 3:
                 continue
-            in_test = index % 10 == 9
+            part = "test" if index % 10 == 9 else "validation" if index % 10 == 4 else "train"
             index += 1
-            if in_test != (split == "test"):
+            if part != split:
                 continue
             examples.append(
                 Example(
@@ -178,15 +222,20 @@ def _spread(items: list[Any], limit: int) -> list[Any]:
 
 def _review_sentences(split: str) -> list[str]:
     sentences = []
-    for row in data.drug_review_rows(split):
+    for row in drug_review_split(split):
         sentences += [s for s in _SENTENCE_END.split(row["review"]) if 6 <= len(s.split()) <= 25]
     return sentences
+
+
+SPLIT_SIZES = {"train": 1000, "validation": 200, "test": 300}
+"""Default sizes of the sentence tasks' splits (error-correction, review-keywords)."""
 
 
 @lru_cache(maxsize=4)
 def error_correction(split: str = "train", size: int | None = None) -> PromptDataset:
     """Sentences to un-corrupt: drugs.com review sentences (from the same split) and Shakespeare lines (the
-    references of task ``"shakespeare"``'s split), half and half; 1000 train / 300 test by default.
+    references of task ``"shakespeare"``'s split), half and half; by default 1000 train, 200 validation,
+    300 test (:data:`SPLIT_SIZES`).
 
     Example ``i`` of source ``s`` is corrupted with ``np.random.default_rng([NOISE_SEED, s, i])``, so the data
     is identical on every machine and does not depend on iteration order. The prompt is ``ERROR_PROMPT``.
@@ -195,7 +244,7 @@ def error_correction(split: str = "train", size: int | None = None) -> PromptDat
     """
     if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 2):
         raise ValueError(f"size={size!r} must be an int >= 2 (half of it from each source), or None")
-    size = size or (1000 if split == "train" else 300)
+    size = size or SPLIT_SIZES[split]
     sources = {
         "drugs.com": _review_sentences(split),
         "shakespeare": [
@@ -253,7 +302,8 @@ def _keywords(sentence: str, rng: np.random.Generator, count: int = 4) -> list[s
 @lru_cache(maxsize=4)
 def review_keywords(split: str = "train", size: int | None = None) -> PromptDataset:
     """Concept-to-text on drugs.com review sentences (of the same split): the prompt gives 3 or 4 content
-    words of a sentence in a shuffled order, the reference is the sentence; 1000 train / 300 test by default.
+    words of a sentence in a shuffled order, the reference is the sentence; by default 1000 train, 200
+    validation, 300 test (:data:`SPLIT_SIZES`).
 
     Why this is the similarity task (``TextGen-Similarity-v0``): the reward is the embedding cosine to the
     reference, so the reference must be predictable from the prompt for the reward to be learnable. The
@@ -274,7 +324,7 @@ def review_keywords(split: str = "train", size: int | None = None) -> PromptData
     """
     if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 1):
         raise ValueError(f"size={size!r} must be an int >= 1, or None")
-    size = size or (1000 if split == "train" else 300)
+    size = size or SPLIT_SIZES[split]
     examples = []
     for index, sentence in enumerate(_spread(_review_sentences(split), size * 2)):
         words = _keywords(sentence, np.random.default_rng([KEYWORD_SEED, index]))
@@ -300,7 +350,8 @@ TASKS: dict[str, Callable[[str], PromptDataset]] = {
 
 
 def load_task(name: str = DEFAULT_TASK, split: str = "train") -> PromptDataset:
-    """Build the prompt dataset of a built-in task; ``split`` is ``"train"`` or ``"test"``."""
+    """Build the prompt dataset of a built-in task; ``split`` is ``"train"``, ``"validation"`` (to choose
+    settings on) or ``"test"`` (to report)."""
     if name not in TASKS:
         raise ValueError(
             f"Unknown task {name!r}. Known tasks: {', '.join(TASKS)}. "
