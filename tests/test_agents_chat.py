@@ -262,7 +262,7 @@ def test_logged_samples_are_a_uniform_draw_of_the_rollouts_episodes() -> None:
 
 
 def test_benchmark_script_takes_every_policy_gradient_algorithm(tmp_path) -> None:
-    """benchmarks.chat's --algo choices are agents.ALGORITHMS' policy-gradient entries; rloo gets its groups."""
+    """benchmarks.chat takes the policy-gradient entries of agents.ALGORITHMS; rloo gets its prompt groups."""
     from benchmarks import chat
 
     assert set(chat.ALGOS) == {"ppo", "reinforce", "rloo"}
