@@ -5,11 +5,9 @@
 A whole table (every task x algorithm x seed, in worker processes, resumable): :mod:`benchmarks.suite`.
 
 Tasks (``textenv.task_envs``): ``sentiment``, ``error-rate``, ``similarity``, ``preference``.
-Algorithms: ``zero-shot`` (the untrained model) and every entry of :data:`agents.ALGORITHMS` (``ppo``,
-``reinforce`` with a moving-average baseline, ``rloo``: REINFORCE with a leave-one-out baseline over
-``--group-size`` samples per prompt, ``dqn``: its TD target ``--dqn-target`` double_q, q_learning, sarsa or
-expected_sarsa, and ``soft-dqn``), with the settings the table fixes for it. Each run also takes the task's
-recommended agent settings (:func:`textenv.recommended_agent_kwargs`: the sampling temperature).
+Algorithms: ``zero-shot`` (the untrained model) and the entries of :data:`agents.ALGORITHMS`: ``ppo``,
+``reinforce``, ``rloo`` (over ``--group-size`` samples per prompt), ``dqn`` (its TD target: ``--dqn-target``
+double_q, q_learning, sarsa or expected_sarsa) and ``soft-dqn``.
 
 Budget: ``--budget 20000`` is env steps, i.e. generated tokens summed over all envs (``total_timesteps``);
 ``--budget 20it`` is rollout/update iterations of ``--episodes-per-rollout`` episodes each.
@@ -21,9 +19,8 @@ over the budget, the last after training) and ``summary.json`` (the full config,
 the machine, wall time, the evaluations before and after, and ``eval_history``: every evaluation with its
 env steps and the training wall time before it, evaluations excluded).
 Evaluation samples ``--eval-prompts`` test prompts (the first ones of the test split) at the task's sampling
-temperature (``Benchmark.temperature``, which the rollouts use too; 1.0, pure sampling, unless the task
-recommends another), with no top-k/top-p, under ``torch.manual_seed(seed)``, so before and after use the same
-seeds.
+temperature (:func:`textenv.recommended_agent_kwargs`, which the rollouts use too; 1.0 unless the task sets
+one), with no top-k/top-p, under ``torch.manual_seed(seed)``, so before and after use the same seeds.
 """
 
 from __future__ import annotations
@@ -56,17 +53,13 @@ from infra.engine import cast_parameters, resolve_precision
 from infra.storage import atomic_write_text
 from textenv.task_envs import BENCHMARKS, recommended_agent_kwargs
 
-#: the untrained model, then every algorithm of agents.ALGORITHMS (the table's columns, in order)
+#: the table's columns: the untrained model, then agents.ALGORITHMS; DQN's take the --dqn-* options
 ALGOS = ("zero-shot", *ALGORITHMS)
-#: DQN's algorithms (their runs take the --dqn-* options); soft-dqn, DQN with soft Q-learning, is a column
 DQN_ALGOS = tuple(name for name, entry in ALGORITHMS.items() if issubclass(entry.config_class, DQNConfig))
-#: soft Q-learning's settings (the soft-dqn entry's): --dqn-soft-q-coef > 0 applies them with its own beta
+#: soft Q-learning (the soft-dqn entry's settings), which --dqn-soft-q-coef > 0 applies with its own beta
 SOFT_Q_SETTINGS = dict(ALGORITHMS["soft-dqn"].settings)
-#: --algo soft-dqn's beta unless --dqn-soft-q-coef sets one
 SOFT_DQN_COEF = SOFT_Q_SETTINGS["soft_q_coef"]
-ALGO_HELP = "zero-shot (the untrained model) or an algorithm of agents.ALGORITHMS: " + "; ".join(
-    f"{name}: {entry.summary}" for name, entry in ALGORITHMS.items()
-)
+ALGO_HELP = "zero-shot: the untrained model; " + "; ".join(f"{k}: {v.summary}" for k, v in ALGORITHMS.items())
 
 
 @dataclass
@@ -182,11 +175,10 @@ class Args(RunSettings):
             raise ValueError(f"--task {self.task!r} is not known; use one of {', '.join(BENCHMARKS)}.")
         if self.algo not in ALGOS:
             raise ValueError(f"--algo {self.algo!r} is not known; use one of {', '.join(ALGOS)}.")
-        if self.algo in ALGORITHMS and ALGORITHMS[self.algo].group_prompts and self.group_size < 2:
+        if groups_prompts(self.algo) and self.group_size < 2:
             raise ValueError(
                 f"--algo {self.algo} needs --group-size 2 or more (got {self.group_size}): its baseline is "
-                "the mean of the other samples of the same prompt. Use e.g. --group-size 4, or --algo "
-                "reinforce."
+                "the mean of the other samples of its prompt. Use e.g. --group-size 4, or --algo reinforce."
             )
         if self.algo == "soft-dqn" and self.dqn_soft_q_coef == 0:
             self.dqn_soft_q_coef = SOFT_DQN_COEF  # recorded in summary.json's args as it ran
@@ -299,13 +291,17 @@ def periodic_evaluation(budget: str, evals: int, evaluate_now: Callable[[int], A
     return PeriodicEvaluation()
 
 
+def groups_prompts(algo: str) -> bool:
+    """Whether ``algo``'s env repeats each prompt ``--group-size`` times (rloo)."""
+    return algo in ALGORITHMS and ALGORITHMS[algo].group_prompts
+
+
 def environment(args: Args) -> dict[str, Any]:
-    """The run's env settings as recorded in summary.json (the reward by name: :func:`make_env_kwargs` turns
-    it into a reward object)."""
+    """The run's env settings as summary.json records them (:func:`make_env_kwargs` makes the reward)."""
     kwargs: dict[str, Any] = {"model": args.model, "reward": args.reward, "reward_model": args.reward_model}
     if args.max_new_tokens is not None:
         kwargs["max_new_tokens"] = args.max_new_tokens
-    if args.algo in ALGORITHMS and ALGORITHMS[args.algo].group_prompts:
+    if groups_prompts(args.algo):
         kwargs["group_size"] = args.group_size
     return kwargs
 
@@ -368,12 +364,7 @@ def run_seed(args: Args, seed: int, command: str = "") -> Path:
             lm = reference = cast_parameters(lm, torch.bfloat16)  # as DeepSpeed casts the agents' LM
     else:
         entry = ALGORITHMS[args.algo]
-        train_env = gym.make_vec(
-            spec.env_id,
-            num_envs=args.num_envs,
-            vectorization_mode="vector_entry_point",
-            **make_env_kwargs(args),
-        )
+        train_env = gym.make_vec(spec.env_id, args.num_envs, "vector_entry_point", **make_env_kwargs(args))
         wanted = {
             "learning_rate": args.learning_rate,
             "episodes_per_rollout": args.episodes_per_rollout,
@@ -392,14 +383,11 @@ def run_seed(args: Args, seed: int, command: str = "") -> Path:
             preset = DQNConfig.smollm2_sentiment(**settings)
             freq = preset.train_freq[0] if isinstance(preset.train_freq, tuple) else 1
             round_tokens = freq * int(eval_env.get_wrapper_attr("max_new_tokens"))
-            warmup: dict[str, Any] = {
-                "learning_starts": round_tokens,
-                "target_update_interval": 2 * round_tokens,
-            }
             dqn: dict[str, Any] = {"target": args.dqn_target, "dueling": args.dqn_dueling}
+            dqn |= {"learning_starts": round_tokens, "target_update_interval": 2 * round_tokens}  # warm-up
             if args.dqn_soft_q_coef > 0:  # soft Q-learning acts with its policy; log(pi/pi_ref) anchors it
                 dqn |= SOFT_Q_SETTINGS | {"soft_q_coef": args.dqn_soft_q_coef}
-            settings = {"config": dataclasses.replace(preset, **warmup, **dqn)}
+            settings = {"config": dataclasses.replace(preset, **dqn)}
         agent = entry.agent(train_env, model=args.model, seed=seed, precision=args.precision, **settings)
         agent.set_logger(logger)
         lm, reference, precision = agent.policy.lm, agent.reference.lm, agent.precision
