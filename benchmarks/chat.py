@@ -25,12 +25,13 @@ import tyro
 from stable_baselines3.common.callbacks import BaseCallback
 
 import textenv  # noqa: F401  (registers the envs)
-from agents import PPO, REINFORCE
+from agents import ALGORITHMS
 from benchmarks import provenance
 from benchmarks.metrics import mean_interval
 from infra.storage import atomic_write_text
 
-ALGOS = {"ppo": PPO, "reinforce": REINFORCE}
+ALGOS = {name: entry for name, entry in ALGORITHMS.items() if entry.policy_gradient}
+"""The algorithms that train on multi-turn envs: the policy-gradient ones of :data:`agents.ALGORITHMS`."""
 
 
 @dataclass
@@ -38,7 +39,9 @@ class Args:
     task: str = "guess"
     """Chat task: guess, calculator or usersim (textenv.chat_tasks)."""
     algo: str = "ppo"
-    """ppo or reinforce."""
+    """A policy-gradient algorithm of agents.ALGORITHMS: ppo, reinforce or rloo (with --group-size)."""
+    group_size: int = 4
+    """rloo: conversations per episode index (the env's group_size), compared by its baseline."""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     """One run per seed (agent, env sampling and evaluation samples)."""
     model: str = "smollm2-135m-instruct"
@@ -138,6 +141,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = tyro.cli(Args, args=argv, prog="python -m benchmarks.chat", description=__doc__)
     if args.algo not in ALGOS:
         raise SystemExit(f"--algo {args.algo!r} is not known; use one of {', '.join(ALGOS)}")
+    entry = ALGOS[args.algo]
+    if entry.group_prompts and args.group_size < 2:
+        raise SystemExit(f"--algo {args.algo} needs --group-size 2 or more (got {args.group_size}), e.g. 4.")
+    group: dict[str, Any] = {"group_size": args.group_size} if entry.group_prompts else {}
     torch.set_num_threads(args.threads)
     runs = []
     for seed in args.seeds:
@@ -147,9 +154,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             num_envs=args.num_envs,
             vectorization_mode="vector_entry_point",
             **env_kwargs(args, "train"),
+            **group,
         )
-        extra: dict[str, Any] = {"n_epochs": args.n_epochs} if args.algo == "ppo" else {}
-        agent = ALGOS[args.algo](
+        names = {item.name for item in dataclasses.fields(entry.config_class)}
+        extra: dict[str, Any] = {"n_epochs": args.n_epochs} if "n_epochs" in names else {}
+        agent = entry.agent(
             env,
             model=args.model,
             episodes_per_rollout=args.episodes_per_rollout,
@@ -159,6 +168,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             seed=seed,
             precision=args.precision,
             **extra,
+            **entry.settings,
         )
         before = success_rate(agent, args, seed)
         stop = StopAfterRollouts(args.rollouts)

@@ -51,6 +51,7 @@ from infra.storage import atomic_write_text
 from rewards.drugs import drugs_preference_pairs
 from rewards.encoder import MINILM
 from rewards.fitting import TrainConfig, train_preference
+from rewards.models import PreferenceRewardModel
 
 STEPS = (1, 2, 3)
 
@@ -221,15 +222,20 @@ def step_reward_model(args: Args, root: Path, sft_model: Path | None) -> tuple[P
 
 
 def step_ppo(args: Args, root: Path, sft_model: Path, reward_model: Path) -> dict[str, Any]:
-    env_kwargs: dict[str, Any] = {
-        "model": str(sft_model),
-        "reward_model": str(reward_model),
-        "max_new_tokens": args.max_new_tokens,
-    }
+    env_kwargs: dict[str, Any] = {"model": str(sft_model), "max_new_tokens": args.max_new_tokens}
     env = gym.make_vec(
-        "TextGen-Preference-v0", num_envs=args.num_envs, vectorization_mode="vector_entry_point", **env_kwargs
+        "TextGen-Preference-v0",
+        num_envs=args.num_envs,
+        vectorization_mode="vector_entry_point",
+        reward_fn=PreferenceRewardModel.load(reward_model),
+        **env_kwargs,
     )
-    test_env = gym.make("TextGen-Preference-v0", split="test", **env_kwargs)
+    test_env = gym.make(
+        "TextGen-Preference-v0",
+        split="test",
+        reward_fn=PreferenceRewardModel.load(reward_model),
+        **env_kwargs,
+    )
     ptx: dict[str, Any] = {}
     if args.ptx_coef > 0:
         texts = [{"text": row["review"]} for row in drug_review_rows("train")]
@@ -246,6 +252,7 @@ def step_ppo(args: Args, root: Path, sft_model: Path, reward_model: Path) -> dic
         precision=args.precision,
         ema_decay=args.ema_decay,
         **ptx,
+        **textenv.recommended_agent_kwargs(env),
     )
     policy, reference = agent.policy.lm, agent.reference.lm
     settings: dict[str, Any] = {"seed": args.seed, "num_prompts": args.eval_prompts}

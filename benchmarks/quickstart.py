@@ -32,8 +32,8 @@ from agents import PPO
 from benchmarks import metrics, provenance, run
 from benchmarks.evaluation import evaluate
 from benchmarks.logs import LoggedHistory, seconds_per_phase
+from benchmarks.named_rewards import build_reward
 from infra.storage import atomic_write_text
-from textenv.task_envs import build_reward
 
 
 @dataclass

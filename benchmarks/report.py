@@ -161,15 +161,17 @@ def provenance(by_algo: dict[str, list[Run]]) -> list[str]:
     return lines
 
 
-ALGO_ORDER = ("zero-shot", "ppo", "reinforce", "rloo", "dqn", "soft-dqn")
 SKIPPED = ("reward_std", "completion_tokens", "distinct_1")
 """Evaluation metrics left out of the headline table (they stay in the full per-task tables)."""
 README_BEGIN, README_END = "<!-- benchmarks.report: begin -->", "<!-- benchmarks.report: end -->"
 
 
 def ordered(algos: Any) -> list[str]:
-    """Algorithms in table order (:data:`ALGO_ORDER`), then any others alphabetically."""
-    return sorted(algos, key=lambda a: (ALGO_ORDER.index(a) if a in ALGO_ORDER else len(ALGO_ORDER), a))
+    """Algorithms in table order (``zero-shot``, then :data:`agents.ALGORITHMS`, as
+    :data:`benchmarks.run.ALGOS` lists them), then any others alphabetically."""
+    from benchmarks.run import ALGOS  # imported here: the agents (torch) load only when a table is made
+
+    return sorted(algos, key=lambda a: (ALGOS.index(a) if a in ALGOS else len(ALGOS), a))
 
 
 CHANGE = "reward change (paired)"

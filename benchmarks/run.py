@@ -5,9 +5,9 @@
 A whole table (every task x algorithm x seed, in worker processes, resumable): :mod:`benchmarks.suite`.
 
 Tasks (``textenv.task_envs``): ``sentiment``, ``error-rate``, ``similarity``, ``preference``.
-Algorithms: ``zero-shot`` (the untrained model), ``ppo``, ``reinforce`` (moving-average baseline), ``rloo``
-(REINFORCE with a leave-one-out baseline over ``--group-size`` samples per prompt), ``dqn`` (its TD target:
-``--dqn-target`` double_q, q_learning, sarsa or expected_sarsa).
+Algorithms: ``zero-shot`` (the untrained model) and the entries of :data:`agents.ALGORITHMS`: ``ppo``,
+``reinforce``, ``rloo`` (over ``--group-size`` samples per prompt), ``dqn`` (its TD target: ``--dqn-target``
+double_q, q_learning, sarsa or expected_sarsa) and ``soft-dqn``.
 
 Budget: ``--budget 20000`` is env steps, i.e. generated tokens summed over all envs (``total_timesteps``);
 ``--budget 20it`` is rollout/update iterations of ``--episodes-per-rollout`` episodes each.
@@ -23,7 +23,7 @@ evaluations excluded). Times: ``train_time_s`` is training only (None for zero-s
 held-out evaluations, ``wall_time_s`` both. The evaluations keep every prompt's score (``_scores``), so a
 report can treat the test prompts as random too (:func:`benchmarks.metrics.seeds_and_prompts_interval`).
 Evaluation samples ``--eval-prompts`` prompts (the first ones of the split) at the task's sampling
-temperature (``Benchmark.temperature``, which the rollouts use too; 1.0, pure sampling, unless the task sets
+temperature (:func:`textenv.recommended_agent_kwargs`, which the rollouts use too; 1.0 unless the task sets
 one), with no top-k/top-p, under ``torch.manual_seed(seed)``, so before and after use the same seeds.
 """
 
@@ -38,28 +38,31 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import gymnasium as gym
 import numpy as np
 import torch
 import tyro
 
+from agents.algorithms import ALGORITHMS
+from agents.dqn import DQNConfig
 from agents.q_learning import TARGETS as DQN_TARGETS
 from agents.sampling import Sampling
-from benchmarks import provenance
+from benchmarks import named_rewards, provenance
 from benchmarks.evaluation import evaluate
+from benchmarks.named_rewards import REWARD_NAMES
 from infra.engine import cast_parameters, resolve_precision
 from infra.storage import atomic_write_text
-from textenv import task_envs
-from textenv.task_envs import BENCHMARKS, REWARD_NAMES
+from textenv.task_envs import BENCHMARKS, recommended_agent_kwargs
 
-ALGOS = ("zero-shot", "ppo", "reinforce", "rloo", "dqn", "soft-dqn")
-#: DQN's algorithms (their runs take the --dqn-* options); soft-dqn, DQN with soft Q-learning, is a column
-DQN_ALGOS = ("dqn", "soft-dqn")
-#: --algo soft-dqn's beta unless --dqn-soft-q-coef sets one: the two-seed similarity pilot's setting (a
-#: pilot scored on the test prompts, before the validation split existed)
-SOFT_DQN_COEF = 0.05
+#: the table's columns: the untrained model, then agents.ALGORITHMS; DQN's take the --dqn-* options
+ALGOS = ("zero-shot", *ALGORITHMS)
+DQN_ALGOS = tuple(name for name, entry in ALGORITHMS.items() if issubclass(entry.config_class, DQNConfig))
+#: soft Q-learning (the soft-dqn entry's settings), which --dqn-soft-q-coef > 0 applies with its own beta
+SOFT_Q_SETTINGS = dict(ALGORITHMS["soft-dqn"].settings)
+SOFT_DQN_COEF = SOFT_Q_SETTINGS["soft_q_coef"]
+ALGO_HELP = "zero-shot: the untrained model; " + "; ".join(f"{k}: {v.summary}" for k, v in ALGORITHMS.items())
 #: The splits a run may evaluate on (textenv.tasks.SPLITS but the one it trains on)
 EVAL_SPLITS = ("test", "validation")
 
@@ -166,9 +169,8 @@ class Args(RunSettings):
 
     task: str = "sentiment"
     """Benchmark task: sentiment, error-rate, similarity or preference."""
-    algo: str = "zero-shot"
-    """zero-shot, ppo, reinforce, rloo, dqn or soft-dqn (DQN with soft Q-learning, --dqn-soft-q-coef 0.05
-    unless given)."""
+    algo: Annotated[str, tyro.conf.arg(help=ALGO_HELP, metavar="{" + ",".join(ALGOS) + "}")] = "zero-shot"
+    """The untrained model or an agents.ALGORITHMS entry (soft-dqn: --dqn-soft-q-coef 0.05 unless given)."""
     budget: str = "10it"
     """Training budget: '<n>' env steps (generated tokens over all envs) or '<n>it' iterations."""
     eval_split: str = "test"
@@ -186,10 +188,10 @@ class Args(RunSettings):
             raise ValueError(f"--task {self.task!r} is not known; use one of {', '.join(BENCHMARKS)}.")
         if self.algo not in ALGOS:
             raise ValueError(f"--algo {self.algo!r} is not known; use one of {', '.join(ALGOS)}.")
-        if self.algo == "rloo" and self.group_size < 2:
+        if groups_prompts(self.algo) and self.group_size < 2:
             raise ValueError(
-                f"--algo rloo needs --group-size 2 or more (got {self.group_size}): its baseline is the mean "
-                "of the other samples of the same prompt. Use e.g. --group-size 4, or --algo reinforce."
+                f"--algo {self.algo} needs --group-size 2 or more (got {self.group_size}): its baseline is "
+                "the mean of the other samples of its prompt. Use e.g. --group-size 4, or --algo reinforce."
             )
         if self.algo == "soft-dqn" and self.dqn_soft_q_coef == 0:
             self.dqn_soft_q_coef = SOFT_DQN_COEF  # recorded in summary.json's args as it ran
@@ -221,17 +223,6 @@ def parse_args(argv: list[str] | None = None) -> Args:
 
 
 # ---- training -------------------------------------------------------------------------------------------
-def agent_class(algo: str) -> Any:
-    """The agent class that trains ``algo`` (rloo: REINFORCE with a leave-one-out baseline; soft-dqn: DQN)."""
-    import agents
-
-    classes: dict[str, Any] = {
-        "ppo": agents.PPO, "reinforce": agents.REINFORCE, "rloo": agents.REINFORCE,
-        "dqn": agents.DQN, "soft-dqn": agents.DQN,
-    }  # fmt: skip
-    return classes[algo]
-
-
 def step_cap(iterations: int, episodes: int, num_envs: int, max_new_tokens: int) -> int:
     """An env-step bound that ``iterations`` iterations never reach (each collects at most ``episodes`` plus
     ``num_envs`` in-flight episodes of ``max_new_tokens`` tokens), so an iteration budget is what stops
@@ -313,13 +304,26 @@ def periodic_evaluation(budget: str, evals: int, evaluate_now: Callable[[int], A
     return PeriodicEvaluation()
 
 
+def groups_prompts(algo: str) -> bool:
+    """Whether ``algo``'s env repeats each prompt ``--group-size`` times (rloo)."""
+    return algo in ALGORITHMS and ALGORITHMS[algo].group_prompts
+
+
 def environment(args: Args) -> dict[str, Any]:
+    """The run's env settings as summary.json records them (:func:`make_env_kwargs` makes the reward)."""
     kwargs: dict[str, Any] = {"model": args.model, "reward": args.reward, "reward_model": args.reward_model}
     if args.max_new_tokens is not None:
         kwargs["max_new_tokens"] = args.max_new_tokens
-    if args.algo == "rloo":
+    if groups_prompts(args.algo):
         kwargs["group_size"] = args.group_size
     return kwargs
+
+
+def make_env_kwargs(args: Args) -> dict[str, Any]:
+    """The keyword arguments of one env of the run: :func:`environment` with its own reward object."""
+    settings = environment(args)
+    reward, reward_model = settings.pop("reward"), settings.pop("reward_model")
+    return settings | named_rewards.reward_kwargs(args.task, reward, reward_model)
 
 
 def log_eval(logger: Any, results: dict[str, Any], step: int) -> None:
@@ -363,8 +367,8 @@ def run_seed(args: Args, seed: int, command: str = "") -> Path:
     )
     logger = configure(str(run_dir), ["tensorboard"])
     env_kwargs = environment(args)
-    eval_env = gym.make(spec.env_id, split=args.eval_split, **env_kwargs)
-    metrics = task_envs.side_metrics(args.task, args.reward)
+    eval_env = gym.make(spec.env_id, split=args.eval_split, **make_env_kwargs(args))
+    metrics = named_rewards.side_metrics(args.task, args.reward)
     agent, hparams = None, {}
     if args.algo == "zero-shot":  # evaluated in the precision the agents train in, so the columns compare
         lm = reference = textenv.load_model(args.model)
@@ -372,39 +376,38 @@ def run_seed(args: Args, seed: int, command: str = "") -> Path:
         if precision == "bf16":
             lm = reference = cast_parameters(lm, torch.bfloat16)  # as DeepSpeed casts the agents' LM
     else:
-        algo = agent_class(args.algo)
-        train_env = gym.make_vec(
-            spec.env_id, num_envs=args.num_envs, vectorization_mode="vector_entry_point", **env_kwargs
-        )
+        entry = ALGORITHMS[args.algo]
+        train_env = gym.make_vec(spec.env_id, args.num_envs, "vector_entry_point", **make_env_kwargs(args))
         wanted = {
             "learning_rate": args.learning_rate,
             "episodes_per_rollout": args.episodes_per_rollout,
             "minibatch_size": args.minibatch_size,
             "init_kl_coef": args.init_kl_coef,
             "n_epochs": args.n_epochs,
-            "baseline": "rloo" if args.algo == "rloo" else "moving_average",
-            "temperature": spec.temperature,  # the task's sampling, as in evaluation
+            **recommended_agent_kwargs(spec.env_id),  # the task's sampling, as in evaluation
         }
-        names = {f.name for f in dataclasses.fields(algo.config_class)}
+        names = {f.name for f in dataclasses.fields(entry.config_class)}
         settings = {k: v for k, v in wanted.items() if k in names}
-        if args.algo in DQN_ALGOS:
+        if args.algo not in DQN_ALGOS:
+            settings |= entry.settings  # e.g. rloo's baseline; soft-dqn's go into the DQN config below
+        else:
             # DQN's preset for a 135M model: a few replay updates per round of episodes, learning from the
             # second round on (so it trains at every budget), target synced every 2 rounds
-            preset = algo.config_class.smollm2_sentiment(**settings)
+            preset = DQNConfig.smollm2_sentiment(**settings)
             freq = preset.train_freq[0] if isinstance(preset.train_freq, tuple) else 1
             round_tokens = freq * int(eval_env.get_wrapper_attr("max_new_tokens"))
-            warmup = {"learning_starts": round_tokens, "target_update_interval": 2 * round_tokens}
             dqn: dict[str, Any] = {"target": args.dqn_target, "dueling": args.dqn_dueling}
+            dqn |= {"learning_starts": round_tokens, "target_update_interval": 2 * round_tokens}  # warm-up
             if args.dqn_soft_q_coef > 0:  # soft Q-learning acts with its policy; log(pi/pi_ref) anchors it
-                dqn |= {"soft_q_coef": args.dqn_soft_q_coef, "exploration": "policy", "conservative_coef": 0}
-            settings = {"config": dataclasses.replace(preset, **warmup, **dqn)}
-        agent = algo(train_env, model=args.model, seed=seed, precision=args.precision, **settings)
+                dqn |= SOFT_Q_SETTINGS | {"soft_q_coef": args.dqn_soft_q_coef}
+            settings = {"config": dataclasses.replace(preset, **dqn)}
+        agent = entry.agent(train_env, model=args.model, seed=seed, precision=args.precision, **settings)
         agent.set_logger(logger)
         lm, reference, precision = agent.policy.lm, agent.reference.lm, agent.precision
         hparams = agent._hparams()
 
     def evaluation() -> dict[str, Any]:
-        heldout = args.heldout_texts if spec.heldout_text else 0
+        heldout = args.heldout_texts if named_rewards.task_report(args.task).heldout_text else 0
         return evaluate(
             lm,
             reference,
@@ -456,7 +459,7 @@ def run_seed(args: Args, seed: int, command: str = "") -> Path:
     total_seconds = time.perf_counter() - start
     summary = {
         "env_id": spec.env_id,
-        "benchmark": dataclasses.asdict(spec),
+        "benchmark": named_rewards.benchmark_record(args.task),
         "args": dataclasses.asdict(args),
         "seed": seed,
         "agent": hparams,

@@ -54,6 +54,14 @@ class Suite:
     """Where the report goes (None: ``<logdir>/report``); a published suite also rewrites the
     ``benchmarks.report`` block of docs/benchmarks.md when run from the repository root."""
 
+    def __post_init__(self) -> None:
+        for task, algo, *_ in self.jobs:
+            if task not in BENCHMARKS or algo not in run.ALGOS:
+                raise ValueError(
+                    f"suite job ({task!r}, {algo!r}): use a task of {', '.join(BENCHMARKS)} and an algorithm "
+                    f"of {', '.join(run.ALGOS)}."
+                )
+
 
 #: generated tokens per run, equal for every algorithm of a task: the equivalent of at least 20 PPO
 #: iterations of 16 episodes of the task's completion length (48, 40, 32 and 48 tokens: 15,360, 12,800 and

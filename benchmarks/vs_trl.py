@@ -43,15 +43,15 @@ import torch
 import tyro
 from stable_baselines3.common.callbacks import BaseCallback
 
-from agents import PPO, REINFORCE
-from benchmarks import provenance
+from agents import ALGORITHMS
+from benchmarks import named_rewards, provenance
 from benchmarks.evaluation import evaluate
 from benchmarks.logs import LoggedHistory, seconds_per_phase
 from benchmarks.report import vs_trl_table
 from infra import engine
 from infra.storage import atomic_write_text
 from textenv.models import no_hf_progress_bars
-from textenv.task_envs import BENCHMARKS, build_reward
+from textenv.task_envs import BENCHMARKS
 
 Contestant = Literal["trl-grpo", "trl-grpo-fp32", "ours-rloo", "ours-ppo"]
 
@@ -97,7 +97,9 @@ class Args:
 
 
 def env_kwargs(args: Args) -> dict[str, Any]:
-    return {"model": args.model, "reward": args.reward, "max_new_tokens": args.max_new_tokens}
+    """One env's keyword arguments (each env gets its own reward object)."""
+    reward = named_rewards.reward_kwargs(args.task, args.reward)
+    return {"model": args.model, "max_new_tokens": args.max_new_tokens} | reward
 
 
 def finish(
@@ -158,7 +160,7 @@ def train_trl(args: Args, bf16: bool) -> dict:
         for e in dataset
     ]
     train_data = Dataset.from_dict({"prompt": prompts, "reference": [e.reference or "" for e in dataset]})
-    reward_fn = build_reward(args.reward or spec.reward)
+    reward_fn = named_rewards.build_reward(args.reward) if args.reward else spec.reward()
 
     def reward(
         prompts: list[str], completions: list[str], reference: list[str], **_: Any
@@ -223,8 +225,8 @@ def train_trl(args: Args, bf16: bool) -> dict:
 def train_ours(args: Args, algo: str) -> dict:
     """Our agent on the registered benchmark env, stopped after ``seconds``; with its time breakdown
     (``seconds_per_phase``: act, reward, env, score, update, other, summed over the iterations)."""
-    spec = BENCHMARKS[args.task]
-    kwargs = env_kwargs(args) | ({"group_size": args.group_size} if algo == "rloo" else {})
+    spec, entry = BENCHMARKS[args.task], ALGORITHMS[algo]
+    kwargs = env_kwargs(args) | ({"group_size": args.group_size} if entry.group_prompts else {})
     env = gym.make_vec(
         spec.env_id, num_envs=args.batch_size, vectorization_mode="vector_entry_point", **kwargs
     )
@@ -234,11 +236,9 @@ def train_ours(args: Args, algo: str) -> dict:
         "minibatch_size": args.minibatch_size or args.batch_size,
         "init_kl_coef": args.kl_coef,
         "target_kl_ref": None,
+        **entry.settings,
     }
-    if algo == "rloo":
-        settings["baseline"] = "rloo"
-    agent_class = {"ppo": PPO, "rloo": REINFORCE}[algo]
-    agent = agent_class(env, model=args.model, seed=args.seed, precision=args.precision, **settings)
+    agent = entry.agent(env, model=args.model, seed=args.seed, precision=args.precision, **settings)
     history: list[tuple[float, float, int]] = []
     logged = LoggedHistory()  # the agent's per-iteration log, for its time breakdown
 

@@ -259,3 +259,26 @@ def test_logged_samples_are_a_uniform_draw_of_the_rollouts_episodes() -> None:
     # uniform: each episode kept with probability MAX_SAMPLES / per_rollout = 0.1, i.e. ~20 of 200 times
     assert counts[:MAX_SAMPLES].sum() < 3 * 20 * MAX_SAMPLES / 2, counts
     assert abs(np.mean(kept) - (per_rollout - 1) / 2) < 2.0, np.mean(kept)
+
+
+def test_benchmark_script_takes_every_policy_gradient_algorithm(tmp_path) -> None:
+    """benchmarks.chat takes the policy-gradient entries of agents.ALGORITHMS; rloo gets its prompt groups."""
+    from benchmarks import chat
+
+    assert set(chat.ALGOS) == {"ppo", "reinforce", "rloo"}
+    argv = ["--model", "tiny-sp", "--algo", "rloo", "--group-size", "2", "--seeds", "0", "--rollouts", "1"]
+    argv += [
+        "--eval-episodes",
+        "2",
+        "--num-envs",
+        "2",
+        "--episodes-per-rollout",
+        "4",
+        "--max-turn-tokens",
+        "2",
+    ]
+    argv += ["--max-turns", "1", "--max-prompt-tokens", "32", "--max-new-tokens", "32", "--threads", "1"]
+    summary = chat.main([*argv, "--out", str(tmp_path)])
+    assert summary["algo"] == "rloo" and len(summary["runs"][0]["train_return_per_rollout"]) == 1
+    with pytest.raises(SystemExit, match="--algo rloo needs --group-size 2 or more"):
+        chat.main([*argv, "--group-size", "1", "--out", str(tmp_path)])

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-from rewards import drugs_preference_pairs
+import textenv
+from agents import ALGORITHMS
+from benchmarks import named_rewards
+from rewards import VaderSentiment, drugs_preference_pairs
 from textenv import task_envs
 from textenv.noise import corrupt
 from textenv.task_envs import BENCHMARKS
@@ -68,7 +73,7 @@ def test_benchmark_env_ids_make_checked_envs() -> None:
         num_envs=2,
         vectorization_mode="vector_entry_point",
         model="tiny-sp",
-        reward="vader",
+        reward_fn=VaderSentiment(),
         max_new_tokens=3,
     )
     assert vec.num_envs == 2 and vec.unwrapped.max_new_tokens == 3  # type: ignore[attr-defined]
@@ -78,5 +83,33 @@ def test_unknown_names_say_what_to_use() -> None:
     with pytest.raises(ValueError, match="sentiment"):
         task_envs.env_kwargs("nope")
     with pytest.raises(ValueError, match="classifier"):
-        task_envs.build_reward("nope")
+        named_rewards.build_reward("nope")
     assert set(BENCHMARKS) == {"sentiment", "error-rate", "similarity", "preference"}
+
+
+def test_each_task_reports_its_default_reward_by_the_name_of_the_same_factory() -> None:
+    assert set(named_rewards.REPORTS) == set(BENCHMARKS)
+    for task, spec in BENCHMARKS.items():
+        report = named_rewards.REPORTS[task]
+        assert named_rewards.REWARDS[report.reward] is spec.reward, task
+        assert set(report.metrics) <= set(named_rewards.REWARDS), task
+
+
+def test_recommended_agent_kwargs_are_the_settings_the_benchmarks_use() -> None:
+    """One call applies a task's settings (the error-rate task samples at 0.5); benchmarks.run reads them."""
+    envs = gym.make_vec(
+        "TextGen-ErrorRate-v0", num_envs=2, vectorization_mode="vector_entry_point", model="tiny-sp"
+    )
+    recommended = textenv.recommended_agent_kwargs(envs)
+    assert recommended == textenv.recommended_agent_kwargs("TextGen-ErrorRate-v0") == {"temperature": 0.5}
+    assert recommended["temperature"] == BENCHMARKS["error-rate"].temperature
+    assert textenv.recommended_agent_kwargs(gym.make("TextGen-Similarity-v0", model="tiny-sp")) == {
+        "temperature": 1.0
+    }
+    assert textenv.recommended_agent_kwargs("TextGen-v0") == {}  # not a task env: nothing to recommend
+    for entry in ALGORITHMS.values():  # every agent takes them
+        assert set(recommended) <= {f.name for f in dataclasses.fields(entry.config_class)}
+    with pytest.raises(gym.error.NameNotFound):
+        textenv.recommended_agent_kwargs("TextGen-Nope-v0")
+    with pytest.raises(ValueError, match="pass the registered id instead"):
+        textenv.recommended_agent_kwargs(object())

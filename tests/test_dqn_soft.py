@@ -166,12 +166,14 @@ def test_benchmark_cli_runs_soft_q_learning(tmp_path) -> None:
 def test_soft_dqn_is_its_own_table_column() -> None:
     """``--algo soft-dqn`` is DQN at beta 0.05 (recorded in the run's args), a job of its own in the suite:
     neither a dqn run nor a dqn run at beta 0.05 (the pilot's) counts as one."""
+    from agents import ALGORITHMS
     from benchmarks import run, suite
 
     soft = run.Args(task="similarity", algo="soft-dqn", budget="10240")
     assert soft.dqn_soft_q_coef == run.SOFT_DQN_COEF == 0.05
     assert run.Args(task="similarity", algo="soft-dqn", dqn_soft_q_coef=0.2).dqn_soft_q_coef == 0.2
-    assert run.agent_class("soft-dqn") is run.agent_class("dqn")
+    assert ALGORITHMS["soft-dqn"].agent is ALGORITHMS["dqn"].agent  # one DQN, soft Q-learning by its settings
+    assert ALGORITHMS["soft-dqn"].settings["exploration"] == "policy"
     pilot = dataclasses.asdict(dataclasses.replace(soft, algo="dqn"))
     assert suite.same_job(dataclasses.asdict(soft), soft)
     assert not suite.same_job(pilot, soft)

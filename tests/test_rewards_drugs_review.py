@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import rewards
+from benchmarks.named_rewards import REPORTS, side_metrics
 from infra.corpora import drug_reviews
 from rewards import WholeText
 from rewards.drugs_review import (
@@ -30,7 +31,7 @@ from rewards.drugs_review import (
     train_reviews,
 )
 from rewards.sentiment import VaderSentiment
-from textenv.task_envs import BENCHMARKS, side_metrics
+from textenv.task_envs import BENCHMARKS, whole_review_sentiment
 from textenv.tasks import TURNAROUND_POSITIVE_SHARE, drugs_turnaround, load_task
 
 # ---- prompts ------------------------------------------------------------------------------------------
@@ -83,8 +84,12 @@ def test_turnaround_rejects_bad_positive_share() -> None:
 
 def test_sentiment_benchmark_uses_the_turnaround_prompts_and_the_whole_review_reward() -> None:
     spec = BENCHMARKS["sentiment"]
-    assert (spec.task, spec.reward) == ("drugs-turnaround", "review")
-    assert BENCHMARKS["preference"].metrics == ("classifier", "vader")  # its gold scorers are unchanged
+    assert (spec.task, spec.reward, REPORTS["sentiment"].reward) == (
+        "drugs-turnaround",
+        whole_review_sentiment,
+        "review",
+    )
+    assert REPORTS["preference"].metrics == ("classifier", "vader")  # its gold scorers are unchanged
     assert list(side_metrics("sentiment", reward="vader")) == ["vader"]  # no companion beside VADER
     with pytest.raises(ValueError, match="Unknown benchmark 'nope'"):
         side_metrics("nope")

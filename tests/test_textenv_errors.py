@@ -346,9 +346,21 @@ def test_task_env_reward_arguments(sp_tokenizer) -> None:
     def zero(prompts, completions, references=None):
         return np.zeros(len(completions))
 
-    with pytest.raises(ValueError, match="either reward= .* or reward_fn= .*, not both"):
+    # rewards by name are the scripts' (benchmarks.named_rewards); the envs take reward objects
+    with pytest.raises(
+        TypeError, match="TextGen-ErrorRate-v0 takes no reward= .* pass a reward object as reward_fn="
+    ):
         gym.make("TextGen-ErrorRate-v0", tokenizer=sp_tokenizer, reward="cer", reward_fn=zero)
-    with pytest.raises(ValueError, match="reward_model= is used by the 'preference' reward only, not by"):
-        gym.make("TextGen-ErrorRate-v0", tokenizer=sp_tokenizer, reward_model="rm/pref")
+    with pytest.raises(TypeError, match="takes no reward_model= .* rewards.PreferenceRewardModel.load"):
+        gym.make("TextGen-Preference-v0", tokenizer=sp_tokenizer, reward_model="rm/pref")
+    env = gym.make("TextGen-ErrorRate-v0", tokenizer=sp_tokenizer, reward=None, reward_fn=zero)  # None: unset
+    assert env.unwrapped.reward_fn is zero
+
+    from benchmarks import named_rewards
+
+    with pytest.raises(
+        ValueError, match="reward_model= is used by the 'preference' reward only, not by 'wer'"
+    ):
+        named_rewards.reward_kwargs("error-rate", reward_model="rm/pref")
     with pytest.raises(ValueError, match="Unknown reward 'bleu'; use one of classifier, vader, wer"):
-        gym.make("TextGen-ErrorRate-v0", tokenizer=sp_tokenizer, reward="bleu")
+        named_rewards.reward_kwargs("error-rate", "bleu")

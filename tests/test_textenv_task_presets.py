@@ -14,6 +14,7 @@ import torch
 from gymnasium.utils.env_checker import check_env
 
 import textenv  # noqa: F401  (registers the envs)
+from benchmarks.named_rewards import build_reward
 from textenv.task_envs import BENCHMARKS
 from textenv.tasks import ERROR_PROMPT, KEYWORDS_PROMPT, error_correction, review_keywords
 
@@ -26,7 +27,7 @@ def newline_id(env: gym.Env) -> int:
     ("env_id", "reward"), [("TextGen-ErrorRate-v0", "wer"), ("TextGen-Similarity-v0", "chrf")]
 )
 def test_task_envs_end_the_completion_at_the_end_of_the_line(env_id: str, reward: str) -> None:
-    env = gym.make(env_id, model="tiny-sp", split="test", reward=reward)
+    env = gym.make(env_id, model="tiny-sp", split="test", reward_fn=build_reward(reward))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         check_env(env.unwrapped, skip_render_check=True)
@@ -39,7 +40,11 @@ def test_task_envs_end_the_completion_at_the_end_of_the_line(env_id: str, reward
     _, _, terminated, truncated, info = env.step(newline)
     assert terminated and not truncated and info["completion"] == "The"
     vec = gym.make_vec(
-        env_id, num_envs=2, vectorization_mode="vector_entry_point", model="tiny-sp", reward=reward
+        env_id,
+        num_envs=2,
+        vectorization_mode="vector_entry_point",
+        model="tiny-sp",
+        reward_fn=build_reward(reward),
     )
     vec.reset(seed=0)
     assert vec.step(np.array([newline, newline]))[2].tolist() == [True, True]

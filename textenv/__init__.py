@@ -12,6 +12,7 @@ from gymnasium.envs.registration import register
 from textenv.data import Example, PromptDataset
 from textenv.envs import TextGenEnv, TextGenSeqEnv, TextGenSeqVectorEnv, TextGenVectorEnv
 from textenv.models import DEFAULT_MODEL, MODEL_NAMES, load_model, load_tokenizer
+from textenv.task_envs import recommended_agent_kwargs
 from textenv.tasks import DEFAULT_TASK, TASKS, load_task
 
 __version__ = "0.1.0"
@@ -27,7 +28,7 @@ register(
     vector_entry_point="textenv.envs.seq_env:TextGenSeqVectorEnv",
 )
 # The four task envs (textenv.task_envs documents their setup): token-level TextGen-v0 envs with a fixed task
-# and reward.
+# and default reward; textenv.recommended_agent_kwargs(env_id) gives the agent settings of their benchmarks.
 register(
     id="TextGen-Sentiment-v0",
     entry_point="textenv.task_envs:make_env",
@@ -97,4 +98,5 @@ __all__ = [
     "load_model",
     "load_task",
     "load_tokenizer",
+    "recommended_agent_kwargs",
 ]

@@ -1,25 +1,23 @@
 """What the multi-turn envs share: chat-template rendering into token ids, and one conversation's state.
 
-:class:`ChatCore` resolves the arguments of ``TextChat-v0`` / ``TextChatSeq-v0`` (tokenizer, task, sizes),
-builds the spaces and runs the turn logic on a :class:`Conversation`, whose arrays are views into the env's
-observation (one row of a vector env's (B, P+N) arrays, or a single env's (P+N,) ones).
+:class:`ChatCore` resolves the checked arguments of ``TextChat-v0`` / ``TextChatSeq-v0`` (tokenizer, task,
+sizes), builds the spaces and runs the turn logic on a :class:`Conversation`, whose arrays are views into the
+env's observation (one row of a vector env's (B, P+N) arrays, or a single env's (P+N,) ones).
 """
 
 from __future__ import annotations
 
 import copy
-import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from gymnasium import spaces
 
-from textenv.chat_tasks import ChatTask, Dialogue, Reply, load_chat_task, render_chat
-from textenv.envs.core import TextGenCore, _model_vocab_size
-from textenv.models import DEFAULT_MODEL, load_tokenizer
+from textenv.chat_tasks import Dialogue, Reply, load_chat_task, render_chat
+from textenv.envs.arguments import ChatArguments
+from textenv.envs.core import TokenCore
 
 SENTINEL = "\u2063AGENT\u2063"  # stands for the agent's message while the template is rendered
 CONVERSATION_ARRAYS = ("ids", "mask", "agent")
@@ -89,58 +87,18 @@ class Conversation:
     done: bool = True
 
 
-class ChatCore:
-    """Settings, spaces and turn logic shared by the chat envs; see :class:`~textenv.envs.TextChatEnv`."""
+class ChatCore(TokenCore):
+    """Settings, spaces and turn logic shared by the chat envs; see :class:`~textenv.envs.TextChatEnv`. Built
+    from :class:`~textenv.envs.arguments.ChatArguments`; the tokenizer side (special ids, vocabulary, action
+    checks) is :class:`~textenv.envs.core.TokenCore`'s."""
 
-    def __init__(
-        self,
-        model: str | Path | None,
-        tokenizer: Any | None,
-        task: str | ChatTask,
-        task_kwargs: dict[str, Any] | None,
-        split: str,
-        max_prompt_tokens: int,
-        max_new_tokens: int,
-        max_turn_tokens: int,
-        max_turns: int,
-        group_size: int,
-        vocab_size: int | None,
-    ) -> None:
-        for name, value in [
-            ("max_prompt_tokens", max_prompt_tokens),
-            ("max_new_tokens", max_new_tokens),
-            ("max_turn_tokens", max_turn_tokens),
-            ("max_turns", max_turns),
-            ("group_size", group_size),
-        ]:
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name}={value!r} must be a positive int, e.g. {name}=8.")
-        if max_turn_tokens > max_new_tokens:
-            raise ValueError(
-                f"max_turn_tokens={max_turn_tokens} exceeds max_new_tokens={max_new_tokens} (the slots "
-                "after the opening): raise max_new_tokens or lower max_turn_tokens."
-            )
-        if model is not None and tokenizer is not None:
-            raise ValueError("Pass either model= (a name or path) or tokenizer=, not both.")
-        if model is not None and not isinstance(model, (str, os.PathLike)):
-            raise TypeError(f"model= takes a model name or a local directory, got {type(model).__name__}.")
-        if tokenizer is None:
-            model = DEFAULT_MODEL if model is None else model
-            tokenizer = load_tokenizer(model)
-        if tokenizer.eos_token_id is None:
-            raise ValueError("The tokenizer has no eos_token; set tokenizer.eos_token before making the env.")
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        self.tokenizer = tokenizer
-        self.task = load_chat_task(task, split, **(task_kwargs or {}))
-        self.chat = ChatTokens(tokenizer)
-        self.P, self.N, self.T = int(max_prompt_tokens), int(max_new_tokens), int(max_turn_tokens)
-        self.max_turns, self.group_size = int(max_turns), int(group_size)
-        self.eos_token_id, self.pad_token_id = int(tokenizer.eos_token_id), int(tokenizer.pad_token_id)
-        model_vocab = _model_vocab_size(model) if model is not None else None
-        if vocab_size is not None and vocab_size < len(tokenizer):
-            raise ValueError(f"vocab_size={vocab_size} must be >= len(tokenizer) = {len(tokenizer)}.")
-        self.vocab_size = int(vocab_size or max(len(tokenizer), model_vocab or 0))
+    def __init__(self, args: ChatArguments) -> None:
+        super().__init__(args)
+        self.args: ChatArguments = args
+        self.task = load_chat_task(args.task, args.split, **(args.task_kwargs or {}))
+        self.chat = ChatTokens(self.tokenizer)
+        self.P, self.N, self.T = self.max_prompt_tokens, self.max_new_tokens, int(args.max_turn_tokens)
+        self.max_turns = int(args.max_turns)
         self._opening_cache: dict[int, list[int]] = {}
         self.reward_seconds = 0.0  # time in the task's replies (its rewards), for the agents' time breakdown
 
@@ -148,9 +106,6 @@ class ChatCore:
         box = spaces.Box(low=0, high=self.vocab_size - 1, shape=(length,), dtype=np.int64)
         flag = spaces.Box(low=0, high=1, shape=(length,), dtype=np.int64)
         return spaces.Dict({"input_ids": box, "attention_mask": flag, "agent_mask": flag})
-
-    def check_tokens(self, action: Any, shape: tuple[int, ...], what: str) -> np.ndarray:
-        return TextGenCore.check_tokens(self, action, shape, what)  # type: ignore[arg-type]
 
     # ---- episodes -----------------------------------------------------------------------------------------
     def start(self, conv: Conversation, index: int) -> dict[str, Any]:

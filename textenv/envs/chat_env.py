@@ -10,8 +10,9 @@ import numpy as np
 from gymnasium import spaces
 
 from textenv.chat_tasks import ChatTask
+from textenv.envs.arguments import ChatArguments
 from textenv.envs.chat_core import ChatCore, Conversation
-from textenv.envs.core import PromptSampler, TextGenCore, TokenAttributes, _decode_state, _encode_state
+from textenv.envs.core import PromptSampler, TokenAttributes, TokenCore, _decode_state, _encode_state
 
 
 class ChatAttributes(TokenAttributes):
@@ -126,6 +127,8 @@ class TextChatEnv(ChatAttributes, gym.Env):
       ``group_size=1`` (each episode index k times in a row, for RLOO), ``vocab_size=None``,
       ``render_mode`` (``"ansi"`` or ``"human"``).
     - ``reset(options={"index": i})`` plays episode i of the task's split.
+    - Every argument is checked once, when the env is made (:class:`~textenv.envs.ChatArguments`;
+      ``env.unwrapped.core.args`` holds the env's).
 
     >>> import gymnasium as gym, textenv
     >>> env = gym.make("TextChat-v0", model="tiny-sp", task_kwargs={"high": 3}, max_turn_tokens=4)
@@ -159,22 +162,22 @@ class TextChatEnv(ChatAttributes, gym.Env):
         group_size: int = 1,
         vocab_size: int | None = None,
     ) -> None:
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode={render_mode!r} is not supported; use 'ansi' or 'human'.")
-        self.render_mode = render_mode
-        self.core = ChatCore(
-            model,
-            tokenizer,
-            task,
-            task_kwargs,
-            split,
-            max_prompt_tokens,
-            max_new_tokens,
-            max_turn_tokens,
-            max_turns,
-            group_size,
-            vocab_size,
+        args = ChatArguments(
+            model=model,
+            tokenizer=tokenizer,
+            task=task,
+            task_kwargs=task_kwargs,
+            split=split,
+            max_prompt_tokens=max_prompt_tokens,
+            max_new_tokens=max_new_tokens,
+            max_turn_tokens=max_turn_tokens,
+            max_turns=max_turns,
+            render_mode=render_mode,
+            group_size=group_size,
+            vocab_size=vocab_size,
         )
+        self.core = ChatCore(args)
+        self.render_mode = args.render_mode
         length = self.core.P + self.core.N
         self.action_space = spaces.Discrete(self.core.vocab_size)
         self.observation_space = self.core.observation_space(length)
@@ -231,7 +234,7 @@ class TextChatEnv(ChatAttributes, gym.Env):
 
 def _reset_index(options: Any, size: int, key: str = "index") -> int | None:
     """``options[key]`` of ``reset``, checked (None when absent)."""
-    value = TextGenCore.reset_option(options, key)
+    value = TokenCore.reset_option(options, key)
     if value is None:
         return None
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or not 0 <= value < size:

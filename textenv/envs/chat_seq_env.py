@@ -10,9 +10,10 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
+from textenv.envs.arguments import check_num_envs
 from textenv.envs.chat_core import Conversation
 from textenv.envs.chat_env import ChatAttributes, TextChatEnv
-from textenv.envs.core import TextGenCore
+from textenv.envs.core import TokenCore
 
 
 class TextChatSeqEnv(ChatAttributes, gym.Env):
@@ -137,8 +138,7 @@ class TextChatSeqVectorEnv(ChatAttributes, VectorEnv):
     metadata = {"render_modes": ["ansi", "human"], "autoreset_mode": AutoresetMode.SAME_STEP}
 
     def __init__(self, num_envs: int = 1, **kwargs: Any) -> None:
-        if not isinstance(num_envs, (int, np.integer)) or isinstance(num_envs, bool) or num_envs < 1:
-            raise ValueError(f"num_envs={num_envs!r} must be a positive int, e.g. num_envs=8.")
+        num_envs = check_num_envs(num_envs)
         first = TextChatSeqEnv(**kwargs)
         self.core = first.core
         skip = ("model", "tokenizer", "task", "task_kwargs", "split", "vocab_size")
@@ -178,10 +178,10 @@ class TextChatSeqVectorEnv(ChatAttributes, VectorEnv):
     def reset(
         self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        indices = TextGenCore.reset_option(options, "indices")
+        indices = TokenCore.reset_option(options, "indices")
         if indices is not None and (isinstance(indices, (str, bytes)) or len(indices) != self.num_envs):
             raise ValueError(f'options["indices"] must hold one episode index per env ({self.num_envs}).')
-        seeds = TextGenCore.row_seeds(seed, self.num_envs)
+        seeds = TokenCore.row_seeds(seed, self.num_envs)
         super().reset(seed=seeds[0] if seeds is not None and isinstance(seed, (int, np.integer)) else None)
         observations: list[dict[str, np.ndarray]] = []
         infos: dict[str, Any] = {}

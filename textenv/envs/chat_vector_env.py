@@ -12,9 +12,10 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from textenv.chat_tasks import ChatTask
+from textenv.envs.arguments import ChatArguments, check_num_envs
 from textenv.envs.chat_core import ChatCore, Conversation
 from textenv.envs.chat_env import ChatAttributes
-from textenv.envs.core import PromptSampler, TextGenCore
+from textenv.envs.core import PromptSampler, TokenCore
 
 
 class TextChatVectorEnv(ChatAttributes, VectorEnv):
@@ -61,24 +62,23 @@ class TextChatVectorEnv(ChatAttributes, VectorEnv):
         group_size: int = 1,
         vocab_size: int | None = None,
     ) -> None:
-        if not isinstance(num_envs, (int, np.integer)) or isinstance(num_envs, bool) or num_envs < 1:
-            raise ValueError(f"num_envs={num_envs!r} must be a positive int, e.g. num_envs=8.")
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode={render_mode!r} is not supported; use 'ansi' or 'human'.")
-        self.render_mode = render_mode
-        self.core = ChatCore(
-            model,
-            tokenizer,
-            task,
-            task_kwargs,
-            split,
-            max_prompt_tokens,
-            max_new_tokens,
-            max_turn_tokens,
-            max_turns,
-            group_size,
-            vocab_size,
+        num_envs = check_num_envs(num_envs)
+        args = ChatArguments(
+            model=model,
+            tokenizer=tokenizer,
+            task=task,
+            task_kwargs=task_kwargs,
+            split=split,
+            max_prompt_tokens=max_prompt_tokens,
+            max_new_tokens=max_new_tokens,
+            max_turn_tokens=max_turn_tokens,
+            max_turns=max_turns,
+            render_mode=render_mode,
+            group_size=group_size,
+            vocab_size=vocab_size,
         )
+        self.core = ChatCore(args)
+        self.render_mode = args.render_mode
         self.num_envs = int(num_envs)
         length = self.core.P + self.core.N
         self.single_action_space = spaces.Discrete(self.core.vocab_size)
@@ -117,7 +117,7 @@ class TextChatVectorEnv(ChatAttributes, VectorEnv):
     def reset(
         self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        indices = TextGenCore.reset_option(options, "indices")
+        indices = TokenCore.reset_option(options, "indices")
         if indices is not None:
             if isinstance(indices, (str, bytes)) or len(indices) != self.num_envs:
                 raise ValueError(f'options["indices"] must hold one episode index per env ({self.num_envs}).')
@@ -129,7 +129,7 @@ class TextChatVectorEnv(ChatAttributes, VectorEnv):
                     or not 0 <= index < size
                 ):
                     raise ValueError(f'options["indices"][{row}]={index!r} must be an int in [0, {size}).')
-        seeds = TextGenCore.row_seeds(seed, self.num_envs)
+        seeds = TokenCore.row_seeds(seed, self.num_envs)
         super().reset(seed=seeds[0] if seeds is not None and isinstance(seed, (int, np.integer)) else None)
         if seeds is not None:
             for row, row_seed in enumerate(seeds):

@@ -1,16 +1,16 @@
 """Logic shared by the token-level and sequence-level environments, scalar and vectorised.
 
-:class:`TextGenCore` resolves the constructor arguments (tokenizer, dataset, reward function, sizes), builds
-the spaces, tokenizes and caches prompts, samples prompts (with RLOO groups), validates actions, decodes
-completions and scores them with checks on the reward function's output. The four environment classes only
-keep episode state.
+:class:`TokenCore` resolves the tokenizer and the action vocabulary of every env (the chat envs' core builds
+on it too) and validates actions. :class:`TextGenCore` resolves the rest of the checked arguments
+(:class:`~textenv.envs.arguments.TextGenArguments`: dataset, reward function, stop tokens), builds the spaces,
+tokenizes and caches prompts, samples prompts (with RLOO groups), decodes completions and scores them with
+checks on the reward function's output. The four environment classes only keep episode state.
 """
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +18,11 @@ import numpy as np
 from gymnasium import spaces
 
 from rewards.sentiment import VaderSentiment
-from rewards.validation import check_reward, check_scores
-from textenv.data import DatasetSource, PromptDataset, as_dataset
+from rewards.validation import check_scores
+from textenv.data import PromptDataset, as_dataset
+from textenv.envs.arguments import EnvArguments, TextGenArguments
 from textenv.models import DEFAULT_MODEL, load_tokenizer, model_dir
-from textenv.tasks import DEFAULT_TASK, SPLITS, load_task
+from textenv.tasks import DEFAULT_TASK, load_task
 
 RewardFn = Callable[..., Any]
 MAX_CACHED_PROMPTS = 100_000  # tokenized prompts kept per env (about 1 KB each at P=64)
@@ -80,67 +81,19 @@ class PromptSampler:
         return self.index
 
 
-class TextGenCore:
-    """Resolved configuration and helpers shared by all text-generation environments.
+class TokenCore:
+    """The tokenizer side of every textenv env: the tokenizer resolved from :class:`EnvArguments` (``model``
+    or ``tokenizer``), its special ids, the action vocabulary, and the checks of actions and ``reset``
+    arguments. :class:`TextGenCore` and :class:`textenv.envs.chat_core.ChatCore` build on it.
 
-    Arguments are those of :class:`textenv.envs.TextGenEnv`. ``vocab_size`` is the larger of
-    ``len(tokenizer)`` and the model config's ``vocab_size`` (when ``model`` names a loadable model), so that
-    the action space covers every id the model can emit; an explicit ``vocab_size`` must be at least
-    ``len(tokenizer)``. Every argument is checked here, so a bad one fails when the env is made.
+    ``vocab_size`` is the larger of ``len(tokenizer)`` and the model config's ``vocab_size`` (when ``model``
+    names a loadable model), so that the action space covers every id the model can emit; an explicit
+    ``vocab_size`` must be at least ``len(tokenizer)``.
     """
 
-    def __init__(
-        self,
-        model: str | Path | None = None,
-        tokenizer: Any | None = None,
-        task: str | None = None,
-        dataset: DatasetSource | None = None,
-        reward_fn: RewardFn | None = None,
-        max_prompt_tokens: int = 64,
-        max_new_tokens: int = 48,
-        group_size: int = 1,
-        split: str = "train",
-        vocab_size: int | None = None,
-        stop_token_ids: Iterable[int] | None = None,
-        stop_strings: Sequence[str] | None = None,
-    ) -> None:
-        self.reward_seconds = 0.0  # time spent in reward_fn, for the agents' time breakdown
-        for name, value in [
-            ("max_prompt_tokens", max_prompt_tokens),
-            ("max_new_tokens", max_new_tokens),
-            ("group_size", group_size),
-        ]:
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name}={value!r} must be a positive int, e.g. {name}=8.")
-        if vocab_size is not None and (
-            not isinstance(vocab_size, (int, np.integer)) or isinstance(vocab_size, bool) or vocab_size < 1
-        ):
-            raise ValueError(f"vocab_size={vocab_size!r} must be a positive int, or None (the tokenizer's).")
-        if model is not None and tokenizer is not None:
-            raise ValueError(
-                "Pass either model= (a name or path, whose tokenizer is loaded) or tokenizer=, not both."
-            )
-        if model is not None and not isinstance(model, (str, os.PathLike)):
-            raise TypeError(
-                f"model= takes a model name or the path of a local directory, got {type(model).__name__}; "
-                "pass model='tiny-sp' (for example), or a tokenizer object as tokenizer=."
-            )
-        if isinstance(tokenizer, (str, os.PathLike)):
-            raise TypeError(
-                f"tokenizer={str(tokenizer)!r} is a name, not a tokenizer; pass model={str(tokenizer)!r} to "
-                "load its tokenizer, or a tokenizer object (e.g. textenv.load_tokenizer(name))."
-            )
-        if task is not None and dataset is not None:
-            raise ValueError("Pass either task= (a built-in task name) or dataset= (your prompts), not both.")
-        if split not in SPLITS:
-            raise ValueError(f"split={split!r} is not known; use one of {', '.join(SPLITS)}.")
-        if dataset is not None and split != "train":
-            raise ValueError(
-                f"split={split!r} applies to the prompts of task=, not to dataset= (used as given); "
-                "pass the test prompts themselves as dataset=, or drop split=."
-            )
-        if reward_fn is not None:
-            check_reward(reward_fn, "reward_fn")
+    def __init__(self, args: EnvArguments) -> None:
+        self.args = args
+        model, tokenizer = args.model, args.tokenizer
         if tokenizer is None:
             model = DEFAULT_MODEL if model is None else model
             tokenizer = load_tokenizer(model)
@@ -151,60 +104,111 @@ class TextGenCore:
                 f"tokenizer is {type(tokenizer).__name__}, which lacks {missing}; pass a Hugging Face "
                 "tokenizer, e.g. textenv.load_tokenizer('tiny-sp')."
             )
-        if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
-            tokenizer.pad_token = tokenizer.eos_token
         if tokenizer.eos_token_id is None:
             raise ValueError("The tokenizer has no eos_token; set tokenizer.eos_token before making the env.")
-        dataset = load_task(task or DEFAULT_TASK, split=split) if dataset is None else as_dataset(dataset)
-        if vocab_size is not None and vocab_size < len(tokenizer):
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        if args.vocab_size is not None and args.vocab_size < len(tokenizer):
             raise ValueError(
-                f"vocab_size={vocab_size} is smaller than the tokenizer's vocabulary ({len(tokenizer)} "
+                f"vocab_size={args.vocab_size} is smaller than the tokenizer's vocabulary ({len(tokenizer)} "
                 "tokens), so prompts could hold ids outside the observation space; vocab_size must be >= "
                 f"len(tokenizer): pass vocab_size={len(tokenizer)} or more, or leave it None."
             )
         self.tokenizer = tokenizer
-        self.dataset: PromptDataset = dataset
-        self.reward_fn: RewardFn = reward_fn if reward_fn is not None else default_reward()
-        self.max_prompt_tokens = int(max_prompt_tokens)
-        self.max_new_tokens = int(max_new_tokens)
-        self.group_size = int(group_size)
         self.eos_token_id = int(tokenizer.eos_token_id)
         self.pad_token_id = int(tokenizer.pad_token_id)
         model_vocab = _model_vocab_size(model) if model is not None else None
-        self.vocab_size = int(vocab_size or max(len(tokenizer), model_vocab or 0))
-        self.stop_token_ids = self._resolve_stops(stop_token_ids, stop_strings)
+        self.vocab_size = int(args.vocab_size or max(len(tokenizer), model_vocab or 0))
+        self.max_prompt_tokens = int(args.max_prompt_tokens)
+        self.max_new_tokens = int(args.max_new_tokens)
+        self.group_size = int(args.group_size)
+
+    @staticmethod
+    def reset_option(options: Any, key: str) -> Any:
+        """``options[key]`` of ``reset`` (None if absent); ``options`` is None or a dict with no other key."""
+        if options is None:
+            return None
+        if not isinstance(options, dict):
+            raise TypeError(f"options={options!r} must be a dict, e.g. options={{{key!r}: 0}}.")
+        unknown = [name for name in options if name != key]
+        if unknown:
+            raise ValueError(f"options has unknown keys {unknown}; this env takes options={{{key!r}: ...}}.")
+        return options.get(key)
+
+    @staticmethod
+    def row_seeds(seed: Any, num_envs: int) -> list[Any] | None:
+        """A vector env's ``reset(seed=...)`` as one seed per row: an int s gives row i ``s + i``; a list
+        gives one seed (or None) per row; None gives None."""
+        if seed is None:
+            return None
+        if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+            return [int(seed) + row for row in range(num_envs)]
+        if isinstance(seed, (str, bytes)) or not hasattr(seed, "__len__"):
+            raise TypeError(
+                f"seed={seed!r} must be an int (row i gets seed + i), a list with one int or None per env, "
+                "or None."
+            )
+        if len(seed) != num_envs:
+            raise ValueError(f"Got {len(seed)} seeds for {num_envs} envs; pass one per env or an int.")
+        for row, row_seed in enumerate(seed):
+            if row_seed is not None and (
+                not isinstance(row_seed, (int, np.integer)) or isinstance(row_seed, bool) or row_seed < 0
+            ):
+                raise ValueError(f"seed[{row}]={row_seed!r} must be an int >= 0 or None.")
+        return [None if row_seed is None else int(row_seed) for row_seed in seed]
+
+    def check_tokens(self, action: Any, shape: tuple[int, ...], what: str) -> np.ndarray:
+        """Validate token ids: integer dtype, the given shape, each in [0, vocab_size); returns int64."""
+        array = np.asarray(action)
+        if array.dtype == object or not np.issubdtype(array.dtype, np.integer):
+            raise TypeError(
+                f"{what} must be integer token ids (e.g. np.int64), got dtype {array.dtype}; "
+                "pass the ids as ints, e.g. env.action_space.sample()."
+            )
+        if array.shape != shape:
+            raise ValueError(f"{what} must have shape {shape}, got {array.shape}.")
+        if array.size and (array.min() < 0 or array.max() >= self.vocab_size):
+            bad = array[(array < 0) | (array >= self.vocab_size)].ravel()[0]
+            raise ValueError(
+                f"{what} contains token id {int(bad)} outside the vocabulary [0, {self.vocab_size}); "
+                "sample from env.action_space or the model's logits over the same tokenizer."
+            )
+        return array.astype(np.int64, copy=False)
+
+
+class TextGenCore(TokenCore):
+    """Resolved configuration and helpers shared by the text-generation environments (``TextGen-v0``,
+    ``TextGenSeq-v0`` and their vector envs): the prompts, the reward function, the stop tokens.
+
+    Built from :class:`TextGenArguments` (the arguments of :class:`textenv.envs.TextGenEnv`, checked when they
+    are made); what needs the tokenizer is checked here, so a bad argument fails when the env is made.
+    """
+
+    def __init__(self, args: TextGenArguments) -> None:
+        super().__init__(args)
+        self.args: TextGenArguments = args
+        self.reward_seconds = 0.0  # time spent in reward_fn, for the agents' time breakdown
+        if args.dataset is None:
+            self.dataset: PromptDataset = load_task(args.task or DEFAULT_TASK, split=args.split)
+        else:
+            self.dataset = as_dataset(args.dataset)
+        self.reward_fn: RewardFn = args.reward_fn if args.reward_fn is not None else default_reward()
+        self.stop_token_ids = self._resolve_stops(args.stop_token_ids, args.stop_strings)
         self._stop_array = np.array(self.stop_token_ids, dtype=np.int64)  # (S,), for np.isin
         self._prompt_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def _resolve_stops(self, stop_token_ids: Any, stop_strings: Any) -> tuple[int, ...]:
-        """The sorted ids that end an episode: EOS, ``stop_token_ids`` and the ids whose text contains one of
-        ``stop_strings`` (:func:`token_ids_containing`)."""
+        """The sorted ids that end an episode: EOS, ``stop_token_ids`` (checked to lie in the vocabulary) and
+        the ids whose text contains one of ``stop_strings`` (:func:`token_ids_containing`)."""
         stops = {self.eos_token_id}
-        if stop_token_ids is not None:
-            if isinstance(stop_token_ids, (str, bytes, int, np.integer)) or not hasattr(
-                stop_token_ids, "__iter__"
-            ):
-                raise TypeError(
-                    f"stop_token_ids={stop_token_ids!r} must be a list of token ids, e.g. "
-                    "stop_token_ids=[198]."
+        for token in stop_token_ids or ():
+            if not 0 <= token < self.vocab_size:
+                raise ValueError(
+                    f"stop_token_ids holds {int(token)}, outside the vocabulary [0, {self.vocab_size}); "
+                    "pass ids of the env's tokenizer."
                 )
-            for token in stop_token_ids:
-                if not isinstance(token, (int, np.integer)) or isinstance(token, bool):
-                    raise TypeError(
-                        f"stop_token_ids holds {token!r}; each must be an int token id, e.g. 198."
-                    )
-                if not 0 <= token < self.vocab_size:
-                    raise ValueError(
-                        f"stop_token_ids holds {int(token)}, outside the vocabulary [0, {self.vocab_size}); "
-                        "pass ids of the env's tokenizer."
-                    )
-                stops.add(int(token))
+            stops.add(int(token))
         if stop_strings is not None:
-            if isinstance(stop_strings, str) or not all(isinstance(s, str) and s for s in stop_strings):
-                raise TypeError(
-                    f"stop_strings={stop_strings!r} must be a list of non-empty strings, e.g. "
-                    'stop_strings=["\\n"].'
-                )
             found = token_ids_containing(self.tokenizer, list(stop_strings))
             if not found:
                 raise ValueError(
@@ -241,40 +245,6 @@ class TextGenCore:
             return input_ids, mask
         return self._prompt_cache[index]
 
-    @staticmethod
-    def reset_option(options: Any, key: str) -> Any:
-        """``options[key]`` of ``reset`` (None if absent); ``options`` is None or a dict with no other key."""
-        if options is None:
-            return None
-        if not isinstance(options, dict):
-            raise TypeError(f"options={options!r} must be a dict, e.g. options={{{key!r}: 0}}.")
-        unknown = [name for name in options if name != key]
-        if unknown:
-            raise ValueError(f"options has unknown keys {unknown}; this env takes options={{{key!r}: ...}}.")
-        return options.get(key)
-
-    @staticmethod
-    def row_seeds(seed: Any, num_envs: int) -> list[Any] | None:
-        """A vector env's ``reset(seed=...)`` as one seed per row: an int s gives row i ``s + i``; a list
-        gives one seed (or None) per row; None gives None."""
-        if seed is None:
-            return None
-        if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
-            return [int(seed) + row for row in range(num_envs)]
-        if isinstance(seed, (str, bytes)) or not hasattr(seed, "__len__"):
-            raise TypeError(
-                f"seed={seed!r} must be an int (row i gets seed + i), a list with one int or None per env, "
-                "or None."
-            )
-        if len(seed) != num_envs:
-            raise ValueError(f"Got {len(seed)} seeds for {num_envs} envs; pass one per env or an int.")
-        for row, row_seed in enumerate(seed):
-            if row_seed is not None and (
-                not isinstance(row_seed, (int, np.integer)) or isinstance(row_seed, bool) or row_seed < 0
-            ):
-                raise ValueError(f"seed[{row}]={row_seed!r} must be an int >= 0 or None.")
-        return [None if row_seed is None else int(row_seed) for row_seed in seed]
-
     def check_indices(self, indices: Any, num_envs: int) -> list[int] | None:
         """``options["indices"]`` of a vector env's ``reset``, checked: None, or one valid index per env."""
         if indices is None:
@@ -304,25 +274,6 @@ class TextGenCore:
     def prompt_info(self, index: int) -> dict[str, Any]:
         example = self.dataset[index]
         return {"prompt": example.prompt, "reference": example.reference}
-
-    # ---- actions ------------------------------------------------------------------------------------------
-    def check_tokens(self, action: Any, shape: tuple[int, ...], what: str) -> np.ndarray:
-        """Validate token ids: integer dtype, the given shape, each in [0, vocab_size); returns int64."""
-        array = np.asarray(action)
-        if array.dtype == object or not np.issubdtype(array.dtype, np.integer):
-            raise TypeError(
-                f"{what} must be integer token ids (e.g. np.int64), got dtype {array.dtype}; "
-                "pass the ids as ints, e.g. env.action_space.sample()."
-            )
-        if array.shape != shape:
-            raise ValueError(f"{what} must have shape {shape}, got {array.shape}.")
-        if array.size and (array.min() < 0 or array.max() >= self.vocab_size):
-            bad = array[(array < 0) | (array >= self.vocab_size)].ravel()[0]
-            raise ValueError(
-                f"{what} contains token id {int(bad)} outside the vocabulary [0, {self.vocab_size}); "
-                "sample from env.action_space or the model's logits over the same tokenizer."
-            )
-        return array.astype(np.int64, copy=False)
 
     # ---- completions and rewards --------------------------------------------------------------------------
     def is_stop(self, tokens: np.ndarray) -> np.ndarray:
@@ -465,13 +416,14 @@ class CoreAttributes(TokenAttributes):
         for name in self.state_fields:
             setattr(self, name, _decode_state(state[name], getattr(self, name)))
 
-    def _setup_core(self, render_mode: str | None, *core_args: Any) -> None:
-        """Check ``render_mode`` against ``metadata`` and build the shared core from the env's arguments."""
-        modes = self.metadata["render_modes"]
-        if render_mode is not None and render_mode not in modes:
-            raise ValueError(f"render_mode={render_mode!r} is not supported; use one of {modes}.")
-        self.core = TextGenCore(*core_args)
-        self.render_mode = render_mode
+    def _setup_core(self, args: TextGenArguments) -> None:
+        """Build the core from the env's checked arguments."""
+        self._setup_shared_core(TextGenCore(args))
+
+    def _setup_shared_core(self, core: TextGenCore) -> None:
+        """Run on ``core`` (one made for another env too: a vector env's rows share it)."""
+        self.core = core
+        self.render_mode = core.args.render_mode
 
     @property
     def dataset(self) -> PromptDataset:

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
-from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from textenv.envs.core import CoreAttributes, PromptSampler, RewardFn
+from textenv.envs.arguments import TextGenArguments, check_num_envs
+from textenv.envs.core import CoreAttributes, PromptSampler, RewardFn, TextGenCore
 
 
 class TextGenSeqEnv(CoreAttributes, gym.Env):
@@ -79,24 +78,38 @@ class TextGenSeqEnv(CoreAttributes, gym.Env):
         stop_token_ids: Any | None = None,
         stop_strings: Any | None = None,
     ) -> None:
-        self._setup_core(
-            render_mode,
-            model,
-            tokenizer,
-            task,
-            dataset,
-            reward_fn,
-            max_prompt_tokens,
-            max_new_tokens,
-            group_size,
-            split,
-            vocab_size,
-            stop_token_ids,
-            stop_strings,
+        args = TextGenArguments(
+            model=model,
+            tokenizer=tokenizer,
+            task=task,
+            dataset=dataset,
+            reward_fn=reward_fn,
+            max_prompt_tokens=max_prompt_tokens,
+            max_new_tokens=max_new_tokens,
+            render_mode=render_mode,
+            group_size=group_size,
+            split=split,
+            vocab_size=vocab_size,
+            stop_token_ids=stop_token_ids,
+            stop_strings=stop_strings,
         )
+        self._setup_core(args)
+        self._start_episodes()
+
+    @classmethod
+    def sharing_core(cls, core: TextGenCore) -> TextGenSeqEnv:
+        """Another env on ``core`` (the same tokenizer, dataset, reward function and prompt cache) with its
+        own prompt sampler and RNG: the rows of :class:`TextGenSeqVectorEnv`."""
+        env = cls.__new__(cls)
+        env._setup_shared_core(core)
+        env._start_episodes()
+        return env
+
+    def _start_episodes(self) -> None:
+        """The spaces and the episode state before the first ``reset``."""
         self.action_space = spaces.MultiDiscrete(np.full(self.max_new_tokens, self.core.vocab_size))
         self.observation_space = self.core.observation_space(self.max_prompt_tokens)
-        self._sampler = PromptSampler(len(self.dataset), group_size)
+        self._sampler = PromptSampler(len(self.dataset), self.group_size)
         self._index = 0
         self._completion = ""
         self._done = True
@@ -164,16 +177,10 @@ class TextGenSeqVectorEnv(CoreAttributes, VectorEnv):
     state_fields = ("envs", "_started")
 
     def __init__(self, num_envs: int = 1, **kwargs: Any) -> None:
-        if not isinstance(num_envs, (int, np.integer)) or isinstance(num_envs, bool) or num_envs < 1:
-            raise ValueError(f"num_envs={num_envs!r} must be a positive int, e.g. num_envs=8.")
-        num_envs = int(num_envs)
-        self.envs = [TextGenSeqEnv(**kwargs)]
-        self.core = self.envs[0].core
-        for _ in range(num_envs - 1):  # share the tokenizer, dataset and prompt cache
-            env = copy.copy(self.envs[0])
-            env._sampler = PromptSampler(len(self.dataset), self.group_size)
-            env._np_random = seeding.np_random()[0]
-            self.envs.append(env)
+        num_envs = check_num_envs(num_envs)
+        first = TextGenSeqEnv(**kwargs)
+        self.core = first.core  # the rows share the tokenizer, dataset and prompt cache
+        self.envs = [first] + [TextGenSeqEnv.sharing_core(self.core) for _ in range(num_envs - 1)]
         self.num_envs = num_envs
         self.render_mode = self.envs[0].render_mode
         self.single_action_space = self.envs[0].action_space

@@ -9,6 +9,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from textenv.envs.arguments import TextGenArguments
 from textenv.envs.core import CoreAttributes, PromptSampler, RewardFn
 
 
@@ -64,6 +65,8 @@ class TextGenEnv(CoreAttributes, gym.Env):
     - ``reset(options={"index": i})`` starts an episode on dataset example i (``0 <= i < len(dataset)``)
       instead of a sampled one.
     - A ``reward_fn`` that raises leaves the episode as it was before that step, so it can be stepped again.
+    - Every argument is checked once, when the env is made (:class:`~textenv.envs.TextGenArguments`, a frozen
+      dataclass; ``env.unwrapped.core.args`` holds the env's).
 
     >>> import gymnasium as gym, textenv
     >>> env = gym.make("TextGen-v0", model="tiny-sp", dataset=["Once upon a time"], max_new_tokens=8)
@@ -97,24 +100,25 @@ class TextGenEnv(CoreAttributes, gym.Env):
         stop_token_ids: Any | None = None,
         stop_strings: Any | None = None,
     ) -> None:
-        self._setup_core(
-            render_mode,
-            model,
-            tokenizer,
-            task,
-            dataset,
-            reward_fn,
-            max_prompt_tokens,
-            max_new_tokens,
-            group_size,
-            split,
-            vocab_size,
-            stop_token_ids,
-            stop_strings,
+        args = TextGenArguments(
+            model=model,
+            tokenizer=tokenizer,
+            task=task,
+            dataset=dataset,
+            reward_fn=reward_fn,
+            max_prompt_tokens=max_prompt_tokens,
+            max_new_tokens=max_new_tokens,
+            render_mode=render_mode,
+            group_size=group_size,
+            split=split,
+            vocab_size=vocab_size,
+            stop_token_ids=stop_token_ids,
+            stop_strings=stop_strings,
         )
+        self._setup_core(args)
         self.action_space = spaces.Discrete(self.core.vocab_size)
         self.observation_space = self.core.observation_space(self.max_prompt_tokens + self.max_new_tokens)
-        self._sampler = PromptSampler(len(self.dataset), group_size)
+        self._sampler = PromptSampler(len(self.dataset), self.group_size)
         self._input_ids = np.full(self.max_prompt_tokens + self.max_new_tokens, self.pad_token_id, np.int64)
         self._attention_mask = np.zeros_like(self._input_ids)
         self._index = 0

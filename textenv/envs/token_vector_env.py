@@ -11,6 +11,7 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
+from textenv.envs.arguments import TextGenArguments, check_num_envs
 from textenv.envs.core import CoreAttributes, PromptSampler, RewardFn
 
 
@@ -64,24 +65,23 @@ class TextGenVectorEnv(CoreAttributes, VectorEnv):
         stop_token_ids: Any | None = None,
         stop_strings: Any | None = None,
     ) -> None:
-        if not isinstance(num_envs, (int, np.integer)) or isinstance(num_envs, bool) or num_envs < 1:
-            raise ValueError(f"num_envs={num_envs!r} must be a positive int, e.g. num_envs=8.")
-        num_envs = int(num_envs)
-        self._setup_core(
-            render_mode,
-            model,
-            tokenizer,
-            task,
-            dataset,
-            reward_fn,
-            max_prompt_tokens,
-            max_new_tokens,
-            group_size,
-            split,
-            vocab_size,
-            stop_token_ids,
-            stop_strings,
+        num_envs = check_num_envs(num_envs)
+        args = TextGenArguments(
+            model=model,
+            tokenizer=tokenizer,
+            task=task,
+            dataset=dataset,
+            reward_fn=reward_fn,
+            max_prompt_tokens=max_prompt_tokens,
+            max_new_tokens=max_new_tokens,
+            render_mode=render_mode,
+            group_size=group_size,
+            split=split,
+            vocab_size=vocab_size,
+            stop_token_ids=stop_token_ids,
+            stop_strings=stop_strings,
         )
+        self._setup_core(args)
         self.num_envs = num_envs
         P, N = self.max_prompt_tokens, self.max_new_tokens
         self.single_action_space = spaces.Discrete(self.core.vocab_size)
@@ -89,7 +89,7 @@ class TextGenVectorEnv(CoreAttributes, VectorEnv):
         self.single_observation_space = self.core.observation_space(P + N)
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self._rngs = [seeding.np_random()[0] for _ in range(num_envs)]
-        self._samplers = [PromptSampler(len(self.dataset), group_size) for _ in range(num_envs)]
+        self._samplers = [PromptSampler(len(self.dataset), self.group_size) for _ in range(num_envs)]
         self._input_ids = np.full((num_envs, P + N), self.pad_token_id, np.int64)  # (B, P+N)
         self._attention_mask = np.zeros((num_envs, P + N), np.int64)  # (B, P+N)
         self._indices = np.zeros(num_envs, np.int64)  # dataset index per row
