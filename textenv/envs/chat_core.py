@@ -19,6 +19,7 @@ from gymnasium import spaces
 
 from textenv.chat_tasks import ChatTask, Dialogue, Reply, load_chat_task, render_chat
 from textenv.envs.core import TextGenCore, _model_vocab_size
+from textenv.hubs import hub_chat_task, is_hub_task
 from textenv.models import DEFAULT_MODEL, load_tokenizer
 
 SENTINEL = "\u2063AGENT\u2063"  # stands for the agent's message while the template is rendered
@@ -260,7 +261,10 @@ class ChatCore:
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         self.tokenizer = tokenizer
-        self.task = load_chat_task(task, split, **(task_kwargs or {}))
+        if is_hub_task(task):  # "textarena:<game>" (textenv.hubs)
+            self.task = hub_chat_task(str(task), split, **(task_kwargs or {}))
+        else:
+            self.task = load_chat_task(task, split, **(task_kwargs or {}))
         check_chat_template(tokenizer)
         self.chat = ChatTokens(tokenizer)
         self.P, self.N, self.T = int(max_prompt_tokens), int(max_new_tokens), int(max_turn_tokens)

@@ -20,6 +20,7 @@ from gymnasium import spaces
 from rewards.sentiment import VaderSentiment
 from rewards.validation import check_reward, check_scores
 from textenv.data import DatasetSource, PromptDataset, as_dataset
+from textenv.hubs import hub_reward, is_hub_task
 from textenv.models import DEFAULT_MODEL, load_tokenizer, model_dir
 from textenv.tasks import DEFAULT_TASK, SPLITS, load_task
 
@@ -27,9 +28,10 @@ RewardFn = Callable[..., Any]
 MAX_CACHED_PROMPTS = 100_000  # tokenized prompts kept per env (about 1 KB each at P=64)
 
 
-def default_reward() -> RewardFn:
-    """The reward used when none is given: ``rewards.VaderSentiment()`` (VADER compound score in [-1, 1])."""
-    return VaderSentiment()
+def default_reward(task: str | None = None) -> RewardFn:
+    """The reward used when none is given: ``rewards.VaderSentiment()`` (VADER compound score in [-1, 1]);
+    for a hub task (``task="reasoning_gym:<name>"``) the hub's own scorer."""
+    return hub_reward(task) if is_hub_task(task) else VaderSentiment()
 
 
 def _model_vocab_size(model: str | Path) -> int | None:
@@ -164,7 +166,7 @@ class TextGenCore:
             )
         self.tokenizer = tokenizer
         self.dataset: PromptDataset = dataset
-        self.reward_fn: RewardFn = reward_fn if reward_fn is not None else default_reward()
+        self.reward_fn: RewardFn = reward_fn if reward_fn is not None else default_reward(task)
         self.max_prompt_tokens = int(max_prompt_tokens)
         self.max_new_tokens = int(max_new_tokens)
         self.group_size = int(group_size)
