@@ -4,6 +4,7 @@ env checkers, with disjoint splits, and one training step of an agent on each.""
 from __future__ import annotations
 
 import json
+import pickle
 import random
 import socket
 import sys
@@ -84,6 +85,8 @@ def test_reasoning_gym_splits_use_disjoint_seeds_and_are_reproducible(no_network
     assert reasoning_gym_task("basic_arithmetic", "train", size=50)[0].prompts == train.prompts
     right = [json.loads(e.reference)["answer"] for e in test]
     assert reward(test.prompts, right, [e.reference for e in test]).tolist() == [1.0] * 50
+    copy = pickle.loads(pickle.dumps(reward))  # a picklable reward (for subprocess vector envs)
+    assert copy(test.prompts[:2], right[:2], [e.reference for e in test][:2]).tolist() == [1.0, 1.0]
 
 
 def test_reasoning_gym_bad_input_says_what_to_do() -> None:

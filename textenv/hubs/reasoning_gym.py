@@ -21,6 +21,10 @@ example's ``reference``, as JSON.
 split uses ``seed`` and the test split ``seed + TEST_SEED_OFFSET``, so the two never share a generator seed.
 Tasks with few distinct problems (short sums, small grids) can still repeat a question across splits.
 
+**Size.** A split's problems are generated when the env is made: milliseconds each for most tasks, but
+0.1 to 0.4 s each for a few (``knight_swap``, ``zebra_puzzles``); pass a smaller ``size`` to
+:func:`reasoning_gym_task` for those.
+
 **Trust.** The hub's code runs in-process with your rights (as any Python package you import); no task
 reads the network (``tests/test_textenv_hubs.py`` runs them with sockets refused).
 """
