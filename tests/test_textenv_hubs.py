@@ -78,9 +78,10 @@ def test_reasoning_gym_splits_use_disjoint_seeds_and_are_reproducible(no_network
     needs("reasoning_gym")
     train, _ = reasoning_gym_task("basic_arithmetic", "train", size=50)
     test, reward = reasoning_gym_task("basic_arithmetic", "test", size=50)
-    keys = [[json.loads(example.reference) for example in ds] for ds in (train, test)]
+    validation, _ = reasoning_gym_task("basic_arithmetic", "validation", size=50)
+    keys = [[json.loads(example.reference) for example in ds] for ds in (train, test, validation)]
     seeds = [{key["seed"] + key["index"] for key in split} for split in keys]
-    assert not seeds[0] & seeds[1]  # problem i is drawn from Random(seed + i): no generator seed is shared
+    assert len(set.union(*seeds)) == 150  # problem i is drawn from Random(seed + i): no seed is shared
     assert len(set(train.prompts) & set(test.prompts)) < 5
     assert reasoning_gym_task("basic_arithmetic", "train", size=50)[0].prompts == train.prompts
     right = [json.loads(e.reference)["answer"] for e in test]

@@ -18,7 +18,8 @@ it needs to rebuild the problem (seed, size, index, and the answer to check it a
 example's ``reference``, as JSON.
 
 **Splits by seed.** Problem ``i`` of a reasoning-gym dataset is drawn from ``Random(seed + i)``; the train
-split uses ``seed`` and the test split ``seed + TEST_SEED_OFFSET``, so the two never share a generator seed.
+split uses ``seed``, the test split ``seed + TEST_SEED_OFFSET`` and the validation split (to choose settings
+on) ``seed + 2 * TEST_SEED_OFFSET``, so no two splits share a generator seed.
 Tasks with few distinct problems (short sums, small grids) can still repeat a question across splits.
 
 **Size.** A split's problems are generated when the env is made: milliseconds each for most tasks, but
@@ -45,8 +46,9 @@ PROMPT = "{question}\nAnswer:"
 DEFAULT_SIZE = 500
 """Problems per split of ``task="reasoning_gym:<name>"`` (reasoning-gym's own default size)."""
 TEST_SEED_OFFSET = 1_000_000_000
-"""The test split's seed is the train seed plus this; a split holds fewer problems than this."""
-SPLIT_OFFSETS = {"train": 0, "test": TEST_SEED_OFFSET}
+"""The test split's seed is the train seed plus this (the validation split's plus twice this); a split holds
+fewer problems than this."""
+SPLIT_OFFSETS = {"train": 0, "validation": 2 * TEST_SEED_OFFSET, "test": TEST_SEED_OFFSET}
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 
 
