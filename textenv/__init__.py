@@ -11,6 +11,7 @@ from gymnasium.envs.registration import register
 
 from textenv.data import Example, PromptDataset
 from textenv.envs import TextGenEnv, TextGenSeqEnv, TextGenSeqVectorEnv, TextGenVectorEnv
+from textenv.envs.chat_core import ChatTemplateError, check_chat_template
 from textenv.models import DEFAULT_MODEL, MODEL_NAMES, load_model, load_tokenizer
 from textenv.task_envs import recommended_agent_kwargs
 from textenv.tasks import DEFAULT_TASK, TASKS, load_task
@@ -85,6 +86,7 @@ register(
 )
 
 __all__ = [
+    "ChatTemplateError",
     "DEFAULT_MODEL",
     "DEFAULT_TASK",
     "MODEL_NAMES",
@@ -95,6 +97,7 @@ __all__ = [
     "TextGenSeqEnv",
     "TextGenSeqVectorEnv",
     "TextGenVectorEnv",
+    "check_chat_template",
     "load_model",
     "load_task",
     "load_tokenizer",

@@ -42,6 +42,7 @@ import numpy as np
 
 from textenv import data
 from textenv.data import Example, PromptDataset
+from textenv.hubs import hub_prompts, is_hub_task
 from textenv.noise import corrupt
 
 DEFAULT_TASK = "drugs-sentiment"
@@ -351,12 +352,14 @@ TASKS: dict[str, Callable[[str], PromptDataset]] = {
 
 def load_task(name: str = DEFAULT_TASK, split: str = "train") -> PromptDataset:
     """Build the prompt dataset of a built-in task; ``split`` is ``"train"``, ``"validation"`` (to choose
-    settings on) or ``"test"`` (to report)."""
-    if name not in TASKS:
+    settings on) or ``"test"`` (to report). A hub task, ``"reasoning_gym:<name>"``, comes from
+    :mod:`textenv.hubs`."""
+    if name not in TASKS and not is_hub_task(name):
         raise ValueError(
-            f"Unknown task {name!r}. Known tasks: {', '.join(TASKS)}. "
+            f"Unknown task {name!r}. Known tasks: {', '.join(TASKS)}, or 'reasoning_gym:<name>' "
+            "(textenv.hubs). "
             "Or pass dataset=PromptDataset.from_jsonl(...) / a list of prompts."
         )
     if split not in SPLITS:
         raise ValueError(f"split={split!r} is not known; use one of {', '.join(SPLITS)}.")
-    return TASKS[name](split)
+    return hub_prompts(name, split) if is_hub_task(name) else TASKS[name](split)

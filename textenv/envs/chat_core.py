@@ -18,6 +18,7 @@ from gymnasium import spaces
 from textenv.chat_tasks import Dialogue, Reply, load_chat_task, render_chat
 from textenv.envs.arguments import ChatArguments
 from textenv.envs.core import TokenCore
+from textenv.hubs import hub_chat_task, is_hub_task
 
 SENTINEL = "\u2063AGENT\u2063"  # stands for the agent's message while the template is rendered
 CONVERSATION_ARRAYS = ("ids", "mask", "agent")
@@ -50,9 +51,13 @@ class ChatTokens:
         self._end_token_text = tokenizer.decode([self.turn_end_id]) if self.turn_end_id is not None else ""
 
     def _after_agent(self, more: list[dict[str, str]]) -> str:
-        messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": SENTINEL}, *more]
-        text = render_chat(self.tokenizer, messages, add_generation_prompt=bool(more))
-        return text[text.index(SENTINEL) + len(SENTINEL) :]
+        text = _text_after_agent(self.tokenizer, more)
+        if text is None:
+            check_chat_template(self.tokenizer)  # names the turn where it can
+            raise ChatTemplateError(
+                f"The chat template does not render an assistant message verbatim. {_TEMPLATE_FIX}", turn=1
+            )
+        return text
 
     def opening_ids(self, system_prompt: str, opening: str) -> list[int]:
         messages = [{"role": "system", "content": system_prompt}, {"role": "user", "content": opening}]
@@ -66,6 +71,130 @@ class ChatTokens:
         if agent_closed and self._end_token_text and text.startswith(self._end_token_text):
             text = text[len(self._end_token_text) :]
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+TEMPLATE_CHECK_CONVERSATIONS: tuple[tuple[dict[str, str], ...], ...] = (
+    (  # a host's short replies (the guessing game)
+        {"role": "system", "content": "You are playing a number guessing game."},
+        {"role": "user", "content": "I'm thinking of a whole number from 1 to 10. Guess it!"},
+        {"role": "assistant", "content": "My guess is 5."},
+        {"role": "user", "content": "Higher."},
+        {"role": "assistant", "content": "Then 8."},
+        {"role": "user", "content": "Lower."},
+    ),
+    (  # reasoning in the agent's turns, which must stay in every later rendering; an empty message
+        {"role": "system", "content": "Solve the problem."},
+        {"role": "user", "content": "What is 12 * 7?"},
+        {"role": "assistant", "content": "<think>12 * 7 = 70 + 14.</think>It is 84."},
+        {"role": "user", "content": "Are you sure?\nCheck it."},
+        {"role": "assistant", "content": ""},
+        {"role": "user", "content": "Please answer with a number."},
+    ),
+    (  # a tool call and the tool's turn (checked when the template can render a "tool" turn at all)
+        {"role": "system", "content": "Use the tools."},
+        {"role": "user", "content": "Add 2 to 3."},
+        {"role": "assistant", "content": '<tool_call>{"name": "add", "arguments": {"a": 2}}</tool_call>'},
+        {"role": "tool", "content": "5"},
+        {"role": "assistant", "content": "2 + 3 = 5."},
+        {"role": "user", "content": "Thanks."},
+    ),
+)
+"""The conversations :func:`check_chat_template` renders turn by turn (system prompt, opening, then agent
+messages and replies, as the chat envs build them)."""
+
+
+class ChatTemplateError(ValueError):
+    """A chat template that breaks token continuity; ``turn`` is the index of the first turn that breaks."""
+
+    def __init__(self, message: str, turn: int) -> None:
+        super().__init__(message)
+        self.turn = turn
+
+
+def check_chat_template(tokenizer: Any) -> None:
+    """Raise :class:`ChatTemplateError` unless ``tokenizer``'s chat template is prefix-continuous.
+
+    The chat envs never re-render a conversation: they render the opening once, then append the agent's
+    tokens and, after each agent message, only the text the template puts after it (:class:`ChatTokens`).
+    The KV cache of the agents and ``agent_mask`` rely on that sequence being the template's rendering of
+    the whole conversation, which holds when every rendering of a conversation is a prefix of the rendering
+    of the conversation extended by a turn. This renders :data:`TEMPLATE_CHECK_CONVERSATIONS` turn by turn
+    and compares (whitespace between the generation prompt and the agent's message is allowed: the agent's
+    first token carries it). Templates that rewrite earlier turns break it: the known case strips the
+    reasoning (``<think>...</think>``) of earlier assistant turns (Qwen3-style). Tokenizers without a
+    template get :data:`~textenv.chat_tasks.FALLBACK_CHAT_TEMPLATE`, which passes. The chat envs call this
+    when they are made and refuse a template that fails (a few milliseconds: three short conversations).
+
+    >>> from textenv import load_tokenizer
+    >>> check_chat_template(load_tokenizer("tiny-sp"))  # the fallback template: no error
+    >>> tokenizer = load_tokenizer("tiny-sp")
+    >>> tokenizer.chat_template = (  # drops the content of earlier assistant turns
+    ...     "{% for m in messages %}{{ m['role'] }}: "
+    ...     "{{ '...' if m['role'] == 'assistant' else m['content'] }}\\n{% endfor %}"
+    ...     "{% if add_generation_prompt %}assistant: {% endif %}")
+    >>> check_chat_template(tokenizer)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    textenv.envs.chat_core.ChatTemplateError: The chat template breaks token continuity at turn 2 ...
+    """
+    for conversation in TEMPLATE_CHECK_CONVERSATIONS:
+        messages = list(conversation)
+        has_tool = any(message["role"] == "tool" for message in messages)
+        try:
+            ends = range(2, len(messages) + 1, 2)
+            renderings = [render_chat(tokenizer, messages[:end], True) for end in ends]
+            suffixes = [_text_after_agent(tokenizer, [reply]) for reply in messages[3::2]]
+        except Exception as error:  # a template may refuse a role (e.g. "tool") or raise_exception() itself
+            if has_tool:
+                continue  # only tasks that answer with tool turns need them; such a task fails when it does
+            raise ChatTemplateError(
+                f"The chat template cannot render a plain conversation (system, user, assistant, user "
+                f"turns): {type(error).__name__}: {error}. {_TEMPLATE_FIX}",
+                turn=0,
+            ) from error
+        for k, (before, after) in enumerate(zip(renderings, renderings[1:], strict=False)):
+            agent_turn = 2 + 2 * k
+            suffix = suffixes[k]  # None: the template does not render an agent message verbatim
+            appended = messages[agent_turn]["content"] + (suffix or "")  # what the env appends to `before`
+            # the agent's first token carries the space a template may put after its generation prompt
+            seam = after[len(before) : len(after) - len(appended)]
+            if suffix is None or not (
+                after.startswith(before) and after.endswith(appended) and not seam.strip()
+            ):
+                message = _template_break(messages, agent_turn, before + appended, after)
+                raise ChatTemplateError(message, turn=agent_turn)
+
+
+def _text_after_agent(tokenizer: Any, more: list[dict[str, str]]) -> str | None:
+    """The text the chat template puts after an agent message when the ``more`` turns follow it (with the
+    next generation prompt), or None if the template does not render the message verbatim."""
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": SENTINEL}, *more]
+    text = render_chat(tokenizer, messages, add_generation_prompt=bool(more))
+    return text[text.index(SENTINEL) + len(SENTINEL) :] if SENTINEL in text else None
+
+
+_TEMPLATE_FIX = (
+    "Pass a tokenizer whose chat template keeps earlier turns verbatim, or use textenv's fallback template: "
+    "tokenizer.chat_template = textenv.chat_tasks.FALLBACK_CHAT_TEMPLATE."
+)
+
+
+def _template_break(messages: list[dict[str, str]], agent_turn: int, expected: str, found: str) -> str:
+    """The error of :func:`check_chat_template`: the first turn whose text the extended rendering lost (or
+    the agent's turn being extended), where the texts first differ, and the fix."""
+    at = next((i for i, (a, b) in enumerate(zip(expected, found, strict=False)) if a != b), None)
+    at = min(len(expected), len(found)) if at is None else at
+    lost = [i for i in range(1, agent_turn + 1) if messages[i]["content"] not in found]
+    turn = lost[0] if lost else agent_turn
+    shown = messages[turn]["content"]
+    return (
+        f"The chat template breaks token continuity at turn {turn} ({messages[turn]['role']}: {shown!r}) of "
+        f"a check conversation: rendering it up to turn {agent_turn} and then with the reply at turn "
+        f"{agent_turn + 1} ({messages[agent_turn + 1]['role']}) does not extend the earlier text; from "
+        f"character {at} the chat env's text reads {expected[at : at + 40]!r}, the template's "
+        f"{found[at : at + 40]!r}. The chat envs append each turn to the tokens so far (the agents' KV cache "
+        "and agent_mask rely on it), so a template must render earlier turns the same in every later "
+        f"rendering; templates that strip earlier reasoning (<think>...</think>) do not. {_TEMPLATE_FIX}"
+    )
 
 
 @dataclass
@@ -95,7 +224,11 @@ class ChatCore(TokenCore):
     def __init__(self, args: ChatArguments) -> None:
         super().__init__(args)
         self.args: ChatArguments = args
-        self.task = load_chat_task(args.task, args.split, **(args.task_kwargs or {}))
+        if is_hub_task(args.task):  # "textarena:<game>" (textenv.hubs)
+            self.task = hub_chat_task(str(args.task), args.split, **(args.task_kwargs or {}))
+        else:
+            self.task = load_chat_task(args.task, args.split, **(args.task_kwargs or {}))
+        check_chat_template(self.tokenizer)
         self.chat = ChatTokens(self.tokenizer)
         self.P, self.N, self.T = self.max_prompt_tokens, self.max_new_tokens, int(args.max_turn_tokens)
         self.max_turns = int(args.max_turns)

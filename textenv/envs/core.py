@@ -21,6 +21,7 @@ from rewards.sentiment import VaderSentiment
 from rewards.validation import check_scores
 from textenv.data import PromptDataset, as_dataset
 from textenv.envs.arguments import EnvArguments, TextGenArguments
+from textenv.hubs import hub_reward, is_hub_task
 from textenv.models import DEFAULT_MODEL, load_tokenizer, model_dir
 from textenv.tasks import DEFAULT_TASK, load_task
 
@@ -28,9 +29,10 @@ RewardFn = Callable[..., Any]
 MAX_CACHED_PROMPTS = 100_000  # tokenized prompts kept per env (about 1 KB each at P=64)
 
 
-def default_reward() -> RewardFn:
-    """The reward used when none is given: ``rewards.VaderSentiment()`` (VADER compound score in [-1, 1])."""
-    return VaderSentiment()
+def default_reward(task: str | None = None) -> RewardFn:
+    """The reward used when none is given: ``rewards.VaderSentiment()`` (VADER compound score in [-1, 1]);
+    for a hub task (``task="reasoning_gym:<name>"``) the hub's own scorer."""
+    return hub_reward(task) if is_hub_task(task) else VaderSentiment()
 
 
 def _model_vocab_size(model: str | Path) -> int | None:
@@ -192,7 +194,7 @@ class TextGenCore(TokenCore):
             self.dataset: PromptDataset = load_task(args.task or DEFAULT_TASK, split=args.split)
         else:
             self.dataset = as_dataset(args.dataset)
-        self.reward_fn: RewardFn = args.reward_fn if args.reward_fn is not None else default_reward()
+        self.reward_fn: RewardFn = args.reward_fn if args.reward_fn is not None else default_reward(args.task)
         self.stop_token_ids = self._resolve_stops(args.stop_token_ids, args.stop_strings)
         self._stop_array = np.array(self.stop_token_ids, dtype=np.int64)  # (S,), for np.isin
         self._prompt_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
