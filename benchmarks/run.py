@@ -211,9 +211,12 @@ def agent_class(algo: str) -> Any:
     import agents
 
     classes: dict[str, Any] = {
-        "ppo": agents.PPO, "reinforce": agents.REINFORCE, "rloo": agents.REINFORCE,
-        "dqn": agents.DQN, "soft-dqn": agents.DQN,
-    }  # fmt: skip
+        "ppo": agents.PPO,
+        "reinforce": agents.REINFORCE,
+        "rloo": agents.REINFORCE,
+        "dqn": agents.DQN,
+        "soft-dqn": agents.DQN,
+    }
     return classes[algo]
 
 
