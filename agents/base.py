@@ -50,6 +50,11 @@ class TextAlgorithm(Checkpointing, BaseAlgorithm):  # type: ignore[misc]  # save
 
     config_class: ClassVar[type[AlgorithmConfig]] = AlgorithmConfig
     algo_name: ClassVar[str] = "text"
+    action_spaces: ClassVar[tuple[type[spaces.Space], ...]] = (spaces.Discrete, spaces.MultiDiscrete)
+    """The env action spaces the agent acts in: token level ``Discrete(vocab)``, sequence level
+    ``MultiDiscrete([vocab] * N)``."""
+    action_space_hint: ClassVar[str] = "use an env with textenv's contract (TextGen-v0, TextGenSeq-v0)"
+    """How to fix an env whose action space is not among :attr:`action_spaces`."""
     config: AlgorithmConfig
     policy: ActorCritic  # type: ignore[assignment]  # SB3 types it as BasePolicy; ours is the trained nn.Module
 
@@ -70,6 +75,13 @@ class TextAlgorithm(Checkpointing, BaseAlgorithm):  # type: ignore[misc]  # save
         if isinstance(env, str):  # an env id: made with the agent's model, so that the tokenizers agree
             source: dict[str, Any] = {"model": str(model)} if isinstance(model, (str, os.PathLike)) else {}
             env = gym.make(env, **source)
+        vector = isinstance(env, gym.vector.VectorEnv)
+        space = getattr(env, "single_action_space" if vector else "action_space", None)
+        if space is not None and not isinstance(space, self.action_spaces):  # checked before the LM loads
+            names = " or ".join(kind.__name__ for kind in self.action_spaces)
+            raise ValueError(
+                f"{self.algo_name} acts in {names} action spaces, got {space}; {self.action_space_hint}"
+            )
         if isinstance(env, gym.vector.VectorEnv):
             env = wrap_vector_env(env)
         self.config = dataclasses.replace(config or self.config_class(), **config_kwargs)
@@ -89,7 +101,7 @@ class TextAlgorithm(Checkpointing, BaseAlgorithm):  # type: ignore[misc]  # save
             device=device,
             support_multi_env=True,
             seed=seed,
-            supported_action_spaces=(spaces.Discrete, spaces.MultiDiscrete),
+            supported_action_spaces=self.action_spaces,
         )
         self._setup_model()
 

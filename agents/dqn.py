@@ -20,12 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium import spaces
 from stable_baselines3.common.utils import polyak_update, safe_mean
-from stable_baselines3.common.vec_env import VecEnv
 from torch import nn
 from transformers import PreTrainedModel
 
@@ -182,22 +180,11 @@ class DQN(TextAlgorithm):
     config_class = DQNConfig
     algo_name = "DQN"
     config: DQNConfig
-
-    def __init__(
-        self,
-        env: gym.Env | gym.vector.VectorEnv | VecEnv | str,
-        model: str | os.PathLike | PreTrainedModel = "smollm2-135m-instruct",
-        config: DQNConfig | None = None,
-        **kwargs: Any,
-    ) -> None:
-        vector = isinstance(env, gym.vector.VectorEnv)
-        space = getattr(env, "single_action_space" if vector else "action_space", None)  # None: an env id
-        if space is not None and not isinstance(space, spaces.Discrete):
-            raise ValueError(
-                f"DQN needs a token-level env with a Discrete(vocab) action space (TextGen-v0), got {space}. "
-                "For the sequence-level TextGenSeq-v0 (MultiDiscrete) use agents.PPO or agents.REINFORCE"
-            )
-        super().__init__(env, model, config, **kwargs)
+    action_spaces = (spaces.Discrete,)
+    action_space_hint = (
+        "DQN needs a token-level env (TextGen-v0, TextChat-v0). For the sequence-level TextGenSeq-v0 "
+        "(MultiDiscrete) use agents.PPO or agents.REINFORCE"
+    )
 
     def _build_networks(self, lm: PreTrainedModel, reference_lm: PreTrainedModel) -> None:
         """``self.policy`` (the Q-network), ``self.reference`` and ``self.target`` (a frozen copy)."""
