@@ -2,17 +2,17 @@
 
 It owns what every agent needs: loading the LM, the trained network (``self.policy``, an
 :class:`~agents.policy.ActorCritic`, wrapped by the DeepSpeed engine ``self.engine``) and the frozen reference
-(``self.reference``), acting through the environment API (token-level envs with the per-env KV cache, one
-incremental forward per step; sequence-level envs with ``model.generate``), the rollout collector
-(:mod:`agents.rollout`), ``predict`` for SB3 tools, ``learn`` with SB3 callbacks and logger, and checkpoints
-(:mod:`agents.checkpoint` writes what :meth:`TextAlgorithm._checkpoint_state` hands over).
+(``self.reference``), acting through the environment API (the per-env KV cache ``self._step_cache`` of
+:mod:`agents.kv_cache`), the rollout collector (:mod:`agents.rollout`), ``predict`` for SB3 tools, the run
+logger, the guarded gradient step, and checkpoints (:class:`agents.saving.Checkpointing`).
 
-A subclass sets ``config_class`` and ``algo_name`` and implements ``train()``, which consumes
-``self.rollout_batch`` (a :class:`~agents.rollout.RolloutBatch`, built once per rollout). Extension points
-for other agents (e.g. the value-based DQN): ``_build_networks()`` (what is trained), ``_token_step()``
-(how a token is chosen and what is recorded), ``_rollout_done()`` (when a rollout ends), and for
-checkpoints ``_extra_state()`` / ``_load_extra_state()`` (JSON-able state) and ``_extra_modules()``
-(networks saved as safetensors, such as a target network).
+Each family's base holds its own loop, as SB3's ``OnPolicyAlgorithm`` / ``OffPolicyAlgorithm`` do: the
+policy-gradient agents subclass :class:`agents.on_policy.OnPolicyAlgorithm`, DQN subclasses this class
+directly. A subclass sets ``config_class`` and ``algo_name`` and implements the hooks every algorithm has:
+``learn`` (SB3's), ``train``, ``_act`` (the actions of one env step and what the rollout records of them),
+``_predict_actions`` (``predict``'s actions and state), ``_rollout_done`` (when a rollout ends),
+``_store_rollout`` (what it keeps of a collected rollout) and the checkpoint hooks ``_extra_state`` /
+``_load_extra_state`` (JSON-able state) and ``_extra_modules`` (networks saved as safetensors).
 """
 
 from __future__ import annotations
@@ -33,25 +33,12 @@ from stable_baselines3.common.vec_env import VecEnv
 from transformers import PreTrainedModel
 
 from agents import distributed, lora, run_logging
-from agents.config import AlgorithmConfig, PolicyGradientConfig
-from agents.ema import ExponentialMovingAverage
+from agents.config import AlgorithmConfig
+from agents.kv_cache import StepCache
 from agents.layout import env_attr, load_lm, read_layout
-from agents.losses import AdaptiveKLController, logprobs_from_logits
 from agents.packing import packed_linears
-from agents.policy import (
-    ActorCritic,
-    FrozenLM,
-    Sampling,
-    StepCache,
-    action_logits,
-    cached_step,
-    generate_completions,
-    process_logits,
-)
-from agents.precision import RolloutCopy, acting_copy
-from agents.ptx import PretrainingMix
-from agents.rollout import RolloutBatch, RolloutCollector
-from agents.sampling import draw
+from agents.policy import ActorCritic, FrozenLM
+from agents.rollout import RolloutCollector
 from agents.saving import Checkpointing
 from agents.vec_env import wrap_vector_env
 from infra import engine
@@ -61,8 +48,13 @@ class TextAlgorithm(Checkpointing, BaseAlgorithm):  # type: ignore[misc]  # save
     """Shared base of :class:`~agents.PPO`, :class:`~agents.REINFORCE` and :class:`~agents.DQN`; see the
     module docstring."""
 
-    config_class: ClassVar[type[AlgorithmConfig]] = PolicyGradientConfig
+    config_class: ClassVar[type[AlgorithmConfig]] = AlgorithmConfig
     algo_name: ClassVar[str] = "text"
+    action_spaces: ClassVar[tuple[type[spaces.Space], ...]] = (spaces.Discrete, spaces.MultiDiscrete)
+    """The env action spaces the agent acts in: token level ``Discrete(vocab)``, sequence level
+    ``MultiDiscrete([vocab] * N)``."""
+    action_space_hint: ClassVar[str] = "use an env with textenv's contract (TextGen-v0, TextGenSeq-v0)"
+    """How to fix an env whose action space is not among :attr:`action_spaces`."""
     config: AlgorithmConfig
     policy: ActorCritic  # type: ignore[assignment]  # SB3 types it as BasePolicy; ours is the trained nn.Module
 
@@ -83,6 +75,13 @@ class TextAlgorithm(Checkpointing, BaseAlgorithm):  # type: ignore[misc]  # save
         if isinstance(env, str):  # an env id: made with the agent's model, so that the tokenizers agree
             source: dict[str, Any] = {"model": str(model)} if isinstance(model, (str, os.PathLike)) else {}
             env = gym.make(env, **source)
+        vector = isinstance(env, gym.vector.VectorEnv)
+        space = getattr(env, "single_action_space" if vector else "action_space", None)
+        if space is not None and not isinstance(space, self.action_spaces):  # checked before the LM loads
+            names = " or ".join(kind.__name__ for kind in self.action_spaces)
+            raise ValueError(
+                f"{self.algo_name} acts in {names} action spaces, got {space}; {self.action_space_hint}"
+            )
         if isinstance(env, gym.vector.VectorEnv):
             env = wrap_vector_env(env)
         self.config = dataclasses.replace(config or self.config_class(), **config_kwargs)
@@ -102,7 +101,7 @@ class TextAlgorithm(Checkpointing, BaseAlgorithm):  # type: ignore[misc]  # save
             device=device,
             support_multi_env=True,
             seed=seed,
-            supported_action_spaces=(spaces.Discrete, spaces.MultiDiscrete),
+            supported_action_spaces=self.action_spaces,
         )
         self._setup_model()
 
@@ -121,16 +120,16 @@ class TextAlgorithm(Checkpointing, BaseAlgorithm):  # type: ignore[misc]  # save
         )
         self.reference = reference
 
-    def _zero3_acting_copy(self) -> RolloutCopy:
-        """ZeRO-3: the whole-weights network the rollouts act with, made before DeepSpeed partitions the
-        policy and refreshed by one gather per rollout (:func:`agents.distributed.gather_into`)."""
-        copies = sorted(self._extra_modules()) + (["ema"] if getattr(self, "ema", None) is not None else [])
-        if copies:  # a DQN target network, an EMA (ema_decay): they copy or average the partitioned weights
+    def _before_engine(self) -> None:
+        """Extension point, run just before DeepSpeed wraps the policy (so still on its fp32, unpartitioned
+        weights): what must be copied from them (the on-policy base's EMA and ZeRO-3 acting copy). Here:
+        refuse ZeRO stage 3 for an agent that keeps copies of the weights (:meth:`_extra_modules`)."""
+        copies = sorted(self._extra_modules())
+        if self.zero_stage == 3 and copies:  # a DQN target network, an EMA: copied from partitioned weights
             raise ValueError(
                 f"ZeRO stage 3 is not supported for {self.algo_name} with {copies} (copied from the "
                 'partitioned weights); use "stage": 2, with "offload_optimizer" if memory is short'
             )
-        return acting_copy(self.policy, self.precision, self.config)
 
     def _setup_model(self) -> None:
         assert self.env is not None and self._initial_lm is not None  # __init__ and load always pass them
@@ -154,65 +153,39 @@ class TextAlgorithm(Checkpointing, BaseAlgorithm):  # type: ignore[misc]  # save
             self.set_random_seed(distributed.rank_seed(self.seed))  # each rank its own env shard and samples
         self.ds_config = engine.build_config(
             self.deepspeed_config,
-            self.config.learning_rate,
-            self.config.max_grad_norm,
-            self.config.micro_batch_size,
+            learning_rate=self.config.learning_rate,
+            max_grad_norm=self.config.max_grad_norm,
+            train_batch_size=self.config.micro_batch_size,
             on_gpu=self.device.type == "cuda",
             precision=self.config.precision,
         )
         self.precision = "bf16" if self.ds_config["bf16"]["enabled"] else "fp32"
         if self.verbose:
             print(f"{self.algo_name}: precision {self.precision} (setting {self.config.precision!r})")
-        cfg = self.config
-        ema_decay = cfg.ema_decay if isinstance(cfg, PolicyGradientConfig) else None
-        # before the engine casts the LM to bf16: the average starts from the fp32 weights
-        self.ema = ExponentialMovingAverage(self.policy.lm, ema_decay) if ema_decay is not None else None
         self.zero_stage = engine.zero_stage(self.ds_config)
-        zero3_copy = self._zero3_acting_copy() if self.zero_stage == 3 else None  # before partitioning
+        self._before_engine()
         self.engine = engine.initialize(self.policy, self.ds_config)
         engine.cast_parameters(self.reference, next(self.policy.parameters()).dtype)  # as the policy's
-        self.kl_ctl: AdaptiveKLController | None = None
-        self.sampling = Sampling()
-        self.rollout_copy: RolloutCopy | None = zero3_copy
-        if isinstance(self.config, PolicyGradientConfig):
-            cfg = self.config
-            self.kl_ctl = AdaptiveKLController(cfg.init_kl_coef, cfg.target_kl_ref, cfg.kl_horizon)
-            self.sampling = Sampling(cfg.temperature, cfg.top_k, cfg.top_p)
-            bf16_copy = cfg.rollout_precision == "bf16" and self.precision == "fp32"
-            if (bf16_copy or cfg.rollout_merge_lora) and self.rollout_copy is None:
-                self.rollout_copy = acting_copy(self.policy, self.precision, cfg)
-        self.actor = self.rollout_copy.network if self.rollout_copy else self.policy  # acts in rollouts
         self.rollout = RolloutCollector(
-            self.n_envs,
-            self.prompt_len,
-            self.max_new_tokens,
-            self.pad_token_id,
-            self.stop_token_ids,
-            self.token_level,
+            num_envs=self.n_envs,
+            prompt_len=self.prompt_len,
+            max_new_tokens=self.max_new_tokens,
+            pad_token_id=self.pad_token_id,
+            stop_token_ids=self.stop_token_ids,
+            token_level=self.token_level,
         )
-        self.rollout_batch: RolloutBatch | None = None
-        self._act = self._token_step if self.token_level else self._sequence_step
         self._step_cache = StepCache()
+        self._rollout_start = 0  # num_timesteps when the current rollout began
         self._good_weights: list[torch.Tensor] | None = None
         self._diverged = False
         self.run_dir: Path | None = None
-        self.ptx: PretrainingMix | None = None
-        self._ptx_losses: list[float] = []
-        if isinstance(cfg, PolicyGradientConfig) and cfg.ptx_coef > 0 and cfg.ptx_dataset is not None:
-            tokenizer = self._env_attr("tokenizer")
-            if tokenizer is None:
-                raise ValueError(
-                    "ptx_dataset needs the policy's tokenizer, but the env has no `tokenizer` attribute; "
-                    "give the env one (textenv's envs have it) or set ptx_coef=0"
-                )
-            mix = cfg.ptx_dataset
-            self.ptx = PretrainingMix(mix, tokenizer, cfg.minibatch_size, pad_token_id=self.pad_token_id)
+
+    @property
+    def actor(self) -> ActorCritic:
+        """The network the rollouts act with: the trained one (the on-policy base may act with a copy)."""
+        return self.policy
 
     # ---- acting --------------------------------------------------------------------------------------------
-    def _sample(self, logits: torch.Tensor, deterministic: bool) -> torch.Tensor:
-        """(B, n_actions) processed logits -> (B,) token ids (sampled, or argmax when deterministic)."""
-        return logits.argmax(-1) if deterministic else draw(logits)
-
     def _obs_tensors(self, obs: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         ids = torch.as_tensor(np.asarray(obs["input_ids"]), device=self.device).long()
         mask = torch.as_tensor(np.asarray(obs["attention_mask"]), device=self.device).long()
@@ -223,17 +196,6 @@ class TextAlgorithm(Checkpointing, BaseAlgorithm):  # type: ignore[misc]  # save
         ids, mask = self._obs_tensors(obs)
         return (ids[None], mask[None], True) if ids.dim() == 1 else (ids, mask, False)
 
-    def _generate(self, ids: torch.Tensor, mask: torch.Tensor, deterministic: bool) -> torch.Tensor:
-        """Sequence-level action: (B, N) completion ids; see :func:`agents.policy.generate_completions`."""
-        n_new, n_actions, pad, eos = (
-            self.max_new_tokens,
-            self.n_actions,
-            self.pad_token_id,
-            self.stop_token_ids,
-        )
-        lm = self.actor.lm
-        return generate_completions(lm, ids, mask, n_new, n_actions, pad, eos, deterministic, self.sampling)
-
     def predict(  # type: ignore[override]  # textenv observations are always Dict(input_ids, attention_mask)
         self,
         observation: dict[str, np.ndarray],
@@ -241,45 +203,50 @@ class TextAlgorithm(Checkpointing, BaseAlgorithm):  # type: ignore[misc]  # save
         episode_start: np.ndarray | None = None,
         deterministic: bool = False,
     ) -> tuple[np.ndarray, Any]:
-        """SB3's predict. ``state`` is the opaque per-env KV cache (None: a fresh one); pass it back."""
+        """SB3's predict. ``state`` is the agent's opaque KV-cache state (None: a fresh one); pass it back."""
         ids, mask, single = self._obs_batch(observation)
-        if not self.token_level:
-            actions = self._generate(ids, mask, deterministic).cpu().numpy()
-            return (actions[0] if single else actions), None
-        cache = state if isinstance(state, StepCache) else StepCache()
-        logits, _ = cached_step(self.actor, ids, mask, self.prompt_len, cache)
-        logits = process_logits(action_logits(logits, self.n_actions), self.sampling)
-        actions = self._sample(logits, deterministic).cpu().numpy()
-        return (actions[0] if single else actions), cache
+        actions, state = self._predict_actions(ids, mask, state, deterministic)
+        np_actions = actions.cpu().numpy()
+        return (np_actions[0] if single else np_actions), state
 
-    def _token_step(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, tuple | None]:
-        """Extension point: (B,) sampled tokens and the per-token (log-prob, value) the update needs."""
-        logits, values = cached_step(self.actor, ids, mask, self.prompt_len, self._step_cache)
-        logits = process_logits(action_logits(logits, self.n_actions), self.sampling)  # (B, A) float32
-        actions = self._sample(logits, deterministic=False)
-        assert values is not None
-        return actions, (logprobs_from_logits(logits, actions).cpu().numpy(), values.float().cpu().numpy())
+    def _predict_actions(
+        self, ids: torch.Tensor, mask: torch.Tensor, state: Any, deterministic: bool
+    ) -> tuple[torch.Tensor, Any]:
+        """Hook: ``predict``'s actions for (B, T) observations, and the state to hand back."""
+        raise NotImplementedError
 
-    def _sequence_step(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, None]:
-        """(B, N) generated completions; their log-probs are computed when the rollout is scored."""
-        return self._generate(ids, mask, deterministic=False), None
+    def _act(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, tuple | None]:
+        """Hook: the actions of one rollout step for (B, T) observations, and the per-token
+        ``(log-probs, values)`` the collector records for them (None: nothing)."""
+        raise NotImplementedError
 
     # ---- rollouts ------------------------------------------------------------------------------------------
     def _rollout_done(self) -> bool:
-        """Extension point: when the current rollout is complete (here: ``episodes_per_rollout`` episodes)."""
-        assert isinstance(self.config, PolicyGradientConfig)
-        return len(self.rollout) >= self.config.episodes_per_rollout
+        """Hook: when the current rollout is complete."""
+        raise NotImplementedError
+
+    def _store_rollout(self, completed: bool) -> None:
+        """Hook: keep what the algorithm needs of the rollout just collected (``completed``: False when a
+        callback stopped it): the on-policy base builds its batch, DQN moves the episodes into its replay."""
+        raise NotImplementedError
 
     def collect_rollouts(self, env: VecEnv, callback: BaseCallback) -> bool:
-        """Step ``env`` until the rollout is done, then build ``self.rollout_batch``; False if a callback
+        """Step ``env`` until the rollout is done, then hand it to :meth:`_store_rollout`; False if a callback
         stopped training."""
+        self._rollout_start = self.num_timesteps
+        running = self._step_rollout(env, callback)
+        self._store_rollout(completed=running)
+        if running:
+            callback.on_rollout_end()
+        return running
+
+    def _step_rollout(self, env: VecEnv, callback: BaseCallback) -> bool:
+        """The env steps of one rollout, recorded by the collector; False if a callback stopped training."""
         self.rollout.clear()
-        self.rollout_batch = None
         self._phase_seconds = {"act": 0.0, "env": 0.0, "reward": -self._reward_seconds()}
-        self._score_seconds = 0.0  # set by the algorithm's scoring pass (agents.scoring.score_rollout)
+        self._score_seconds = 0.0  # set by the algorithm's scoring pass (OnPolicyAlgorithm._score_rollout)
         self._good_weights = None  # the next update snapshots the weights it starts from
-        if self.rollout_copy is not None:
-            self.rollout_copy.sync()  # the trained weights, cast (ZeRO-3: gathered once) into the copy
+        self._before_rollout()
         start, start_timesteps = time.perf_counter(), self.num_timesteps
         tokenizer = self._env_attr("tokenizer")
         callback.on_rollout_start()
@@ -298,14 +265,14 @@ class TextAlgorithm(Checkpointing, BaseAlgorithm):  # type: ignore[misc]  # save
                 self._phase_seconds["env"] += time.perf_counter() - env_start
                 self.num_timesteps += env.num_envs
                 self.rollout.record(
-                    np.asarray(obs["input_ids"]),
-                    np.asarray(obs["attention_mask"]),
-                    np_actions,
-                    stats,
-                    rewards,
-                    dones,
-                    infos,
-                    tokenizer,
+                    input_ids=np.asarray(obs["input_ids"]),
+                    attention_mask=np.asarray(obs["attention_mask"]),
+                    actions=np_actions,
+                    stats=stats,
+                    rewards=rewards,
+                    dones=dones,
+                    infos=infos,
+                    tokenizer=tokenizer,
                 )
                 callback.update_locals(
                     {
@@ -325,9 +292,15 @@ class TextAlgorithm(Checkpointing, BaseAlgorithm):  # type: ignore[misc]  # save
             return False
         self._rollout_time = time.perf_counter() - start
         self._phase_seconds["reward"] += self._reward_seconds()
-        self.rollout_batch = self.rollout.build(self.device)
-        callback.on_rollout_end()
         return True
+
+    def _resume_arrays(self) -> dict[str, np.ndarray]:
+        """The running episodes' statistics that a checkpoint keeps (the on-policy base adds a kept KV
+        cache); see :func:`agents.saving.resume_files`."""
+        return self.rollout.state_arrays()
+
+    def _before_rollout(self) -> None:
+        """Extension point, at the start of every rollout (the on-policy base syncs its acting copy here)."""
 
     def _ranks_agree(self, start_timesteps: int, stopped: bool) -> bool:
         """End of a rollout under a launcher: ``num_timesteps`` becomes the count of all ranks (so every rank
@@ -341,6 +314,7 @@ class TextAlgorithm(Checkpointing, BaseAlgorithm):  # type: ignore[misc]  # save
 
     # ---- learning ------------------------------------------------------------------------------------------
     def train(self) -> None:
+        """Hook: one update on what the last rollout collected (DQN's takes the number of gradient steps)."""
         raise NotImplementedError
 
     def _setup_learn(
@@ -376,77 +350,27 @@ class TextAlgorithm(Checkpointing, BaseAlgorithm):  # type: ignore[misc]  # save
             "deepspeed": self.ds_config,
         }
 
-    def learn(
+    def _start_learning(
         self,
         total_timesteps: int,
-        callback: Any = None,
-        log_interval: int = 1,
-        tb_log_name: str | None = None,
-        reset_num_timesteps: bool = True,
-        progress_bar: bool = False,
-    ):
-        """SB3's learn: collect ``episodes_per_rollout`` episodes, ``train()``, log; repeat."""
+        callback: Any,
+        reset_num_timesteps: bool,
+        tb_log_name: str | None,
+        progress_bar: bool,
+    ) -> tuple[int, BaseCallback]:
+        """What every ``learn`` does first: SB3's ``_setup_learn`` (with the run logger), the callbacks'
+        training start and the hyperparameters table. Returns the total timesteps and the callback."""
         total_timesteps, callback = self._setup_learn(
             total_timesteps, callback, reset_num_timesteps, tb_log_name or self.algo_name, progress_bar
         )
         callback.on_training_start({"total_timesteps": total_timesteps}, {})
         run_logging.record_hparams(self.logger, self._hparams())
-        iteration = 0
-        assert self.env is not None
-        while self.num_timesteps < total_timesteps:
-            iteration_start = time.perf_counter()
-            if not self.collect_rollouts(self.env, callback):
-                break
-            iteration += 1
-            self._update_current_progress_remaining(self.num_timesteps, total_timesteps)
-            self._log_rollout()
-            train_start = time.perf_counter()
-            self.train()
-            if self.kl_ctl is not None and distributed.world_size() > 1:  # one coefficient for all ranks
-                self.kl_ctl.value = distributed.all_mean(self.kl_ctl.value)
-            if isinstance(self.config, PolicyGradientConfig) and self.config.keep_kv_cache:
-                self._step_cache.mark_outdated()  # rows finish their episodes on it; no prompt reuse
-            else:
-                self._step_cache = StepCache()  # cached K/V were computed with the old weights
-            assert self.rollout_batch is not None
-            tokens = float(self.rollout_batch.gen_mask.sum())
-            train_time = time.perf_counter() - train_start
-            self.logger.record("time/train_tokens_per_s", tokens / max(train_time, 1e-9))
-            self._log_phases(train_time, time.perf_counter() - iteration_start)
-            if log_interval and iteration % log_interval == 0:
-                self.logger.record("time/iterations", iteration, exclude="tensorboard")
-                self.logger.dump(step=self.num_timesteps)
-        if self.rollout_copy is not None:
-            self.rollout_copy.sync()  # predict() after learn acts with the final weights (every rank: ZeRO-3)
-        callback.on_training_end()
-        return self
+        return total_timesteps, callback
 
     def _reward_seconds(self) -> float:
         """Seconds the envs have spent in their reward function so far (textenv's envs count it)."""
         cores = self.env.get_attr("core") if self.env is not None and env_attr(self.env, "core") else []
         return sum(core.reward_seconds for core in {id(c): c for c in cores}.values())
-
-    def _log_phases(self, train_time: float, iteration_time: float) -> None:
-        """Where an iteration's time went, in seconds, under ``time/``: the policy's forwards and sampling in
-        the rollout (``act_s``), the reward function (``reward_s``), the rest of the env's steps (``env_s``),
-        the pre-update scoring pass with the reference forward (``score_s``, set by the algorithm), the
-        update (``update_s``) and everything else, the agent's own Python (``other_s``)."""
-        phases = dict(self._phase_seconds)
-        phases["env"] -= phases["reward"]
-        phases["score"] = self._score_seconds
-        phases["update"] = train_time - phases["score"]
-        phases["other"] = iteration_time - sum(phases.values())
-        for name, seconds in phases.items():
-            self.logger.record(f"time/{name}_s", seconds)
-
-    def _log_rollout(self) -> None:
-        batch = self.rollout_batch
-        assert batch is not None
-        self.logger.record("rollout/ep_rew_mean", float(batch.rewards.mean()))
-        self.logger.record("rollout/ep_len_mean", float(batch.gen_mask.sum(-1).mean()))
-        self.logger.record("time/tokens_per_s", self.rollout.tokens / max(self._rollout_time, 1e-9))
-        self.logger.record("time/total_timesteps", self.num_timesteps, exclude="tensorboard")
-        run_logging.log_samples(self.logger, self.rollout.samples, self.num_timesteps)
 
     def _gradient_step(self, loss: torch.Tensor) -> None:
         """Backward and optimizer step of ``loss``, guarded against divergence.
@@ -468,8 +392,7 @@ class TextAlgorithm(Checkpointing, BaseAlgorithm):  # type: ignore[misc]  # save
         self.engine.backward(loss)
         self.engine.step()
         if all(bool(torch.isfinite(p).all()) for p in params):
-            if self.ema is not None:
-                self.ema.update(self.policy.lm)
+            self._after_step()
             return
         with torch.no_grad():
             for param, good in zip(params, self._good_weights, strict=True):
@@ -482,17 +405,5 @@ class TextAlgorithm(Checkpointing, BaseAlgorithm):  # type: ignore[misc]  # save
             "last checkpoint and lower learning_rate (or max_grad_norm)"
         )
 
-    def _with_ptx(self, loss: torch.Tensor) -> torch.Tensor:
-        """``loss`` plus ``ptx_coef`` times the LM loss on a fresh ``ptx_dataset`` minibatch (PPO-ptx; see
-        :mod:`agents.ptx`), recorded for ``train/ptx_loss``; ``loss`` itself without a pretraining mix."""
-        if self.ptx is None:
-            return loss
-        assert isinstance(self.config, PolicyGradientConfig)
-        lm_loss = self.ptx.loss(self.engine, self.device)
-        self._ptx_losses.append(lm_loss.item())
-        return loss + self.config.ptx_coef * lm_loss
-
-    def _ptx_stats(self) -> dict[str, list[float]]:
-        """``{"ptx_loss": [...]}`` of this update (empty without a pretraining mix), then cleared."""
-        losses, self._ptx_losses = self._ptx_losses, []
-        return {"ptx_loss": losses} if losses else {}
+    def _after_step(self) -> None:
+        """Extension point, after every finite optimizer step (the on-policy base updates its EMA here)."""

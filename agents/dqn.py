@@ -5,7 +5,7 @@ causal LM gives a after s, raw or as a dueling network (``dueling``); either way
 pretrained LM, the greedy action argmax_a Q(s, a) is greedy decoding. A whole episode is one sequence, so one
 forward pass over E sampled episodes yields Q(s_t, .) for every one of their tokens (E, N, V), and the n-step
 targets come from one target-network forward over the same episodes. The math (the four targets, the CQL
-penalty, exploration and its schedules) is in :mod:`agents.q_learning`.
+penalty) is in :mod:`agents.q_learning`, exploration and its schedules in :mod:`agents.exploration`.
 
 >>> DQNConfig(train_freq=4).train_freq
 (4, 'step')
@@ -20,19 +20,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium import spaces
 from stable_baselines3.common.utils import polyak_update, safe_mean
-from stable_baselines3.common.vec_env import VecEnv
 from torch import nn
 from transformers import PreTrainedModel
 
 from agents import q_learning, run_logging, soft_q
 from agents.base import TextAlgorithm
 from agents.config import AlgorithmConfig
-from agents.policy import FrozenLM, StepCache, action_logits, cached_step
+from agents.exploration import Exploration
+from agents.kv_cache import StepCache, cached_step
+from agents.policy import FrozenLM, action_logits
 from agents.replay import ReplayBuffer
 from infra.engine import cast_parameters
 
@@ -143,7 +143,7 @@ class DQNConfig(AlgorithmConfig):
         for message, wrong in fix.items():
             if wrong:
                 raise ValueError(message)
-        q_learning.Exploration.from_config(self)  # checks the exploration settings
+        Exploration.from_config(self)  # checks the exploration settings
 
     @classmethod
     def smollm2_sentiment(cls, **overrides: Any) -> DQNConfig:
@@ -161,7 +161,8 @@ class DQN(TextAlgorithm):
     Double DQN, Q-learning, SARSA or expected-SARSA targets (``target``) from a target network updated every
     ``target_update_interval`` env steps (hard copy for ``tau=1``, Polyak averaging for ``tau<1``), a Huber
     loss plus ``conservative_coef`` times a CQL term towards the reference LM, and epsilon-greedy or Boltzmann
-    exploration on a linear or exponential schedule; :mod:`agents.q_learning` defines each of them.
+    exploration on a linear or exponential schedule; :mod:`agents.q_learning` and :mod:`agents.exploration`
+    define each of them.
 
     Works only on token-level envs (``Discrete(vocab)`` actions: ``TextGen-v0``, ``TextChat-v0``); for the
     sequence-level ``TextGenSeq-v0`` use PPO or REINFORCE. :meth:`save` checkpoints weights, optimizer,
@@ -180,22 +181,11 @@ class DQN(TextAlgorithm):
     config_class = DQNConfig
     algo_name = "DQN"
     config: DQNConfig
-
-    def __init__(
-        self,
-        env: gym.Env | gym.vector.VectorEnv | VecEnv | str,
-        model: str | os.PathLike | PreTrainedModel = "smollm2-135m-instruct",
-        config: DQNConfig | None = None,
-        **kwargs: Any,
-    ) -> None:
-        vector = isinstance(env, gym.vector.VectorEnv)
-        space = getattr(env, "single_action_space" if vector else "action_space", None)  # None: an env id
-        if space is not None and not isinstance(space, spaces.Discrete):
-            raise ValueError(
-                f"DQN needs a token-level env with a Discrete(vocab) action space (TextGen-v0), got {space}. "
-                "For the sequence-level TextGenSeq-v0 (MultiDiscrete) use agents.PPO or agents.REINFORCE"
-            )
-        super().__init__(env, model, config, **kwargs)
+    action_spaces = (spaces.Discrete,)
+    action_space_hint = (
+        "DQN needs a token-level env (TextGen-v0, TextChat-v0). For the sequence-level TextGenSeq-v0 "
+        "(MultiDiscrete) use agents.PPO or agents.REINFORCE"
+    )
 
     def _build_networks(self, lm: PreTrainedModel, reference_lm: PreTrainedModel) -> None:
         """``self.policy`` (the Q-network), ``self.reference`` and ``self.target`` (a frozen copy)."""
@@ -210,12 +200,15 @@ class DQN(TextAlgorithm):
         cfg = self.config
         cast_parameters(self.target, next(self.policy.parameters()).dtype)
         self.replay = ReplayBuffer(
-            cfg.buffer_size, self.prompt_len, self.max_new_tokens, self.pad_token_id, self.n_actions
+            buffer_size=cfg.buffer_size,
+            prompt_len=self.prompt_len,
+            max_new_tokens=self.max_new_tokens,
+            pad_token_id=self.pad_token_id,
+            vocab_size=self.n_actions,
         )
         self.replay_rng = np.random.default_rng(self.seed)
-        self.exploration = q_learning.Exploration.from_config(cfg)
+        self.exploration = Exploration.from_config(cfg)
         self.last_target_update = 0
-        self._rollout_start = 0
         self._reference_cache = StepCache()
         self._pending_samples: list[tuple[str, str]] = []  # rollout samples not yet logged
 
@@ -235,25 +228,19 @@ class DQN(TextAlgorithm):
             ref = action_logits(ref, self.n_actions)
         return q.argmax(-1) if greedy else self.exploration.actions(q, ref)
 
-    def _token_step(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, None]:
+    def _act(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, None]:
         """The exploring token; nothing is recorded per token (the replay keeps whole episodes)."""
         self.exploration.update(self.num_timesteps, horizon=self._total_timesteps)
         q, _ = cached_step(self.policy, ids, mask, self.prompt_len, self._step_cache)  # (B, V)
         return self._choose(q, ids, mask, self._reference_cache, greedy=False), None
 
-    def predict(  # type: ignore[override]
-        self,
-        observation: dict[str, np.ndarray],
-        state: Any = None,
-        episode_start: np.ndarray | None = None,
-        deterministic: bool = False,
-    ) -> tuple[np.ndarray, Any]:
+    def _predict_actions(
+        self, ids: torch.Tensor, mask: torch.Tensor, state: Any, deterministic: bool
+    ) -> tuple[torch.Tensor, tuple[StepCache, StepCache]]:
         """Greedy Q tokens (``deterministic``) or exploring ones; ``state`` is the pair of KV caches."""
-        ids, mask, single = self._obs_batch(observation)
         q_cache, ref_cache = state if isinstance(state, tuple) else (StepCache(), StepCache())
         q, _ = cached_step(self.policy, ids, mask, self.prompt_len, q_cache)
-        actions = self._choose(q, ids, mask, ref_cache, greedy=deterministic).cpu().numpy()
-        return (actions[0] if single else actions), (q_cache, ref_cache)
+        return self._choose(q, ids, mask, ref_cache, greedy=deterministic), (q_cache, ref_cache)
 
     # ---- rollouts ------------------------------------------------------------------------------------------
     def _rollout_done(self) -> bool:
@@ -262,34 +249,26 @@ class DQN(TextAlgorithm):
             return len(self.rollout) >= frequency
         return self.num_timesteps - self._rollout_start >= frequency * self.n_envs
 
-    def collect_rollouts(self, env: VecEnv, callback: Any) -> bool:
-        """Step ``env`` for ``train_freq`` (base loop), then move the finished episodes into the replay."""
-        self._rollout_start = self.num_timesteps
-        running = super().collect_rollouts(env, callback)
-        prompt_len = self.prompt_len
-        for episode in self.rollout.episodes:  # multi-turn: agent_mask marks the actions among the tokens
-            ids, mask = episode.input_ids, episode.attention_mask.astype(bool)  # (P+N,)
-            generated = mask[prompt_len:]  # (N,)
-            prompt, completion = ids[:prompt_len][mask[:prompt_len]], ids[prompt_len:][generated]
-            rewards = episode.reward if episode.token_rewards is None else episode.token_rewards[generated]
-            agent = None if episode.agent_mask is None else episode.agent_mask[generated]
-            self.replay.add(prompt, completion, rewards, agent)
+    def _store_rollout(self, completed: bool) -> None:
+        """Move the finished episodes into the replay (those of a stopped rollout too)."""
+        for episode in self.rollout.episodes:
+            self.replay.add_episode(episode)
         self._episode_num += len(self.rollout)
         self._pending_samples = (self._pending_samples + self.rollout.samples)[:4]
-        return running
 
     # ---- learning ------------------------------------------------------------------------------------------
     def train(self, gradient_steps: int, batch_size: int = 64) -> None:  # type: ignore[override]
         """``gradient_steps`` updates, each on ``batch_size`` transitions (``update_terms`` of
         :mod:`agents.q_learning`, or of :mod:`agents.soft_q` for soft Q-learning)."""
-        cfg, networks = self.config, (self.engine, self.target, self.reference)
+        cfg, explore = self.config, self.exploration
+        networks = q_learning.QNetworks(online=self.engine, target=self.target, reference=self.reference)
         stats: dict[str, list[float]] = defaultdict(list)
         # dueling, soft: V(s) = the replay's mean return + the head, which learns how a state differs from it
         level = self.replay.mean_return() * cfg.reward_scale if cfg.value_head else 0.0
         update = soft_q.update_terms if cfg.soft_q_coef > 0 else q_learning.update_terms
         for _ in range(gradient_steps):
             batch = self.replay.sample(batch_size, self.replay_rng, self.device)
-            terms = update(*networks, batch, cfg, level, self.n_actions, self.exploration)
+            terms = update(networks, batch, cfg, level=level, n_actions=self.n_actions, exploration=explore)
             self._gradient_step(terms.loss)
             self._n_updates += 1
             stats["loss"].append(terms.loss.item())
@@ -324,11 +303,9 @@ class DQN(TextAlgorithm):
         """SB3's off-policy learn: collect ``train_freq``, then ``gradient_steps`` updates once
         ``learning_starts`` env steps are in; logs are dumped every ``log_interval`` finished episodes."""
         cfg = self.config
-        total_timesteps, callback = self._setup_learn(
-            total_timesteps, callback, reset_num_timesteps, tb_log_name or self.algo_name, progress_bar
+        total_timesteps, callback = self._start_learning(
+            total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar
         )
-        callback.on_training_start({"total_timesteps": total_timesteps}, {})
-        run_logging.record_hparams(self.logger, self._hparams())
         last_dump = self._episode_num
         assert self.env is not None
         while self.num_timesteps < total_timesteps:
@@ -343,12 +320,13 @@ class DQN(TextAlgorithm):
                     self._step_cache = StepCache()  # cached K/V were computed with the old weights
                     self._reference_cache = StepCache()  # rebuilt like it, so a resumed run matches
             if log_interval and self._episode_num - last_dump >= log_interval:
-                self._dump_logs()
+                self._log_progress()
                 last_dump = self._episode_num
         callback.on_training_end()
         return self
 
-    def _dump_logs(self) -> None:
+    def _log_progress(self) -> None:
+        """SB3's off-policy log: returns and lengths of the last episodes, exploration, fps, samples."""
         elapsed = max((time.time_ns() - self.start_time) / 1e9, 1e-9)
         if self.ep_info_buffer:
             self.logger.record("rollout/ep_rew_mean", safe_mean([ep["r"] for ep in self.ep_info_buffer]))
@@ -386,7 +364,8 @@ class DQN(TextAlgorithm):
         """The replay buffer (``replay.npz``) when ``save_replay_buffer`` is set."""
         return {"replay.npz": self.save_replay_buffer} if self.config.save_replay_buffer else {}
 
-    def _load_extra_files(self, directory: Path) -> None:
+    def _after_load(self, directory: Path) -> None:
+        """Read the replay buffer if the checkpoint holds one."""
         if (directory / "replay.npz").is_file():
             self.load_replay_buffer(directory / "replay.npz")
 

@@ -126,7 +126,7 @@ class AdapterDisabledLM(nn.Module):
     """The reference of a LoRA agent: the trained LM with its adapters switched off, no weights of its own.
 
     Its ``forward`` has :class:`~agents.policy.FrozenLM`'s signature and returns ``(logits, None)``, so
-    scoring, :func:`~agents.policy.completion_logits` and :func:`~agents.policy.cached_step` take it. The LM
+    scoring, :func:`~agents.policy.completion_logits` and :func:`~agents.kv_cache.cached_step` take it. The LM
     is held outside the module tree, so ``.to()``, ``parameters()`` and ``state_dict()`` see nothing (the
     weights belong to the policy)."""
 

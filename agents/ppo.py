@@ -15,12 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from agents import distributed
-from agents.base import TextAlgorithm
 from agents.config import PolicyGradientConfig
 from agents.losses import compute_gae, masked_mean, masked_whiten, ppo_clip_loss, value_clip_loss
-from agents.policy import evaluate_completions
-from agents.rollout import minibatches
-from agents.scoring import finish_update, score_rollout
+from agents.on_policy import OnPolicyAlgorithm
+from agents.scoring import rollout_samples
 
 
 @dataclass
@@ -64,7 +62,7 @@ class PPOConfig(PolicyGradientConfig):
             raise ValueError(f"target_kl must be > 0 or None, got {self.target_kl}")
 
 
-class PPO(TextAlgorithm):
+class PPO(OnPolicyAlgorithm):
     """PPO with a DeepSpeed-backed actor-critic transformer, usable with SB3 callbacks and tools.
 
     >>> import gymnasium as gym, textenv
@@ -82,35 +80,35 @@ class PPO(TextAlgorithm):
     config: PPOConfig
 
     def train(self) -> None:
-        cfg, n_new, n_actions, kl_ctl = self.config, self.max_new_tokens, self.n_actions, self.kl_ctl
-        assert kl_ctl is not None
-        batch, scored, shared_groups = score_rollout(self)  # shared_groups: prompts computed once per group
-        sampling = self.sampling
+        cfg = self.config
+        batch, scored, shared_groups = self._score_rollout()  # shared_groups: prompts computed once per group
         mask = batch.gen_mask  # (E, N)
         # task rewards sit on the agent token they followed: the last, or each turn's end in a conversation
-        token_rewards = batch.token_rewards - kl_ctl.value * scored.kl  # (E, N)
+        token_rewards = batch.token_rewards - self.kl_ctl.value * scored.kl  # (E, N)
         advantages, returns = compute_gae(token_rewards, scored.old_values, mask, cfg.gamma, cfg.gae_lambda)
         if cfg.whiten_advantages:
             advantages = masked_whiten(advantages, mask)
 
         pg_losses, value_losses, entropies, clip_fractions, approx_kls = [], [], [], [], []
         continue_training = True
-        count = len(batch.rewards)
         for _epoch in range(cfg.n_epochs):
-            for mb in minibatches(count, cfg.minibatch_size, shared_groups):
-                ids, attn, mb_mask = batch.input_ids[mb], batch.attention_mask[mb], mask[mb]
-                groups = None if shared_groups is None else shared_groups[mb]
-                ev = evaluate_completions(
-                    self.engine, ids, attn, n_new, n_actions, True, sampling, groups
-                )  # (b, N)
+            for samples in rollout_samples(
+                batch,
+                scored,
+                advantages=advantages,
+                returns=returns,
+                minibatch_size=cfg.minibatch_size,
+                shared_groups=shared_groups,
+            ):
+                ev = self._evaluate(samples)  # (b, N) log-probs, entropy and values, with gradients
                 assert ev.values is not None and ev.entropy is not None
                 pg_loss, clip_fraction, approx_kl = ppo_clip_loss(
-                    ev.logprobs, scored.old_logprobs[mb], advantages[mb], mb_mask, cfg.clip_range
+                    ev.logprobs, samples.old_logprobs, samples.advantages, samples.gen_mask, cfg.clip_range
                 )
                 value_loss = value_clip_loss(
-                    ev.values, scored.old_values[mb], returns[mb], mb_mask, cfg.clip_range_vf
+                    ev.values, samples.old_values, samples.returns, samples.gen_mask, cfg.clip_range_vf
                 )
-                entropy = masked_mean(ev.entropy, mb_mask)
+                entropy = masked_mean(ev.entropy, samples.gen_mask)
                 loss = pg_loss + cfg.vf_coef * value_loss - cfg.ent_coef * entropy
                 self._gradient_step(self._with_ptx(loss))  # + ptx_coef * LM loss (PPO-ptx), if set
                 pg_losses.append(pg_loss.item())
@@ -127,5 +125,5 @@ class PPO(TextAlgorithm):
                 break
 
         stats = {"policy_loss": pg_losses, "value_loss": value_losses, "entropy": entropies}
-        stats |= {"clip_fraction": clip_fractions, "approx_kl": approx_kls, **self._ptx_stats()}
-        finish_update(self.logger, kl_ctl, scored, count, self._n_updates, stats)
+        stats |= {"clip_fraction": clip_fractions, "approx_kl": approx_kls}
+        self._finish_update(scored, episodes=len(batch.rewards), stats=stats)

@@ -38,7 +38,7 @@ class RolloutCopy:
     fp32 training), PPO's "old" log-probs come from the update path's own scoring pass, so the copy's rounding
     changes which tokens are sampled but not what the update optimises; a copy in the training dtype (ZeRO-3's
     whole weights, merged LoRA) acts with the same weights up to the rounding of the merge, and the log-probs
-    it recorded are used as they are (:func:`agents.scoring.score_rollout`).
+    it recorded are used as they are (:meth:`agents.on_policy.OnPolicyAlgorithm._score_rollout`).
 
     With ``merge_lora`` (a network whose ``lm`` is a peft model), the copy holds the plain transformers model
     with the adapters folded into its weights (``W + B A * scale``, recomputed by every :meth:`sync`): one

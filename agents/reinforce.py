@@ -20,12 +20,10 @@ from typing import Any
 
 import torch
 
-from agents.base import TextAlgorithm
 from agents.config import PolicyGradientConfig
 from agents.losses import masked_mean
-from agents.policy import evaluate_completions
-from agents.rollout import minibatches
-from agents.scoring import finish_update, score_rollout
+from agents.on_policy import OnPolicyAlgorithm
+from agents.scoring import rollout_samples
 
 BASELINES = ("moving_average", "rloo")
 
@@ -71,7 +69,7 @@ def leave_one_out_baseline(returns: torch.Tensor, group_ids: torch.Tensor, fallb
     return torch.where(others > 0, baseline, torch.full_like(returns, fallback))
 
 
-class REINFORCE(TextAlgorithm):
+class REINFORCE(OnPolicyAlgorithm):
     """REINFORCE (moving-average or RLOO baseline) with a DeepSpeed-backed transformer policy.
 
     The value head of the shared actor-critic is not used. One gradient step per minibatch, one pass over each
@@ -87,12 +85,9 @@ class REINFORCE(TextAlgorithm):
         self.baseline_value: float | None = None
 
     def train(self) -> None:
-        cfg, n_new, n_actions, kl_ctl = self.config, self.max_new_tokens, self.n_actions, self.kl_ctl
-        assert kl_ctl is not None
-        batch, scored, shared_groups = score_rollout(self)  # shared_groups: prompts computed once per group
-        sampling = self.sampling
-        mask = batch.gen_mask  # (E, N)
-        returns = batch.rewards - kl_ctl.value * scored.kl.sum(-1)  # (E,)
+        cfg = self.config
+        batch, scored, shared_groups = self._score_rollout()  # shared_groups: prompts computed once per group
+        returns = batch.rewards - self.kl_ctl.value * scored.kl.sum(-1)  # (E,)
         moving = self.baseline_value if self.baseline_value is not None else float(returns.mean())
         if cfg.baseline == "rloo":
             baseline = leave_one_out_baseline(returns, batch.group_ids, fallback=moving)
@@ -104,27 +99,30 @@ class REINFORCE(TextAlgorithm):
         self.baseline_value = cfg.baseline_decay * moving + (1 - cfg.baseline_decay) * float(returns.mean())
 
         losses, entropies = [], []
-        count = len(batch.rewards)
-        for mb in minibatches(count, cfg.minibatch_size, shared_groups):
-            ids, attn, mb_mask = batch.input_ids[mb], batch.attention_mask[mb], mask[mb]
-            groups = None if shared_groups is None else shared_groups[mb]
-            ev = evaluate_completions(
-                self.engine, ids, attn, n_new, n_actions, True, sampling, groups
-            )  # (b, N)
+        for samples in rollout_samples(
+            batch,
+            scored,
+            advantages=advantages,
+            returns=returns,
+            minibatch_size=cfg.minibatch_size,
+            shared_groups=shared_groups,
+        ):
+            ev = self._evaluate(samples)  # (b, N) log-probs and entropy, with gradients
             assert ev.entropy is not None
-            entropy = masked_mean(ev.entropy, mb_mask)
-            loss = -masked_mean(advantages[mb, None] * ev.logprobs, mb_mask) - cfg.ent_coef * entropy
+            mask = samples.gen_mask  # (b, N)
+            entropy = masked_mean(ev.entropy, mask)
+            loss = -masked_mean(samples.advantages[:, None] * ev.logprobs, mask) - cfg.ent_coef * entropy
             self._gradient_step(self._with_ptx(loss))  # + ptx_coef * LM loss (PPO-ptx), if set
             losses.append(loss.item())
             entropies.append(entropy.item())
         self._n_updates += 1
 
         stats = {"policy_loss": losses, "entropy": entropies, "baseline": float(baseline.mean())}
-        stats |= self._ptx_stats()
-        finish_update(self.logger, kl_ctl, scored, count, self._n_updates, stats)
+        self._finish_update(scored, episodes=len(batch.rewards), stats=stats)
 
     def _extra_state(self) -> dict[str, Any]:
-        return {"baseline_value": self.baseline_value}
+        return {**super()._extra_state(), "baseline_value": self.baseline_value}
 
     def _load_extra_state(self, state: dict[str, Any]) -> None:
+        super()._load_extra_state(state)
         self.baseline_value = state.get("baseline_value")

@@ -32,6 +32,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from agents.rollout import Episode
+
 
 class ReplaySamples(NamedTuple):
     """``batch_size`` transitions: their U distinct episodes in the observation layout plus where they are."""
@@ -70,6 +72,18 @@ class ReplayBuffer:
     @property
     def n_episodes(self) -> int:
         return len(self.episodes)
+
+    def add_episode(self, episode: Episode) -> None:
+        """One finished episode as the rollout collector keeps it (in the observation layout): its real
+        prompt and generated tokens, its rewards by token (or its one reward) and, in a conversation, the
+        agent's tokens among them (``agent_mask``)."""
+        prompt_len = self.prompt_len
+        ids, mask = episode.input_ids, episode.attention_mask.astype(bool)  # (P+N,)
+        generated = mask[prompt_len:]  # (N,)
+        prompt, completion = ids[:prompt_len][mask[:prompt_len]], ids[prompt_len:][generated]
+        rewards = episode.reward if episode.token_rewards is None else episode.token_rewards[generated]
+        agent = None if episode.agent_mask is None else episode.agent_mask[generated]
+        self.add(prompt, completion, rewards, agent)
 
     def add(
         self,

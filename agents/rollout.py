@@ -42,7 +42,6 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from transformers import DynamicCache
 
 MAX_SAMPLES = 4
 """(prompt, completion) pairs kept per rollout for TensorBoard's text tab: a uniform sample of its finished
@@ -157,12 +156,19 @@ class RolloutCollector:
         ``tokenizer`` decodes sample texts when the env's info has no ``completion``."""
         if stats is None:
             self.has_stats = False
+        step = {
+            "actions": actions,
+            "rewards": rewards,
+            "dones": dones,
+            "infos": infos,
+            "tokenizer": tokenizer,
+        }
         if self.token_level:
-            self._record_tokens(input_ids, attention_mask, actions, stats, rewards, dones, infos, tokenizer)
+            self._record_tokens(input_ids, attention_mask, stats=stats, **step)
         else:
-            self._record_sequences(input_ids, attention_mask, actions, rewards, dones, infos, tokenizer)
+            self._record_sequences(input_ids, attention_mask, **step)
 
-    def _record_tokens(self, ids, mask, actions, stats, rewards, dones, infos, tokenizer) -> None:  # noqa: ANN001
+    def _record_tokens(self, ids, mask, *, actions, stats, rewards, dones, infos, tokenizer) -> None:  # noqa: ANN001
         gen_len = mask[:, self.prompt_len :].sum(-1)  # (B,) tokens before this step's action
         starting = gen_len == 0  # a new episode starts at this step
         self.tracked[starting] = True
@@ -195,10 +201,17 @@ class RolloutCollector:
                 token_rewards = self._row_stats(self.step_rewards[row], length)
                 agent = final.get("agent_mask")
                 agent = None if agent is None else np.asarray(agent, dtype=np.int64)[self.prompt_len :]
-                reward, info = float(token_rewards.sum()), infos[row]
-                self._finish(
-                    final_ids, final_mask, logprobs, values, reward, info, tokenizer, agent, token_rewards
+                episode = Episode(
+                    input_ids=final_ids,
+                    attention_mask=final_mask,
+                    logprobs=logprobs,
+                    values=values,
+                    reward=float(token_rewards.sum()),
+                    group=self._group(final_ids, final_mask, infos[row]),
+                    agent_mask=agent,
+                    token_rewards=token_rewards,
                 )
+                self._finish(episode, infos[row], tokenizer)
             self.tracked[row] = False
 
     def _row_stats(self, values: np.ndarray, length: int) -> np.ndarray:
@@ -206,7 +219,7 @@ class RolloutCollector:
         row[:length] = values[:length]
         return row
 
-    def _record_sequences(self, ids, mask, actions, rewards, dones, infos, tokenizer) -> None:  # noqa: ANN001
+    def _record_sequences(self, ids, mask, *, actions, rewards, dones, infos, tokenizer) -> None:  # noqa: ANN001
         prompt_len, n_new = self.prompt_len, self.max_new_tokens
         for row in range(len(actions)):
             tokens = np.asarray(actions[row], dtype=np.int64)
@@ -231,16 +244,20 @@ class RolloutCollector:
                     future += reward
                     if len(steps) > 1:  # each message has its own context: group by its tokens
                         info = {key: value for key, value in info.items() if key != "prompt_index"}
-                    self._finish(step_ids, step_mask, None, None, future, info, tokenizer)
+                    group = self._group(step_ids, step_mask, info)
+                    self._finish(Episode(step_ids, step_mask, None, None, future, group), info, tokenizer)
 
-    def _finish(  # noqa: ANN001
-        self, ids, mask, logprobs, values, reward, info, tokenizer, agent=None, token_rewards=None
-    ) -> None:
-        prompt_len = self.prompt_len
+    def _group(self, ids: np.ndarray, mask: np.ndarray, info: dict[str, Any]) -> Any:
+        """An episode's prompt group: the env's ``prompt_index``, or the prompt's tokens."""
         group = info.get("prompt_index")
         if group is None:
-            group = tuple(ids[:prompt_len][mask[:prompt_len] == 1].tolist())
-        self.episodes.append(Episode(ids, mask, logprobs, values, reward, group, agent, token_rewards))
+            group = tuple(ids[: self.prompt_len][mask[: self.prompt_len] == 1].tolist())
+        return group
+
+    def _finish(self, episode: Episode, info: dict[str, Any], tokenizer: Any) -> None:
+        """Keep a finished episode, and maybe its text among the rollout's samples."""
+        prompt_len, ids, mask = self.prompt_len, episode.input_ids, episode.attention_mask
+        self.episodes.append(episode)
         self._finished += 1
         slot = len(self.samples)
         if slot >= MAX_SAMPLES:
@@ -288,91 +305,6 @@ class RolloutCollector:
             group_ids=tensor(group_ids),
             token_rewards=tensor(token_rewards),
         )
-
-
-KV_BOOKKEEPING = ("slot_mask", "fed_ids", "fed_mask", "fed_len")
-"""The :class:`agents.policy.StepCache` fields a checkpoint keeps beside the keys and values."""
-
-
-def cache_arrays(cache: Any) -> dict[str, np.ndarray]:
-    """A token-level agent's KV cache (:class:`agents.policy.StepCache`) as arrays for a checkpoint's
-    ``rollout_state.npz``: the bookkeeping and every layer's keys and values (in float32, which holds bf16
-    exactly). Kept across updates (``keep_kv_cache``), the cache was computed with earlier weights, so a
-    resumed run needs it to go on exactly as the saved one would. ``{}`` when it holds nothing."""
-    if cache.past is None or cache.slot_mask is None or cache.fed_ids is None:
-        return {}
-    arrays = {f"kv_{name}": getattr(cache, name).cpu().numpy() for name in KV_BOOKKEEPING}
-    if cache.outdated is not None:
-        arrays["kv_outdated"] = cache.outdated.cpu().numpy()
-    for index, layer in enumerate(cache.past.layers):
-        arrays[f"kv_keys_{index}"] = layer.keys.float().cpu().numpy()
-        arrays[f"kv_values_{index}"] = layer.values.float().cpu().numpy()
-    return arrays
-
-
-def restore_cache(
-    arrays: dict[str, np.ndarray], cache: Any, config: Any, dtype: torch.dtype, device: torch.device
-) -> None:
-    """Fill an empty ``cache`` from :func:`cache_arrays`' arrays (nothing when they hold no cache); a cache
-    that does not fit the model (``config``) raises ValueError saying what is off."""
-    if "kv_slot_mask" not in arrays:
-        return
-    slot_mask = torch.as_tensor(arrays["kv_slot_mask"])
-    layers = config.num_hidden_layers
-    if sum(key.startswith("kv_keys_") for key in arrays) != layers or slot_mask.dim() != 2:
-        raise ValueError(f"the saved KV cache does not fit the model ({layers} layers); load it with its own")
-    past = DynamicCache(config=config)
-    for index in range(layers):
-        keys, values = (torch.as_tensor(arrays[f"kv_{kind}_{index}"]) for kind in ("keys", "values"))
-        if keys.dim() != 4 or keys.shape != values.shape or keys.shape[::2] != slot_mask.shape:
-            raise ValueError(
-                f"layer {index} of the saved KV cache has shape {tuple(keys.shape)}, which does not match "
-                f"its slot mask {tuple(slot_mask.shape)}"
-            )
-        past.update(keys.to(device, dtype), values.to(device, dtype), index)
-    cache.past = past
-    for name in KV_BOOKKEEPING:
-        setattr(cache, name, torch.as_tensor(arrays[f"kv_{name}"]).to(device))
-    if "kv_outdated" in arrays:
-        cache.outdated = torch.as_tensor(arrays["kv_outdated"]).to(device, torch.bool)
-
-
-def extend_cache(
-    model: Any, cache: Any, ids: torch.Tensor, mask: torch.Tensor, extend: torch.Tensor, need: torch.Tensor
-) -> torch.Tensor:
-    """Multi-turn acting (used by :func:`agents.policy.cached_step`): feed the slots of (B, P+N) ``ids`` from
-    ``cache.fed_len`` up to ``need`` (B,) into the cache of the ``extend`` (B,) rows, so that a conversation's
-    earlier turns are never run again. Only those k rows run, in one (k, m) forward over their part of the
-    cache; every row's cache then grows by m slots (masked outside the k rows). Counts the fed tokens in
-    ``cache.prefill_tokens``; returns ``extend``."""
-    rows = extend.nonzero().squeeze(-1)  # (k,)
-    start = cache.fed_len[rows]  # (k,) first slot not yet cached
-    count = need[rows] - start  # (k,) slots to feed
-    offsets = torch.arange(int(count.max()), device=ids.device)[None, :]  # (1, m)
-    index = (start[:, None] + offsets).clamp(max=ids.shape[1] - 1)  # (k, m)
-    new_mask = (mask[rows].gather(1, index) * (offsets < count[:, None])).to(cache.slot_mask.dtype)  # (k, m)
-    held = cache.slot_mask[rows]  # (k, L)
-    positions = held.sum(-1, keepdim=True) + (new_mask.cumsum(-1) - 1).clamp(min=0)  # (k, m)
-    layers = cache.past.layers  # filled full-attention layers with (B, H, L, D) keys and values
-    full = [(layer.keys, layer.values) for layer in layers]
-    for layer in layers:  # the k rows' cache alone: the forward appends their m new slots
-        layer.keys, layer.values = layer.keys[rows], layer.values[rows]
-    step_mask = torch.cat([held, new_mask], 1)  # (k, L+m)
-    model(ids[rows].gather(1, index), step_mask, positions, past_key_values=cache.past, logits_to_keep=1)
-    width = offsets.shape[1]
-
-    def grown(tensor: torch.Tensor, new: torch.Tensor) -> torch.Tensor:  # (B, H, L, D), (k, H, m, D)
-        out = torch.cat([tensor, tensor.new_zeros(*tensor.shape[:2], width, tensor.shape[-1])], dim=2)
-        out[rows, :, -width:] = new
-        return out  # (B, H, L+m, D)
-
-    for layer, (keys, values) in zip(layers, full, strict=True):  # back to B rows, each m slots longer
-        new_keys, new_values = layer.keys[:, :, -width:], layer.values[:, :, -width:]  # (k, H, m, D)
-        layer.keys, layer.values = grown(keys, new_keys), grown(values, new_values)
-    cache.slot_mask = torch.cat([cache.slot_mask, cache.slot_mask.new_zeros(len(extend), width)], dim=1)
-    cache.slot_mask[rows, -width:] = new_mask
-    cache.prefill_tokens += int(new_mask.sum())
-    return extend
 
 
 def minibatches(

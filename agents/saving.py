@@ -1,95 +1,124 @@
 """Checkpoints of the transformer agents: ``save``, ``load`` and ``export``, and their extension points.
 
-:class:`Checkpointing` is a mixin of :class:`agents.base.TextAlgorithm`. It hands
-:func:`agents.checkpoint.save` an :class:`~agents.checkpoint.AgentState` plus the networks, the engine
-(optimizer state) and the env's episode state; :meth:`Checkpointing.load` rebuilds an agent from such a
-directory. Subclasses extend a checkpoint through ``_extra_state`` / ``_load_extra_state`` (JSON-able
-state), ``_extra_modules`` (networks saved as safetensors) and ``_extra_files`` / ``_load_extra_files``
-(further files, e.g. DQN's replay).
+:class:`Checkpointing` is a mixin of :class:`agents.base.TextAlgorithm`; what it reads and writes on its host
+is the typed protocol :class:`CheckpointHost`. It hands :func:`agents.checkpoint.save` an
+:class:`~agents.checkpoint.AgentState` plus the networks, the engine (optimizer state) and the env's episode
+state; :meth:`Checkpointing.load` rebuilds an agent from such a directory. Each algorithm family extends a
+checkpoint through ``_extra_state`` / ``_load_extra_state`` (JSON-able state: the KL controller, a baseline,
+DQN's exploration), ``_extra_modules`` (networks saved as safetensors: an EMA, DQN's target network),
+``_extra_files`` (further files: DQN's replay), ``_resume_arrays`` (the running episodes' statistics and a
+kept KV cache) and ``_after_load`` (the last step of :meth:`Checkpointing.load`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar, cast
 
 import numpy as np
 import torch
+from stable_baselines3.common.vec_env import VecEnv
 from torch import nn
 
 from agents import checkpoint, distributed, lora
-from agents.rollout import cache_arrays, restore_cache
+from agents.config import AlgorithmConfig
+from agents.kv_cache import StepCache, restore_cache
+from agents.policy import ActorCritic
+from agents.rollout import RolloutCollector
+
+if TYPE_CHECKING:
+    from deepspeed import DeepSpeedEngine
 
 SelfCheckpointing = TypeVar("SelfCheckpointing", bound="Checkpointing")
+FileWriter = Callable[[Path], None]
+"""Writes one checkpoint file or directory at the path it is given."""
+
+
+class CheckpointHost(Protocol):
+    """What :class:`Checkpointing` reads and writes on the agent it is mixed into
+    (:class:`agents.base.TextAlgorithm`), and the extension points every algorithm family implements."""
+
+    @property
+    def config(self) -> AlgorithmConfig: ...
+    @property
+    def policy(self) -> ActorCritic: ...
+    @property
+    def reference(self) -> nn.Module: ...  # FrozenLM, or the LoRA agent's AdapterDisabledLM
+    @property
+    def actor(self) -> ActorCritic: ...
+    @property
+    def rollout(self) -> RolloutCollector: ...
+    @property
+    def env(self) -> VecEnv | None: ...
+    @property
+    def device(self) -> torch.device: ...
+    @property
+    def seed(self) -> int | None: ...
+    @property
+    def n_envs(self) -> int: ...
+    @property
+    def max_new_tokens(self) -> int: ...
+    @property
+    def deepspeed_config(self) -> str | os.PathLike | dict | None: ...
+    @property
+    def _step_cache(self) -> StepCache: ...
+    @property
+    def _diverged(self) -> bool: ...
+
+    engine: DeepSpeedEngine  # around ``policy``: its optimizer state is in a checkpoint
+    model_source: str | os.PathLike | None  # the LM's name or path; None for a model object
+    num_timesteps: int
+    _n_updates: int
+    _episode_num: int
+    _last_obs: np.ndarray | dict[str, np.ndarray] | None  # SB3's: what the next step acts on
+    _last_episode_starts: np.ndarray | None  # SB3's: (B,) bool
+
+    def _env_attr(self, name: str) -> Any: ...
+    def set_random_seed(self, seed: int | None = None) -> None: ...
+    def _extra_state(self) -> dict[str, Any]: ...
+    def _load_extra_state(self, state: dict[str, Any]) -> None: ...
+    def _extra_modules(self) -> dict[str, nn.Module]: ...
+    def _restored_modules(self, saved_config: dict[str, Any]) -> dict[str, nn.Module]: ...
+    def _extra_files(self) -> dict[str, FileWriter]: ...
+    def _resume_arrays(self) -> dict[str, np.ndarray]: ...
+    def _after_load(self, directory: Path) -> None: ...
 
 
 class Checkpointing:
-    """save / load / export for :class:`agents.base.TextAlgorithm`, which provides the attributes below."""
+    """save / load / export for :class:`agents.base.TextAlgorithm`; its host is a :class:`CheckpointHost`."""
 
-    config_class: ClassVar[Any]
-    config: Any
-    policy: Any
-    reference: Any
-    engine: Any
-    env: Any
-    kl_ctl: Any
-    rollout: Any
-    rollout_copy: Any
-    ema: Any
-    deepspeed_config: Any
-    model_source: Any
-    seed: Any
-    max_new_tokens: Any
-    num_timesteps: int
-    n_envs: int
-    _n_updates: int
-    _episode_num: int
-    _diverged: bool
-    _last_obs: Any
-    _last_episode_starts: Any
-    _step_cache: Any
-    actor: Any
-
-    def _env_attr(self, name: str) -> Any:
-        raise NotImplementedError
+    config_class: ClassVar[type[AlgorithmConfig]]
 
     def _extra_state(self) -> dict[str, Any]:
-        """Extension point: algorithm state (JSON-able) that a checkpoint must restore, e.g. a baseline."""
-        return {}
+        """Hook: algorithm state (JSON-able) that a checkpoint must restore, e.g. the KL controller."""
+        raise NotImplementedError
 
     def _load_extra_state(self, state: dict[str, Any]) -> None:
-        """Extension point: restore what :meth:`_extra_state` returned."""
+        """Hook: restore what :meth:`_extra_state` returned."""
+        raise NotImplementedError
 
     def _extra_modules(self) -> dict[str, nn.Module]:
-        """Extension point: networks besides the policy that a checkpoint holds, by file stem."""
+        """Hook: networks besides the policy that a checkpoint holds, by file stem (an EMA, a target)."""
+        raise NotImplementedError
+
+    def _restored_modules(self, saved_config: dict[str, Any]) -> dict[str, nn.Module]:
+        """The :meth:`_extra_modules` that :meth:`load` restores from a checkpoint saved with the config
+        ``saved_config`` (all of them, unless a family's saved settings say one was not kept)."""
+        return self._extra_modules()
+
+    def _extra_files(self) -> dict[str, FileWriter]:
+        """Extension point: ``{file name: writer(path)}`` for further checkpoint files (DQN's replay)."""
         return {}
 
-    def _checkpoint_state(self) -> checkpoint.AgentState:
-        """Everything :func:`agents.checkpoint.save` writes, handed over explicitly."""
-        ds_config = self.deepspeed_config
-        return checkpoint.AgentState(
-            algo=type(self).__name__,
-            config=dataclasses.asdict(self.config),
-            settings={
-                "seed": self.seed,
-                "model_source": str(self.model_source),
-                "max_new_tokens": self.max_new_tokens,
-                "deepspeed_config": ds_config
-                if isinstance(ds_config, (dict, type(None)))
-                else str(ds_config),
-            },
-            counters={
-                "num_timesteps": self.num_timesteps,
-                "n_updates": self._n_updates,
-                "episode_num": self._episode_num,
-            },
-            extra={"kl_ctl": self.kl_ctl.state_dict() if self.kl_ctl else None, **self._extra_state()},
-        )
+    def _after_load(self, directory: Path) -> None:
+        """Extension point: the last step of :meth:`load` (read what :meth:`_extra_files` wrote to
+        ``directory``, refresh a copy of the weights)."""
 
     # override: a checkpoint is a directory, so no file objects (SB3's save also takes a BufferedIOBase)
-    def save(self, path: str | os.PathLike, exclude: Any = None, include: Any = None) -> None:  # type: ignore[override]  # noqa: ARG002
+    def save(self: CheckpointHost, path: str | os.PathLike, exclude: Any = None, include: Any = None) -> None:  # type: ignore[override]  # noqa: ARG002
         """A resumable checkpoint directory: HF export (``model/``), reference, optimizer, counters, RNG."""
         if self._diverged:
             raise RuntimeError(
@@ -103,56 +132,25 @@ class Checkpointing:
             )
         checkpoint.save(
             Path(path),
-            self._checkpoint_state(),
-            lms=self._checkpoint_lms(),
-            modules={"value_head": self.policy.value_head, **self._ema_modules(), **self._extra_modules()},
+            checkpoint_state(self),
+            lms=checkpoint_lms(self),
+            modules={"value_head": self.policy.value_head, **self._extra_modules()},
             engine=self.engine,
             tokenizer=self._env_attr("tokenizer") if self.env is not None else None,
-            files={**self._resume_files(), **self._adapter_files(), **self._extra_files()},
+            files={**resume_files(self), **adapter_files(self), **self._extra_files()},
         )
 
-    def _checkpoint_lms(self) -> dict[str, Any]:
-        """The HF directories of a checkpoint: the trained LM and the reference, or for a LoRA agent the base
-        weights once (the reference is the base with adapters off)."""
-        lm = self.policy.lm
-        return {lora.BASE_DIR: lm} if lora.is_peft(lm) else {"model": lm, "reference": self.reference.lm}
-
-    def _adapter_files(self) -> dict[str, Any]:
-        """A LoRA agent's adapters in peft's format (``adapter/``)."""
-        lm = self.policy.lm
-        return {lora.ADAPTER_DIR: lambda path: lora.save_adapter(lm, path)} if lora.is_peft(lm) else {}
-
-    def _resume_files(self) -> dict[str, Any]:
-        """The env's episodes and the rollout in progress (:func:`agents.checkpoint.resume_files`)."""
-        if self.env is None or not isinstance(self._last_obs, dict):
-            return {}
-        arrays = self.rollout.state_arrays()
-        if getattr(self.config, "keep_kv_cache", False):  # computed with earlier weights: not recomputable
-            arrays |= cache_arrays(self._step_cache)
-        starts = np.asarray(self._last_episode_starts)
-        return checkpoint.resume_files(self.env, self._last_obs, starts, arrays)
-
-    def _extra_files(self) -> dict[str, Any]:
-        """Extension point: ``{file name: writer(path)}`` for further checkpoint files (DQN's replay)."""
-        return {}
-
-    def _load_extra_files(self, directory: Path) -> None:
-        """Extension point: read what :meth:`_extra_files` wrote (last step of :meth:`load`)."""
-
-    def _ema_modules(self) -> dict[str, nn.Module]:
-        """``{"ema": the fp32 average}`` when the agent keeps an EMA of its weights (``ema_decay``)."""
-        return {"ema": self.ema.model} if self.ema is not None else {}
-
-    def export(self, path: str | os.PathLike, ema: bool = False) -> None:
+    def export(self: CheckpointHost, path: str | os.PathLike, ema: bool = False) -> None:
         """The trained LM alone as an HF directory (safetensors) that ``AutoModelForCausalLM`` loads; with
         ``ema=True`` the exponential moving average of its weights instead (fp32; needs ``ema_decay``)."""
         tokenizer = self._env_attr("tokenizer") if self.env is not None else None
-        if ema and self.ema is None:
+        average = self._extra_modules().get("ema")
+        if ema and average is None:
             raise ValueError(
                 "export(..., ema=True) needs an agent that keeps an EMA of its weights; create it with "
                 "ema_decay=0.992 (for example), or export without ema=True"
             )
-        checkpoint.export_lm(self.ema.model if ema else self.policy.lm, Path(path), tokenizer)
+        checkpoint.export_lm(average if ema else self.policy.lm, Path(path), tokenizer)
 
     @classmethod
     def load(  # type: ignore[override]
@@ -173,7 +171,7 @@ class Checkpointing:
                 "load takes the LoRA settings from the checkpoint (its adapter/ directory); drop peft_config"
             )
         build: Any = cls  # the concrete agent class (TextAlgorithm's signature)
-        agent = build(
+        agent: CheckpointHost = build(
             env,
             model=saved.load_lm(lora.BASE_DIR if peft_config else "model"),
             config=saved.config(cls.config_class),
@@ -185,9 +183,7 @@ class Checkpointing:
             **kwargs,
         )
         agent.model_source = settings["model_source"]
-        saved_ema = saved.state.config.get("ema_decay") is not None  # else a new EMA starts from the weights
-        ema = agent._ema_modules() if saved_ema else {}
-        modules = {"value_head": agent.policy.value_head, **ema, **agent._extra_modules()}
+        modules = {"value_head": agent.policy.value_head, **agent._restored_modules(saved.state.config)}
         if distributed.is_partitioned(agent.policy):  # ZeRO-3: DeepSpeed's checkpoint restores the head
             modules.pop("value_head")
         saved.load_modules(modules, agent.device)
@@ -195,15 +191,15 @@ class Checkpointing:
         counters = saved.state.counters
         agent.num_timesteps, agent._n_updates = counters["num_timesteps"], counters["n_updates"]
         agent._episode_num = counters["episode_num"]
-        if agent.kl_ctl is not None:
-            agent.kl_ctl.load_state_dict(saved.state.extra["kl_ctl"])
         agent._load_extra_state(saved.state.extra)
         saved.restore_rng()
         resumed = None
         if distributed.is_main():  # the saved episodes are rank 0's
             resumed = saved.load_resume_files(agent.env, agent.n_envs)
         else:  # other ranks start fresh episodes on their own seed, moved on by the updates already made
-            agent.set_random_seed(distributed.rank_seed(settings["seed"] or 0) + agent._n_updates)
+            seed = distributed.rank_seed(settings["seed"] or 0)
+            assert seed is not None
+            agent.set_random_seed(seed + agent._n_updates)
         if resumed is not None:
             agent._last_obs, agent._last_episode_starts, arrays = resumed
             agent.rollout.load_state_arrays(arrays)
@@ -211,7 +207,48 @@ class Checkpointing:
             with checkpoint.reading(saved.path / checkpoint.ROLLOUT_FILE):
                 config = agent.actor.lm.config
                 restore_cache(arrays, agent._step_cache, config, weight.dtype, weight.device)
-        agent._load_extra_files(saved.path)
-        if agent.rollout_copy is not None:
-            agent.rollout_copy.sync()
-        return agent
+        agent._after_load(saved.path)
+        return cast(SelfCheckpointing, agent)
+
+
+def checkpoint_state(agent: CheckpointHost) -> checkpoint.AgentState:
+    """Everything :func:`agents.checkpoint.save` writes of ``agent``, handed over explicitly."""
+    ds_config = agent.deepspeed_config
+    return checkpoint.AgentState(
+        algo=type(agent).__name__,
+        config=dataclasses.asdict(agent.config),
+        settings={
+            "seed": agent.seed,
+            "model_source": str(agent.model_source),
+            "max_new_tokens": agent.max_new_tokens,
+            "deepspeed_config": ds_config if isinstance(ds_config, (dict, type(None))) else str(ds_config),
+        },
+        counters={
+            "num_timesteps": agent.num_timesteps,
+            "n_updates": agent._n_updates,
+            "episode_num": agent._episode_num,
+        },
+        extra=agent._extra_state(),
+    )
+
+
+def checkpoint_lms(agent: CheckpointHost) -> dict[str, Any]:
+    """The HF directories of a checkpoint: the trained LM and the reference, or for a LoRA agent the base
+    weights once (the reference is the base with adapters off)."""
+    lm = agent.policy.lm
+    reference: Any = agent.reference
+    return {lora.BASE_DIR: lm} if lora.is_peft(lm) else {"model": lm, "reference": reference.lm}
+
+
+def adapter_files(agent: CheckpointHost) -> dict[str, FileWriter]:
+    """A LoRA agent's adapters in peft's format (``adapter/``)."""
+    lm = agent.policy.lm
+    return {lora.ADAPTER_DIR: lambda path: lora.save_adapter(lm, path)} if lora.is_peft(lm) else {}
+
+
+def resume_files(agent: CheckpointHost) -> dict[str, FileWriter]:
+    """The env's episodes and the rollout in progress (:func:`agents.checkpoint.resume_files`)."""
+    if agent.env is None or not isinstance(agent._last_obs, dict):
+        return {}
+    starts = np.asarray(agent._last_episode_starts)
+    return checkpoint.resume_files(agent.env, agent._last_obs, starts, agent._resume_arrays())

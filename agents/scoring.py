@@ -1,16 +1,18 @@
-"""Scoring a rollout before a policy-gradient update: behaviour log-probs and values, reference log-probs, KL.
+"""Scoring a rollout before a policy-gradient update (behaviour log-probs and values, reference log-probs,
+KL), and the minibatches the update reads.
 
 Token-level rollouts record the behaviour log-probs and values while acting; sequence-level rollouts
 (``generate``) do not, so they are computed here, in the forward passes over whole episodes that also give the
-reference log-probs. Both go through :func:`agents.policy.evaluate_completions`.
+reference log-probs. Both go through :func:`agents.policy.evaluate_completions`. An update then loops over
+:func:`rollout_samples`: one :class:`RolloutSamples` per minibatch, with its advantages and returns (SB3's
+``RolloutBufferSamples``).
 """
 
 from __future__ import annotations
 
-import time
-from typing import Any, NamedTuple
+from collections.abc import Iterator
+from typing import NamedTuple
 
-import numpy as np
 import torch
 
 from agents.losses import kl_penalty
@@ -54,12 +56,12 @@ def score_batch(
         ids, mask = batch.input_ids[chunk], batch.attention_mask[chunk]
         groups = None if shared_groups is None else shared_groups[chunk]
         ref = evaluate_completions(
-            reference, ids, mask, n_new, n_actions, sampling=sampling, group_ids=groups
+            reference, ids, mask, n_new=n_new, n_actions=n_actions, sampling=sampling, group_ids=groups
         )
         ref_logprobs.append(ref.logprobs)
         if recompute:
             scored = evaluate_completions(
-                policy, ids, mask, n_new, n_actions, sampling=sampling, group_ids=groups
+                policy, ids, mask, n_new=n_new, n_actions=n_actions, sampling=sampling, group_ids=groups
             )  # (b, N)
             assert scored.values is not None  # an ActorCritic always has values
             old_logprobs.append(scored.logprobs)
@@ -76,42 +78,46 @@ def score_batch(
     return ScoredBatch(logprobs, values, ref_all, kl, gap)
 
 
-def score_rollout(agent: Any) -> tuple[RolloutBatch, ScoredBatch, torch.Tensor | None]:
-    """A policy-gradient agent's rollout batch, scored before its update (:func:`score_batch` with the agent's
-    sampling, and recomputed on the update path when a rollout copy in another dtype acted), and the group ids
-    whose prompts are computed once (None without prompt groups)."""
-    batch = agent.rollout_batch
-    assert batch is not None, "train() runs after collect_rollouts() has built the batch"
-    shared_groups = batch.group_ids if agent.group_size > 1 else None
-    copy = agent.rollout_copy
-    recompute = copy is not None and copy.dtype != next(agent.policy.parameters()).dtype
-    start = time.perf_counter()
-    scored = score_batch(
-        batch,
-        agent.policy,
-        agent.reference,
-        agent.max_new_tokens,
-        agent.n_actions,
-        agent.config.minibatch_size,
-        agent.sampling,
-        recompute=recompute,
-        shared_groups=shared_groups,
-    )
-    agent._score_seconds = time.perf_counter() - start  # the time breakdown's "score" phase
-    return batch, scored, shared_groups
+class RolloutSamples(NamedTuple):
+    """One minibatch of a scored rollout: everything a policy-gradient loss reads (SB3's
+    ``RolloutBufferSamples``). b episodes, each a row of the observation layout."""
+
+    input_ids: torch.Tensor  # (b, P+N) int64
+    attention_mask: torch.Tensor  # (b, P+N) int64
+    gen_mask: torch.Tensor  # (b, N) float32, 1 on the agent's generated tokens
+    old_logprobs: torch.Tensor  # (b, N) behaviour log-probs (ScoredBatch.old_logprobs)
+    old_values: torch.Tensor  # (b, N) behaviour values
+    advantages: torch.Tensor  # (b, N) per token (PPO), or (b,) per episode (REINFORCE)
+    returns: torch.Tensor  # as advantages: the value targets (PPO), or the episode returns (REINFORCE)
+    group_ids: torch.Tensor | None  # (b,) prompt groups whose prompt is computed once; None: no sharing
 
 
-def finish_update(
-    logger: Any, kl_ctl: Any, scored: ScoredBatch, episodes: int, n_updates: int, stats: dict[str, Any]
-) -> None:
-    """After a policy-gradient update: move the adaptive KL coefficient by the rollout's mean episode KL and
-    log it, the rollout-copy gap (if any) and ``stats`` (``train/<name>``: the mean of a list, or a value)."""
-    episode_kl = float(scored.kl.sum(-1).mean())
-    kl_ctl.update(episode_kl, n_steps=episodes)
-    logger.record("rollout/kl", episode_kl)
-    if scored.rollout_gap is not None:
-        logger.record("train/rollout_logprob_gap", scored.rollout_gap)
-    for name, value in stats.items():
-        logger.record(f"train/{name}", float(np.mean(value)))
-    logger.record("train/kl_coef", kl_ctl.value)
-    logger.record("train/n_updates", n_updates, exclude="tensorboard")
+def rollout_samples(
+    batch: RolloutBatch,
+    scored: ScoredBatch,
+    advantages: torch.Tensor,
+    returns: torch.Tensor,
+    minibatch_size: int,
+    shared_groups: torch.Tensor | None = None,
+) -> Iterator[RolloutSamples]:
+    """One shuffled pass over a scored rollout in minibatches of whole prompt groups
+    (:func:`agents.rollout.minibatches`; its random draw happens when the first minibatch is taken).
+
+    >>> from agents.rollout import RolloutBatch
+    >>> ids, zeros = torch.zeros(3, 4, dtype=torch.long), torch.zeros(3, 2)
+    >>> batch = RolloutBatch(ids, ids, zeros, None, None, torch.zeros(3), torch.arange(3), zeros)
+    >>> scored = ScoredBatch(zeros, zeros, zeros, zeros, None)
+    >>> [len(s.advantages) for s in rollout_samples(batch, scored, torch.arange(3.0), torch.zeros(3), 2)]
+    [2, 1]
+    """
+    for mb in minibatches(len(batch.rewards), minibatch_size, shared_groups):
+        yield RolloutSamples(
+            input_ids=batch.input_ids[mb],
+            attention_mask=batch.attention_mask[mb],
+            gen_mask=batch.gen_mask[mb],
+            old_logprobs=scored.old_logprobs[mb],
+            old_values=scored.old_values[mb],
+            advantages=advantages[mb],
+            returns=returns[mb],
+            group_ids=None if shared_groups is None else shared_groups[mb],
+        )

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from agents.policy import completion_logits
-from agents.q_learning import QLoss, agent_td_targets, conservative_penalty
+from agents.q_learning import QLoss, QNetworks, agent_td_targets, conservative_penalty
 from agents.replay import ReplaySamples
 
 
@@ -86,6 +86,7 @@ def soft_q_loss(
     target_values: torch.Tensor,
     ref_logits: torch.Tensor,
     batch: ReplaySamples,
+    *,
     beta: float,
     gamma: float,
     n_steps: int,
@@ -105,7 +106,13 @@ def soft_q_loss(
     with torch.no_grad():
         target_ratios = taken_log_probs(target_logits, actions) - ref_taken  # (U, N)
         targets = soft_targets(
-            target_ratios, level + target_values.float(), batch, beta, gamma, n_steps, reward_scale
+            target_ratios,
+            level + target_values.float(),
+            batch,
+            beta=beta,
+            gamma=gamma,
+            n_steps=n_steps,
+            reward_scale=reward_scale,
         )[rows, positions]  # (B,)
     logprobs = torch.log_softmax(logits[rows, positions].float(), -1)  # (B, A)
     ratio = logprobs.gather(-1, actions[rows, positions, None]).squeeze(-1) - ref_taken[rows, positions]
@@ -120,21 +127,21 @@ def soft_q_loss(
 
 
 def update_terms(
-    engine: Any,
-    target: Any,
-    reference: Any,
+    networks: QNetworks,
     batch: ReplaySamples,
     config: Any,
+    *,
     level: float,
     n_actions: int,
     exploration: Any = None,
 ) -> QLoss:
     """One soft DQN update's :class:`~agents.q_learning.QLoss` on the episodes of ``batch``: the online
-    forward through the DeepSpeed ``engine`` (logits and values, with gradients), then the ``target``
-    network's and the ``reference`` LM's, settings from the :class:`~agents.dqn.DQNConfig` ``config``. The
+    forward through the DeepSpeed engine (logits and values, with gradients), then the target network's and
+    the reference LM's (``networks``), settings from the :class:`~agents.dqn.DQNConfig` ``config``. The
     loss covers every agent token of those episodes, not only the sampled transitions: the forwards computed
     them all anyway. The signature of :func:`agents.q_learning.update_terms`; ``exploration`` is not used
     (the behaviour policy never enters the soft target)."""
+    engine, target, reference = networks
     ids, attn, n_new = batch.input_ids, batch.attention_mask, batch.gen_mask.shape[1]
     rows, positions = batch.gen_mask.nonzero(as_tuple=True)  # every agent token of the sampled episodes
     batch = batch._replace(rows=rows, positions=positions)
@@ -144,6 +151,16 @@ def update_terms(
         ref_logits, _ = completion_logits(reference, ids, attn, n_new, n_actions)
     assert values is not None and target_values is not None, "soft Q-learning needs the value head"
     return soft_q_loss(
-        logits, values, target_logits, target_values, ref_logits, batch, config.soft_q_coef, config.gamma,
-        config.n_steps, config.reward_scale, level, config.conservative_coef,
-    )  # fmt: skip
+        logits,
+        values,
+        target_logits,
+        target_values,
+        ref_logits,
+        batch,
+        beta=config.soft_q_coef,
+        gamma=config.gamma,
+        n_steps=config.n_steps,
+        reward_scale=config.reward_scale,
+        level=level,
+        conservative_coef=config.conservative_coef,
+    )

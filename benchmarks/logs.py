@@ -2,7 +2,7 @@
 
 :class:`LoggedHistory` is appended to an agent's ``logger.output_formats``; every ``dump`` (one per
 iteration for the policy-gradient agents) adds the numeric values to ``history``. :func:`seconds_per_phase`
-sums the time breakdown the agents log under ``time/*_s`` (see ``agents.base``: ``act_s``, ``reward_s``,
+sums the time breakdown the agents log under ``time/*_s`` (see ``agents.on_policy``: ``act_s``, ``reward_s``,
 ``env_s``, ``score_s``, ``update_s``, ``other_s``).
 """
 

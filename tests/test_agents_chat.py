@@ -12,8 +12,9 @@ from stable_baselines3.common.callbacks import BaseCallback
 
 import textenv
 from agents import DQN, PPO, REINFORCE
+from agents.kv_cache import StepCache, cached_step
 from agents.losses import compute_gae
-from agents.policy import FrozenLM, StepCache, cached_step, lm_forward
+from agents.policy import FrozenLM, lm_forward
 from agents.rollout import RolloutCollector
 
 GAME = {  # guess 1 or 2 in two turns of up to 8 tokens; a message without a number costs 0.2 at once

@@ -13,7 +13,8 @@ import torch
 
 import textenv  # noqa: F401  (registers the envs)
 from agents import DQN
-from agents.q_learning import TARGETS, agent_td_targets, epsilon_greedy_probs, n_step_targets, q_loss
+from agents.exploration import epsilon_greedy_probs
+from agents.q_learning import TARGETS, agent_td_targets, n_step_targets, q_loss
 from agents.replay import ReplayBuffer
 
 GAME = {  # as in tests/test_agents_chat.py: guess 1 or 2 in two turns of up to 8 tokens
@@ -93,7 +94,18 @@ def test_loss_and_gradients_ignore_the_other_partys_positions(target: str) -> No
 
     def loss(q: torch.Tensor, target_q: torch.Tensor, ref: torch.Tensor):
         mu = epsilon_greedy_probs(q.detach(), ref, epsilon=0.3)
-        return q_loss(q, target_q, batch, target, 0.9, 2, 2.0, ref, 0.1, mu)
+        return q_loss(
+            q,
+            target_q,
+            batch,
+            target=target,
+            gamma=0.9,
+            n_steps=2,
+            reward_scale=2.0,
+            ref_logits=ref,
+            conservative_coef=0.1,
+            behaviour_probs=mu,
+        )
 
     online = q.clone().requires_grad_(True)
     terms = loss(online, target_q, ref)

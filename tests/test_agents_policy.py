@@ -6,7 +6,8 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from agents.policy import ActorCritic, StepCache, cached_step, position_ids_from_mask
+from agents.kv_cache import StepCache, cached_step
+from agents.policy import ActorCritic, position_ids_from_mask
 
 P, N, V = 6, 5, 50
 

@@ -17,7 +17,6 @@ import textenv  # noqa: F401  (registers the envs)
 from agents import PPO, REINFORCE
 from agents.policy import completion_logits, evaluate_completions, process_logits
 from agents.sampling import draw
-from agents.scoring import score_rollout
 
 
 def make_env(kind: str = "TextGen-v0", **kwargs: Any) -> gym.vector.VectorEnv:
@@ -36,7 +35,7 @@ def first_rollout(agent):  # noqa: ANN001, ANN201
     """One rollout and its pre-update scoring, exactly as ``train()`` starts."""
     _, callback = agent._setup_learn(total_timesteps=10**6)
     assert agent.collect_rollouts(agent.env, callback)
-    batch, scored, _ = score_rollout(agent)
+    batch, scored, _ = agent._score_rollout()
     return batch, scored
 
 
@@ -212,10 +211,10 @@ def test_kept_kv_cache_spares_in_flight_rows_a_second_prefill(keep: bool, monkey
     cache it holds; without it, the first step after each update prefills such rows again (the test would
     count none there if the episodes never crossed an update). Stop tokens end episodes early, so the four
     envs fall out of step and some are always mid-episode at the end of a rollout."""
-    import agents.base as base
+    import agents.on_policy as on_policy
 
     cold: list[int] = []  # per step: mid-episode rows whose cache does not hold their observation's prefix
-    real_step = base.cached_step
+    real_step = on_policy.cached_step
 
     def counting(model, ids, mask, prompt_len, cache):  # noqa: ANN001, ANN202
         generated = mask[:, prompt_len:].sum(-1)
@@ -223,7 +222,7 @@ def test_kept_kv_cache_spares_in_flight_rows_a_second_prefill(keep: bool, monkey
         cold.append(int(((generated > 0) & (held != prompt_len + generated - 1)).sum()))
         return real_step(model, ids, mask, prompt_len, cache)
 
-    monkeypatch.setattr(base, "cached_step", counting)
+    monkeypatch.setattr(on_policy, "cached_step", counting)
     env = make_env(stop_token_ids=[5, 6, 7, 8, 9, 10])
     agent = PPO(
         env,

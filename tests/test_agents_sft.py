@@ -82,13 +82,11 @@ FAST: dict[str, Any] = {
 def test_sft_lowers_heldout_loss_exports_and_logs(tmp_path: Path) -> None:
     data = write_jsonl(tmp_path / "train.jsonl", review_records(64))
     held_out = write_jsonl(tmp_path / "eval.jsonl", review_records(16, offset=100))
-    metrics = sft.main(
-        [
-            "--model", "tiny-sp", "--data", str(data), "--eval-data", str(held_out),
-            "--output", str(tmp_path / "run"), "--epochs", "3", "--batch-size", "8",
-            "--learning-rate", "3e-3", "--max-length", "64", "--precision", "fp32", "--no-progress-bar",
-        ]
-    )  # fmt: skip
+    paths = ["--data", str(data), "--eval-data", str(held_out), "--output", str(tmp_path / "run")]
+    settings = (
+        "--model tiny-sp --epochs 3 --batch-size 8 --learning-rate 3e-3 --max-length 64 --precision fp32"
+    )
+    metrics = sft.main([*paths, *settings.split(), "--no-progress-bar"])
     assert metrics["steps"] == 24
     assert metrics["eval_perplexity"] < 0.6 * metrics["eval_perplexity_before"]
     assert [h["step"] for h in metrics["history"]] == [0, 8, 16, 24]  # before, then each epoch

@@ -17,20 +17,22 @@ from stable_baselines3.common.logger import Logger
 import textenv  # noqa: F401  (registers the envs)
 from agents import q_learning
 from agents.dqn import DQN, DQNConfig
-from agents.policy import Sampling, completion_logits
-from agents.q_learning import (
-    TARGETS,
+from agents.exploration import (
     Exploration,
     boltzmann,
     boltzmann_probs,
+    epsilon_greedy,
+    epsilon_greedy_probs,
+    scheduled_value,
+)
+from agents.policy import Sampling, completion_logits
+from agents.q_learning import (
+    TARGETS,
     bootstrap_values,
     conservative_penalty,
     double_dqn_values,
     episode_td_targets,
-    epsilon_greedy,
-    epsilon_greedy_probs,
     n_step_targets,
-    scheduled_value,
 )
 from agents.replay import ReplayBuffer
 from agents.vec_env import wrap_vector_env
@@ -106,9 +108,14 @@ def reward_blind_training(dueling: bool) -> tuple[float, float]:
     changed)."""
     torch.set_num_threads(1)
     env = gym.make_vec(
-        "TextGen-v0", num_envs=4, model="tiny-sp", max_new_tokens=4, max_prompt_tokens=8,
-        reward_fn=constant_reward, vectorization_mode="vector_entry_point",
-    )  # fmt: skip
+        "TextGen-v0",
+        num_envs=4,
+        model="tiny-sp",
+        max_new_tokens=4,
+        max_prompt_tokens=8,
+        reward_fn=constant_reward,
+        vectorization_mode="vector_entry_point",
+    )
     settings = {"learning_starts": 32, "batch_size": 16, "target_update_interval": 32, "n_steps": 4}
     agent = DQN(env, model="tiny-sp", seed=0, learning_rate=1e-3, dueling=dueling, top_k=0, **settings)
     agent.learn(total_timesteps=32)  # fills the replay; the first update runs after this

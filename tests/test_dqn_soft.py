@@ -44,13 +44,25 @@ def test_soft_q_loss_pushes_the_taken_tokens_log_probability_and_the_value() -> 
     logits = torch.zeros(1, 1, 3, requires_grad=True)  # (U, N, A): uniform policy = the reference
     values = torch.zeros(1, 1, requires_grad=True)
     batch = ReplaySamples(
-        torch.tensor([[7, 1]]), torch.ones(1, 2), torch.ones(1, 1), torch.tensor([[1.0]]),
-        torch.tensor([0]), torch.tensor([0]),
-    )  # fmt: skip
+        torch.tensor([[7, 1]]),
+        torch.ones(1, 2),
+        torch.ones(1, 1),
+        torch.tensor([[1.0]]),
+        torch.tensor([0]),
+        torch.tensor([0]),
+    )
     terms = soft_q_loss(
-        logits, values, logits.detach(), values.detach(), torch.zeros(1, 1, 3), batch, beta=0.5, gamma=1.0,
-        n_steps=1, level=0.0,
-    )  # fmt: skip
+        logits,
+        values,
+        logits.detach(),
+        values.detach(),
+        torch.zeros(1, 1, 3),
+        batch,
+        beta=0.5,
+        gamma=1.0,
+        n_steps=1,
+        level=0.0,
+    )
     assert terms.q_taken.item() == pytest.approx(0.0) and terms.targets.item() == pytest.approx(1.0)
     terms.loss.backward()
     assert values.grad is not None and values.grad.item() < 0  # descending raises V
@@ -60,9 +72,17 @@ def test_soft_q_loss_pushes_the_taken_tokens_log_probability_and_the_value() -> 
     reference = taken_log_probs(torch.zeros(1, 1, 3), taken)
     assert (taken_log_probs(logits.detach(), taken) - reference).item() == 0
     with_cql = soft_q_loss(
-        logits, values, logits.detach(), values.detach(), torch.zeros(1, 1, 3), batch, beta=0.5, gamma=1.0,
-        n_steps=1, conservative_coef=1.0,
-    )  # fmt: skip
+        logits,
+        values,
+        logits.detach(),
+        values.detach(),
+        torch.zeros(1, 1, 3),
+        batch,
+        beta=0.5,
+        gamma=1.0,
+        n_steps=1,
+        conservative_coef=1.0,
+    )
     assert with_cql.penalty is not None and with_cql.penalty.item() == pytest.approx(math.log(3))  # Q uniform
 
 
@@ -83,9 +103,15 @@ def test_soft_settings_say_how_to_fix(settings: dict, fix: str) -> None:
 
 def make_env(num_envs: int, reward_fn, split: str = "train") -> gym.vector.VectorEnv:
     return gym.make_vec(
-        "TextGen-v0", num_envs=num_envs, model="tiny-sp", max_new_tokens=8, max_prompt_tokens=16,
-        reward_fn=reward_fn, split=split, vectorization_mode="vector_entry_point",
-    )  # fmt: skip
+        "TextGen-v0",
+        num_envs=num_envs,
+        model="tiny-sp",
+        max_new_tokens=8,
+        max_prompt_tokens=16,
+        reward_fn=reward_fn,
+        split=split,
+        vectorization_mode="vector_entry_point",
+    )
 
 
 def letter_e_fraction(prompts, completions, references=None) -> np.ndarray:
@@ -99,9 +125,18 @@ def constant_reward(prompts, completions, references=None) -> np.ndarray:
 
 def soft_agent(reward_fn, seed: int = 0, **overrides) -> DQN:
     settings = dict(
-        learning_rate=1e-3, learning_starts=256, batch_size=64, gradient_steps=2, target_update_interval=256,
-        n_steps=4, top_k=0, soft_q_coef=0.05, exploration="policy", conservative_coef=0.0, reward_scale=5.0,
-    )  # fmt: skip
+        learning_rate=1e-3,
+        learning_starts=256,
+        batch_size=64,
+        gradient_steps=2,
+        target_update_interval=256,
+        n_steps=4,
+        top_k=0,
+        soft_q_coef=0.05,
+        exploration="policy",
+        conservative_coef=0.0,
+        reward_scale=5.0,
+    )
     return DQN(make_env(8, reward_fn), model="tiny-sp", seed=seed, **{**settings, **overrides})
 
 

@@ -9,14 +9,13 @@ import pytest
 
 from benchmarks import pipeline
 
-TINY = [
-    "--model", "tiny-sp", "--precision", "fp32", "--seed", "0",
-    "--sft-examples", "32", "--sft-eval-examples", "8", "--sft-learning-rate", "1e-3",
-    "--sft-max-length", "64",
-    "--rm-backbone", "sft", "--rm-pairs", "16", "--rm-eval-pairs", "16",
-    "--ppo-iterations", "1", "--num-envs", "4", "--episodes-per-rollout", "4", "--minibatch-size", "4",
-    "--n-epochs", "1", "--max-new-tokens", "8", "--eval-prompts", "4", "--heldout-texts", "4",
-]  # fmt: skip
+TINY = """
+    --model tiny-sp --precision fp32 --seed 0
+    --sft-examples 32 --sft-eval-examples 8 --sft-learning-rate 1e-3 --sft-max-length 64
+    --rm-backbone sft --rm-pairs 16 --rm-eval-pairs 16
+    --ppo-iterations 1 --num-envs 4 --episodes-per-rollout 4 --minibatch-size 4
+    --n-epochs 1 --max-new-tokens 8 --eval-prompts 4 --heldout-texts 4
+""".split()
 
 
 def test_whole_recipe_then_steps_alone(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -23,9 +23,9 @@ from textenv.hubs import hub_chat_task, is_hub_task
 SENTINEL = "\u2063AGENT\u2063"  # stands for the agent's message while the template is rendered
 CONVERSATION_ARRAYS = ("ids", "mask", "agent")
 """The (P+N,) arrays of a :class:`Conversation`, saved as lists."""
-CONVERSATION_FIELDS = (
-    "index", "turns", "length", "turn_start", "exchanges", "messages", "agent_turns", "success", "done"
-)  # fmt: skip
+CONVERSATION_FIELDS = tuple(
+    "index turns length turn_start exchanges messages agent_turns success done".split()
+)
 """Its other state: everything but the dialogue, which is rebuilt from ``index`` and ``messages``."""
 
 
