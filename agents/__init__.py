@@ -8,7 +8,8 @@ Q-values over the vocabulary (token-level envs only). Each accepts a textenv env
 """
 
 from agents.dqn import DQN, DQNConfig
+from agents.grpo import GRPO, GRPOConfig
 from agents.ppo import PPO, PPOConfig
 from agents.reinforce import REINFORCE, REINFORCEConfig
 
-__all__ = ["DQN", "DQNConfig", "PPO", "PPOConfig", "REINFORCE", "REINFORCEConfig"]
+__all__ = ["DQN", "DQNConfig", "GRPO", "GRPOConfig", "PPO", "PPOConfig", "REINFORCE", "REINFORCEConfig"]

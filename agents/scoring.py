@@ -76,15 +76,18 @@ def score_batch(
     return ScoredBatch(logprobs, values, ref_all, kl, gap)
 
 
-def score_rollout(agent: Any) -> tuple[RolloutBatch, ScoredBatch, torch.Tensor | None]:
+def score_rollout(
+    agent: Any, recompute: bool = False
+) -> tuple[RolloutBatch, ScoredBatch, torch.Tensor | None]:
     """A policy-gradient agent's rollout batch, scored before its update (:func:`score_batch` with the agent's
-    sampling, and recomputed on the update path when a rollout copy in another dtype acted), and the group ids
-    whose prompts are computed once (None without prompt groups)."""
+    sampling, and recomputed on the update path when a rollout copy in another dtype acted, or when
+    ``recompute`` asks for it), and the group ids whose prompts are computed once (None without prompt
+    groups)."""
     batch = agent.rollout_batch
     assert batch is not None, "train() runs after collect_rollouts() has built the batch"
     shared_groups = batch.group_ids if agent.group_size > 1 else None
     copy = agent.rollout_copy
-    recompute = copy is not None and copy.dtype != next(agent.policy.parameters()).dtype
+    recompute = recompute or (copy is not None and copy.dtype != next(agent.policy.parameters()).dtype)
     start = time.perf_counter()
     scored = score_batch(
         batch,
