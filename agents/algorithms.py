@@ -7,7 +7,7 @@ repeats each prompt ``group_size`` times, soft-Q DQN is :class:`~agents.DQN` wit
 settings from :data:`ALGORITHMS`, and the report orders its columns by it.
 
 >>> list(ALGORITHMS)
-['ppo', 'reinforce', 'rloo', 'dqn', 'soft-dqn']
+['ppo', 'reinforce', 'rloo', 'grpo', 'dr-grpo', 'dapo', 'gspo', 'dqn', 'soft-dqn']
 >>> rloo = ALGORITHMS["rloo"]
 >>> rloo.agent.__name__, dict(rloo.settings), rloo.group_prompts
 ('REINFORCE', {'baseline': 'rloo'}, True)
@@ -23,6 +23,7 @@ from typing import Any
 from agents.base import TextAlgorithm
 from agents.config import AlgorithmConfig, PolicyGradientConfig
 from agents.dqn import DQN
+from agents.grpo import GRPO
 from agents.ppo import PPO
 from agents.reinforce import REINFORCE
 
@@ -73,6 +74,30 @@ ALGORITHMS: dict[str, Algorithm] = {
         REINFORCE,
         "REINFORCE with a leave-one-out baseline over group_size samples per prompt (RLOO)",
         settings={"baseline": "rloo"},
+        group_prompts=True,
+    ),
+    "grpo": Algorithm(
+        GRPO,
+        "GRPO (Shao et al. 2024): advantages relative to the group, scaled by its std; per-sequence mean",
+        settings={"loss_type": "grpo", "scale_rewards": "group"},
+        group_prompts=True,
+    ),
+    "dr-grpo": Algorithm(
+        GRPO,
+        "Dr. GRPO (Liu et al. 2025): no std scaling, a constant loss normaliser",
+        settings={"loss_type": "dr_grpo", "scale_rewards": "none"},
+        group_prompts=True,
+    ),
+    "dapo": Algorithm(
+        GRPO,
+        "DAPO (Yu et al. 2025): clip-higher (0.28), token-level mean, dynamic sampling",
+        settings={"loss_type": "dapo", "epsilon_high": 0.28, "dynamic_sampling": True},
+        group_prompts=True,
+    ),
+    "gspo": Algorithm(
+        GRPO,
+        "GSPO (Zheng et al. 2025): the sequence's geometric-mean ratio, clipped per sequence",
+        settings={"importance_sampling_level": "sequence", "loss_type": "grpo"},
         group_prompts=True,
     ),
     "dqn": Algorithm(DQN, "DQN: the LM's logits as Q-values over the vocabulary"),

@@ -1,4 +1,5 @@
-"""OnPolicyAlgorithm: the base of the policy-gradient agents (PPO, REINFORCE), as SB3's ``OnPolicyAlgorithm``.
+"""OnPolicyAlgorithm: the base of the policy-gradient agents (PPO, REINFORCE, GRPO), as SB3's
+``OnPolicyAlgorithm``.
 
 On top of :class:`~agents.base.TextAlgorithm` it owns what only the policy-gradient family has:
 
@@ -51,7 +52,8 @@ SelfOnPolicy = TypeVar("SelfOnPolicy", bound="OnPolicyAlgorithm")
 
 
 class OnPolicyAlgorithm(TextAlgorithm):
-    """Shared base of :class:`~agents.PPO` and :class:`~agents.REINFORCE`; see the module docstring."""
+    """Shared base of :class:`~agents.PPO`, :class:`~agents.REINFORCE` and :class:`~agents.GRPO`; see the
+    module docstring."""
 
     config_class = PolicyGradientConfig
     config: PolicyGradientConfig
@@ -146,15 +148,17 @@ class OnPolicyAlgorithm(TextAlgorithm):
         """The finished episodes, stacked once into ``self.rollout_batch`` (None after a stopped rollout)."""
         self.rollout_batch = self.rollout.build(self.device) if completed else None
 
-    def _score_rollout(self) -> tuple[RolloutBatch, ScoredBatch, torch.Tensor | None]:
+    def _score_rollout(
+        self, recompute: bool = False
+    ) -> tuple[RolloutBatch, ScoredBatch, torch.Tensor | None]:
         """The rollout batch, scored before the update (:func:`agents.scoring.score_batch` under the agent's
-        sampling, recomputed on the update path when a rollout copy in another dtype acted), and the group ids
-        whose prompts are computed once (None without prompt groups)."""
+        sampling, recomputed on the update path when a rollout copy in another dtype acted or ``recompute``
+        asks for it), and the group ids whose prompts are computed once (None without prompt groups)."""
         batch = self.rollout_batch
         assert batch is not None, "train() runs after collect_rollouts() has built the batch"
         shared_groups = batch.group_ids if self.group_size > 1 else None
         copy = self.rollout_copy
-        recompute = copy is not None and copy.dtype != next(self.policy.parameters()).dtype
+        recompute = recompute or (copy is not None and copy.dtype != next(self.policy.parameters()).dtype)
         start = time.perf_counter()
         scored = score_batch(
             batch,

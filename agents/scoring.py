@@ -90,6 +90,8 @@ class RolloutSamples(NamedTuple):
     advantages: torch.Tensor  # (b, N) per token (PPO), or (b,) per episode (REINFORCE)
     returns: torch.Tensor  # as advantages: the value targets (PPO), or the episode returns (REINFORCE)
     group_ids: torch.Tensor | None  # (b,) prompt groups whose prompt is computed once; None: no sharing
+    ref_logprobs: torch.Tensor  # (b, N) the reference's log-probs (ScoredBatch.ref_logprobs)
+    weights: torch.Tensor | None = None  # (b, N) rollout-correction weights (GRPO), None: all 1
 
 
 def rollout_samples(
@@ -99,6 +101,7 @@ def rollout_samples(
     returns: torch.Tensor,
     minibatch_size: int,
     shared_groups: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
 ) -> Iterator[RolloutSamples]:
     """One shuffled pass over a scored rollout in minibatches of whole prompt groups
     (:func:`agents.rollout.minibatches`; its random draw happens when the first minibatch is taken).
@@ -120,4 +123,6 @@ def rollout_samples(
             advantages=advantages[mb],
             returns=returns[mb],
             group_ids=None if shared_groups is None else shared_groups[mb],
+            ref_logprobs=scored.ref_logprobs[mb],
+            weights=None if weights is None else weights[mb],
         )

@@ -44,7 +44,8 @@ import tyro
 import textenv  # registers the envs
 from agents import PPO
 from agents.sft import SFTConfig, train_sft
-from benchmarks import provenance, run
+from benchmarks import provenance
+from benchmarks.budget import make_callbacks, step_cap
 from benchmarks.evaluation import evaluate
 from infra.corpora import drug_review_rows
 from infra.storage import atomic_write_text
@@ -259,8 +260,8 @@ def step_ppo(args: Args, root: Path, sft_model: Path, reward_model: Path) -> dic
     settings["heldout_texts"] = args.heldout_texts
     before = evaluate(policy, reference, test_env, **settings)
     start = time.perf_counter()
-    steps = run.step_cap(args.ppo_iterations, args.episodes_per_rollout, args.num_envs, args.max_new_tokens)
-    agent.learn(total_timesteps=steps, callback=run.make_callbacks(f"{args.ppo_iterations}it", {}))
+    steps = step_cap(args.ppo_iterations, args.episodes_per_rollout, args.num_envs, args.max_new_tokens)
+    agent.learn(total_timesteps=steps, callback=make_callbacks(f"{args.ppo_iterations}it", {}))
     seconds = time.perf_counter() - start
     after = evaluate(policy, reference, test_env, **settings)
     agent.export(root / "ppo" / "policy")

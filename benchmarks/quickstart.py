@@ -29,7 +29,8 @@ from tqdm.auto import tqdm
 
 import textenv  # noqa: F401  (registers TextGen-v0)
 from agents import PPO
-from benchmarks import metrics, provenance, run
+from benchmarks import metrics, provenance
+from benchmarks.budget import make_callbacks, step_cap
 from benchmarks.evaluation import evaluate
 from benchmarks.logs import LoggedHistory, seconds_per_phase
 from benchmarks.named_rewards import build_reward
@@ -167,9 +168,9 @@ def main(argv: list[str] | None = None) -> tuple[float, float]:
     start = time.perf_counter()
     iterations = args.iterations or 10_000
     clock = Progress(float("inf") if args.iterations else args.minutes * 60, args.iterations)
-    budget = [*run.make_callbacks(f"{iterations}it", {}), clock]
-    steps = run.step_cap(iterations, args.episodes_per_rollout, args.num_envs, args.max_new_tokens)
-    agent.learn(total_timesteps=steps, callback=budget, tb_log_name="ppo")
+    callbacks = [*make_callbacks(f"{iterations}it", {}), clock]
+    steps = step_cap(iterations, args.episodes_per_rollout, args.num_envs, args.max_new_tokens)
+    agent.learn(total_timesteps=steps, callback=callbacks, tb_log_name="ppo")
     minutes = (time.perf_counter() - start) / 60
 
     after = evaluate(policy, reference, test_env, seed=args.seed, num_prompts=args.eval_prompts)

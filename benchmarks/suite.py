@@ -53,6 +53,9 @@ class Suite:
     publish: str | None = None
     """Where the report goes (None: ``<logdir>/report``); a published suite also rewrites the
     ``benchmarks.report`` block of docs/benchmarks.md when run from the repository root."""
+    results_page: bool = True
+    """A published suite rewrites the ``benchmarks.report`` block of ``RESULTS_PAGE`` (the CPU table); False
+    for a table published beside it (the ablation)."""
 
     def __post_init__(self) -> None:
         for task, algo, *_ in self.jobs:
@@ -76,6 +79,10 @@ TABLE_ALGOS = ("zero-shot", "ppo", "rloo", "dqn", "soft-dqn")
 #: moving-average baseline, fp32, evaluated before and after only; kept so that its report can be rebuilt
 CPU_V1_BUDGET = {"sentiment": "3072", "error-rate": "2560", "similarity": "1536", "preference": "3072"}
 V1_ALGOS = ("zero-shot", "ppo", "reinforce", "dqn")
+#: the group-relative family against RLOO, on the two cheapest tasks of the CPU table with headroom, at the
+#: table's budgets and settings (--init-kl-coef is GRPO's beta)
+ABLATION_TASKS = ("error-rate", "similarity")
+ABLATION_ALGOS = ("zero-shot", "grpo", "dr-grpo", "dapo", "gspo", "rloo")
 SUITES: dict[str, Suite] = {
     "cpu": Suite(
         [
@@ -93,6 +100,14 @@ SUITES: dict[str, Suite] = {
     ),
     "gpu": Suite([(task, algo, "200000") for task in BENCHMARKS for algo in TABLE_ALGOS], trl_seconds=600),
     "smoke": Suite([("sentiment", "zero-shot", "1it"), ("error-rate", "ppo", "1it")], extras=False),
+    # GRPO, Dr. GRPO, DAPO and GSPO against RLOO (issue 34's ablation), 3 seeds at the CPU table's budgets
+    "ablation": Suite(
+        [(task, algo, CPU_BUDGET[task]) for task in ABLATION_TASKS for algo in ABLATION_ALGOS],
+        {"eval_prompts": 32, "heldout_texts": 16, "evals": 10, "episodes_per_rollout": 16},
+        extras=False,
+        publish="benchmarks/results/ablation-cpu",
+        results_page=False,
+    ),
     # the longer single-seed sentiment table of the first release: every algorithm at 4608 generated tokens
     "sentiment-cpu": Suite(
         [("sentiment", algo, "4608") for algo in V1_ALGOS],
@@ -296,7 +311,7 @@ def run_suite(args: Args, command: str) -> list[Path]:
 
     argv = [args.logdir, *map(str, committed)]
     if suite.publish and not partial:
-        page = ["--readme", RESULTS_PAGE] if Path(RESULTS_PAGE).is_file() else []
+        page = ["--readme", RESULTS_PAGE] if suite.results_page and Path(RESULTS_PAGE).is_file() else []
         argv += ["--out", suite.publish, *page]
     report.main(argv)
     return run_dirs

@@ -15,6 +15,9 @@ boundary after it):
 - ``ours-rloo``: :class:`agents.REINFORCE` with the leave-one-out baseline on the same groups, in
   ``--precision`` (``auto``: bf16 where the hardware runs it natively).
 - ``ours-ppo``: :class:`agents.PPO` with ``--batch-size`` episodes per rollout, in ``--precision``.
+- ``ours-grpo``: :class:`agents.GRPO` with TRL's own GRPO defaults (``loss_type="dapo"``, group-scaled
+  rewards, epsilon 0.2, one pass per batch) and ``beta`` = the KL coefficient, so that speed and held-out
+  reward compare like with like.
 
 Reported per contestant: iterations, wall time per iteration (mean, and median: robust to a slow first step
 and to other load on the machine), completion tokens per second (generated tokens,
@@ -53,7 +56,9 @@ from infra.storage import atomic_write_text
 from textenv.models import no_hf_progress_bars
 from textenv.task_envs import BENCHMARKS
 
-Contestant = Literal["trl-grpo", "trl-grpo-fp32", "ours-rloo", "ours-ppo"]
+Contestant = Literal["trl-grpo", "trl-grpo-fp32", "ours-rloo", "ours-ppo", "ours-grpo"]
+#: ours-grpo's settings: TRL 1.16's GRPOConfig defaults, which the trl-grpo contestant runs with
+TRL_GRPO_DEFAULTS = {"loss_type": "dapo", "scale_rewards": "group", "epsilon": 0.2, "n_epochs": 1}
 
 
 @dataclass
@@ -238,6 +243,8 @@ def train_ours(args: Args, algo: str) -> dict:
         "target_kl_ref": None,
         **entry.settings,
     }
+    if algo == "grpo":  # the KL is GRPO's loss term, as in TRL
+        settings |= TRL_GRPO_DEFAULTS | {"beta": settings.pop("init_kl_coef"), "target_kl_ref": None}
     agent = entry.agent(env, model=args.model, seed=args.seed, precision=args.precision, **settings)
     history: list[tuple[float, float, int]] = []
     logged = LoggedHistory()  # the agent's per-iteration log, for its time breakdown

@@ -41,10 +41,10 @@ def update_config(stage: int) -> dict[str, Any]:
     return base | {"optimizer": SGD_LIKE}
 
 
-def make_env(num_envs: int = 2) -> Any:
+def make_env(num_envs: int = 2, group_size: int = 1) -> Any:
     from test_agents_learning import make_env as learning_env
 
-    return learning_env(num_envs)
+    return learning_env(num_envs, group_size=group_size)
 
 
 def agent_kwargs(algo: str, episodes: int) -> dict[str, Any]:
@@ -55,18 +55,20 @@ def agent_kwargs(algo: str, episodes: int) -> dict[str, Any]:
     common |= {"learning_rate": 1e-3, "max_grad_norm": None, "init_kl_coef": 0.05}
     if algo == "ppo":
         return common | {"n_epochs": 2, "whiten_advantages": False, "target_kl": None, "vf_coef": 0.5}
+    if algo == "grpo":  # DAPO's token mean: the token count is all-reduced, so the ranks' mean is the whole's
+        grpo = {"n_epochs": 2, "beta": 0.04, "loss_type": "dapo", "epsilon_high": 0.28, "init_kl_coef": 0.0}
+        return common | grpo
     return common | {"baseline": "rloo"}
 
 
 def build(algo: str, episodes: int, deepspeed_config: Any) -> Any:
     from stable_baselines3.common.logger import configure
 
-    from agents import PPO, REINFORCE
+    from agents import GRPO, PPO, REINFORCE
 
-    cls = PPO if algo == "ppo" else REINFORCE
-    agent = cls(
-        make_env(), model="tiny-sp", deepspeed_config=deepspeed_config, **agent_kwargs(algo, episodes)
-    )
+    cls = {"ppo": PPO, "grpo": GRPO}.get(algo, REINFORCE)
+    env = make_env(group_size=2 if algo == "grpo" else 1)
+    agent = cls(env, model="tiny-sp", deepspeed_config=deepspeed_config, **agent_kwargs(algo, episodes))
     agent.set_logger(configure(None, []))
     return agent
 
@@ -120,7 +122,7 @@ def one_update(algo: str, deepspeed_config: Any, rank: int, world: int) -> dict[
 
 def phase_update(out: Path, rank: int) -> None:
     results = {}
-    for algo in ("ppo", "reinforce"):
+    for algo in ("ppo", "reinforce", "grpo"):
         for stage in (0, 3):
             print(f"rank {rank}: {algo} under ZeRO-{stage}", flush=True)  # names the case in a failure
             results[f"{algo}_zero{stage}"] = one_update(algo, update_config(stage), rank, WORLD)
@@ -160,7 +162,7 @@ def phase_zero3(out: Path, rank: int) -> None:
 
 
 def phase_learn(out: Path, rank: int) -> None:
-    from agents import DQN, PPO, REINFORCE
+    from agents import DQN, GRPO, PPO, REINFORCE
 
     facts: dict[str, Any] = {}
     kwargs = agent_kwargs("ppo", 4) | {"learning_rate": 1e-4, "target_kl": 1e-6}  # all ranks stop together
@@ -174,6 +176,10 @@ def phase_learn(out: Path, rank: int) -> None:
     reinforce = REINFORCE(make_env(), model="tiny-sp", **agent_kwargs("reinforce", 4))
     reinforce.learn(total_timesteps=2 * 2 * 20)
     facts["reinforce"] = {"timesteps": reinforce.num_timesteps, "updates": reinforce._n_updates}
+    grpo = GRPO(make_env(group_size=2), model="tiny-sp", **agent_kwargs("grpo", 4))
+    grpo.learn(total_timesteps=2 * 2 * 20)
+    facts["grpo"] = {"timesteps": grpo.num_timesteps, "updates": grpo._n_updates}
+    facts["grpo_weights"] = float(sum(p.detach().double().sum() for p in grpo.policy.parameters()))
     dqn = DQN(
         make_env(),
         model="tiny-sp",

@@ -42,7 +42,7 @@ def test_two_ranks_update_like_one_process_on_both_shards_under_zero0_and_zero3(
     run_worker(tmp_path, "update")
     worker = load_worker()
     ranks = [torch.load(tmp_path / f"update_rank{rank}.pt") for rank in range(2)]
-    for algo in ("ppo", "reinforce"):
+    for algo in ("ppo", "reinforce", "grpo"):
         initial = worker.whole_weights(worker.build(algo, 8, worker.update_config(0)))
         reference = worker.one_update(algo, worker.update_config(0), rank=0, world=1)  # 1 process, 2B
         moved = max(float((reference[n] - initial[n]).abs().max()) for n in reference)
@@ -65,11 +65,12 @@ def test_whole_runs_under_torchrun_and_a_one_process_load_resumes(tmp_path: Path
     learned = [json.loads((tmp_path / f"learn_rank{rank}.json").read_text()) for rank in range(2)]
     zero3 = [json.loads((tmp_path / f"zero3_rank{rank}.json").read_text()) for rank in range(2)]
     # every rank ran the same number of optimizer steps and holds the same weights ...
-    for algo in ("ppo", "reinforce", "dqn"):
+    for algo in ("ppo", "reinforce", "grpo", "dqn"):
         assert learned[0][algo] == learned[1][algo], algo
         assert learned[0][algo]["updates"] >= 2 and learned[0][algo]["timesteps"] >= 80
     assert learned[0]["ppo_weights"] == learned[1]["ppo_weights"]
     assert learned[0]["dqn_weights"] == learned[1]["dqn_weights"]
+    assert learned[0]["grpo_weights"] == learned[1]["grpo_weights"]
     # ... on episodes of its own env shard, and only rank 0 wrote TensorBoard logs
     assert learned[0]["ppo_last_rollout"] != learned[1]["ppo_last_rollout"]
     assert len(list((tmp_path / "tb").glob("*/*/*"))) == 1
@@ -97,7 +98,7 @@ def test_whole_runs_under_the_deepspeed_launcher(tmp_path: Path) -> None:
     result = torchrun([str(WORKER), str(tmp_path), "learn"], timeout=240, launcher="deepspeed")
     assert result.returncode == 0, failure_report(result.stdout)
     learned = [json.loads((tmp_path / f"learn_rank{rank}.json").read_text()) for rank in range(2)]
-    for algo in ("ppo", "reinforce", "dqn"):
+    for algo in ("ppo", "reinforce", "grpo", "dqn"):
         assert learned[0][algo] == learned[1][algo] and learned[0][algo]["updates"] >= 2, algo
     assert learned[0]["ppo_weights"] == learned[1]["ppo_weights"]
     assert learned[0]["ppo_last_rollout"] != learned[1]["ppo_last_rollout"]

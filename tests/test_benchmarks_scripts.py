@@ -265,11 +265,12 @@ def test_vs_trl_smoke(tmp_path: Path) -> None:
             "--contestants",
             "trl-grpo",
             "ours-rloo",
+            "ours-grpo",
             "--json",
             str(out),
         ]
     )
-    assert [r["contestant"] for r in results] == ["trl-grpo", "ours-rloo"]
+    assert [r["contestant"] for r in results] == ["trl-grpo", "ours-rloo", "ours-grpo"]
     assert results[0]["precision"] == "bf16" and results[1]["precision"] in ("bf16", "fp32")
     assert all(r["iterations"] >= 1 and r["completion_tokens_per_s"] > 0 for r in results)
     assert json.loads(out.read_text())["versions"]["trl"]
