@@ -8,6 +8,7 @@ import its own package and the ones to its left, never one to its right.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -130,3 +131,24 @@ def test_files_stay_small(layer_name: str) -> None:
         if str(p.relative_to(ROOT)) in ALGORITHM_FILES and n > 400
     }
     assert too_long == {}, f"files over 500 lines (algorithm files: 400): {too_long}"
+
+
+def test_architecture_md_names_only_what_exists() -> None:
+    """Every file, folder and dotted module that ARCHITECTURE.md names in backticks exists, and the map stays
+    short enough to read (at most 150 lines)."""
+    text = (ROOT / "ARCHITECTURE.md").read_text()
+    assert len(text.splitlines()) <= 150
+    names = set(re.findall(r"`([A-Za-z_][\w/.-]*)`", text))
+    files = {p.name for layer in LAYERS for p in (ROOT / layer).rglob("*.py")}
+    missing = []
+    for name in sorted(names):
+        if "/" in name:  # a path from the root, or inside a package (`envs/core.py` under textenv/)
+            if not any((base / name).exists() for base in [ROOT, *(ROOT / layer for layer in LAYERS)]):
+                missing.append(name)
+        elif name.endswith(".py") and name not in files:
+            missing.append(name)
+        elif re.fullmatch(r"(infra|rewards|textenv|agents|benchmarks)(\.\w+)+", name):
+            if not any((ROOT / name.replace(".", "/")).with_suffix(s).exists() for s in (".py", "")):
+                missing.append(name)
+    assert missing == [], f"ARCHITECTURE.md names what does not exist: {missing}"
+    assert len(names) > 60  # the check reads the map's names (a changed quoting style would pass silently)
