@@ -158,13 +158,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
         names = {item.name for item in dataclasses.fields(entry.config_class)}
         extra: dict[str, Any] = {"n_epochs": args.n_epochs} if "n_epochs" in names else {}
+        # the KL to the reference: a reward penalty (PPO, REINFORCE), or GRPO's loss term beta
+        extra |= {"beta": args.init_kl_coef} if "beta" in names else {"init_kl_coef": args.init_kl_coef}
         agent = entry.agent(
             env,
             model=args.model,
             episodes_per_rollout=args.episodes_per_rollout,
             minibatch_size=args.episodes_per_rollout,
             learning_rate=args.learning_rate,
-            init_kl_coef=args.init_kl_coef,
             seed=seed,
             precision=args.precision,
             **extra,

@@ -266,7 +266,7 @@ def test_benchmark_script_takes_every_policy_gradient_algorithm(tmp_path) -> Non
     """benchmarks.chat takes the policy-gradient entries of agents.ALGORITHMS; rloo gets its prompt groups."""
     from benchmarks import chat
 
-    assert set(chat.ALGOS) == {"ppo", "reinforce", "rloo"}
+    assert set(chat.ALGOS) == {"ppo", "reinforce", "rloo", "grpo", "dr-grpo", "dapo", "gspo"}
     argv = ["--model", "tiny-sp", "--algo", "rloo", "--group-size", "2", "--seeds", "0", "--rollouts", "1"]
     argv += [
         "--eval-episodes",
@@ -281,5 +281,7 @@ def test_benchmark_script_takes_every_policy_gradient_algorithm(tmp_path) -> Non
     argv += ["--max-turns", "1", "--max-prompt-tokens", "32", "--max-new-tokens", "32", "--threads", "1"]
     summary = chat.main([*argv, "--out", str(tmp_path)])
     assert summary["algo"] == "rloo" and len(summary["runs"][0]["train_return_per_rollout"]) == 1
+    grpo = chat.main([*argv[:3], "grpo", *argv[4:], "--out", str(tmp_path / "grpo")])  # GRPO: KL as beta
+    assert grpo["algo"] == "grpo" and len(grpo["runs"][0]["train_return_per_rollout"]) == 1
     with pytest.raises(SystemExit, match="--algo rloo needs --group-size 2 or more"):
         chat.main([*argv, "--group-size", "1", "--out", str(tmp_path)])
