@@ -321,6 +321,9 @@ class SavedAgent:
                 f"{env_file} holds {len(states)} environments, the env passed to load has {n_envs}; "
                 "load with the same number of envs to resume exactly"
             )
+        # a reset first, so that the wrappers around each env (SB3's Monitor, gymnasium's order check) see an
+        # episode in progress; the saved state then replaces everything the reset drew
+        env.reset()
         with reading(env_file):
             for index, state in enumerate(states):
                 env.env_method("load_state_dict", state, indices=[index])
