@@ -4,10 +4,18 @@ tool, a non-finite reward is refused naming the task, and a tampered state dict 
 from __future__ import annotations
 
 import gymnasium as gym
+import numpy as np
 import pytest
 
 import textenv  # noqa: F401  (registers the envs)
-from textenv.chat_tasks import CalculatorTask, GuessNumberTask, UserSimTask, safe_arithmetic
+from textenv.chat_tasks import (
+    CalculatorTask,
+    FunctionTask,
+    GuessNumberTask,
+    Reply,
+    UserSimTask,
+    safe_arithmetic,
+)
 
 NASTY = [
     "0**-1",
@@ -89,3 +97,28 @@ def test_a_calculator_episode_survives_the_models_worst_text() -> None:
             _, reward, terminated, truncated, _ = env.step(token)
         assert not terminated and reward == pytest.approx(-0.05)
         assert "<result>error: " in env.render()
+
+
+def nan_task(reward: object) -> FunctionTask:
+    return FunctionTask(["Say yes."], lambda turns, message: Reply(None, reward, done=True))  # type: ignore[arg-type]
+
+
+CHAT_SIZES = {"model": "tiny-sp", "max_prompt_tokens": 32, "max_new_tokens": 16, "max_turn_tokens": 4}
+
+
+@pytest.mark.parametrize("env_id", ["TextChat-v0", "TextChatSeq-v0"])
+@pytest.mark.parametrize("vector", [False, True])
+@pytest.mark.parametrize("reward", [float("nan"), float("inf"), 1e39, "1", None])
+def test_a_chat_env_refuses_a_non_finite_or_non_numeric_reward_naming_the_task(
+    env_id: str, vector: bool, reward: object
+) -> None:
+    task = nan_task(reward)
+    if vector:
+        mode = "vector_entry_point"
+        env = gym.make_vec(env_id, num_envs=2, vectorization_mode=mode, task=task, **CHAT_SIZES)
+    else:
+        env = gym.make(env_id, task=task, **CHAT_SIZES)
+    env.reset(seed=0)
+    action = np.full(env.action_space.shape, env.unwrapped.eos_token_id)
+    with pytest.raises((ValueError, TypeError), match="FunctionTask"):
+        env.step(action)

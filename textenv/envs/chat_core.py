@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
+from rewards.validation import check_scores
 from textenv.chat_tasks import ChatTask, Dialogue, Reply, load_chat_task, render_chat
 from textenv.envs.core import TextGenCore, _model_vocab_size
 from textenv.models import DEFAULT_MODEL, load_tokenizer
@@ -186,8 +187,7 @@ class ChatCore:
         start_time = time.perf_counter()
         reply = conv.dialogue.respond(message)
         self.reward_seconds += time.perf_counter() - start_time
-        if not isinstance(reply, Reply):
-            raise TypeError(f"the task's respond() returned {type(reply).__name__}, not a textenv Reply.")
+        reward = self.check_reply(reply)
         self._write(conv, [token], agent=1)
         conv.messages.append(message)
         conv.turns.append({"role": "assistant", "content": message})
@@ -212,7 +212,24 @@ class ChatCore:
         if terminated or truncated:
             conv.done = True
             info |= self.final_info(conv)
-        return float(reply.reward), bool(terminated), truncated, info
+        return reward, bool(terminated), truncated, info
+
+    def check_reply(self, reply: Any) -> float:
+        """The reward of the task's ``reply``, refused like a reward function's scores (rewards.check_scores:
+        a real, finite number within the float32 range), naming the task; its content must be text or None."""
+        name = f"the chat task {type(self.task).__name__} (Reply.reward)"
+        if not isinstance(reply, Reply):
+            raise TypeError(f"the task's respond() returned {type(reply).__name__}, not a textenv Reply.")
+        reward = reply.reward
+        if not isinstance(reward, (int, float, np.integer, np.floating)) or isinstance(reward, bool):
+            raise TypeError(f"{name} is {reply.reward!r} ({type(reply.reward).__name__}); give a float")
+        if reply.content is not None and not isinstance(reply.content, str):
+            raise TypeError(
+                f"the chat task {type(self.task).__name__} replied with {type(reply.content).__name__} "
+                "content; give a str, or None to end the conversation"
+            )
+        check_scores([reply.reward], 1, name)
+        return float(reply.reward)
 
     def _write(self, conv: Conversation, ids: list[int], agent: int) -> None:
         start, end = self.P + conv.length, self.P + conv.length + len(ids)
