@@ -3,6 +3,8 @@ tool, a non-finite reward is refused naming the task, and a tampered state dict 
 
 from __future__ import annotations
 
+import json
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -122,3 +124,84 @@ def test_a_chat_env_refuses_a_non_finite_or_non_numeric_reward_naming_the_task(
     action = np.full(env.action_space.shape, env.unwrapped.eos_token_id)
     with pytest.raises((ValueError, TypeError), match="FunctionTask"):
         env.step(action)
+
+
+TOKEN_SIZES = {"model": "tiny-sp", "max_prompt_tokens": 12, "max_new_tokens": 6}
+STATE_ENVS = {
+    "TextGen-v0": lambda: gym.make("TextGen-v0", **TOKEN_SIZES).unwrapped,
+    "TextGen-v0 vector": lambda: gym.make_vec(
+        "TextGen-v0", num_envs=2, vectorization_mode="vector_entry_point", **TOKEN_SIZES
+    ),
+    "TextGenSeq-v0": lambda: gym.make("TextGenSeq-v0", **TOKEN_SIZES).unwrapped,
+    "TextGenSeq-v0 vector": lambda: gym.make_vec(
+        "TextGenSeq-v0", num_envs=2, vectorization_mode="vector_entry_point", **TOKEN_SIZES
+    ),
+    "TextChat-v0": lambda: gym.make("TextChat-v0", **CHAT_SIZES).unwrapped,
+    "TextChat-v0 vector": lambda: gym.make_vec(
+        "TextChat-v0", num_envs=2, vectorization_mode="vector_entry_point", **CHAT_SIZES
+    ),
+    "TextChatSeq-v0": lambda: gym.make("TextChatSeq-v0", **CHAT_SIZES).unwrapped,
+}
+
+
+def tamperings(env_id: str, state: dict) -> list[tuple[str, dict]]:
+    """(the key the error must name, a tampered copy of ``state``)."""
+
+    def changed(path: list, value: object) -> dict:
+        tampered = json.loads(json.dumps(state))
+        target = tampered
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value
+        return tampered
+
+    if "Chat" in env_id:
+        conv = ["conversations", 0]
+        return [
+            ("length", changed([*conv, "length"], -3)),
+            ("length", changed([*conv, "length"], 10**6)),
+            ("index", changed([*conv, "index"], 10**9)),
+            ("agent_turns", changed([*conv, "agent_turns"], "lots")),
+            ("ids", changed([*conv, "ids", 0], -1)),
+            ("turns", changed([*conv, "turns"], [{"role": 1}])),
+            ("messages", changed([*conv, "messages"], [None])),
+            ("done", changed([*conv, "done"], "yes")),
+        ]
+    if "vector" in env_id and "Seq" in env_id:
+        return [("_index", changed(["envs", 1, "_index"], -1)), ("_started", changed(["_started"], 1))]
+    if "Seq" in env_id:
+        return [
+            ("_index", changed(["_index"], -1)),
+            ("_index", changed(["_index"], 2.5)),
+            ("_completion", changed(["_completion"], 5)),
+            ("_sampler", changed(["_sampler"], [-1, 0])),
+            ("_np_random", changed(["_np_random"], {"bit_generator": "PCG64", "state": "x"})),
+        ]
+    if "vector" in env_id:
+        return [
+            ("_lengths", changed(["_lengths"], [-1, 0])),
+            ("_indices", changed(["_indices"], [0, 10**9])),
+            ("_input_ids", changed(["_input_ids", 0, 0], 10**9)),
+            ("_rngs", changed(["_rngs", 0], {"bit_generator": "Evil"})),
+        ]
+    return [
+        ("_length", changed(["_length"], -3)),
+        ("_length", changed(["_length"], "lots")),
+        ("_length", changed(["_length"], 7)),
+        ("_index", changed(["_index"], 10**9)),
+        ("_attention_mask", changed(["_attention_mask", 0], 2)),
+        ("_input_ids", changed(["_input_ids"], [1.5] * 18)),
+        ("_done", changed(["_done"], "no")),
+    ]
+
+
+@pytest.mark.parametrize("env_id", list(STATE_ENVS))
+def test_a_tampered_env_state_is_refused_naming_the_key_and_changes_nothing(env_id: str) -> None:
+    env = STATE_ENVS[env_id]()
+    env.reset(seed=0)
+    state = env.state_dict()
+    for key, tampered in tamperings(env_id, state):
+        with pytest.raises(ValueError, match=key):
+            env.load_state_dict(tampered)
+        assert env.state_dict() == state, key  # nothing half-loaded
+    env.load_state_dict(state)  # the genuine state still loads

@@ -14,6 +14,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from textenv.envs.core import CoreAttributes, PromptSampler, RewardFn
+from textenv.envs.state import check_indices
 
 
 class TextGenSeqEnv(CoreAttributes, gym.Env):
@@ -100,6 +101,9 @@ class TextGenSeqEnv(CoreAttributes, gym.Env):
         self._index = 0
         self._completion = ""
         self._done = True
+
+    def _check_state(self) -> None:
+        check_indices("_index", self._index, len(self.dataset))
 
     def _obs(self) -> dict[str, np.ndarray]:
         input_ids, attention_mask = self.core.encode_prompt(self._index)
