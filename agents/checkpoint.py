@@ -343,6 +343,30 @@ class SavedAgent:
         torch.set_rng_state(torch_state)
 
 
+def _check_saved_values(state: AgentState) -> None:
+    """The counters and settings of ``agent.json`` have the types and ranges a saved run gives them."""
+
+    def whole(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    for key in COUNTER_KEYS:
+        value = state.counters[key]
+        if not whole(value) or value < 0:
+            raise ValueError(f"counters.{key} is {value!r}; expected a whole number >= 0")
+    settings = state.settings
+    checks = {
+        "seed": settings["seed"] is None or whole(settings["seed"]),
+        "model_source": isinstance(settings["model_source"], str),
+        "max_new_tokens": whole(settings["max_new_tokens"]) and settings["max_new_tokens"] > 0,
+        "deepspeed_config": isinstance(settings["deepspeed_config"], (str, dict, type(None))),
+    }
+    for key, ok in checks.items():
+        if not ok:
+            raise ValueError(f"settings.{key} is {settings[key]!r}, which no saved run writes")
+    if not isinstance(state.config, dict) or not isinstance(state.extra, dict):
+        raise ValueError("'config' and 'extra' must be objects")
+
+
 def read(path: Path, algo: str) -> SavedAgent:
     """Open the checkpoint at ``path`` (written by :func:`save`) for an agent of class ``algo``."""
     path = recover_directory(checkpoint_path(path))
@@ -361,6 +385,7 @@ def read(path: Path, algo: str) -> SavedAgent:
             value = getattr(state, part)
             if not isinstance(value, dict) or not set(keys) <= set(value):
                 raise ValueError(f"{part!r} must be an object with the keys {list(keys)}")
+        _check_saved_values(state)
     if state.algo != algo:
         raise ValueError(f"{str(path)!r} holds a {state.algo} agent; load it with {state.algo}.load")
     return SavedAgent(path, state)

@@ -1,0 +1,82 @@
+"""The agents hold against tampered checkpoints, a user's own directories and bad settings: a clear error that
+names the file, key or option, and nothing of the user's lost."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+import textenv  # noqa: F401  (registers the envs)
+from agents import PPO
+
+
+def letter_e(prompts, completions, references=None) -> np.ndarray:
+    return np.array([c.count("e") / max(1, len(c.replace(" ", ""))) for c in completions], dtype=np.float32)
+
+
+def make_env() -> gym.Env:
+    return gym.make("TextGen-v0", model="tiny-sp", max_new_tokens=6, max_prompt_tokens=12, reward_fn=letter_e)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A PPO checkpoint saved mid-episode."""
+    path = tmp_path_factory.mktemp("ckpt") / "agent"
+    agent = PPO(make_env(), model="tiny-sp", seed=0, episodes_per_rollout=4, minibatch_size=4)
+    agent.learn(27)
+    agent.save(path)
+    return path
+
+
+def tampered(saved: Path, tmp_path: Path, file: str, edit) -> Path:  # noqa: ANN001
+    copy = tmp_path / "copy"
+    import shutil
+
+    shutil.copytree(saved, copy)
+    data = json.loads((copy / file).read_text())
+    edit(data)
+    (copy / file).write_text(json.dumps(data))
+    return copy
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("num_timesteps", "lots"),
+        ("num_timesteps", -5),
+        ("n_updates", 1.5),
+        ("episode_num", True),
+        ("num_timesteps", None),
+    ],
+)
+def test_a_tampered_counter_is_refused_naming_the_file_and_key(
+    saved: Path, tmp_path: Path, key: str, value: object
+) -> None:
+    path = tampered(saved, tmp_path, "agent.json", lambda state: state["counters"].update({key: value}))
+    with pytest.raises(ValueError, match=rf"agent\.json.*counters\.{key}"):
+        PPO.load(path, env=make_env())
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("seed", "zero"), ("max_new_tokens", -1), ("model_source", 3), ("deepspeed_config", [1])],
+)
+def test_a_tampered_setting_is_refused_naming_the_file_and_key(
+    saved: Path, tmp_path: Path, key: str, value: object
+) -> None:
+    path = tampered(saved, tmp_path, "agent.json", lambda state: state["settings"].update({key: value}))
+    with pytest.raises(ValueError, match=rf"agent\.json.*settings\.{key}"):
+        PPO.load(path, env=make_env())
+
+
+@pytest.mark.parametrize(("key", "value"), [("_length", -3), ("_index", 10**9), ("_length", "lots")])
+def test_a_tampered_env_state_file_is_refused_naming_the_file_and_key(
+    saved: Path, tmp_path: Path, key: str, value: object
+) -> None:
+    path = tampered(saved, tmp_path, "env_state.json", lambda states: states[0].update({key: value}))
+    with pytest.raises(ValueError, match=rf"env_state\.json.*{key}"):
+        PPO.load(path, env=make_env())
