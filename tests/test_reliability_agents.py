@@ -4,6 +4,7 @@ names the file, key or option, and nothing of the user's lost."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import gymnasium as gym
@@ -34,8 +35,6 @@ def saved(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def tampered(saved: Path, tmp_path: Path, file: str, edit) -> Path:  # noqa: ANN001
     copy = tmp_path / "copy"
-    import shutil
-
     shutil.copytree(saved, copy)
     data = json.loads((copy / file).read_text())
     edit(data)
