@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from agents import distributed, lora
-from infra.storage import atomic_directory, recover_directory
+from infra.storage import atomic_directory, check_replaceable, mark_owned, recover_directory
 
 STATE_FILE = "agent.json"
 RNG_FILE = "rng.json"
@@ -66,17 +66,19 @@ def checkpoint_path(path: Path) -> Path:
     return path.with_suffix("") if path.suffix == ".zip" else path
 
 
+def _legacy_checkpoint(path: Path) -> bool:
+    """A checkpoint written before the ownership mark: agent.json naming an algorithm, and rng.json."""
+    try:
+        state = json.loads((path / STATE_FILE).read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(state, dict) and "algo" in state and (path / RNG_FILE).is_file()
+
+
 def _check_target(path: Path, what: str) -> None:
-    """Refuse to replace anything but an earlier checkpoint (or export) of ours."""
-    if path.is_file() or path.is_symlink():
-        raise FileExistsError(f"{str(path)!r} is a file; {what} writes a directory. Choose another path")
-    if path.is_dir() and any(path.iterdir()):
-        ours = (path / STATE_FILE).is_file() or (path / "config.json").is_file() and what == "export"
-        if not ours:
-            raise FileExistsError(
-                f"{str(path)!r} is a non-empty directory that does not hold a textenv {what}; "
-                "its files would be lost. Choose a new or empty directory"
-            )
+    """Refuse to replace anything but an earlier checkpoint (or export) of ours: a directory holding the
+    mark :data:`infra.storage.OWNER_FILE` that save and export write (never a user's own model folder)."""
+    check_replaceable(path, what, _legacy_checkpoint if what == "checkpoint" else None)
 
 
 def _save_hf(lm: Any, directory: Path, tokenizer: Any = None, merge: bool = True) -> None:
@@ -98,6 +100,7 @@ def export_lm(lm: Any, path: Path, tokenizer: Any = None) -> None:
         if distributed.is_main():
             with atomic_directory(path) as tmp:
                 _save_hf(lm, tmp, tokenizer)
+                mark_owned(tmp, "export")
     distributed.barrier()
 
 
@@ -198,6 +201,7 @@ def save(
         for name, writer in (files or {}).items():
             writer(tmp / name)
         (tmp / STATE_FILE).write_text(json.dumps(dataclasses.asdict(state), indent=2))
+        mark_owned(tmp, "checkpoint")
 
     if distributed.world_size() == 1:
         with atomic_directory(path) as tmp:
@@ -357,7 +361,8 @@ def _check_saved_values(state: AgentState) -> None:
     checks = {
         "seed": settings["seed"] is None or whole(settings["seed"]),
         "model_source": isinstance(settings["model_source"], str),
-        "max_new_tokens": whole(settings["max_new_tokens"]) and settings["max_new_tokens"] > 0,
+        "max_new_tokens": settings["max_new_tokens"] is None  # SFT's checkpoint
+        or (whole(settings["max_new_tokens"]) and settings["max_new_tokens"] > 0),
         "deepspeed_config": isinstance(settings["deepspeed_config"], (str, dict, type(None))),
     }
     for key, ok in checks.items():

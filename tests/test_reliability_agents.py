@@ -79,3 +79,42 @@ def test_a_tampered_env_state_file_is_refused_naming_the_file_and_key(
     path = tampered(saved, tmp_path, "env_state.json", lambda states: states[0].update({key: value}))
     with pytest.raises(ValueError, match=rf"env_state\.json.*{key}"):
         PPO.load(path, env=make_env())
+
+
+def users_model_dir(tmp_path: Path) -> Path:
+    """A user's own HF model folder, with files an export would not write."""
+    folder = tmp_path / "my_model"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "llama"}')
+    (folder / "README.md").write_text("my notes")
+    return folder
+
+
+def test_export_and_save_never_replace_a_users_model_folder(tmp_path: Path) -> None:
+    agent = PPO(make_env(), model="tiny-sp", seed=0, episodes_per_rollout=4, minibatch_size=4)
+    folder = users_model_dir(tmp_path)
+    for write in (agent.export, agent.save):
+        with pytest.raises(FileExistsError, match="did not write"):
+            write(folder)
+    assert (folder / "README.md").read_text() == "my notes"
+    agent.export(tmp_path / "export")
+    agent.export(tmp_path / "export")  # our own export may be replaced
+    agent.save(tmp_path / "ckpt")
+    agent.save(tmp_path / "ckpt")
+    with pytest.raises(FileExistsError, match="holds a textenv checkpoint"):
+        agent.export(tmp_path / "ckpt")  # an export does not replace a checkpoint
+    with pytest.raises(FileExistsError, match="holds a textenv export"):
+        agent.save(tmp_path / "export")
+    assert (tmp_path / "ckpt" / "agent.json").is_file()
+
+
+def test_a_reward_model_save_never_replaces_a_users_folder(tmp_path: Path) -> None:
+    from rewards.models import PreferenceRewardModel
+
+    model = PreferenceRewardModel.create(str(textenv.models.model_dir("tiny-sp")))
+    folder = users_model_dir(tmp_path)
+    with pytest.raises(FileExistsError, match="did not write"):
+        model.save(folder)
+    assert (folder / "README.md").read_text() == "my notes"
+    model.save(tmp_path / "rm")
+    model.save(tmp_path / "rm")
