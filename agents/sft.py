@@ -269,6 +269,16 @@ class SFTTrainer:
         self.step, self.tokens = saved.state.counters["n_updates"], saved.state.counters["num_timesteps"]
         self.history = extra["history"]
 
+    def _check_weights(self) -> None:
+        """Stop before a checkpoint or an export can hold non-finite weights (a diverging run)."""
+        bad = [n for n, p in self.engine.module.named_parameters() if not bool(torch.isfinite(p).all())]
+        if bad:
+            raise FloatingPointError(
+                f"the SFT weights became non-finite (inf/NaN) at step {self.step + 1}, e.g. {bad[:3]}; "
+                f"nothing was exported, and {self.checkpoint_dir} (if written) holds the last good state. "
+                f"Lower learning_rate (now {self.config.learning_rate}) or keep max_grad_norm"
+            )
+
     def export(self, path: str | os.PathLike | None = None) -> Path:
         """The fine-tuned LM as an HF directory (safetensors, tokenizer); default ``<output>/model``. After
         bf16 training it holds the optimizer's fp32 master weights, not their bf16 rounding."""
@@ -333,6 +343,7 @@ class SFTTrainer:
                     )
                 self.engine.backward(loss)
                 self.engine.step()
+                self._check_weights()
                 self.step += 1
                 self.tokens += int(loss_mask[:, 1:].sum())
                 bar.update(1)

@@ -339,6 +339,7 @@ def fit(
             if world > 1:
                 dist.all_reduce(batch_loss)
             losses.append(batch_loss.item())
+            _check_finite(losses[-1], network, step, config.learning_rate)
             step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
@@ -363,6 +364,17 @@ def fit(
         _restore_fp32(engine, network)
     model.metrics = {key: float(value) for key, value in metrics.items()}
     return model.metrics
+
+
+def _check_finite(loss: float, network: Any, step: int, learning_rate: float) -> None:
+    """Stop a diverging run before it returns (and its caller saves) non-finite weights."""
+    bad = [name for name, p in network.named_parameters() if not bool(p.isfinite().all())]
+    if bad or not math.isfinite(loss):
+        what = f"weights became non-finite (inf/NaN), e.g. {bad[:3]}" if bad else f"loss was {loss}"
+        raise FloatingPointError(
+            f"reward-model training diverged at step {step + 1}: the {what}; nothing was saved. Lower "
+            f"learning_rate (now {learning_rate})"
+        )
 
 
 def _restore_fp32(engine: Any, network: Any) -> None:

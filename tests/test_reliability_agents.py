@@ -118,3 +118,54 @@ def test_a_reward_model_save_never_replaces_a_users_folder(tmp_path: Path) -> No
     assert (folder / "README.md").read_text() == "my notes"
     model.save(tmp_path / "rm")
     model.save(tmp_path / "rm")
+
+
+def sft_records(count: int) -> list[dict[str, str]]:
+    return [{"prompt": f"Review {i}:", "completion": " good and fine"} for i in range(count)]
+
+
+def test_a_diverging_sft_run_exports_nothing_and_fails(tmp_path: Path) -> None:
+    """The weights turn NaN at the last step (as SmolLM2's do under a diverging learning rate; tiny-sp's
+    layer norms keep them finite), so no later loss shows it."""
+
+    from agents.sft import SFTConfig, SFTTrainer
+
+    config = SFTConfig(epochs=1, batch_size=4, max_length=32, precision="fp32", progress_bar=False)
+    trainer = SFTTrainer("tiny-sp", sft_records(16), tmp_path / "run", config)
+    step = trainer.engine.step
+
+    def diverging_step() -> None:
+        step()
+        if trainer.step == trainer.total_steps - 1:
+            next(trainer.engine.module.parameters()).data.fill_(float("nan"))
+
+    trainer.engine.step = diverging_step
+    with pytest.raises(FloatingPointError, match="learning_rate"):
+        trainer.train()
+    assert not (tmp_path / "run" / "model").exists() and not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_a_diverging_reward_model_run_fails_before_anything_is_saved() -> None:
+    """The weights turn NaN in the last step (a learning rate within the allowed (0, 1) can do that to a
+    large backbone; tiny-sp's layer norms keep it finite), so the trainer must look at the weights."""
+    from rewards.fitting import TrainConfig, fit
+    from rewards.models import ClassifierRewardModel
+
+    model = ClassifierRewardModel.create(str(textenv.models.model_dir("tiny-sp")), max_length=16)
+    settings = {"epochs": 1, "batch_size": 4, "logdir": "", "progress_bar": False}
+    calls = []
+
+    def loss_fn(model: ClassifierRewardModel, batch: list) -> object:
+        calls.append(1)
+        if len(calls) == 2:  # the last of two steps
+            model.head.weight.data.fill_(float("nan"))
+        return model.logits(None, batch).float() ** 2
+
+    with pytest.raises(FloatingPointError, match="learning_rate"):
+        fit(
+            model,
+            ["a", "b", "c", "d", "e", "f"],
+            loss_fn,
+            lambda m: {"eval_accuracy": 0.0},
+            TrainConfig(**settings),
+        )
