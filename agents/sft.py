@@ -51,6 +51,7 @@ from agents.layout import load_lm
 from agents.ptx import masked_lm_loss, token_nll
 from agents.sft_data import SFTExample, collate, fingerprint, load_examples
 from infra import engine
+from infra.cli import check_options
 from infra.storage import atomic_write_text
 
 
@@ -112,6 +113,7 @@ class SFTConfig:
             )
         if self.max_grad_norm is not None:
             check_number("max_grad_norm", self.max_grad_norm, "1.0")
+        check_options(self, positive=("epochs", "batch_size", "max_length", "max_steps", "max_grad_norm"))
         if self.precision not in engine.PRECISIONS:
             raise ValueError(f"precision={self.precision!r} is not known; use one of {engine.PRECISIONS}")
 

@@ -28,6 +28,7 @@ import textenv  # noqa: F401  (registers the envs)
 from agents import PPO, REINFORCE
 from benchmarks.metrics import mean_interval
 from benchmarks.provenance import machine, versions
+from infra.cli import check_options
 from infra.storage import atomic_write_text
 
 ALGOS = {"ppo": PPO, "reinforce": REINFORCE}
@@ -73,6 +74,24 @@ class Args:
     """torch CPU threads."""
     out: Path = Path("benchmarks/results/chat-cpu/guess-ppo")
     """Directory of summary.json."""
+
+    def __post_init__(self) -> None:
+        check_options(
+            self,
+            positive=(
+                "rollouts",
+                "episodes_per_rollout",
+                "num_envs",
+                "eval_episodes",
+                "learning_rate",
+                "n_epochs",
+                "max_turn_tokens",
+                "max_turns",
+                "max_prompt_tokens",
+                "max_new_tokens",
+                "threads",
+            ),
+        )
 
 
 class StopAfterRollouts(BaseCallback):

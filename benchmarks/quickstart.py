@@ -32,6 +32,7 @@ from agents import PPO
 from benchmarks import metrics, provenance, run
 from benchmarks.evaluation import evaluate
 from benchmarks.logs import LoggedHistory, seconds_per_phase
+from infra.cli import check_options
 from infra.storage import atomic_write_text
 from textenv.task_envs import build_reward
 
@@ -70,6 +71,21 @@ class Args:
     """The agent's precision: 'auto' (bf16 where the hardware runs it natively), 'bf16' or 'fp32'."""
     logdir: str = "runs"
     """TensorBoard root; the run lands in <logdir>/TextGen-v0/ppo/seed<k>-<time>/."""
+
+    def __post_init__(self) -> None:
+        check_options(
+            self,
+            positive=(
+                "minutes",
+                "episodes_per_rollout",
+                "num_envs",
+                "minibatch_size",
+                "n_epochs",
+                "learning_rate",
+                "max_new_tokens",
+                "eval_prompts",
+            ),
+        )
 
 
 class Progress(BaseCallback, LoggedHistory):

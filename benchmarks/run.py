@@ -45,6 +45,7 @@ from agents.q_learning import TARGETS as DQN_TARGETS
 from agents.sampling import Sampling
 from benchmarks.evaluation import evaluate
 from benchmarks.provenance import machine, versions
+from infra.cli import check_options
 from infra.engine import cast_parameters, resolve_precision
 from infra.storage import atomic_write_text
 from textenv import task_envs
@@ -115,6 +116,7 @@ class RunSettings:
     """Show a progress bar."""
 
     def __post_init__(self) -> None:
+        check_options(self, types_only=True)  # the ranges below, then any option they leave out
         if not self.seeds:
             raise ValueError("--seeds is empty; give at least one seed, e.g. --seeds 0 1 2.")
         seeds = " ".join(map(str, self.seeds))
@@ -151,6 +153,7 @@ class RunSettings:
         if not (math.isfinite(self.dqn_soft_q_coef) and self.dqn_soft_q_coef >= 0):
             flag = "--dqn-soft-q-coef"
             raise ValueError(f"{flag} {self.dqn_soft_q_coef} must be >= 0 (0: off), e.g. {flag} 0.05.")
+        check_options(self)
 
 
 @dataclass

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from infra.cli import check_options
 from rewards.encoder import MINILM
 from rewards.models import (
     ClassifierRewardModel,
@@ -98,9 +99,6 @@ class TrainConfig:
         check_setting("progress_bar", self.progress_bar, "bool", "False")
         if self.pooling not in ("auto", "mean", "last"):
             raise ValueError(f"pooling={self.pooling!r} is not known; use 'auto', 'mean' or 'last'")
-        for name in ("max_length", "epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
         if not 0.0 < self.learning_rate < 1.0:
             raise ValueError(f"learning_rate={self.learning_rate} must be in (0, 1), e.g. 5e-5")
         if self.head_learning_rate is not None and not 0.0 < self.head_learning_rate < 1.0:
@@ -113,6 +111,7 @@ class TrainConfig:
             raise ValueError(f"eval_fraction={self.eval_fraction} must be in (0, 1), e.g. 0.2")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0.0):
             raise ValueError(f"weight_decay={self.weight_decay} must be a finite number >= 0, e.g. 0.01")
+        check_options(self, positive=("max_length", "epochs", "batch_size", "head_learning_rate"))
 
 
 def split(items: Sequence[Any], eval_fraction: float, seed: int) -> tuple[list[Any], list[Any]]:

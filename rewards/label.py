@@ -38,6 +38,7 @@ from typing import Any, Protocol
 
 import tyro
 
+from infra.cli import check_options
 from infra.storage import jsonl_objects
 from rewards.label_page import PAGE, SCRIPT
 from rewards.train import TrainingDataError, read_preference_log
@@ -374,6 +375,9 @@ class Args:
     """Seeds the prompt order and the sampling."""
     chat: bool = False
     """Wrap each prompt as a user message with the tokenizer's chat template (instruct models)."""
+
+    def __post_init__(self) -> None:
+        check_options(self, positive=("max_new_tokens", "temperature", "top_p"))
 
 
 def check_args(args: Args) -> None:
