@@ -169,3 +169,40 @@ def test_a_diverging_reward_model_run_fails_before_anything_is_saved() -> None:
             lambda m: {"eval_accuracy": 0.0},
             TrainConfig(**settings),
         )
+
+
+@pytest.mark.parametrize("env_id", ["TextGen-v0", "TextGenSeq-v0", "TextChat-v0"])
+def test_an_absurd_sequence_length_gets_a_bound_error(env_id: str) -> None:
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        gym.make(env_id, model="tiny-sp", max_new_tokens=10**9)
+    with pytest.raises(ValueError, match="max_prompt_tokens"):
+        gym.make(env_id, model="tiny-sp", max_prompt_tokens=10**9)
+
+
+@pytest.mark.parametrize("bad", [[1, 2], 3, b"x"])
+def test_a_deepspeed_config_of_another_type_is_refused_naming_it(bad: object) -> None:
+    from infra.engine import load_config
+
+    with pytest.raises(TypeError, match="deepspeed_config"):
+        load_config(bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("minibatch_size", 2.5), ("episodes_per_rollout", True), ("kl_horizon", "10"), ("max_new_tokens", 4.0)],
+)
+def test_integer_settings_must_be_ints(name: str, value: object) -> None:
+    from agents.ppo import PPOConfig
+
+    with pytest.raises(TypeError, match=name):
+        PPOConfig(**{name: value})
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("batch_size", 2.5), ("learning_starts", True), ("gradient_steps", 1.0)]
+)
+def test_integer_dqn_settings_must_be_ints(name: str, value: object) -> None:
+    from agents.dqn import DQNConfig
+
+    with pytest.raises(TypeError, match=name):
+        DQNConfig(**{name: value})

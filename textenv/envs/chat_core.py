@@ -19,7 +19,7 @@ from gymnasium import spaces
 
 from rewards.validation import check_scores
 from textenv.chat_tasks import ChatTask, Dialogue, Reply, load_chat_task, render_chat
-from textenv.envs.core import TextGenCore, _model_vocab_size
+from textenv.envs.core import TextGenCore, _model_vocab_size, check_sequence_size
 from textenv.models import DEFAULT_MODEL, load_tokenizer
 
 SENTINEL = "\u2063AGENT\u2063"  # stands for the agent's message while the template is rendered
@@ -116,6 +116,7 @@ class ChatCore:
         ]:
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name}={value!r} must be a positive int, e.g. {name}=8.")
+        check_sequence_size(max_prompt_tokens, max_new_tokens)
         if max_turn_tokens > max_new_tokens:
             raise ValueError(
                 f"max_turn_tokens={max_turn_tokens} exceeds max_new_tokens={max_new_tokens} (the slots "

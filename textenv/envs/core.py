@@ -49,6 +49,21 @@ def _model_vocab_size(model: str | Path) -> int | None:
     return int(size) if size else None
 
 
+MAX_SEQUENCE_TOKENS = 1 << 20
+"""The most slots (``max_prompt_tokens + max_new_tokens``) an env's observation may have: beyond any model's
+context, and each env holds several int64 arrays of that length."""
+
+
+def check_sequence_size(max_prompt_tokens: int, max_new_tokens: int) -> None:
+    """Refuse sizes whose observation arrays could not be built (a clear error instead of a MemoryError)."""
+    for name, value in (("max_prompt_tokens", max_prompt_tokens), ("max_new_tokens", max_new_tokens)):
+        if value > MAX_SEQUENCE_TOKENS:
+            raise ValueError(
+                f"{name}={value} is beyond {MAX_SEQUENCE_TOKENS} tokens, more than any model reads; use the "
+                "model's context length at most, e.g. 512"
+            )
+
+
 def token_ids_containing(tokenizer: Any, strings: Sequence[str]) -> list[int]:
     """Every token id whose text, decoded alone, contains one of ``strings``; e.g. ``["\\n"]`` gives the
     ids that end a line (SmolLM2: 129 ids, all whitespace such as ``"\\n"``, ``"\\n\\n"``, ``" \\n"``).
@@ -94,6 +109,7 @@ class TextGenCore:
         ]:
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name}={value!r} must be a positive int, e.g. {name}=8.")
+        check_sequence_size(max_prompt_tokens, max_new_tokens)
         if vocab_size is not None and (
             not isinstance(vocab_size, (int, np.integer)) or isinstance(vocab_size, bool) or vocab_size < 1
         ):
