@@ -300,11 +300,38 @@ class SavedAgent:
             with reading(self.path / f"{name}.safetensors"):
                 _load_module(module, self.path / f"{name}.safetensors", device)
 
-    def load_engine(self, engine: Any) -> None:
+    def load_engine(self, engine: Any, precision: str | None = None) -> None:
+        """DeepSpeed's state (weights, optimizer, schedule) into ``engine``, which runs in ``precision``."""
         folder = self.path / "deepspeed"
+        saved = self.state.settings.get("precision_used")
+        if precision is not None and saved is not None and saved != precision:
+            raise ValueError(
+                f"{self.path} was trained in {saved} and is being loaded in {precision}: DeepSpeed's {saved} "
+                f"optimizer state does not load into a {precision} engine. Load it with precision={saved!r} "
+                f"(e.g. {self.state.algo}.load(path, env=env, precision={saved!r}))"
+            )
         strict = not _has_frozen(engine)  # frozen weights (LoRA's base) were left out and come from base/
-        with reading(folder / "state"):
+        lm_dir = self.path / (lora.BASE_DIR if (self.path / lora.BASE_DIR).is_dir() else "model")
+        with reading(folder / "state"):  # a missing folder: say so
+            pass
+        try:
             loaded, _ = engine.load_checkpoint(str(folder), tag="state", load_module_strict=strict)
+        except RuntimeError as error:
+            if "state_dict" not in str(error):
+                with reading(folder / "state"):
+                    raise
+            missing = str(error).count('"') // 2
+            raise ValueError(
+                f"{lm_dir} does not hold the network this checkpoint trained ({missing} weight names differ "
+                f"from {folder / 'state'}): the folder was replaced or comes from another checkpoint; put "
+                "back the one saved with it"
+            ) from None
+        except (KeyError, AttributeError) as error:  # e.g. a bf16 engine reading an fp32 optimizer state
+            other = {"bf16": "fp32", "fp32": "bf16"}.get(precision or "")
+            hint = f"; if it was saved in {other}, load it with precision={other!r}" if other else ""
+            with reading(folder / "state"):
+                raise ValueError(f"{type(error).__name__}: {error}{hint}") from error
+        with reading(folder / "state"):
             if loaded is None:
                 raise ValueError("DeepSpeed found no checkpoint in it")
 

@@ -76,6 +76,7 @@ class Checkpointing:
                 "seed": self.seed,
                 "model_source": str(self.model_source),
                 "max_new_tokens": self.max_new_tokens,
+                "precision_used": self.precision,
                 "deepspeed_config": ds_config
                 if isinstance(ds_config, (dict, type(None)))
                 else str(ds_config),
@@ -191,7 +192,7 @@ class Checkpointing:
         if distributed.is_partitioned(agent.policy):  # ZeRO-3: DeepSpeed's checkpoint restores the head
             modules.pop("value_head")
         saved.load_modules(modules, agent.device)
-        saved.load_engine(agent.engine)
+        saved.load_engine(agent.engine, agent.precision)
         counters = saved.state.counters
         agent.num_timesteps, agent._n_updates = counters["num_timesteps"], counters["n_updates"]
         agent._episode_num = counters["episode_num"]

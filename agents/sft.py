@@ -249,6 +249,7 @@ class SFTTrainer:
                 "seed": cfg.seed,
                 "model_source": str(self.model_source),
                 "max_new_tokens": None,
+                "precision_used": self.precision,
                 "deepspeed_config": cfg.deepspeed_config,
             },
             counters={"num_timesteps": self.tokens, "n_updates": self.step, "episode_num": 0},
@@ -266,7 +267,7 @@ class SFTTrainer:
                 f"{self.checkpoint_dir} was written for other data or settings ({changed or 'data/processes'}"
                 "); resume with the same data, settings and number of processes, or choose a new --output"
             )
-        saved.load_engine(self.engine)
+        saved.load_engine(self.engine, self.precision)
         saved.restore_rng()
         self.step, self.tokens = saved.state.counters["n_updates"], saved.state.counters["num_timesteps"]
         self.history = extra["history"]
