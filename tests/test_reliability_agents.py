@@ -209,7 +209,8 @@ def test_integer_dqn_settings_must_be_ints(name: str, value: object) -> None:
 
 
 def test_a_checkpoint_loaded_in_the_other_precision_says_how_to_load_it(tmp_path: Path) -> None:
-    agent = PPO(make_env(), model="tiny-sp", seed=0, episodes_per_rollout=4, minibatch_size=4, precision="fp32")
+    settings = {"episodes_per_rollout": 4, "minibatch_size": 4, "precision": "fp32"}
+    agent = PPO(make_env(), model="tiny-sp", seed=0, **settings)
     agent.save(tmp_path / "fp32")
     with pytest.raises(ValueError, match="trained in fp32.*precision='fp32'") as error:
         PPO.load(tmp_path / "fp32", env=make_env(), precision="bf16")
@@ -218,7 +219,8 @@ def test_a_checkpoint_loaded_in_the_other_precision_says_how_to_load_it(tmp_path
 
 
 def test_a_replaced_model_folder_is_named_in_a_short_message(tmp_path: Path) -> None:
-    agent = PPO(make_env(), model="tiny-sp", seed=0, episodes_per_rollout=4, minibatch_size=4, precision="fp32")
+    settings = {"episodes_per_rollout": 4, "minibatch_size": 4, "precision": "fp32"}
+    agent = PPO(make_env(), model="tiny-sp", seed=0, **settings)
     agent.save(tmp_path / "ckpt")
     shutil.rmtree(tmp_path / "ckpt" / "model")
     textenv.load_model("tiny-gpt2").save_pretrained(tmp_path / "ckpt" / "model")
