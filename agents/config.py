@@ -55,13 +55,15 @@ class AlgorithmConfig:
         raise NotImplementedError
 
     def __post_init__(self) -> None:
-        for setting in dataclasses.fields(self):  # integer settings (counts, sizes) must be ints
-            value = getattr(self, setting.name)
-            if str(setting.type) not in ("int", "int | None") or (
-                value is None and "None" in str(setting.type)
-            ):
+        for setting in dataclasses.fields(self):  # numbers of the declared type: ints for counts and sizes
+            value, kind = getattr(self, setting.name), str(setting.type)
+            if value is None and kind in ("int | None", "float | None"):
                 continue
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            if kind in ("float", "float | None"):
+                check_number(setting.name, value, str(setting.default))
+            elif kind in ("int", "int | None") and (
+                isinstance(value, bool) or not isinstance(value, (int, np.integer))
+            ):
                 raise TypeError(
                     f"{setting.name} must be a whole number (int), got {value!r} ({type(value).__name__}); "
                     f"e.g. {setting.name}={setting.default}"

@@ -65,9 +65,12 @@ class ChatAttributes(TokenAttributes):
     def _restore(self, state: dict[str, Any]) -> None:
         for name in self.state_fields:
             current, saved = getattr(self, name), state[name]
-            if saved is None or current is None:  # an RNG that was not seeded yet (no reset) on one side
+            if name == "_np_random" and (saved is None or current is None):  # not seeded yet on one side
                 current = None if saved is None else np.random.default_rng()
-            setattr(self, name, None if saved is None else decode_state(saved, current, name))
+                if saved is None:
+                    setattr(self, name, None)
+                    continue
+            setattr(self, name, decode_state(saved, current, name))
         for conv, saved in zip(self._conversations, state["conversations"], strict=True):
             self.core.restore_conversation(conv, saved)
 

@@ -116,8 +116,10 @@ def decode_state(saved: Any, current: Any, key: str = "state") -> Any:
             raise ValueError(f"saved env state {key!r} holds {size} rows, the env {len(current)}")
         pairs = enumerate(zip(saved, current, strict=True))
         return [decode_state(item, now, f"{key}[{i}]") for i, (item, now) in pairs]
-    if current is None:
-        return saved
+    if current is None:  # an RNG the env has not made yet (no reset), and the saved run neither
+        if saved is not None:
+            raise ValueError(f"saved env state {key!r} is {saved!r}; expected an RNG state or null")
+        return None
     if isinstance(current, (bool, np.bool_)):
         if not isinstance(saved, bool):
             raise ValueError(f"saved env state {key!r} is {saved!r}; expected true or false")
