@@ -42,6 +42,7 @@ class Checkpointing:
     model_source: Any
     seed: Any
     max_new_tokens: Any
+    precision: str
     num_timesteps: int
     n_envs: int
     _n_updates: int
