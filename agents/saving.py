@@ -197,9 +197,10 @@ class Checkpointing:
         counters = saved.state.counters
         agent.num_timesteps, agent._n_updates = counters["num_timesteps"], counters["n_updates"]
         agent._episode_num = counters["episode_num"]
-        if agent.kl_ctl is not None:
-            agent.kl_ctl.load_state_dict(saved.state.extra["kl_ctl"])
-        agent._load_extra_state(saved.state.extra)
+        with checkpoint.reading(saved.path / checkpoint.STATE_FILE):  # a bad value names the file
+            if agent.kl_ctl is not None:
+                agent.kl_ctl.load_state_dict(saved.state.extra["kl_ctl"])
+            agent._load_extra_state(saved.state.extra)
         saved.restore_rng()
         resumed = None
         if distributed.is_main():  # the saved episodes are rank 0's

@@ -227,3 +227,16 @@ def test_a_replaced_model_folder_is_named_in_a_short_message(tmp_path: Path) -> 
     with pytest.raises(ValueError, match=r"ckpt/model does not hold the network") as error:
         PPO.load(tmp_path / "ckpt", env=make_env())
     assert len(str(error.value)) < 400
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [("value", "x"), ("value", -1.0), ("horizon", 0), ("target", float("nan"))]
+)
+def test_a_tampered_kl_controller_is_refused_naming_the_file(
+    saved: Path, tmp_path: Path, key: str, value: object
+) -> None:
+    path = tampered(
+        saved, tmp_path, "agent.json", lambda state: state["extra"]["kl_ctl"].update({key: value})
+    )
+    with pytest.raises(ValueError, match=r"agent\.json.*kl_ctl"):
+        PPO.load(path, env=make_env())
