@@ -205,3 +205,16 @@ def test_a_tampered_env_state_is_refused_naming_the_key_and_changes_nothing(env_
             env.load_state_dict(tampered)
         assert env.state_dict() == state, key  # nothing half-loaded
     env.load_state_dict(state)  # the genuine state still loads
+
+
+def test_an_error_in_a_users_task_names_the_task_and_the_message_and_keeps_the_episode() -> None:
+    def respond(turns: list, message: str) -> Reply:
+        raise KeyError("my bug")
+
+    env = gym.make("TextChatSeq-v0", task=FunctionTask(["Say yes."], respond), **CHAT_SIZES)
+    env.reset(seed=0)
+    before = env.unwrapped.state_dict()
+    with pytest.raises(KeyError) as error:
+        env.step(np.full(env.action_space.shape, env.unwrapped.eos_token_id))
+    assert any("FunctionTask" in note for note in getattr(error.value, "__notes__", []))
+    assert env.unwrapped.state_dict() == before

@@ -186,7 +186,13 @@ class ChatCore:
             return 0.0, False, False, {}
         message = self.tokenizer.decode(turn.tolist(), skip_special_tokens=True).strip()
         start_time = time.perf_counter()
-        reply = conv.dialogue.respond(message)
+        try:
+            reply = conv.dialogue.respond(message)
+        except Exception as error:  # a bug in the task's own code: say whose, on which message
+            error.add_note(
+                f"raised by the chat task {type(self.task).__name__} on the message {message[:80]!r}"
+            )
+            raise
         self.reward_seconds += time.perf_counter() - start_time
         reward = self.check_reply(reply)
         self._write(conv, [token], agent=1)
