@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -189,9 +190,9 @@ class ChatCore:
         try:
             reply = conv.dialogue.respond(message)
         except Exception as error:  # a bug in the task's own code: say whose, on which message
-            error.add_note(
-                f"raised by the chat task {type(self.task).__name__} on the message {message[:80]!r}"
-            )
+            if sys.version_info >= (3, 11):  # exception notes
+                task = type(self.task).__name__
+                error.add_note(f"raised by the chat task {task} on the message {message[:80]!r}")
             raise
         self.reward_seconds += time.perf_counter() - start_time
         reward = self.check_reply(reply)
