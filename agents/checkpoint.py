@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from agents import distributed, lora
-from infra.storage import atomic_directory, recover_directory
+from infra.storage import atomic_directory, check_replaceable, mark_owned, recover_directory
 from textenv.models import no_hf_progress_bars
 
 STATE_FILE = "agent.json"
@@ -67,17 +67,19 @@ def checkpoint_path(path: Path) -> Path:
     return path.with_suffix("") if path.suffix == ".zip" else path
 
 
+def _legacy_checkpoint(path: Path) -> bool:
+    """A checkpoint written before the ownership mark: agent.json naming an algorithm, and rng.json."""
+    try:
+        state = json.loads((path / STATE_FILE).read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(state, dict) and "algo" in state and (path / RNG_FILE).is_file()
+
+
 def _check_target(path: Path, what: str) -> None:
-    """Refuse to replace anything but an earlier checkpoint (or export) of ours."""
-    if path.is_file() or path.is_symlink():
-        raise FileExistsError(f"{str(path)!r} is a file; {what} writes a directory. Choose another path")
-    if path.is_dir() and any(path.iterdir()):
-        ours = (path / STATE_FILE).is_file() or (path / "config.json").is_file() and what == "export"
-        if not ours:
-            raise FileExistsError(
-                f"{str(path)!r} is a non-empty directory that does not hold a textenv {what}; "
-                "its files would be lost. Choose a new or empty directory"
-            )
+    """Refuse to replace anything but an earlier checkpoint (or export) of ours: a directory holding the
+    mark :data:`infra.storage.OWNER_FILE` that save and export write (never a user's own model folder)."""
+    check_replaceable(path, what, _legacy_checkpoint if what == "checkpoint" else None)
 
 
 def _save_hf(lm: Any, directory: Path, tokenizer: Any = None, merge: bool = True) -> None:
@@ -102,6 +104,7 @@ def export_lm(lm: Any, path: Path, tokenizer: Any = None) -> None:
         if distributed.is_main():
             with atomic_directory(path) as tmp:
                 _save_hf(lm, tmp, tokenizer)
+                mark_owned(tmp, "export")
     distributed.barrier()
 
 
@@ -202,6 +205,7 @@ def save(
         for name, writer in (files or {}).items():
             writer(tmp / name)
         (tmp / STATE_FILE).write_text(json.dumps(dataclasses.asdict(state), indent=2))
+        mark_owned(tmp, "checkpoint")
 
     if distributed.world_size() == 1:
         with atomic_directory(path) as tmp:
@@ -300,11 +304,38 @@ class SavedAgent:
             with reading(self.path / f"{name}.safetensors"):
                 _load_module(module, self.path / f"{name}.safetensors", device)
 
-    def load_engine(self, engine: Any) -> None:
+    def load_engine(self, engine: Any, precision: str | None = None) -> None:
+        """DeepSpeed's state (weights, optimizer, schedule) into ``engine``, which runs in ``precision``."""
         folder = self.path / "deepspeed"
+        saved = self.state.settings.get("precision_used")
+        if precision is not None and saved is not None and saved != precision:
+            raise ValueError(
+                f"{self.path} was trained in {saved} and is being loaded in {precision}: DeepSpeed's {saved} "
+                f"optimizer state does not load into a {precision} engine. Load it with precision={saved!r} "
+                f"(e.g. {self.state.algo}.load(path, env=env, precision={saved!r}))"
+            )
         strict = not _has_frozen(engine)  # frozen weights (LoRA's base) were left out and come from base/
-        with reading(folder / "state"):
+        lm_dir = self.path / (lora.BASE_DIR if (self.path / lora.BASE_DIR).is_dir() else "model")
+        with reading(folder / "state"):  # a missing folder: say so
+            pass
+        try:
             loaded, _ = engine.load_checkpoint(str(folder), tag="state", load_module_strict=strict)
+        except RuntimeError as error:
+            if "state_dict" not in str(error):
+                with reading(folder / "state"):
+                    raise
+            missing = str(error).count('"') // 2
+            raise ValueError(
+                f"{lm_dir} does not hold the network this checkpoint trained ({missing} weight names differ "
+                f"from {folder / 'state'}): the folder was replaced or comes from another checkpoint; put "
+                "back the one saved with it"
+            ) from None
+        except (KeyError, AttributeError) as error:  # e.g. a bf16 engine reading an fp32 optimizer state
+            other = {"bf16": "fp32", "fp32": "bf16"}.get(precision or "")
+            hint = f"; if it was saved in {other}, load it with precision={other!r}" if other else ""
+            with reading(folder / "state"):
+                raise ValueError(f"{type(error).__name__}: {error}{hint}") from error
+        with reading(folder / "state"):
             if loaded is None:
                 raise ValueError("DeepSpeed found no checkpoint in it")
 
@@ -325,6 +356,9 @@ class SavedAgent:
                 f"{env_file} holds {len(states)} environments, the env passed to load has {n_envs}; "
                 "load with the same number of envs to resume exactly"
             )
+        # a reset first, so that the wrappers around each env (SB3's Monitor, gymnasium's order check) see an
+        # episode in progress; the saved state then replaces everything the reset drew
+        env.reset()
         with reading(env_file):
             for index, state in enumerate(states):
                 env.env_method("load_state_dict", state, indices=[index])
@@ -342,6 +376,31 @@ class SavedAgent:
         random.setstate((version, tuple(internal), gauss))
         np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
         torch.set_rng_state(torch_state)
+
+
+def _check_saved_values(state: AgentState) -> None:
+    """The counters and settings of ``agent.json`` have the types and ranges a saved run gives them."""
+
+    def whole(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    for key in COUNTER_KEYS:
+        value = state.counters[key]
+        if not whole(value) or value < 0:
+            raise ValueError(f"counters.{key} is {value!r}; expected a whole number >= 0")
+    settings = state.settings
+    checks = {
+        "seed": settings["seed"] is None or whole(settings["seed"]),
+        "model_source": isinstance(settings["model_source"], str),
+        "max_new_tokens": settings["max_new_tokens"] is None  # SFT's checkpoint
+        or (whole(settings["max_new_tokens"]) and settings["max_new_tokens"] > 0),
+        "deepspeed_config": isinstance(settings["deepspeed_config"], (str, dict, type(None))),
+    }
+    for key, ok in checks.items():
+        if not ok:
+            raise ValueError(f"settings.{key} is {settings[key]!r}, which no saved run writes")
+    if not isinstance(state.config, dict) or not isinstance(state.extra, dict):
+        raise ValueError("'config' and 'extra' must be objects")
 
 
 def read(path: Path, algo: str) -> SavedAgent:
@@ -362,6 +421,7 @@ def read(path: Path, algo: str) -> SavedAgent:
             value = getattr(state, part)
             if not isinstance(value, dict) or not set(keys) <= set(value):
                 raise ValueError(f"{part!r} must be an object with the keys {list(keys)}")
+        _check_saved_values(state)
     if state.algo != algo:
         raise ValueError(f"{str(path)!r} holds a {state.algo} agent; load it with {state.algo}.load")
     return SavedAgent(path, state)

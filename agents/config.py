@@ -11,11 +11,15 @@ and :class:`PolicyGradientConfig`, the rollout and KL settings that PPO and REIN
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 from agents.precision import ROLLOUT_PRECISIONS
 from infra.engine import PRECISIONS
+from textenv.envs.arguments import MAX_SEQUENCE_TOKENS
 
 
 def check_number(name: str, value: object, example: str) -> None:
@@ -51,6 +55,24 @@ class AlgorithmConfig:
         raise NotImplementedError
 
     def __post_init__(self) -> None:
+        for setting in dataclasses.fields(self):  # numbers of the declared type: ints for counts and sizes
+            value, kind = getattr(self, setting.name), str(setting.type)
+            if value is None and kind in ("int | None", "float | None"):
+                continue
+            if kind in ("float", "float | None"):
+                check_number(setting.name, value, str(setting.default))
+            elif kind in ("int", "int | None") and (
+                isinstance(value, bool) or not isinstance(value, (int, np.integer))
+            ):
+                raise TypeError(
+                    f"{setting.name} must be a whole number (int), got {value!r} ({type(value).__name__}); "
+                    f"e.g. {setting.name}={setting.default}"
+                )
+        if self.max_new_tokens is not None and not 1 <= self.max_new_tokens <= MAX_SEQUENCE_TOKENS:
+            raise ValueError(
+                f"max_new_tokens={self.max_new_tokens} must be in 1..{MAX_SEQUENCE_TOKENS}, or None (the "
+                "env's)"
+            )
         if not isinstance(self.gradient_checkpointing, bool):
             raise TypeError(
                 f"gradient_checkpointing must be True or False, got {self.gradient_checkpointing!r}"

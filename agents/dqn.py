@@ -131,7 +131,8 @@ class DQNConfig(AlgorithmConfig):
             "learning_starts must be >= 0": self.learning_starts < 0,
             "gradient_steps must be >= 1, or -1 (as many as env steps)": steps_bad,
             f"need 0 < tau <= 1 and 0 < gamma <= 1, got {self.tau}, {self.gamma}": not rates_ok,
-            f"exploration eps must be in [0, 1] and exploration_fraction in (0, 1], got {eps}": not eps_ok,
+            f"exploration_initial_eps, exploration_final_eps must be in [0, 1] and exploration_fraction in "
+            f"(0, 1], got {eps} and {self.exploration_fraction}": not eps_ok,
             "need conservative_coef >= 0, top_k >= 0 (0: off), 0 < top_p <= 1, reward_scale > 0": not (
                 ref_ok and self.reward_scale > 0
             ),

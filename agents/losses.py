@@ -11,6 +11,8 @@ same shape as the data, 1 where a token is real.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -229,4 +231,14 @@ class AdaptiveKLController:
         return {"value": self.value, "target": self.target, "horizon": self.horizon}
 
     def load_state_dict(self, state: dict) -> None:
-        self.value, self.target, self.horizon = float(state["value"]), state["target"], int(state["horizon"])
+        value, target, horizon = state["value"], state["target"], state["horizon"]
+        numbers = [v for v in (value, target, horizon) if v is not None]
+        if any(
+            isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in numbers
+        ):
+            raise ValueError(f"extra.kl_ctl {state} must hold finite numbers")
+        if value < 0 or (target is not None and target <= 0) or horizon <= 0 or int(horizon) != horizon:
+            raise ValueError(
+                f"extra.kl_ctl {state}: need value >= 0, target > 0 or null, a whole horizon > 0"
+            )
+        self.value, self.target, self.horizon = float(value), target, int(horizon)

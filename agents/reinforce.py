@@ -15,6 +15,7 @@ Each episode's return is its task reward minus ``kl_coef`` times its summed per-
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,4 +126,11 @@ class REINFORCE(OnPolicyAlgorithm):
 
     def _load_extra_state(self, state: dict[str, Any]) -> None:
         super()._load_extra_state(state)
-        self.baseline_value = state.get("baseline_value")
+        baseline = state.get("baseline_value")
+        if baseline is not None and (
+            isinstance(baseline, bool)
+            or not isinstance(baseline, (int, float))
+            or not math.isfinite(baseline)
+        ):
+            raise ValueError(f"extra.baseline_value is {baseline!r}; expected a finite number or null")
+        self.baseline_value = baseline

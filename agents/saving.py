@@ -62,6 +62,8 @@ class CheckpointHost(Protocol):
     @property
     def max_new_tokens(self) -> int: ...
     @property
+    def precision(self) -> str: ...  # "bf16" or "fp32", as the engine trains
+    @property
     def deepspeed_config(self) -> str | os.PathLike | dict | None: ...
     @property
     def _step_cache(self) -> StepCache: ...
@@ -187,11 +189,12 @@ class Checkpointing:
         if distributed.is_partitioned(agent.policy):  # ZeRO-3: DeepSpeed's checkpoint restores the head
             modules.pop("value_head")
         saved.load_modules(modules, agent.device)
-        saved.load_engine(agent.engine)
+        saved.load_engine(agent.engine, agent.precision)
         counters = saved.state.counters
         agent.num_timesteps, agent._n_updates = counters["num_timesteps"], counters["n_updates"]
         agent._episode_num = counters["episode_num"]
-        agent._load_extra_state(saved.state.extra)
+        with checkpoint.reading(saved.path / checkpoint.STATE_FILE):  # a bad value names the file
+            agent._load_extra_state(saved.state.extra)
         saved.restore_rng()
         resumed = None
         if distributed.is_main():  # the saved episodes are rank 0's
@@ -221,6 +224,7 @@ def checkpoint_state(agent: CheckpointHost) -> checkpoint.AgentState:
             "seed": agent.seed,
             "model_source": str(agent.model_source),
             "max_new_tokens": agent.max_new_tokens,
+            "precision_used": agent.precision,
             "deepspeed_config": ds_config if isinstance(ds_config, (dict, type(None))) else str(ds_config),
         },
         counters={

@@ -51,6 +51,7 @@ from agents.layout import load_lm
 from agents.ptx import masked_lm_loss, token_nll
 from agents.sft_data import SFTExample, collate, fingerprint, load_examples
 from infra import engine
+from infra.cli import check_options
 from infra.storage import atomic_write_text
 
 
@@ -112,6 +113,7 @@ class SFTConfig:
             )
         if self.max_grad_norm is not None:
             check_number("max_grad_norm", self.max_grad_norm, "1.0")
+        check_options(self, positive=("epochs", "batch_size", "max_length", "max_steps", "max_grad_norm"))
         if self.precision not in engine.PRECISIONS:
             raise ValueError(f"precision={self.precision!r} is not known; use one of {engine.PRECISIONS}")
 
@@ -247,6 +249,7 @@ class SFTTrainer:
                 "seed": cfg.seed,
                 "model_source": str(self.model_source),
                 "max_new_tokens": None,
+                "precision_used": self.precision,
                 "deepspeed_config": cfg.deepspeed_config,
             },
             counters={"num_timesteps": self.tokens, "n_updates": self.step, "episode_num": 0},
@@ -264,10 +267,20 @@ class SFTTrainer:
                 f"{self.checkpoint_dir} was written for other data or settings ({changed or 'data/processes'}"
                 "); resume with the same data, settings and number of processes, or choose a new --output"
             )
-        saved.load_engine(self.engine)
+        saved.load_engine(self.engine, self.precision)
         saved.restore_rng()
         self.step, self.tokens = saved.state.counters["n_updates"], saved.state.counters["num_timesteps"]
         self.history = extra["history"]
+
+    def _check_weights(self) -> None:
+        """Stop before a checkpoint or an export can hold non-finite weights (a diverging run)."""
+        bad = [n for n, p in self.engine.module.named_parameters() if not bool(torch.isfinite(p).all())]
+        if bad:
+            raise FloatingPointError(
+                f"the SFT weights became non-finite (inf/NaN) at step {self.step + 1}, e.g. {bad[:3]}; "
+                f"nothing was exported, and {self.checkpoint_dir} (if written) holds the last good state. "
+                f"Lower learning_rate (now {self.config.learning_rate}) or keep max_grad_norm"
+            )
 
     def export(self, path: str | os.PathLike | None = None) -> Path:
         """The fine-tuned LM as an HF directory (safetensors, tokenizer); default ``<output>/model``. After
@@ -333,6 +346,7 @@ class SFTTrainer:
                     )
                 self.engine.backward(loss)
                 self.engine.step()
+                self._check_weights()
                 self.step += 1
                 self.tokens += int(loss_mask[:, 1:].sum())
                 bar.update(1)

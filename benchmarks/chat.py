@@ -28,6 +28,7 @@ import textenv  # noqa: F401  (registers the envs)
 from agents import ALGORITHMS
 from benchmarks import provenance
 from benchmarks.metrics import mean_interval
+from infra.cli import check_options
 from infra.storage import atomic_write_text
 
 ALGOS = {name: entry for name, entry in ALGORITHMS.items() if entry.policy_gradient}
@@ -76,6 +77,24 @@ class Args:
     """torch CPU threads."""
     out: Path = Path("benchmarks/results/chat-cpu/guess-ppo")
     """Directory of summary.json."""
+
+    def __post_init__(self) -> None:
+        check_options(
+            self,
+            positive=(
+                "rollouts",
+                "episodes_per_rollout",
+                "num_envs",
+                "eval_episodes",
+                "learning_rate",
+                "n_epochs",
+                "max_turn_tokens",
+                "max_turns",
+                "max_prompt_tokens",
+                "max_new_tokens",
+                "threads",
+            ),
+        )
 
 
 class StopAfterRollouts(BaseCallback):

@@ -27,6 +27,7 @@ import tyro
 
 import textenv
 from benchmarks import provenance
+from infra.cli import check_options
 from infra.storage import atomic_write_text
 from textenv.envs import TextGenVectorEnv
 from textenv.models import DEFAULT_MODEL, cache_argument, load_model
@@ -52,6 +53,11 @@ class Args:
     """Seed for prompts and actions."""
     json: str | None = None
     """Also write the results to this JSON file."""
+
+    def __post_init__(self) -> None:
+        check_options(
+            self, positive=("num_envs", "max_prompt_tokens", "max_new_tokens", "episodes", "forward_steps")
+        )
 
 
 def time_vector_env(args: Args) -> float:

@@ -30,6 +30,7 @@ import torch
 import tyro
 
 from benchmarks import provenance
+from infra.cli import check_options
 from infra.storage import atomic_write_text
 
 TORCH_ADAM = {"optimizer": {"type": "AdamW", "params": {"torch_adam": True}}}
@@ -82,6 +83,20 @@ class Args:
     """Write every case's result (or error) to this JSON file."""
     extra: list[str] = field(default_factory=list)
     """More ``benchmarks.throughput`` arguments for every case."""
+
+    def __post_init__(self) -> None:
+        check_options(
+            self,
+            positive=(
+                "num_envs",
+                "minibatch_size",
+                "max_prompt_tokens",
+                "max_new_tokens",
+                "n_epochs",
+                "repeats",
+                "case_timeout",
+            ),
+        )
 
 
 def random_weights(source: str | os.PathLike, out: str | os.PathLike, seed: int = 0) -> Path:

@@ -42,6 +42,7 @@ from agents.policy import ActorCritic, evaluate_completions
 from agents.rollout import RolloutBatch
 from benchmarks import provenance
 from infra import engine
+from infra.cli import check_options
 from infra.storage import atomic_write_text
 
 PARTS = ("lora", "checkpointing", "zero")
@@ -85,6 +86,22 @@ class Args:
     """Internal: run one case (``lora``, ``full``, ``ckpt-on-112``, ``zero-2``, ...) and write its JSON."""
     case_out: str | None = None
     """Internal: the directory a case writes its JSON into."""
+
+    def __post_init__(self) -> None:
+        check_options(
+            self,
+            positive=(
+                "batch",
+                "prompt_tokens",
+                "new_tokens",
+                "long_tokens",
+                "long_batch",
+                "lora_rank",
+                "steps",
+                "zero_batch",
+                "threads",
+            ),
+        )
 
 
 def rss_bytes() -> int:

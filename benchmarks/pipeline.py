@@ -47,6 +47,7 @@ from agents.sft import SFTConfig, train_sft
 from benchmarks import provenance
 from benchmarks.budget import make_callbacks, step_cap
 from benchmarks.evaluation import evaluate
+from infra.cli import check_options
 from infra.corpora import drug_review_rows
 from infra.storage import atomic_write_text
 from rewards.drugs import drugs_preference_pairs
@@ -123,6 +124,11 @@ class Args:
     """Held-out human reviews whose perplexity under the policy measures drift (0: skip)."""
 
     def __post_init__(self) -> None:
+        positive = "sft_epochs sft_batch_size sft_learning_rate sft_max_length rm_epochs rm_batch_size"
+        positive += " ppo_iterations num_envs episodes_per_rollout minibatch_size n_epochs ppo_learning_rate"
+        check_options(self, positive=(*positive.split(), "max_new_tokens", "eval_prompts", "ema_decay"))
+        if self.ema_decay is not None and self.ema_decay >= 1:
+            raise ValueError(f"--ema-decay {self.ema_decay} must be in (0, 1), e.g. --ema-decay 0.992")
         try:
             self.step_list = sorted({int(part) for part in self.steps.split(",") if part.strip()})
         except ValueError:

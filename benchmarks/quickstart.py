@@ -34,6 +34,7 @@ from benchmarks.budget import make_callbacks, step_cap
 from benchmarks.evaluation import evaluate
 from benchmarks.logs import LoggedHistory, seconds_per_phase
 from benchmarks.named_rewards import build_reward
+from infra.cli import check_options
 from infra.storage import atomic_write_text
 
 
@@ -71,6 +72,21 @@ class Args:
     """The agent's precision: 'auto' (bf16 where the hardware runs it natively), 'bf16' or 'fp32'."""
     logdir: str = "runs"
     """TensorBoard root; the run lands in <logdir>/TextGen-v0/ppo/seed<k>-<time>/."""
+
+    def __post_init__(self) -> None:
+        check_options(
+            self,
+            positive=(
+                "minutes",
+                "episodes_per_rollout",
+                "num_envs",
+                "minibatch_size",
+                "n_epochs",
+                "learning_rate",
+                "max_new_tokens",
+                "eval_prompts",
+            ),
+        )
 
 
 class Progress(BaseCallback, LoggedHistory):

@@ -25,6 +25,7 @@ import numpy as np
 import tyro
 
 from benchmarks import provenance
+from infra.cli import check_options
 from infra.storage import atomic_write_text
 
 
@@ -44,6 +45,9 @@ class Args:
     """Benchmark only the rewards whose names contain one of these parts (default: all)."""
     json: str | None = None
     """Also write the results to this JSON file."""
+
+    def __post_init__(self) -> None:
+        check_options(self, positive=("batch_size", "tokens", "repeats", "threads"))
 
 
 def make_batch(batch_size: int, tokens: int) -> tuple[list[str], list[str], list[str]]:

@@ -52,6 +52,7 @@ from benchmarks import named_rewards, provenance
 from benchmarks.budget import make_callbacks, parse_budget, periodic_evaluation, step_cap
 from benchmarks.evaluation import evaluate
 from benchmarks.named_rewards import REWARD_NAMES
+from infra.cli import check_options
 from infra.engine import cast_parameters, resolve_precision
 from infra.storage import atomic_write_text
 from textenv.task_envs import BENCHMARKS, recommended_agent_kwargs
@@ -126,6 +127,7 @@ class RunSettings:
     """Show a progress bar."""
 
     def __post_init__(self) -> None:
+        check_options(self, types_only=True)  # the ranges below, then any option they leave out
         if not self.seeds:
             raise ValueError("--seeds is empty; give at least one seed, e.g. --seeds 0 1 2.")
         seeds = " ".join(map(str, self.seeds))
@@ -162,6 +164,7 @@ class RunSettings:
         if not (math.isfinite(self.dqn_soft_q_coef) and self.dqn_soft_q_coef >= 0):
             flag = "--dqn-soft-q-coef"
             raise ValueError(f"{flag} {self.dqn_soft_q_coef} must be >= 0 (0: off), e.g. {flag} 0.05.")
+        check_options(self)
 
 
 @dataclass

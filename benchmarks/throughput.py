@@ -39,6 +39,7 @@ from agents.policy import position_ids_from_mask
 from agents.rollout import RolloutBatch
 from benchmarks import provenance
 from infra import engine
+from infra.cli import check_options
 from infra.storage import atomic_write_text
 
 
@@ -77,6 +78,21 @@ class Args:
     """Also time ``generate()`` and the bare training step (off under ZeRO-3: its weights are partitioned)."""
     json: str | None = None
     """Also write the results to this JSON file."""
+
+    def __post_init__(self) -> None:
+        check_options(
+            self,
+            positive=(
+                "num_envs",
+                "max_prompt_tokens",
+                "max_new_tokens",
+                "minibatch_size",
+                "n_epochs",
+                "repeats",
+                "threads",
+            ),
+            signed=("lora_rank",),
+        )
 
 
 def zero_reward(prompts, completions, references=None) -> np.ndarray:

@@ -52,6 +52,7 @@ from benchmarks.evaluation import evaluate
 from benchmarks.logs import LoggedHistory, seconds_per_phase
 from benchmarks.report import vs_trl_table
 from infra import engine
+from infra.cli import check_options
 from infra.storage import atomic_write_text
 from textenv.models import no_hf_progress_bars
 from textenv.task_envs import BENCHMARKS
@@ -99,6 +100,20 @@ class Args:
     (:func:`infra.engine.keep_freed_memory`); with --no-keep-freed-memory nobody gets it."""
     json: str = "runs/vs_trl.json"
     """Where the JSON results go."""
+
+    def __post_init__(self) -> None:
+        check_options(
+            self,
+            positive=(
+                "seconds",
+                "batch_size",
+                "group_size",
+                "minibatch_size",
+                "max_new_tokens",
+                "learning_rate",
+                "eval_prompts",
+            ),
+        )
 
 
 def env_kwargs(args: Args) -> dict[str, Any]:

@@ -107,6 +107,11 @@ def load_config(config: str | os.PathLike | dict | None) -> dict[str, Any]:
         return {}
     if isinstance(config, dict):
         return copy.deepcopy(config)
+    if not isinstance(config, (str, os.PathLike)):
+        raise TypeError(
+            f"deepspeed_config={config!r} ({type(config).__name__}) is not a DeepSpeed config; pass a JSON "
+            "file path, a dict, or None for the defaults"
+        )
     path = Path(config)
     if not path.is_file():
         raise FileNotFoundError(

@@ -38,6 +38,7 @@ import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 CACHE_ENV_VAR = "TEXTENV_CACHE"
 TMP_MARK = ".tmp-"
@@ -167,6 +168,56 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
         os.replace(tmp, path)
         shutil.rmtree(old, ignore_errors=True)
     _fsync_path(path.parent)
+
+
+OWNER_FILE = "textenv-output.json"
+"""Written into every directory textenv builds for a user (exports, checkpoints, reward models): the mark
+that lets a later save replace it. A directory without it is the user's, and is never replaced."""
+
+
+def mark_owned(directory: Path, kind: str) -> None:
+    """Mark ``directory`` (being built) as textenv's own ``kind`` of output (see :data:`OWNER_FILE`)."""
+    (directory / OWNER_FILE).write_text(json.dumps({"written_by": "textenv", "kind": kind}) + "\n")
+
+
+def check_replaceable(
+    path: str | os.PathLike[str], kind: str, legacy: Callable[[Path], bool] | None = None
+) -> None:
+    """Refuse to replace ``path`` unless it is absent, an empty directory, or a ``kind`` of output textenv
+    wrote there (its :data:`OWNER_FILE`; ``legacy`` recognises outputs written before the mark existed).
+
+    >>> import tempfile
+    >>> mine = Path(tempfile.mkdtemp())
+    >>> _ = (mine / "config.json").write_text("{}")
+    >>> check_replaceable(mine, "export")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    FileExistsError: ... is a directory that textenv did not write as an export ...
+    """
+    path = Path(path)
+    if path.is_symlink() or path.is_file():
+        raise FileExistsError(f"{str(path)!r} is a file; the {kind} is a directory. Choose another path")
+    if not path.is_dir() or not any(path.iterdir()):
+        return
+    marker = path / OWNER_FILE
+    owner: Any = None
+    if marker.is_file():
+        with contextlib.suppress(OSError, ValueError, UnicodeDecodeError):
+            owner = json.loads(marker.read_text())
+    if isinstance(owner, dict) and owner.get("written_by") == "textenv":
+        if owner.get("kind") == kind:
+            return
+        raise FileExistsError(
+            f"{str(path)!r} holds a textenv {owner.get('kind')}, not a {kind}; writing the {kind} there "
+            "would replace it. Choose another path"
+        )
+    if legacy is not None and legacy(path):
+        return
+    article = "an" if kind[0] in "aeiou" else "a"
+    raise FileExistsError(
+        f"{str(path)!r} is a directory that textenv did not write as {article} {kind} (no {OWNER_FILE} in "
+        "it); writing there would delete its files. Choose a new or empty directory, or move the files away "
+        "first"
+    )
 
 
 def jsonl_objects(

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from infra.cli import check_options
 from rewards.encoder import MINILM
 from rewards.models import (
     ClassifierRewardModel,
@@ -98,9 +99,6 @@ class TrainConfig:
         check_setting("progress_bar", self.progress_bar, "bool", "False")
         if self.pooling not in ("auto", "mean", "last"):
             raise ValueError(f"pooling={self.pooling!r} is not known; use 'auto', 'mean' or 'last'")
-        for name in ("max_length", "epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
         if not 0.0 < self.learning_rate < 1.0:
             raise ValueError(f"learning_rate={self.learning_rate} must be in (0, 1), e.g. 5e-5")
         if self.head_learning_rate is not None and not 0.0 < self.head_learning_rate < 1.0:
@@ -113,6 +111,7 @@ class TrainConfig:
             raise ValueError(f"eval_fraction={self.eval_fraction} must be in (0, 1), e.g. 0.2")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0.0):
             raise ValueError(f"weight_decay={self.weight_decay} must be a finite number >= 0, e.g. 0.01")
+        check_options(self, positive=("max_length", "epochs", "batch_size", "head_learning_rate"))
 
 
 def split(items: Sequence[Any], eval_fraction: float, seed: int) -> tuple[list[Any], list[Any]]:
@@ -339,6 +338,7 @@ def fit(
             if world > 1:
                 dist.all_reduce(batch_loss)
             losses.append(batch_loss.item())
+            _check_finite(losses[-1], network, step, config.learning_rate)
             step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
@@ -363,6 +363,17 @@ def fit(
         _restore_fp32(engine, network)
     model.metrics = {key: float(value) for key, value in metrics.items()}
     return model.metrics
+
+
+def _check_finite(loss: float, network: Any, step: int, learning_rate: float) -> None:
+    """Stop a diverging run before it returns (and its caller saves) non-finite weights."""
+    bad = [name for name, p in network.named_parameters() if not bool(p.isfinite().all())]
+    if bad or not math.isfinite(loss):
+        what = f"weights became non-finite (inf/NaN), e.g. {bad[:3]}" if bad else f"loss was {loss}"
+        raise FloatingPointError(
+            f"reward-model training diverged at step {step + 1}: the {what}; nothing was saved. Lower "
+            f"learning_rate (now {learning_rate})"
+        )
 
 
 def _restore_fp32(engine: Any, network: Any) -> None:

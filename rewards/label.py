@@ -38,6 +38,7 @@ from typing import Any, Protocol
 
 import tyro
 
+from infra.cli import check_options
 from infra.storage import jsonl_objects
 from rewards.label_page import PAGE, SCRIPT
 from rewards.train import TrainingDataError, read_preference_log
@@ -342,6 +343,19 @@ class Handler(BaseHTTPRequestHandler):
             return self._json(400, {"error": "the body must be a small JSON object {id, choice}"})
         try:
             body = json.loads(self.rfile.read(length))
+        except RecursionError:
+            return self._json(
+                400, {"error": 'the body is nested too deeply; send {"id": ..., "choice": "1"}'}
+            )
+        except ValueError as error:
+            return self._json(
+                400, {"error": f'the body is not JSON ({error}); send {{"id": ..., "choice": "1"}}'}
+            )
+        missing = [key for key in ("id", "choice") if key not in body] if isinstance(body, dict) else None
+        if missing is None or missing:
+            what = f"lacks {', '.join(map(json.dumps, missing))}" if missing else "is not a JSON object"
+            return self._json(400, {"error": f'the body {what}; send {{"id": ..., "choice": "1"}}'})
+        try:
             counts = self.server.answer(str(body["id"]), str(body["choice"]))
         except KeyError:
             return self._json(409, {"error": "that pair was already answered or is unknown; load a new one"})
@@ -374,6 +388,9 @@ class Args:
     """Seeds the prompt order and the sampling."""
     chat: bool = False
     """Wrap each prompt as a user message with the tokenizer's chat template (instruct models)."""
+
+    def __post_init__(self) -> None:
+        check_options(self, positive=("max_new_tokens", "temperature", "top_p"))
 
 
 def check_args(args: Args) -> None:

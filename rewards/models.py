@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from infra.storage import atomic_directory
+from infra.storage import atomic_directory, check_replaceable, mark_owned
 from rewards.encoder import (
     MINILM,
     default_pooling,
@@ -181,7 +181,9 @@ class ScalarRewardModel(CheckedReward):
         from safetensors.torch import save_file
 
         target = Path(path).resolve()
+        check_replaceable(target, "reward model", _is_reward_model_dir)
         with atomic_directory(target) as staging:
+            mark_owned(staging, "reward model")
             self.backbone.save_pretrained(staging)
             self.tokenizer.save_pretrained(staging)
             save_file(
@@ -320,3 +322,8 @@ def preference_metrics(model: ScalarRewardModel, triples: Sequence[tuple[str, st
         "eval_margin_mean": float(margin.mean()),
         "eval_margin_std": float(margin.std()),
     }
+
+
+def _is_reward_model_dir(path: Path) -> bool:
+    """A reward model saved before the ownership mark (its settings and head files)."""
+    return (path / CONFIG_NAME).is_file() and (path / HEAD_NAME).is_file()

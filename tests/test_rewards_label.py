@@ -297,3 +297,19 @@ def test_browser_clicks_through_three_pairs(server) -> None:
         {"prompt": p2, "chosen": b2, "rejected": a2},
         {"prompt": p3, "tie": [a3, b3]},
     ]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"[" * 2000 + b"]" * 2000, "nested"),
+        (b'{"id": "x"}', '"choice"'),
+        (b'{"choice": "1"}', '"id"'),
+        (b"[1, 2]", "JSON object"),
+        (b'"1"', "JSON object"),
+    ],
+)
+def test_a_malformed_post_gets_a_400_that_says_what_is_missing(server, body: bytes, message: str) -> None:
+    status, error, _ = request(server, "POST", "/api/choice", body)
+    assert status == 400 and message in error["error"], error
+    assert request(server, "GET", "/api/pair")[0] == 200  # the server still answers

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import tyro
 
+from infra.cli import check_options
 from textenv.models import DEFAULT_MODEL, cache_argument, load_model
 from textenv.tasks import DEFAULT_TASK, TASKS
 
@@ -40,6 +41,7 @@ class Args:
     """Sampling temperature (0 = greedy)."""
 
     def __post_init__(self) -> None:
+        check_options(self, types_only=True)  # the ranges below
         if self.task not in TASKS:
             raise ValueError(f"--task {self.task!r} is not known; use one of {', '.join(TASKS)}.")
         for flag, value in (("--episodes", self.episodes), ("--max-new-tokens", self.max_new_tokens)):

@@ -187,14 +187,18 @@ def safe_arithmetic(expression: str) -> float:
     """The value of an arithmetic expression: numbers, ``+ - * / // % **``, unary signs and parentheses.
 
     Parsed with :mod:`ast` and evaluated node by node over a whitelist (never ``eval``); names, calls,
-    attributes and everything else raise ``ValueError``, as do division by zero, exponents above 64 and
-    results beyond 1e15 in magnitude.
+    attributes and everything else raise ``ValueError``, as do division by zero, exponents above 64, and
+    numbers or results that are not finite or beyond 1e15 in magnitude: whatever text it gets, it returns a
+    bounded finite number or raises ``ValueError`` saying what was wrong.
 
     >>> safe_arithmetic("12 * (3 + 4)")
     84
     >>> safe_arithmetic("__import__('os')")
     Traceback (most recent call last):
     ValueError: not allowed in a calculation: Call
+    >>> safe_arithmetic("0 ** -1")
+    Traceback (most recent call last):
+    ValueError: division by zero
     """
     if len(expression) > MAX_EXPRESSION_CHARS:
         raise ValueError(f"expression longer than {MAX_EXPRESSION_CHARS} characters")
@@ -202,10 +206,17 @@ def safe_arithmetic(expression: str) -> float:
         tree = ast.parse(expression.strip(), mode="eval")
     except SyntaxError as error:
         raise ValueError(f"not an arithmetic expression: {error.msg}") from None
+    except (RecursionError, MemoryError, ValueError):  # nesting too deep, a NUL byte
+        raise ValueError("not an arithmetic expression") from None
+
+    def bounded(number: Any) -> Any:
+        if isinstance(number, complex) or not math.isfinite(number) or abs(number) > MAX_MAGNITUDE:
+            raise ValueError(f"number out of range (the calculator works within +-{MAX_MAGNITUDE:.0e})")
+        return number
 
     def value(node: ast.AST) -> Any:
         if isinstance(node, ast.Constant) and type(node.value) in (int, float):
-            return node.value
+            return bounded(node.value)
         if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
             return _UNARY[type(node.op)](value(node.operand))
         if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
@@ -214,13 +225,20 @@ def safe_arithmetic(expression: str) -> float:
                 raise ValueError("exponent above 64")
             if isinstance(node.op, (ast.Div, ast.FloorDiv, ast.Mod)) and right == 0:
                 raise ValueError("division by zero")
-            result = _BINARY[type(node.op)](left, right)
-            if isinstance(result, complex) or not math.isfinite(result) or abs(result) > MAX_MAGNITUDE:
-                raise ValueError("result out of range")
-            return result
+            if isinstance(node.op, ast.Pow) and left == 0 and right < 0:
+                raise ValueError("division by zero")
+            try:
+                return bounded(_BINARY[type(node.op)](left, right))
+            except (ArithmeticError, OverflowError):  # a float power beyond the float range
+                raise ValueError(
+                    f"number out of range (the calculator works within +-{MAX_MAGNITUDE:.0e})"
+                ) from None
         raise ValueError(f"not allowed in a calculation: {type(node).__name__}")
 
-    return value(tree.body)
+    try:
+        return value(tree.body)
+    except RecursionError:
+        raise ValueError("expression nested too deeply") from None
 
 
 def format_number(number: float) -> str:
@@ -253,8 +271,8 @@ class _CalculatorDialogue(Dialogue):
             self.calls += 1
             try:
                 result = f"<result>{format_number(safe_arithmetic(call.group(1)))}</result>"
-            except ValueError as error:
-                result = f"<result>error: {error}</result>"
+            except Exception as error:  # noqa: BLE001  (the model's text never ends the episode with an error)
+                result = f"<result>error: {error or type(error).__name__}</result>"
             return Reply(result, reward=-self.call_cost)
         numbers = _NUMBER.findall(message)
         correct = bool(numbers) and math.isclose(float(numbers[-1]), self.answer, abs_tol=1e-6)
@@ -316,6 +334,7 @@ class _UserDialogue(Dialogue):
         self.history: list[dict[str, str]] = [{"role": "assistant", "content": opening}]
 
     def respond(self, message: str) -> Reply:
+        message = message.encode("utf-8", "replace").decode("utf-8")  # lone surrogates break the tokenizer
         self.history.append({"role": "user", "content": message})  # the agent speaks to the simulator
         reply = self.task.simulate(self.persona, self.history)
         self.history.append({"role": "assistant", "content": reply})

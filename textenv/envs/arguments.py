@@ -54,6 +54,21 @@ def check_num_envs(num_envs: Any) -> int:
     return int(num_envs)
 
 
+MAX_SEQUENCE_TOKENS = 1 << 20
+"""The most slots (``max_prompt_tokens`` or ``max_new_tokens``) an env's observation may have: beyond any
+model's context, and each env holds several int64 arrays of that length."""
+
+
+def check_sequence_size(max_prompt_tokens: int, max_new_tokens: int) -> None:
+    """Refuse sizes whose observation arrays could not be built (a clear error instead of a MemoryError)."""
+    for name, value in (("max_prompt_tokens", max_prompt_tokens), ("max_new_tokens", max_new_tokens)):
+        if value > MAX_SEQUENCE_TOKENS:
+            raise ValueError(
+                f"{name}={value} is beyond {MAX_SEQUENCE_TOKENS} tokens, more than any model reads; use the "
+                "model's context length at most, e.g. 512"
+            )
+
+
 @dataclass(frozen=True, kw_only=True)
 class EnvArguments:
     """What every textenv env takes; each is checked in ``__post_init__`` with a message that says how to fix
@@ -85,6 +100,7 @@ class EnvArguments:
             value = getattr(self, name)
             if not is_int(value) or value < 1:
                 raise ValueError(f"{name}={value!r} must be a positive int, e.g. {name}=8.")
+        check_sequence_size(self.max_prompt_tokens, self.max_new_tokens)
         if self.vocab_size is not None and (not is_int(self.vocab_size) or self.vocab_size < 1):
             raise ValueError(
                 f"vocab_size={self.vocab_size!r} must be a positive int, or None (the tokenizer's)."

@@ -8,6 +8,7 @@ env's observation (one row of a vector env's (B, P+N) arrays, or a single env's 
 from __future__ import annotations
 
 import copy
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
+from rewards.validation import check_scores
 from textenv.chat_tasks import Dialogue, Reply, load_chat_task, render_chat
 from textenv.envs.arguments import ChatArguments
 from textenv.envs.core import TokenCore
@@ -272,10 +274,15 @@ class ChatCore(TokenCore):
             return 0.0, False, False, {}
         message = self.tokenizer.decode(turn.tolist(), skip_special_tokens=True).strip()
         start_time = time.perf_counter()
-        reply = conv.dialogue.respond(message)
+        try:
+            reply = conv.dialogue.respond(message)
+        except Exception as error:  # a bug in the task's own code: say whose, on which message
+            if sys.version_info >= (3, 11):  # exception notes
+                task = type(self.task).__name__
+                error.add_note(f"raised by the chat task {task} on the message {message[:80]!r}")
+            raise
         self.reward_seconds += time.perf_counter() - start_time
-        if not isinstance(reply, Reply):
-            raise TypeError(f"the task's respond() returned {type(reply).__name__}, not a textenv Reply.")
+        reward = self.check_reply(reply)
         self._write(conv, [token], agent=1)
         conv.messages.append(message)
         conv.turns.append({"role": "assistant", "content": message})
@@ -300,7 +307,24 @@ class ChatCore(TokenCore):
         if terminated or truncated:
             conv.done = True
             info |= self.final_info(conv)
-        return float(reply.reward), bool(terminated), truncated, info
+        return reward, bool(terminated), truncated, info
+
+    def check_reply(self, reply: Any) -> float:
+        """The reward of the task's ``reply``, refused like a reward function's scores (rewards.check_scores:
+        a real, finite number within the float32 range), naming the task; its content must be text or None."""
+        name = f"the chat task {type(self.task).__name__} (Reply.reward)"
+        if not isinstance(reply, Reply):
+            raise TypeError(f"the task's respond() returned {type(reply).__name__}, not a textenv Reply.")
+        reward = reply.reward
+        if not isinstance(reward, (int, float, np.integer, np.floating)) or isinstance(reward, bool):
+            raise TypeError(f"{name} is {reply.reward!r} ({type(reply.reward).__name__}); give a float")
+        if reply.content is not None and not isinstance(reply.content, str):
+            raise TypeError(
+                f"the chat task {type(self.task).__name__} replied with {type(reply.content).__name__} "
+                "content; give a str, or None to end the conversation"
+            )
+        check_scores([reply.reward], 1, name)
+        return float(reply.reward)
 
     def _write(self, conv: Conversation, ids: list[int], agent: int) -> None:
         start, end = self.P + conv.length, self.P + conv.length + len(ids)

@@ -12,7 +12,8 @@ from gymnasium import spaces
 from textenv.chat_tasks import ChatTask
 from textenv.envs.arguments import ChatArguments
 from textenv.envs.chat_core import ChatCore, Conversation
-from textenv.envs.core import PromptSampler, TokenAttributes, TokenCore, _decode_state, _encode_state
+from textenv.envs.core import PromptSampler, TokenAttributes, TokenCore
+from textenv.envs.state import check_conversation, decode_state, encode_state
 
 
 class ChatAttributes(TokenAttributes):
@@ -30,26 +31,48 @@ class ChatAttributes(TokenAttributes):
     def state_dict(self) -> dict[str, Any]:
         """The episode state as JSON-able data: RNG states, sampler positions and the running conversations
         (tokens, turns, the agent's messages; the task's dialogue is rebuilt from them on load)."""
-        state = {name: _encode_state(getattr(self, name)) for name in self.state_fields}
+        state = {name: encode_state(getattr(self, name)) for name in self.state_fields}
         return state | {"conversations": [self.core.conversation_state(c) for c in self._conversations]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned (from an env made with the same arguments)."""
+        """Restore what :meth:`state_dict` returned (from an env made with the same arguments). A value of
+        another type or outside this env's sizes raises ``ValueError`` naming its key, and leaves the env as
+        it was."""
+        if not isinstance(state, dict):
+            raise ValueError(f"saved env state is {type(state).__name__}; expected the dict of state_dict()")
         missing = [name for name in (*self.state_fields, "conversations") if name not in state]
         if missing:
             raise ValueError(f"saved env state lacks {missing}; it comes from another kind of env")
-        conversations = self._conversations
-        if len(state["conversations"]) != len(conversations):
+        conversations, saved = self._conversations, state["conversations"]
+        if not isinstance(saved, list) or len(saved) != len(conversations):
             raise ValueError(
-                f"saved env state holds {len(state['conversations'])} conversations, this env "
+                f"saved env state holds {len(saved) if isinstance(saved, list) else 'no'} conversations, "
+                f"this env "
                 f"{len(conversations)}; make it with the saved run's num_envs"
             )
+        core = self.core
+        for row, saved in enumerate(state["conversations"]):
+            try:
+                check_conversation(saved, core.P, core.vocab_size, len(core.task), core.max_turns)
+            except (KeyError, ValueError) as error:
+                raise ValueError(f"saved env state 'conversations'[{row}]: {error}") from None
+        before = self.state_dict()
+        try:
+            self._restore(state)
+        except ValueError:
+            self._restore(before)
+            raise
+
+    def _restore(self, state: dict[str, Any]) -> None:
         for name in self.state_fields:
             current, saved = getattr(self, name), state[name]
-            if saved is None or current is None:  # an RNG that was not seeded yet (no reset) on one side
+            if name == "_np_random" and (saved is None or current is None):  # not seeded yet on one side
                 current = None if saved is None else np.random.default_rng()
-            setattr(self, name, None if saved is None else _decode_state(saved, current))
-        for conv, saved in zip(conversations, state["conversations"], strict=True):
+                if saved is None:
+                    setattr(self, name, None)
+                    continue
+            setattr(self, name, decode_state(saved, current, name))
+        for conv, saved in zip(self._conversations, state["conversations"], strict=True):
             self.core.restore_conversation(conv, saved)
 
     @property

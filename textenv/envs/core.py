@@ -21,6 +21,8 @@ from rewards.sentiment import VaderSentiment
 from rewards.validation import check_scores
 from textenv.data import PromptDataset, as_dataset
 from textenv.envs.arguments import EnvArguments, TextGenArguments
+from textenv.envs.state import PromptSampler as PromptSampler
+from textenv.envs.state import decode_state, encode_state
 from textenv.hubs import hub_reward, is_hub_task
 from textenv.models import DEFAULT_MODEL, load_tokenizer, model_dir
 from textenv.tasks import DEFAULT_TASK, load_task
@@ -61,26 +63,6 @@ def token_ids_containing(tokenizer: Any, strings: Sequence[str]) -> list[int]:
     """
     texts = tokenizer.batch_decode([[token] for token in range(len(tokenizer))])
     return [token for token, text in enumerate(texts) if any(string in text for string in strings)]
-
-
-class PromptSampler:
-    """Draws dataset indices uniformly; with ``group_size=k`` each drawn index is yielded k times in a row."""
-
-    def __init__(self, dataset_size: int, group_size: int = 1) -> None:
-        self.dataset_size = dataset_size
-        self.group_size = group_size
-        self.index = 0
-        self.remaining = 0
-
-    def reset(self) -> None:
-        self.remaining = 0
-
-    def next(self, rng: np.random.Generator) -> int:
-        if self.remaining == 0:
-            self.index = int(rng.integers(self.dataset_size))
-            self.remaining = self.group_size
-        self.remaining -= 1
-        return self.index
 
 
 class TokenCore:
@@ -320,55 +302,6 @@ class TextGenCore(TokenCore):
         }
 
 
-def _encode_state(value: Any) -> Any:
-    """A JSON-able form of one piece of episode state (see :meth:`CoreAttributes.state_dict`)."""
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.random.Generator):
-        return value.bit_generator.state
-    if isinstance(value, PromptSampler):
-        return [value.index, value.remaining]
-    if isinstance(value, CoreAttributes):
-        return value.state_dict()
-    if isinstance(value, list):
-        return [_encode_state(item) for item in value]
-    if isinstance(value, (np.integer, np.bool_)):
-        return value.item()
-    return value
-
-
-BIT_GENERATORS = ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64")
-"""numpy bit generators whose saved state an env restores."""
-
-
-def _decode_state(saved: Any, current: Any) -> Any:
-    """``saved`` turned back into the type of ``current`` (restored in place where it is an object)."""
-    if isinstance(current, np.ndarray):
-        restored = np.asarray(saved, dtype=current.dtype)
-        if restored.shape != current.shape:
-            raise ValueError(f"saved env state has shape {restored.shape}, the env {current.shape}")
-        return restored
-    # an RNG's saved state names its kind; current is None for an RNG the env has not made yet
-    kind = saved.get("bit_generator") if isinstance(saved, dict) else None
-    if isinstance(current, np.random.Generator) or (current is None and kind is not None):
-        if kind not in BIT_GENERATORS:
-            raise ValueError(f"saved env state has an RNG of kind {kind!r}; expected one of {BIT_GENERATORS}")
-        generator = np.random.Generator(getattr(np.random, kind)())
-        generator.bit_generator.state = saved
-        return generator
-    if isinstance(current, PromptSampler):
-        current.index, current.remaining = int(saved[0]), int(saved[1])
-        return current
-    if isinstance(current, CoreAttributes):
-        current.load_state_dict(saved)
-        return current
-    if isinstance(current, list):
-        if len(saved) != len(current):
-            raise ValueError(f"saved env state holds {len(saved)} rows, the env {len(current)}")
-        return [_decode_state(item, now) for item, now in zip(saved, current, strict=True)]
-    return type(current)(saved) if current is not None else saved
-
-
 class TokenAttributes:
     """What every textenv env exposes of its core to agents (``agents.layout`` reads them through SB3's
     ``get_attr``): the tokenizer and its special ids, the action vocabulary and the prompt group size."""
@@ -408,15 +341,29 @@ class CoreAttributes(TokenAttributes):
 
     def state_dict(self) -> dict[str, Any]:
         """The episode state as JSON-able data (RNG states, sampler positions, running episodes)."""
-        return {name: _encode_state(getattr(self, name)) for name in self.state_fields}
+        return {name: encode_state(getattr(self, name)) for name in self.state_fields}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned (from an env made with the same arguments)."""
+        """Restore what :meth:`state_dict` returned (from an env made with the same arguments). A value of
+        another type or outside this env's sizes raises ``ValueError`` naming its key, and leaves the env as
+        it was."""
+        if not isinstance(state, dict):
+            raise ValueError(f"saved env state is {type(state).__name__}; expected the dict of state_dict()")
         missing = [name for name in self.state_fields if name not in state]
         if missing:
             raise ValueError(f"saved env state lacks {missing}; it comes from another kind of env")
-        for name in self.state_fields:
-            setattr(self, name, _decode_state(state[name], getattr(self, name)))
+        before = self.state_dict()
+        try:
+            for name in self.state_fields:
+                setattr(self, name, decode_state(state[name], getattr(self, name), name))
+            self._check_state()
+        except ValueError:
+            for name in self.state_fields:
+                setattr(self, name, decode_state(before[name], getattr(self, name), name))
+            raise
+
+    def _check_state(self) -> None:
+        """Extension point: check a loaded episode against the env's sizes (``ValueError`` naming the key)."""
 
     def _setup_core(self, args: TextGenArguments) -> None:
         """Build the core from the env's checked arguments."""

@@ -13,6 +13,7 @@ from gymnasium.vector.utils import batch_space
 
 from textenv.envs.arguments import TextGenArguments, check_num_envs
 from textenv.envs.core import CoreAttributes, PromptSampler, RewardFn, TextGenCore
+from textenv.envs.state import check_indices
 
 
 class TextGenSeqEnv(CoreAttributes, gym.Env):
@@ -113,6 +114,9 @@ class TextGenSeqEnv(CoreAttributes, gym.Env):
         self._index = 0
         self._completion = ""
         self._done = True
+
+    def _check_state(self) -> None:
+        check_indices("_index", self._index, len(self.dataset))
 
     def _obs(self) -> dict[str, np.ndarray]:
         input_ids, attention_mask = self.core.encode_prompt(self._index)

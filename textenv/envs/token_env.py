@@ -11,6 +11,7 @@ from gymnasium import spaces
 
 from textenv.envs.arguments import TextGenArguments
 from textenv.envs.core import CoreAttributes, PromptSampler, RewardFn
+from textenv.envs.state import check_indices, check_layout
 
 
 class TextGenEnv(CoreAttributes, gym.Env):
@@ -124,6 +125,22 @@ class TextGenEnv(CoreAttributes, gym.Env):
         self._index = 0
         self._length = 0  # tokens generated so far
         self._done = True  # no episode running until reset()
+
+    def _check_state(self) -> None:
+        names = ("_input_ids", "_attention_mask", "_length")
+        check_layout(
+            self._input_ids,
+            self._attention_mask,
+            self._length,
+            self.max_prompt_tokens,
+            self.vocab_size,
+            names,
+        )
+        check_indices("_index", self._index, len(self.dataset))
+        if not self._done and self._length >= self.max_new_tokens:
+            raise ValueError(
+                "saved env state '_length' is max_new_tokens in a running episode ('_done' false)"
+            )
 
     def _obs(self) -> dict[str, np.ndarray]:
         return {"input_ids": self._input_ids.copy(), "attention_mask": self._attention_mask.copy()}

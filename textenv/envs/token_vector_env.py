@@ -13,6 +13,7 @@ from gymnasium.vector.utils import batch_space
 
 from textenv.envs.arguments import TextGenArguments, check_num_envs
 from textenv.envs.core import CoreAttributes, PromptSampler, RewardFn
+from textenv.envs.state import check_indices, check_layout
 
 
 class TextGenVectorEnv(CoreAttributes, VectorEnv):
@@ -96,6 +97,22 @@ class TextGenVectorEnv(CoreAttributes, VectorEnv):
         self._lengths = np.zeros(num_envs, np.int64)  # tokens generated per row
         self._rows = np.arange(num_envs)
         self._started = False
+
+    def _check_state(self) -> None:
+        names = ("_input_ids", "_attention_mask", "_lengths")
+        check_layout(
+            self._input_ids,
+            self._attention_mask,
+            self._lengths,
+            self.max_prompt_tokens,
+            self.vocab_size,
+            names,
+        )
+        check_indices("_indices", self._indices, len(self.dataset))
+        if (self._lengths >= self.max_new_tokens).any():  # a finished row restarts in the same step
+            raise ValueError(
+                "saved env state '_lengths' holds max_new_tokens: no row is that far in a vector env"
+            )
 
     def _obs(self) -> dict[str, np.ndarray]:
         return {"input_ids": self._input_ids.copy(), "attention_mask": self._attention_mask.copy()}
