@@ -1,9 +1,9 @@
 """Resume matrix: every agent on every kind of env continues a saved run exactly.
 
-N steps straight equal N/2 + save + load + the rest, for PPO, REINFORCE and DQN on a single env (SB3 wraps it
-in its Monitor), a Gymnasium vector env, an SB3 VecEnv and the multi-turn chat env. Tolerance: none, the
-parameters are bit-identical (DQN with an exponential exploration schedule: SB3's linear schedule spans each
-``learn()`` call's own ``total_timesteps``, so a resumed linear schedule differs by design)."""
+N steps straight equal N/2 + save + load + the rest, for PPO, REINFORCE, GRPO and DQN on a single env (SB3
+wraps it in its Monitor), a Gymnasium vector env, an SB3 VecEnv and the multi-turn chat env. Tolerance: none,
+the parameters are bit-identical (DQN with an exponential exploration schedule: SB3's linear schedule spans
+each ``learn()`` call's own ``total_timesteps``, so a resumed linear schedule differs by design)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import torch
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 import textenv  # noqa: F401  (registers the envs)
-from agents import DQN, PPO, REINFORCE
+from agents import DQN, GRPO, PPO, REINFORCE
 
 
 def letter_e(prompts, completions, references=None) -> np.ndarray:
@@ -33,17 +33,20 @@ CHAT = {
     "max_turn_tokens": 6,
     "max_turns": 2,
 }
-ENVS: dict[str, Any] = {
-    "single": lambda: gym.make("TextGen-v0", **TOKEN),
-    "gym-vector": lambda: gym.make_vec(
-        "TextGen-v0", num_envs=2, vectorization_mode="vector_entry_point", **TOKEN
+ENVS: dict[str, Any] = {  # each takes the env's group_size (GRPO compares the samples of a prompt)
+    "single": lambda k: gym.make("TextGen-v0", group_size=k, **TOKEN),
+    "gym-vector": lambda k: gym.make_vec(
+        "TextGen-v0", num_envs=2, vectorization_mode="vector_entry_point", group_size=k, **TOKEN
     ),
-    "sb3-vecenv": lambda: DummyVecEnv([lambda: gym.make("TextGen-v0", **TOKEN)] * 2),
-    "chat": lambda: gym.make_vec("TextChat-v0", num_envs=2, vectorization_mode="vector_entry_point", **CHAT),
+    "sb3-vecenv": lambda k: DummyVecEnv([lambda: gym.make("TextGen-v0", group_size=k, **TOKEN)] * 2),
+    "chat": lambda k: gym.make_vec(
+        "TextChat-v0", num_envs=2, vectorization_mode="vector_entry_point", group_size=k, **CHAT
+    ),
 }
 AGENTS: dict[str, tuple[Any, dict[str, Any]]] = {
     "ppo": (PPO, {"episodes_per_rollout": 4, "minibatch_size": 4}),
     "reinforce": (REINFORCE, {"episodes_per_rollout": 4, "minibatch_size": 4}),
+    "grpo": (GRPO, {"episodes_per_rollout": 4, "minibatch_size": 4, "beta": 0.05}),
     "dqn": (DQN, {"learning_starts": 8, "batch_size": 4, "exploration_schedule": "exponential"}),
 }
 
@@ -52,7 +55,8 @@ AGENTS: dict[str, tuple[Any, dict[str, Any]]] = {
 @pytest.mark.parametrize("name", list(AGENTS))
 def test_resume_continues_exactly(tmp_path: Path, name: str, env_kind: str) -> None:
     algo, settings = AGENTS[name]
-    make_env, total = ENVS[env_kind], 48
+    group_size, total = (2 if algo is GRPO else 1), 48
+    make_env = lambda: ENVS[env_kind](group_size)  # noqa: E731
     straight = algo(make_env(), model="tiny-sp", seed=0, learning_rate=1e-3, **settings)
     straight.learn(total)
     first = algo(make_env(), model="tiny-sp", seed=0, learning_rate=1e-3, **settings)
