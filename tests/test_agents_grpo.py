@@ -222,7 +222,7 @@ def test_grpo_resumes_exactly(tmp_path: Any) -> None:
         ({"epsilon": 1.5}, "epsilon must be in"),
         ({"epsilon_high": 0.0}, "epsilon_high must be > 0"),
         ({"beta": -1.0}, "beta and ent_coef must be >= 0"),
-        ({"n_epochs": 1.5}, "n_epochs must be an int"),
+        ({"n_epochs": 1.5}, "n_epochs must be a whole number"),
         ({"overlong_buffer": -2}, "overlong_buffer must be >= 0"),
         ({"rollout_correction_threshold": 0.5}, "rollout_correction_threshold must be > 1"),
         ({"max_sampling_factor": 0.5}, "max_sampling_factor must be >= 1"),

@@ -41,15 +41,17 @@ def held_out_reward(agent) -> float:
 
 
 @pytest.mark.parametrize(
-    ("algo", "kwargs", "group_size"),
+    ("algo", "kwargs", "group_size", "budget"),
     [
-        (PPO, {"learning_rate": 1e-3}, 1),
-        (REINFORCE, {"learning_rate": 1e-3, "baseline": "moving_average"}, 1),
-        (REINFORCE, {"learning_rate": 1e-3, "baseline": "rloo"}, 4),
+        (PPO, {"learning_rate": 1e-3}, 1, 8000),
+        # the moving-average baseline is the slowest: since the validation split took every 10th Shakespeare
+        # speech from train (2026-12-07), seed 0 gains +0.13 at 8,000 tokens and +0.88 at 12,000
+        (REINFORCE, {"learning_rate": 1e-3, "baseline": "moving_average"}, 1, 12000),
+        (REINFORCE, {"learning_rate": 1e-3, "baseline": "rloo"}, 4, 8000),
     ],
     ids=["ppo", "reinforce", "rloo"],
 )
-def test_agent_learns(algo, kwargs, group_size) -> None:
+def test_agent_learns(algo, kwargs, group_size, budget) -> None:
     torch.set_num_threads(1)
     agent = algo(
         make_env(8, group_size=group_size),
@@ -61,6 +63,6 @@ def test_agent_learns(algo, kwargs, group_size) -> None:
         **kwargs,
     )
     before = held_out_reward(agent)
-    agent.learn(total_timesteps=8000)
+    agent.learn(total_timesteps=budget)
     after = held_out_reward(agent)
     assert after - before > 0.25, (before, after)
