@@ -19,18 +19,8 @@ from agents.group_losses import clipped_surrogate, group_policy_loss, rollout_co
 from agents.policy import completion_logits
 
 
-def small_env(reward_fn: Any = letter_e_fraction, group_size: int = 4, **kwargs: Any) -> gym.vector.VectorEnv:
-    return gym.make_vec(
-        "TextGen-v0",
-        num_envs=4,
-        model="tiny-sp",
-        max_new_tokens=6,
-        max_prompt_tokens=12,
-        reward_fn=reward_fn,
-        group_size=group_size,
-        vectorization_mode="vector_entry_point",
-        **kwargs,
-    )
+def small_env(reward_fn: Any = letter_e_fraction, group_size: int = 4) -> gym.vector.VectorEnv:
+    return make_env(4, group_size=group_size, reward_fn=reward_fn, max_new_tokens=6, max_prompt_tokens=12)
 
 
 def test_grpo_dapo_clip_higher_learns() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -18,17 +20,28 @@ def letter_e_fraction(prompts, completions, references=None) -> np.ndarray:
     return np.array([c.count("e") / max(1, len(c.replace(" ", ""))) for c in completions], dtype=np.float32)
 
 
-def make_env(num_envs: int, split: str = "train", group_size: int = 1) -> gym.vector.VectorEnv:
+def make_env(
+    num_envs: int,
+    split: str = "train",
+    group_size: int = 1,
+    *,
+    reward_fn: Any = letter_e_fraction,
+    max_new_tokens: int = 8,
+    max_prompt_tokens: int = 16,
+    **kwargs: Any,
+) -> gym.vector.VectorEnv:
+    """The tiny model's native vector env on the letter-"e" task: the env of the agents' tests."""
     return gym.make_vec(
         "TextGen-v0",
         num_envs=num_envs,
         model="tiny-sp",
-        max_new_tokens=8,
-        max_prompt_tokens=16,
-        reward_fn=letter_e_fraction,
+        max_new_tokens=max_new_tokens,
+        max_prompt_tokens=max_prompt_tokens,
+        reward_fn=reward_fn,
         split=split,
         group_size=group_size,
         vectorization_mode="vector_entry_point",
+        **kwargs,
     )
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from stable_baselines3.common.callbacks import BaseCallback
+from test_agents_learning import make_env as learning_env
 
 import textenv  # noqa: F401  (registers the envs)
 from agents import DQN, PPO, REINFORCE
@@ -24,20 +25,8 @@ from infra import storage
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def letter_e(prompts, completions, references=None) -> np.ndarray:
-    return np.array([c.count("e") / max(1, len(c.replace(" ", ""))) for c in completions], dtype=np.float32)
-
-
 def make_env() -> gym.vector.VectorEnv:
-    return gym.make_vec(
-        "TextGen-v0",
-        num_envs=4,
-        model="tiny-sp",
-        max_new_tokens=6,
-        max_prompt_tokens=12,
-        reward_fn=letter_e,
-        vectorization_mode="vector_entry_point",
-    )
+    return learning_env(4, max_new_tokens=6, max_prompt_tokens=12)
 
 
 class EpisodeRewards(BaseCallback):

@@ -13,6 +13,7 @@ import torch
 from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback, EvalCallback
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.logger import Logger
+from test_agents_learning import make_env as learning_env
 
 import textenv  # noqa: F401  (registers the envs)
 from agents import q_learning
@@ -38,22 +39,8 @@ from agents.replay import ReplayBuffer
 from agents.vec_env import wrap_vector_env
 
 
-def letter_e_fraction(prompts, completions, references=None) -> np.ndarray:
-    """Share of the completion's non-space characters that are the letter "e" (the agents' learning task)."""
-    return np.array([c.count("e") / max(1, len(c.replace(" ", ""))) for c in completions], dtype=np.float32)
-
-
 def make_env(num_envs: int = 2, split: str = "train", max_new_tokens: int = 4, max_prompt_tokens: int = 8):
-    return gym.make_vec(
-        "TextGen-v0",
-        num_envs=num_envs,
-        model="tiny-sp",
-        max_new_tokens=max_new_tokens,
-        max_prompt_tokens=max_prompt_tokens,
-        reward_fn=letter_e_fraction,
-        split=split,
-        vectorization_mode="vector_entry_point",
-    )
+    return learning_env(num_envs, split, max_new_tokens=max_new_tokens, max_prompt_tokens=max_prompt_tokens)
 
 
 def small(**kwargs) -> DQN:

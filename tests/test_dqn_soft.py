@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 from stable_baselines3.common.evaluation import evaluate_policy
+from test_agents_learning import letter_e_fraction
+from test_agents_learning import make_env as learning_env
 
 import textenv  # noqa: F401  (registers the envs)
 from agents import DQN
@@ -102,21 +104,7 @@ def test_soft_settings_say_how_to_fix(settings: dict, fix: str) -> None:
 
 
 def make_env(num_envs: int, reward_fn, split: str = "train") -> gym.vector.VectorEnv:
-    return gym.make_vec(
-        "TextGen-v0",
-        num_envs=num_envs,
-        model="tiny-sp",
-        max_new_tokens=8,
-        max_prompt_tokens=16,
-        reward_fn=reward_fn,
-        split=split,
-        vectorization_mode="vector_entry_point",
-    )
-
-
-def letter_e_fraction(prompts, completions, references=None) -> np.ndarray:
-    """Share of the completion's non-space characters that are the letter "e"."""
-    return np.array([c.count("e") / max(1, len(c.replace(" ", ""))) for c in completions], dtype=np.float32)
+    return learning_env(num_envs, split, reward_fn=reward_fn)
 
 
 def constant_reward(prompts, completions, references=None) -> np.ndarray:
