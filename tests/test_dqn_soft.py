@@ -53,18 +53,8 @@ def test_soft_q_loss_pushes_the_taken_tokens_log_probability_and_the_value() -> 
         torch.tensor([0]),
         torch.tensor([0]),
     )
-    terms = soft_q_loss(
-        logits,
-        values,
-        logits.detach(),
-        values.detach(),
-        torch.zeros(1, 1, 3),
-        batch,
-        beta=0.5,
-        gamma=1.0,
-        n_steps=1,
-        level=0.0,
-    )
+    networks = (logits, values, logits.detach(), values.detach(), torch.zeros(1, 1, 3), batch)
+    terms = soft_q_loss(*networks, beta=0.5, gamma=1.0, n_steps=1, level=0.0)
     assert terms.q_taken.item() == pytest.approx(0.0) and terms.targets.item() == pytest.approx(1.0)
     terms.loss.backward()
     assert values.grad is not None and values.grad.item() < 0  # descending raises V
@@ -73,18 +63,7 @@ def test_soft_q_loss_pushes_the_taken_tokens_log_probability_and_the_value() -> 
     taken = torch.tensor([[1]])
     reference = taken_log_probs(torch.zeros(1, 1, 3), taken)
     assert (taken_log_probs(logits.detach(), taken) - reference).item() == 0
-    with_cql = soft_q_loss(
-        logits,
-        values,
-        logits.detach(),
-        values.detach(),
-        torch.zeros(1, 1, 3),
-        batch,
-        beta=0.5,
-        gamma=1.0,
-        n_steps=1,
-        conservative_coef=1.0,
-    )
+    with_cql = soft_q_loss(*networks, beta=0.5, gamma=1.0, n_steps=1, conservative_coef=1.0)
     assert with_cql.penalty is not None and with_cql.penalty.item() == pytest.approx(math.log(3))  # Q uniform
 
 

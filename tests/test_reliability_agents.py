@@ -43,32 +43,24 @@ def tampered(saved: Path, tmp_path: Path, file: str, edit) -> Path:  # noqa: ANN
 
 
 @pytest.mark.parametrize(
-    ("key", "value"),
+    ("section", "key", "value"),
     [
-        ("num_timesteps", "lots"),
-        ("num_timesteps", -5),
-        ("n_updates", 1.5),
-        ("episode_num", True),
-        ("num_timesteps", None),
+        ("counters", "num_timesteps", "lots"),
+        ("counters", "num_timesteps", -5),
+        ("counters", "n_updates", 1.5),
+        ("counters", "episode_num", True),
+        ("counters", "num_timesteps", None),
+        ("settings", "seed", "zero"),
+        ("settings", "max_new_tokens", -1),
+        ("settings", "model_source", 3),
+        ("settings", "deepspeed_config", [1]),
     ],
 )
-def test_a_tampered_counter_is_refused_naming_the_file_and_key(
-    saved: Path, tmp_path: Path, key: str, value: object
+def test_a_tampered_counter_or_setting_is_refused_naming_the_file_and_key(
+    saved: Path, tmp_path: Path, section: str, key: str, value: object
 ) -> None:
-    path = tampered(saved, tmp_path, "agent.json", lambda state: state["counters"].update({key: value}))
-    with pytest.raises(ValueError, match=rf"agent\.json.*counters\.{key}"):
-        PPO.load(path, env=make_env())
-
-
-@pytest.mark.parametrize(
-    ("key", "value"),
-    [("seed", "zero"), ("max_new_tokens", -1), ("model_source", 3), ("deepspeed_config", [1])],
-)
-def test_a_tampered_setting_is_refused_naming_the_file_and_key(
-    saved: Path, tmp_path: Path, key: str, value: object
-) -> None:
-    path = tampered(saved, tmp_path, "agent.json", lambda state: state["settings"].update({key: value}))
-    with pytest.raises(ValueError, match=rf"agent\.json.*settings\.{key}"):
+    path = tampered(saved, tmp_path, "agent.json", lambda state: state[section].update({key: value}))
+    with pytest.raises(ValueError, match=rf"agent\.json.*{section}\.{key}"):
         PPO.load(path, env=make_env())
 
 
