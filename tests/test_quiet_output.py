@@ -48,8 +48,9 @@ def test_vs_trl_prints_only_its_table(tmp_path: Path) -> None:
         cwd=ROOT,
         env=env,
         timeout=600,
-        check=True,
+        check=False,
     )
     printed = done.stdout + done.stderr
+    assert done.returncode == 0, printed[-4000:]
     assert "| trl-grpo |" in done.stdout
     assert not [word for word in NOISE if word in printed], printed
