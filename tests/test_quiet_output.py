@@ -14,6 +14,7 @@ import torch
 
 import textenv  # noqa: F401  (registers the envs)
 from agents import PPO
+from benchmarks.suite import DISTRIBUTED_VARIABLES
 
 ROOT = Path(__file__).resolve().parent.parent
 NOISE = ("Writing model shards", "Loading weights", "FutureWarning", "it/s]")
@@ -40,7 +41,8 @@ def test_vs_trl_prints_only_its_table(tmp_path: Path) -> None:
     argv = ["--model", "tiny-sp", "--reward", "vader", "--seconds", "0.3", "--batch-size", "4"]
     argv += ["--group-size", "2", "--max-new-tokens", "4", "--eval-prompts", "2"]
     argv += ["--contestants", "trl-grpo", "ours-rloo", "--json", str(tmp_path / "vs.json")]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "default"}
+    env = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_VARIABLES}  # a fresh single process
+    env |= {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "default"}
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.vs_trl", *argv],
         capture_output=True,
