@@ -78,7 +78,8 @@ class KVLayer(Protocol):
 
 
 def kv_layers(past: DynamicCache) -> list[KVLayer]:
-    """``past.layers`` typed as filled ``DynamicLayer``s (what :func:`_check_layers` and a prefill ensure)."""
+    """``past.layers`` typed as a list of filled ``DynamicLayer`` objects (what :func:`_check_layers` and a
+    prefill ensure)."""
     return cast("list[KVLayer]", past.layers)
 
 

@@ -1,8 +1,9 @@
 """The environments' arguments, checked once: one frozen dataclass per kind of env, validated when it is made.
 
-:class:`EnvArguments` holds what every textenv env takes (model or tokenizer, sizes, prompt groups,
-``render_mode``); :class:`TextGenArguments` adds the prompts, the reward and the stop tokens of ``TextGen-v0``
-and ``TextGenSeq-v0``; :class:`ChatArguments` the task and turn limits of ``TextChat-v0`` and
+:class:`~textenv.envs.arguments.EnvArguments` holds what every textenv env takes (model or tokenizer, sizes,
+prompt groups, ``render_mode``); :class:`~textenv.envs.arguments.TextGenArguments` adds the prompts, the
+reward and the stop tokens of ``TextGen-v0`` and ``TextGenSeq-v0``;
+:class:`~textenv.envs.arguments.ChatArguments` the task and turn limits of ``TextChat-v0`` and
 ``TextChatSeq-v0``. The env constructors keep their keyword arguments and forward them here by name; what
 needs the tokenizer (the vocabulary, the stop ids) is checked when the core resolves it
 (:class:`textenv.envs.core.TokenCore`).

@@ -150,7 +150,7 @@ class TextChatEnv(ChatAttributes, gym.Env):
       ``group_size=1`` (each episode index k times in a row, for RLOO), ``vocab_size=None``,
       ``render_mode`` (``"ansi"`` or ``"human"``).
     - ``reset(options={"index": i})`` plays episode i of the task's split.
-    - Every argument is checked once, when the env is made (:class:`~textenv.envs.ChatArguments`;
+    - Every argument is checked once, when the env is made (:class:`~textenv.envs.arguments.ChatArguments`;
       ``env.unwrapped.core.args`` holds the env's).
 
     >>> import gymnasium as gym, textenv

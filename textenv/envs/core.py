@@ -66,9 +66,10 @@ def token_ids_containing(tokenizer: Any, strings: Sequence[str]) -> list[int]:
 
 
 class TokenCore:
-    """The tokenizer side of every textenv env: the tokenizer resolved from :class:`EnvArguments` (``model``
-    or ``tokenizer``), its special ids, the action vocabulary, and the checks of actions and ``reset``
-    arguments. :class:`TextGenCore` and :class:`textenv.envs.chat_core.ChatCore` build on it.
+    """The tokenizer side of every textenv env: the tokenizer resolved from
+    :class:`~textenv.envs.arguments.EnvArguments` (``model`` or ``tokenizer``), its special ids, the action
+    vocabulary, and the checks of actions and ``reset`` arguments. :class:`TextGenCore` and
+    :class:`textenv.envs.chat_core.ChatCore` build on it.
 
     ``vocab_size`` is the larger of ``len(tokenizer)`` and the model config's ``vocab_size`` (when ``model``
     names a loadable model), so that the action space covers every id the model can emit; an explicit
@@ -164,8 +165,9 @@ class TextGenCore(TokenCore):
     """Resolved configuration and helpers shared by the text-generation environments (``TextGen-v0``,
     ``TextGenSeq-v0`` and their vector envs): the prompts, the reward function, the stop tokens.
 
-    Built from :class:`TextGenArguments` (the arguments of :class:`textenv.envs.TextGenEnv`, checked when they
-    are made); what needs the tokenizer is checked here, so a bad argument fails when the env is made.
+    Built from :class:`~textenv.envs.arguments.TextGenArguments` (the arguments of
+    :class:`textenv.envs.TextGenEnv`, checked when they are made); what needs the tokenizer is checked here,
+    so a bad argument fails when the env is made.
     """
 
     def __init__(self, args: TextGenArguments) -> None:

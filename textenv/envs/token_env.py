@@ -66,8 +66,9 @@ class TextGenEnv(CoreAttributes, gym.Env):
     - ``reset(options={"index": i})`` starts an episode on dataset example i (``0 <= i < len(dataset)``)
       instead of a sampled one.
     - A ``reward_fn`` that raises leaves the episode as it was before that step, so it can be stepped again.
-    - Every argument is checked once, when the env is made (:class:`~textenv.envs.TextGenArguments`, a frozen
-      dataclass; ``env.unwrapped.core.args`` holds the env's).
+    - Every argument is checked once, when the env is made
+      (:class:`~textenv.envs.arguments.TextGenArguments`, a frozen dataclass; ``env.unwrapped.core.args``
+      holds the env's).
 
     >>> import gymnasium as gym, textenv
     >>> env = gym.make("TextGen-v0", model="tiny-sp", dataset=["Once upon a time"], max_new_tokens=8)
