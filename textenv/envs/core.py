@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 from gymnasium import spaces
+from gymnasium.utils import seeding
+from gymnasium.vector.utils import batch_space
 
 from rewards.sentiment import VaderSentiment
 from rewards.validation import check_scores
@@ -329,6 +331,18 @@ class TokenAttributes:
     @property
     def group_size(self) -> int:
         return self.core.group_size
+
+    def _setup_token_rows(self, num_envs: int, length: int, episodes: int) -> None:
+        """What every token-level vector env builds alike: the spaces (one token id per row, observations
+        of ``length`` slots) and each row's RNG and sampler over ``episodes`` prompts (RNGs unseeded until
+        ``reset``)."""
+        self.num_envs: int = num_envs
+        self.single_action_space: spaces.Space[Any] = spaces.Discrete(self.core.vocab_size)
+        self.action_space: spaces.Space[Any] = spaces.MultiDiscrete(np.full(num_envs, self.core.vocab_size))
+        self.single_observation_space: spaces.Space[Any] = self.core.observation_space(length)
+        self.observation_space: spaces.Space[Any] = batch_space(self.single_observation_space, num_envs)
+        self._rngs = [seeding.np_random()[0] for _ in range(num_envs)]
+        self._samplers = [PromptSampler(episodes, self.core.group_size) for _ in range(num_envs)]
 
 
 class CoreAttributes(TokenAttributes):

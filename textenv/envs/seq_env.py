@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -12,7 +11,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from textenv.envs.arguments import TextGenArguments, check_num_envs
-from textenv.envs.core import CoreAttributes, PromptSampler, RewardFn, TextGenCore
+from textenv.envs.core import CoreAttributes, PromptSampler, TextGenCore
 from textenv.envs.state import check_indices
 
 
@@ -63,38 +62,8 @@ class TextGenSeqEnv(CoreAttributes, gym.Env):
 
     state_fields = ("_np_random", "_sampler", "_index", "_completion", "_done")
 
-    def __init__(
-        self,
-        model: str | Path | None = None,
-        tokenizer: Any | None = None,
-        task: str | None = None,
-        dataset: Any | None = None,
-        reward_fn: RewardFn | None = None,
-        max_prompt_tokens: int = 64,
-        max_new_tokens: int = 48,
-        render_mode: str | None = None,
-        group_size: int = 1,
-        split: str = "train",
-        vocab_size: int | None = None,
-        stop_token_ids: Any | None = None,
-        stop_strings: Any | None = None,
-    ) -> None:
-        args = TextGenArguments(
-            model=model,
-            tokenizer=tokenizer,
-            task=task,
-            dataset=dataset,
-            reward_fn=reward_fn,
-            max_prompt_tokens=max_prompt_tokens,
-            max_new_tokens=max_new_tokens,
-            render_mode=render_mode,
-            group_size=group_size,
-            split=split,
-            vocab_size=vocab_size,
-            stop_token_ids=stop_token_ids,
-            stop_strings=stop_strings,
-        )
-        self._setup_core(args)
+    def __init__(self, **kwargs: Any) -> None:
+        self._setup_core(TextGenArguments(**kwargs))  # TextGenEnv's keyword arguments, checked once
         self._start_episodes()
 
     @classmethod

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -10,7 +9,7 @@ import numpy as np
 from gymnasium import spaces
 
 from textenv.envs.arguments import TextGenArguments
-from textenv.envs.core import CoreAttributes, PromptSampler, RewardFn
+from textenv.envs.core import CoreAttributes, PromptSampler
 from textenv.envs.state import check_indices, check_layout
 
 
@@ -66,9 +65,9 @@ class TextGenEnv(CoreAttributes, gym.Env):
     - ``reset(options={"index": i})`` starts an episode on dataset example i (``0 <= i < len(dataset)``)
       instead of a sampled one.
     - A ``reward_fn`` that raises leaves the episode as it was before that step, so it can be stepped again.
-    - Every argument is checked once, when the env is made
-      (:class:`~textenv.envs.arguments.TextGenArguments`, a frozen dataclass; ``env.unwrapped.core.args``
-      holds the env's).
+    - Every argument is a keyword argument, a field of :class:`~textenv.envs.arguments.TextGenArguments` (a
+      frozen dataclass: one signature for the four TextGen envs), checked once when the env is made
+      (``env.unwrapped.core.args`` holds the env's).
 
     >>> import gymnasium as gym, textenv
     >>> env = gym.make("TextGen-v0", model="tiny-sp", dataset=["Once upon a time"], max_new_tokens=8)
@@ -86,38 +85,8 @@ class TextGenEnv(CoreAttributes, gym.Env):
 
     state_fields = ("_np_random", "_sampler", "_input_ids", "_attention_mask", "_index", "_length", "_done")
 
-    def __init__(
-        self,
-        model: str | Path | None = None,
-        tokenizer: Any | None = None,
-        task: str | None = None,
-        dataset: Any | None = None,
-        reward_fn: RewardFn | None = None,
-        max_prompt_tokens: int = 64,
-        max_new_tokens: int = 48,
-        render_mode: str | None = None,
-        group_size: int = 1,
-        split: str = "train",
-        vocab_size: int | None = None,
-        stop_token_ids: Any | None = None,
-        stop_strings: Any | None = None,
-    ) -> None:
-        args = TextGenArguments(
-            model=model,
-            tokenizer=tokenizer,
-            task=task,
-            dataset=dataset,
-            reward_fn=reward_fn,
-            max_prompt_tokens=max_prompt_tokens,
-            max_new_tokens=max_new_tokens,
-            render_mode=render_mode,
-            group_size=group_size,
-            split=split,
-            vocab_size=vocab_size,
-            stop_token_ids=stop_token_ids,
-            stop_strings=stop_strings,
-        )
-        self._setup_core(args)
+    def __init__(self, **kwargs: Any) -> None:
+        self._setup_core(TextGenArguments(**kwargs))  # the keyword arguments below, checked once
         self.action_space = spaces.Discrete(self.core.vocab_size)
         self.observation_space = self.core.observation_space(self.max_prompt_tokens + self.max_new_tokens)
         self._sampler = PromptSampler(len(self.dataset), self.group_size)
