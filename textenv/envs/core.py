@@ -4,7 +4,8 @@
 on it too) and validates actions. :class:`TextGenCore` resolves the rest of the checked arguments
 (:class:`~textenv.envs.arguments.TextGenArguments`: dataset, reward function, stop tokens), builds the spaces,
 tokenizes and caches prompts, samples prompts (with RLOO groups), decodes completions and scores them with
-checks on the reward function's output. The four environment classes only keep episode state.
+checks on the reward function's output. The four environment classes only keep episode state; the two
+single ones share their ``reset`` and ``step`` protocol (:class:`PromptEpisodes`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 from gymnasium.utils import seeding
@@ -410,3 +412,52 @@ class CoreAttributes(TokenAttributes):
     def stop_token_ids(self) -> tuple[int, ...]:
         """The sorted ids that end an episode: EOS and the env's stop tokens."""
         return self.core.stop_token_ids
+
+
+class PromptEpisodes(CoreAttributes, gym.Env):
+    """The episode protocol of the two single TextGen envs (``TextGen-v0``, ``TextGenSeq-v0``): ``reset``
+    takes ``options["index"]`` (checked before anything changes) or the prompt sampler's next draw (a new
+    ``seed`` restarts the sampler) and the env sets its episode up in :meth:`_begin`; ``step`` refuses a
+    finished episode and the env acts in :meth:`_act`. Both render after each, in ``"human"`` mode."""
+
+    _sampler: PromptSampler
+    _index: int
+    _done: bool
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        index = self.core.reset_option(options, "index")
+        if index is not None:
+            index = self.core.check_index(index, 'options["index"]')
+        super().reset(seed=seed)
+        if seed is not None:
+            self._sampler.reset()
+        self._index = self._sampler.next(self.np_random) if index is None else index
+        self._begin()
+        if self.render_mode == "human":
+            self.render()
+        return self._obs(), self.core.prompt_info(self._index)
+
+    def step(self, action: Any) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
+        if self._done:
+            raise RuntimeError(
+                "step() was called after the episode ended (or before the first reset()); "
+                "call env.reset() to start a new episode."
+            )
+        reward, terminated, truncated, info = self._act(action)
+        if self.render_mode == "human":
+            self.render()
+        return self._obs(), reward, terminated, truncated, info
+
+    def _begin(self) -> None:
+        """Start the episode on prompt ``self._index``."""
+        raise NotImplementedError
+
+    def _act(self, action: Any) -> tuple[float, bool, bool, dict[str, Any]]:
+        """Take ``action`` in the running episode: ``(reward, terminated, truncated, info)``. A reward
+        function that raises must leave the episode as it was."""
+        raise NotImplementedError
+
+    def _obs(self) -> dict[str, np.ndarray]:
+        raise NotImplementedError

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
 from textenv.envs.arguments import TextGenArguments
-from textenv.envs.core import CoreAttributes, PromptSampler
+from textenv.envs.core import PromptEpisodes, PromptSampler
 from textenv.envs.state import check_indices, check_layout
 
 
-class TextGenEnv(CoreAttributes, gym.Env):
+class TextGenEnv(PromptEpisodes):
     """
     ## Description
 
@@ -115,31 +114,14 @@ class TextGenEnv(CoreAttributes, gym.Env):
     def _obs(self) -> dict[str, np.ndarray]:
         return {"input_ids": self._input_ids.copy(), "attention_mask": self._attention_mask.copy()}
 
-    def reset(
-        self, *, seed: int | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        index = self.core.reset_option(options, "index")
-        if index is not None:
-            index = self.core.check_index(index, 'options["index"]')
-        super().reset(seed=seed)
-        if seed is not None:
-            self._sampler.reset()
-        self._index = self._sampler.next(self.np_random) if index is None else index
+    def _begin(self) -> None:  # reset(): the prompt in the first P slots, nothing generated
         prompt_ids, prompt_mask = self.core.encode_prompt(self._index)
         P = self.max_prompt_tokens
         self._input_ids[:P], self._input_ids[P:] = prompt_ids, self.pad_token_id
         self._attention_mask[:P], self._attention_mask[P:] = prompt_mask, 0
         self._length, self._done = 0, False
-        if self.render_mode == "human":
-            self.render()
-        return self._obs(), self.core.prompt_info(self._index)
 
-    def step(self, action: Any) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
-        if self._done:
-            raise RuntimeError(
-                "step() was called after the episode ended (or before the first reset()); "
-                "call env.reset() to start a new episode."
-            )
+    def _act(self, action: Any) -> tuple[float, bool, bool, dict[str, Any]]:  # step(): one token
         token = int(self.core.check_tokens(action, (), "TextGen-v0 action"))
         position = self.max_prompt_tokens + self._length
         terminated = bool(self.core.is_stop(np.int64(token)))
@@ -154,9 +136,7 @@ class TextGenEnv(CoreAttributes, gym.Env):
         self._input_ids[position] = token
         self._attention_mask[position] = 1
         self._length += 1
-        if self.render_mode == "human":
-            self.render()
-        return self._obs(), reward, terminated, truncated, info
+        return reward, terminated, truncated, info
 
     def render(self) -> str | None:
         """``"ansi"``: return prompt + completion so far as text; ``"human"``: print it."""
