@@ -44,7 +44,6 @@ from agents.group_losses import (
 from agents.losses import masked_mean
 from agents.on_policy import OnPolicyAlgorithm
 from agents.rollout import RolloutBatch
-from agents.scoring import rollout_samples
 
 
 @dataclass
@@ -256,15 +255,7 @@ class GRPO(OnPolicyAlgorithm):
 
         losses, clip_low, clip_high, kls, entropies = [], [], [], [], []
         for _epoch in range(cfg.n_epochs):
-            for samples in rollout_samples(
-                batch,
-                scored,
-                advantages=advantages,
-                returns=rewards,
-                minibatch_size=cfg.minibatch_size,
-                shared_groups=shared_groups,
-                weights=weights,
-            ):
+            for samples in self._minibatches(batch, scored, shared_groups, advantages, rewards, weights):
                 ev = self._evaluate(samples)  # (b, N) log-probs and entropy, with gradients
                 assert ev.entropy is not None
                 mb_mask = samples.gen_mask

@@ -15,13 +15,14 @@ On top of :class:`~agents.base.TextAlgorithm` it owns what only the policy-gradi
   (:mod:`agents.scoring`) and ``learn``: collect ``episodes_per_rollout`` episodes, ``train()``, log; repeat.
 
 A subclass implements ``train()``: :meth:`OnPolicyAlgorithm._score_rollout`, its advantages, a loop over
-:func:`agents.scoring.rollout_samples` minibatches scored by :meth:`OnPolicyAlgorithm._evaluate` and stepped
-by ``_gradient_step(self._with_ptx(loss))``, then :meth:`OnPolicyAlgorithm._finish_update`.
+the ``RolloutSamples`` of :meth:`OnPolicyAlgorithm._minibatches` scored by :meth:`OnPolicyAlgorithm._evaluate`
+and stepped by ``_gradient_step(self._with_ptx(loss))``, then :meth:`OnPolicyAlgorithm._finish_update`.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -46,7 +47,7 @@ from agents.precision import RolloutCopy, acting_copy
 from agents.ptx import PretrainingMix
 from agents.rollout import RolloutBatch
 from agents.sampling import Sampling, draw, process_logits
-from agents.scoring import RolloutSamples, ScoredBatch, score_batch
+from agents.scoring import RolloutSamples, ScoredBatch, rollout_samples, score_batch
 
 SelfOnPolicy = TypeVar("SelfOnPolicy", bound="OnPolicyAlgorithm")
 
@@ -175,6 +176,28 @@ class OnPolicyAlgorithm(TextAlgorithm):
         return batch, scored, shared_groups
 
     # ---- learning ------------------------------------------------------------------------------------------
+    def _minibatches(
+        self,
+        batch: RolloutBatch,
+        scored: ScoredBatch,
+        shared_groups: torch.Tensor | None,
+        advantages: torch.Tensor,
+        returns: torch.Tensor,
+        weights: torch.Tensor | None = None,
+    ) -> Iterator[RolloutSamples]:
+        """One shuffled pass over the scored rollout in minibatches of ``config.minibatch_size`` episodes
+        (whole prompt groups with ``shared_groups``), each carrying its advantages, returns and ``weights``
+        (:func:`agents.scoring.rollout_samples`): SB3's ``rollout_buffer.get(batch_size)``."""
+        return rollout_samples(
+            batch,
+            scored,
+            advantages=advantages,
+            returns=returns,
+            minibatch_size=self.config.minibatch_size,
+            shared_groups=shared_groups,
+            weights=weights,
+        )
+
     def _evaluate(self, samples: RolloutSamples) -> CompletionEval:
         """Log-probs, entropy and values of a minibatch's tokens under the trained network (with gradients),
         scored under the rollout's sampling distribution: SB3's ``evaluate_actions``."""

@@ -18,7 +18,6 @@ from agents import distributed
 from agents.config import PolicyGradientConfig
 from agents.losses import compute_gae, masked_mean, masked_whiten, ppo_clip_loss, value_clip_loss
 from agents.on_policy import OnPolicyAlgorithm
-from agents.scoring import rollout_samples
 
 
 @dataclass
@@ -92,14 +91,7 @@ class PPO(OnPolicyAlgorithm):
         pg_losses, value_losses, entropies, clip_fractions, approx_kls = [], [], [], [], []
         continue_training = True
         for _epoch in range(cfg.n_epochs):
-            for samples in rollout_samples(
-                batch,
-                scored,
-                advantages=advantages,
-                returns=returns,
-                minibatch_size=cfg.minibatch_size,
-                shared_groups=shared_groups,
-            ):
+            for samples in self._minibatches(batch, scored, shared_groups, advantages, returns):
                 ev = self._evaluate(samples)  # (b, N) log-probs, entropy and values, with gradients
                 assert ev.values is not None and ev.entropy is not None
                 pg_loss, clip_fraction, approx_kl = ppo_clip_loss(

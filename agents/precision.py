@@ -1,7 +1,7 @@
 """Numeric precision of an agent: which dtype the network trains and acts in, chosen once at set-up.
 
 ``precision="auto"`` picks bf16 where the hardware runs it natively (CUDA GPUs with bf16 support; CPUs with
-AVX512-BF16 or AMX, detected at run time) and fp32 elsewhere (:func:`infra.engine.resolve_precision`).
+AVX512-BF16 or AMX, detected at run time) and fp32 elsewhere (:func:`infra.ds_config.resolve_precision`).
 bf16 is DeepSpeed's own mode
 (``"bf16": {"enabled": true}``): the module computes in bf16, while the optimizer keeps fp32 master weights
 and fp32 Adam state. Log-softmax, log-probs, values, advantages and losses are always computed in float32 (the

@@ -24,7 +24,6 @@ import torch
 from agents.config import PolicyGradientConfig
 from agents.losses import masked_mean
 from agents.on_policy import OnPolicyAlgorithm
-from agents.scoring import rollout_samples
 
 BASELINES = ("moving_average", "rloo")
 
@@ -100,14 +99,7 @@ class REINFORCE(OnPolicyAlgorithm):
         self.baseline_value = cfg.baseline_decay * moving + (1 - cfg.baseline_decay) * float(returns.mean())
 
         losses, entropies = [], []
-        for samples in rollout_samples(
-            batch,
-            scored,
-            advantages=advantages,
-            returns=returns,
-            minibatch_size=cfg.minibatch_size,
-            shared_groups=shared_groups,
-        ):
+        for samples in self._minibatches(batch, scored, shared_groups, advantages, returns):
             ev = self._evaluate(samples)  # (b, N) log-probs and entropy, with gradients
             assert ev.entropy is not None
             mask = samples.gen_mask  # (b, N)

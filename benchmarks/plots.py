@@ -1,6 +1,6 @@
 """The benchmark report's figures: learning curves with a band over seeds, and proxy against gold reward.
 
-Each run is an object with ``scalars``, a mapping ``tag -> (steps, values)`` (``benchmarks.report.Run``). A
+Each run is an object with ``scalars``, a mapping ``tag -> (steps, values)`` (``benchmarks.table.Run``). A
 mapping ``algo -> runs`` is drawn in its own order, one colour per algorithm.
 
 Every figure says what it shows without the text: a title in words (the task, then the quantity), axis

@@ -31,7 +31,7 @@ from typing import Any
 import tyro
 
 from benchmarks import run, suite
-from benchmarks.report import run_times
+from benchmarks.table import run_times
 from infra.storage import atomic_write_text
 
 SPLIT = "validation"

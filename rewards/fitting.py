@@ -9,8 +9,9 @@ The returned model holds its held-out accuracy (pairwise accuracy for preference
 ``model.metrics["eval_accuracy"]``; ``model.save(path)`` writes it, and ``ClassifierRewardModel.load(path)``
 or ``PreferenceRewardModel.load(path)`` loads it back.
 
-Bad data is refused before any training with a :class:`TrainingDataError` (a ``ValueError``) that says what
-was wrong: no examples, labels of one class only, or too few examples to hold some out and still train.
+Bad data is refused before any training (:mod:`rewards.training_data`) with a
+:class:`~rewards.training_data.TrainingDataError` (a ``ValueError``) that says what was wrong: no examples,
+labels of one class only, or too few examples to hold some out and still train.
 
 Training runs on a DeepSpeed engine (:mod:`infra.engine`, shared with the agents): AdamW with linear
 warmup and decay, gradient clipping at 1.0, the same ``deepspeed_config`` (ZeRO stage, ...) and ``precision``
@@ -26,7 +27,6 @@ import dataclasses
 import json
 import math
 import os
-import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -45,13 +45,10 @@ from rewards.models import (
     pairwise_accuracy,  # noqa: F401
     preference_metrics,
 )
+from rewards.training_data import TrainingDataError as TrainingDataError  # re-exported: by its old address
+from rewards.training_data import Triple as Triple
+from rewards.training_data import classifier_data, preference_data
 from rewards.validation import check_setting
-
-Triple = tuple[str, str, str]
-
-
-class TrainingDataError(ValueError):
-    """Data a reward model cannot be trained on; the message says what was wrong and how to fix it."""
 
 
 @dataclass
@@ -112,138 +109,6 @@ class TrainConfig:
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0.0):
             raise ValueError(f"weight_decay={self.weight_decay} must be a finite number >= 0, e.g. 0.01")
         check_options(self, positive=("max_length", "epochs", "batch_size", "head_learning_rate"))
-
-
-def split(items: Sequence[Any], eval_fraction: float, seed: int) -> tuple[list[Any], list[Any]]:
-    """Seeded shuffle-split into (train, held-out).
-
-    >>> split(list(range(10)), 0.2, seed=0)[1]
-    [7, 8]
-    """
-    order = list(range(len(items)))
-    random.Random(seed).shuffle(order)
-    n_eval = max(1, round(eval_fraction * len(items)))
-    return [items[i] for i in sorted(order[n_eval:])], [items[i] for i in sorted(order[:n_eval])]
-
-
-def _texts(texts: Sequence[str], what: str) -> list[str]:
-    if isinstance(texts, (str, bytes)):
-        raise TrainingDataError(
-            f"{what} is a single {type(texts).__name__}; pass a list with one text per example"
-        )
-    items = list(texts)
-    for index, text in enumerate(items):
-        if not isinstance(text, str):
-            raise TrainingDataError(f"{what}[{index}] is {type(text).__name__}, expected str")
-    return items
-
-
-def _labelled(texts: Sequence[str], labels: Sequence[int], what: str) -> list[tuple[str, int]]:
-    """(text, label) pairs, checked: one label in {0, 1} per text."""
-    text_list, label_list = _texts(texts, f"{what}texts"), list(labels)
-    bad = [i for i, label in enumerate(label_list) if label not in (0, 1)]
-    if bad or len(text_list) != len(label_list):
-        raise TrainingDataError(
-            f"need one label in {{0, 1}} per text; got {len(label_list)} {what}labels for {len(text_list)} "
-            f"{what}texts, bad labels at {bad[:10]}"
-        )
-    return [(text, int(label)) for text, label in zip(text_list, label_list, strict=True)]
-
-
-def _held_out_note(count: int, config: TrainConfig) -> str:
-    return f"holding out eval_fraction={config.eval_fraction} of the {count} examples"
-
-
-def classifier_data(
-    texts: Sequence[str],
-    labels: Sequence[int],
-    eval_texts: Sequence[str] | None,
-    eval_labels: Sequence[int] | None,
-    config: TrainConfig,
-) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
-    """The checked (train, held-out) ``(text, label)`` pairs of :func:`train_classifier`.
-
-    >>> classifier_data(["good", "fine"], [1, 1], None, None, TrainConfig())  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    rewards.fitting.TrainingDataError: all 2 labels are 1: a classifier needs positive (1) and negative ...
-    """
-    if (eval_texts is None) != (eval_labels is None):
-        raise TrainingDataError(
-            "pass both eval_texts and eval_labels, or neither (then config.eval_fraction of the data is "
-            "held out)"
-        )
-    pairs = _labelled(texts, labels, "")
-    if not pairs:
-        raise TrainingDataError(
-            "got no training texts; pass labelled texts (1 positive, 0 negative), many of each class"
-        )
-    classes = sorted({label for _, label in pairs})
-    if len(classes) < 2:
-        raise TrainingDataError(
-            f"all {len(pairs)} labels are {classes[0]}: a classifier needs positive (1) and negative (0) "
-            "examples; add examples of the other class"
-        )
-    if eval_texts is None or eval_labels is None:
-        train, held_out = split(pairs, config.eval_fraction, config.seed)
-        if len({label for _, label in train}) < 2:
-            raise TrainingDataError(
-                f"{_held_out_note(len(pairs), config)} leaves {len(train)} to train on, not both classes; "
-                "pass more examples of each class, or separate eval_texts and eval_labels"
-            )
-        return train, held_out
-    held_out = _labelled(eval_texts, eval_labels, "eval_")
-    if not held_out:
-        raise TrainingDataError(
-            "eval_texts is empty; pass held-out texts, or None to hold out part of the data"
-        )
-    return pairs, held_out
-
-
-def _triples(triples: Sequence[Triple], what: str) -> list[Triple]:
-    if isinstance(triples, (str, bytes)):
-        raise TrainingDataError(f"{what} is a single str; pass a list of (prompt, chosen, rejected) triples")
-    items = list(triples)
-    for index, triple in enumerate(items):
-        if (
-            isinstance(triple, (str, bytes))
-            or not isinstance(triple, Sequence)
-            or len(triple) != 3
-            or not all(isinstance(text, str) for text in triple)
-        ):
-            raise TrainingDataError(
-                f"{what}[{index}] is {triple!r}; each must be (prompt, chosen, rejected), three strings"
-            )
-    return [(prompt, chosen, rejected) for prompt, chosen, rejected in items]
-
-
-def preference_data(
-    triples: Sequence[Triple], eval_triples: Sequence[Triple] | None, config: TrainConfig
-) -> tuple[list[Triple], list[Triple]]:
-    """The checked (train, held-out) triples of :func:`train_preference`.
-
-    >>> preference_data([("p", "good", "bad")], None, TrainConfig())  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    rewards.fitting.TrainingDataError: holding out eval_fraction=0.2 of the 1 examples leaves 0 to train ...
-    """
-    items = _triples(triples, "triples")
-    if not items:
-        raise TrainingDataError("got no training triples; pass (prompt, chosen, rejected) triples of strings")
-    if eval_triples is None:
-        train, held_out = split(items, config.eval_fraction, config.seed)
-        if not train:
-            raise TrainingDataError(
-                f"{_held_out_note(len(items), config)} leaves 0 to train on; pass more (prompt, chosen, "
-                "rejected) triples, or separate eval_triples"
-            )
-        return train, held_out
-    held_out = _triples(eval_triples, "eval_triples")
-    if not held_out:
-        raise TrainingDataError(
-            "eval_triples is empty; pass held-out triples, or None to hold out part of the data"
-        )
-    return items, held_out
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
@@ -418,13 +283,16 @@ def train_classifier(
 
     Without ``eval_texts`` a seeded ``config.eval_fraction`` is held out. ``model.metrics`` holds
     ``eval_accuracy`` (held out) and the mean held-out score of each class. ``backbone``, ``deepspeed_config``
-    and ``precision`` are as in :func:`train_preference`. Raises :class:`TrainingDataError` for no texts,
-    labels that are not 0/1, one class only, or too few texts to hold some out (see :func:`classifier_data`).
+    and ``precision`` are as in :func:`train_preference`. Raises
+    :class:`~rewards.training_data.TrainingDataError` for no texts, labels that are not 0/1, one class only,
+    or too few texts to hold some out (see :func:`~rewards.training_data.classifier_data`).
     """
     import torch
 
     config = config or TrainConfig()
-    pairs, held_out = classifier_data(texts, labels, eval_texts, eval_labels, config)
+    pairs, held_out = classifier_data(
+        texts, labels, eval_texts, eval_labels, eval_fraction=config.eval_fraction, seed=config.seed
+    )
     model = ClassifierRewardModel.create(
         backbone or config.base_model, config.pooling, config.max_length, seed=config.seed
     )
@@ -463,20 +331,22 @@ def train_preference(
       exported policy: any ``*ForCausalLM`` directory, its LM head dropped) reads ``prompt + completion +
       EOS`` as one sequence and the scalar head scores the last real token's hidden state.
     - ``deepspeed_config``: a DeepSpeed config (dict, JSON path or ``None``) merged over the defaults of
-      :func:`infra.engine.build_config` (ZeRO stage, clipping; the learning rates, weight decay and batch
+      :func:`infra.ds_config.build_config` (ZeRO stage, clipping; the learning rates, weight decay and batch
       size come from ``config``). ``precision``: ``"fp32"`` (default: the shipped models' figures),
       ``"bf16"`` or ``"auto"`` (bf16 where native), as the agents. Launched under ``torchrun`` or
       ``deepspeed`` with N processes, each takes ``1/N`` of every batch (see :func:`fit`).
 
     ``model.metrics`` holds ``eval_accuracy`` (held-out pairwise accuracy), ``eval_chosen_mean``,
     ``eval_rejected_mean``, ``eval_margin_mean``, ``eval_margin_std``, ``train_loss`` and ``epoch``. Raises
-    :class:`TrainingDataError` for no triples, items that are not three strings, or too few to hold some out
-    (see :func:`preference_data`).
+    :class:`~rewards.training_data.TrainingDataError` for no triples, items that are not three strings, or
+    too few to hold some out (see :func:`~rewards.training_data.preference_data`).
     """
     import torch
 
     config = config or TrainConfig()
-    train_items, eval_items = preference_data(triples, eval_triples, config)
+    train_items, eval_items = preference_data(
+        triples, eval_triples, eval_fraction=config.eval_fraction, seed=config.seed
+    )
     model = PreferenceRewardModel.create(
         backbone or config.base_model, config.pooling, config.max_length, seed=config.seed
     )

@@ -10,21 +10,13 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from test_agents_chat import GAME  # the guessing game both test modules play
 
 import textenv  # noqa: F401  (registers the envs)
 from agents import DQN
 from agents.exploration import epsilon_greedy_probs
 from agents.q_learning import TARGETS, agent_td_targets, n_step_targets, q_loss
 from agents.replay import ReplayBuffer
-
-GAME = {  # as in tests/test_agents_chat.py: guess 1 or 2 in two turns of up to 8 tokens
-    "model": "tiny-sp",
-    "task_kwargs": {"high": 2, "invalid_cost": 0.2},
-    "max_prompt_tokens": 48,
-    "max_new_tokens": 64,
-    "max_turn_tokens": 8,
-    "max_turns": 2,
-}
 
 
 def make_env(num_envs: int = 4, **overrides) -> gym.vector.VectorEnv:

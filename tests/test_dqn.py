@@ -412,6 +412,18 @@ def test_every_target_trains_with_n_step_returns_and_cql(monkeypatch) -> None:
 
 
 # ---- learning --------------------------------------------------------------------------------------------
+LEARNING_SCHEDULE = {
+    "learning_starts": 256,
+    "batch_size": 64,
+    "gradient_steps": 2,
+    "target_update_interval": 256,
+    "n_steps": 4,
+    "top_k": 0,
+}
+"""The replay and update schedule under which DQN learns the tiny task (tests/test_dqn_soft.py's soft-Q agent
+learns under it too)."""
+
+
 def held_out_reward(agent: DQN) -> float:
     eval_env = make_env(8, split="test", max_new_tokens=8, max_prompt_tokens=16)
     eval_env.reset(seed=123)
@@ -432,12 +444,7 @@ def test_dqn_learns(target: str, exploration_fraction: float, capsys) -> None:
         model="tiny-sp",
         seed=0,
         learning_rate=3e-4,
-        learning_starts=256,
-        batch_size=64,
-        gradient_steps=2,
-        target_update_interval=256,
-        n_steps=4,
-        top_k=0,
+        **LEARNING_SCHEDULE,
         exploration_fraction=exploration_fraction,
         target=target,
     )

@@ -12,6 +12,7 @@ import torch
 from stable_baselines3.common.evaluation import evaluate_policy
 from test_agents_learning import letter_e_fraction
 from test_agents_learning import make_env as learning_env
+from test_dqn import LEARNING_SCHEDULE
 
 import textenv  # noqa: F401  (registers the envs)
 from agents import DQN
@@ -92,13 +93,8 @@ def constant_reward(prompts, completions, references=None) -> np.ndarray:
 
 def soft_agent(reward_fn, seed: int = 0, **overrides) -> DQN:
     settings = dict(
+        LEARNING_SCHEDULE,
         learning_rate=1e-3,
-        learning_starts=256,
-        batch_size=64,
-        gradient_steps=2,
-        target_update_interval=256,
-        n_steps=4,
-        top_k=0,
         soft_q_coef=0.05,
         exploration="policy",
         conservative_coef=0.0,

@@ -26,6 +26,7 @@ from rewards.drugs import drug_sentiment_data
 from rewards.encoder import minilm_path
 from rewards.train import main
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 GOOD = ["great", "wonderful", "excellent", "amazing", "helpful", "fantastic", "perfect", "effective"]
 BAD = ["awful", "terrible", "horrible", "useless", "painful", "dreadful", "worst", "nasty"]
 TEMPLATES = [
@@ -58,15 +59,6 @@ def preference_fixture(seed: int) -> list[tuple[str, str, str]]:
     ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread, and the test workers share two cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def backbones(tmp_path_factory) -> dict[str, Path]:
     """A tiny random BERT encoder and a tiny random Llama causal LM, both on the MiniLM tokenizer."""
@@ -75,28 +67,16 @@ def backbones(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("backbones")
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
     torch.manual_seed(0)
-    encoder = BertModel(
-        BertConfig(
-            vocab_size=tokenizer.vocab_size,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-            max_position_embeddings=64,
-        )
-    )
-    causal = LlamaModel(
-        LlamaConfig(
-            vocab_size=tokenizer.vocab_size,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-            intermediate_size=64,
-            max_position_embeddings=64,
-            pad_token_id=0,
-        )
-    )
+    sizes = {  # both backbones are this small
+        "vocab_size": tokenizer.vocab_size,
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "max_position_embeddings": 64,
+    }
+    encoder = BertModel(BertConfig(**sizes))
+    causal = LlamaModel(LlamaConfig(**sizes, num_key_value_heads=2, pad_token_id=0))
     paths = {}
     for name, model in (("encoder", encoder), ("causal", causal)):
         model.save_pretrained(root / name)

@@ -19,6 +19,7 @@ from rewards.models import PreferenceRewardModel
 from rewards.train import main, read_preferences
 from textenv.models import model_dir
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 GOOD = ["great", "wonderful", "excellent", "helpful", "fantastic", "effective"]
 BAD = ["awful", "terrible", "useless", "painful", "dreadful", "nasty"]
 TEMPLATES = [" this drug was {}", " the pills felt {}", " {} results so far", " overall {}", " honestly {}"]
@@ -53,14 +54,6 @@ def config(**overrides) -> TrainConfig:
         seed=0,
     )
     return TrainConfig(**{**settings, **overrides})
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@
 prompt groups, ``render_mode``); :class:`~textenv.envs.arguments.TextGenArguments` adds the prompts, the
 reward and the stop tokens of ``TextGen-v0`` and ``TextGenSeq-v0``;
 :class:`~textenv.envs.arguments.ChatArguments` the task and turn limits of ``TextChat-v0`` and
-``TextChatSeq-v0``. The env constructors keep their keyword arguments and forward them here by name; what
+``TextChatSeq-v0``. The env constructors take these fields as their keyword arguments and pass them here; what
 needs the tokenizer (the vocabulary, the stop ids) is checked when the core resolves it
 (:class:`textenv.envs.core.TokenCore`).
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -150,8 +149,9 @@ class TextChatEnv(ChatAttributes, gym.Env):
       ``group_size=1`` (each episode index k times in a row, for RLOO), ``vocab_size=None``,
       ``render_mode`` (``"ansi"`` or ``"human"``).
     - ``reset(options={"index": i})`` plays episode i of the task's split.
-    - Every argument is checked once, when the env is made (:class:`~textenv.envs.arguments.ChatArguments`;
-      ``env.unwrapped.core.args`` holds the env's).
+    - Every argument is a keyword argument, a field of :class:`~textenv.envs.arguments.ChatArguments` (one
+      signature for the chat envs), checked once when the env is made (``env.unwrapped.core.args`` holds
+      the env's).
 
     >>> import gymnasium as gym, textenv
     >>> env = gym.make("TextChat-v0", model="tiny-sp", task_kwargs={"high": 3}, max_turn_tokens=4)
@@ -170,37 +170,9 @@ class TextChatEnv(ChatAttributes, gym.Env):
     metadata = {"render_modes": ["ansi", "human"], "render_fps": 4}
     state_fields = ("_np_random", "_sampler")
 
-    def __init__(
-        self,
-        model: str | Path | None = None,
-        tokenizer: Any | None = None,
-        task: str | ChatTask = "guess",
-        task_kwargs: dict[str, Any] | None = None,
-        split: str = "train",
-        max_prompt_tokens: int = 96,
-        max_new_tokens: int = 160,
-        max_turn_tokens: int = 16,
-        max_turns: int = 6,
-        render_mode: str | None = None,
-        group_size: int = 1,
-        vocab_size: int | None = None,
-    ) -> None:
-        args = ChatArguments(
-            model=model,
-            tokenizer=tokenizer,
-            task=task,
-            task_kwargs=task_kwargs,
-            split=split,
-            max_prompt_tokens=max_prompt_tokens,
-            max_new_tokens=max_new_tokens,
-            max_turn_tokens=max_turn_tokens,
-            max_turns=max_turns,
-            render_mode=render_mode,
-            group_size=group_size,
-            vocab_size=vocab_size,
-        )
-        self.core = ChatCore(args)
-        self.render_mode = args.render_mode
+    def __init__(self, **kwargs: Any) -> None:
+        self.core = ChatCore(ChatArguments(**kwargs))  # the keyword arguments below, checked once
+        self.render_mode = self.core.args.render_mode
         length = self.core.P + self.core.N
         self.action_space = spaces.Discrete(self.core.vocab_size)
         self.observation_space = self.core.observation_space(length)

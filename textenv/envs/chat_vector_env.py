@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gymnasium import spaces
 from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
-from gymnasium.vector.utils import batch_space
 
-from textenv.chat_tasks import ChatTask
 from textenv.envs.arguments import ChatArguments, check_num_envs
 from textenv.envs.chat_core import ChatCore, Conversation
 from textenv.envs.chat_env import ChatAttributes
-from textenv.envs.core import PromptSampler, TokenCore
+from textenv.envs.core import TokenCore
 
 
 class TextChatVectorEnv(ChatAttributes, VectorEnv):
@@ -46,55 +42,18 @@ class TextChatVectorEnv(ChatAttributes, VectorEnv):
     metadata = {"render_modes": ["ansi", "human"], "autoreset_mode": AutoresetMode.SAME_STEP}
     state_fields = ("_rngs", "_samplers", "_started")
 
-    def __init__(
-        self,
-        num_envs: int = 1,
-        model: str | Path | None = None,
-        tokenizer: Any | None = None,
-        task: str | ChatTask = "guess",
-        task_kwargs: dict[str, Any] | None = None,
-        split: str = "train",
-        max_prompt_tokens: int = 96,
-        max_new_tokens: int = 160,
-        max_turn_tokens: int = 16,
-        max_turns: int = 6,
-        render_mode: str | None = None,
-        group_size: int = 1,
-        vocab_size: int | None = None,
-    ) -> None:
+    def __init__(self, num_envs: int = 1, **kwargs: Any) -> None:
         num_envs = check_num_envs(num_envs)
-        args = ChatArguments(
-            model=model,
-            tokenizer=tokenizer,
-            task=task,
-            task_kwargs=task_kwargs,
-            split=split,
-            max_prompt_tokens=max_prompt_tokens,
-            max_new_tokens=max_new_tokens,
-            max_turn_tokens=max_turn_tokens,
-            max_turns=max_turns,
-            render_mode=render_mode,
-            group_size=group_size,
-            vocab_size=vocab_size,
-        )
-        self.core = ChatCore(args)
-        self.render_mode = args.render_mode
-        self.num_envs = int(num_envs)
+        self.core = ChatCore(ChatArguments(**kwargs))  # TextChatEnv's keyword arguments, checked once
+        self.render_mode = self.core.args.render_mode
         length = self.core.P + self.core.N
-        self.single_action_space = spaces.Discrete(self.core.vocab_size)
-        self.action_space = spaces.MultiDiscrete(np.full(self.num_envs, self.core.vocab_size))
-        self.single_observation_space = self.core.observation_space(length)
-        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+        self._setup_token_rows(num_envs, length, len(self.core.task))
         self._input_ids = np.full((self.num_envs, length), self.core.pad_token_id, np.int64)  # (B, P+N)
         self._attention_mask = np.zeros((self.num_envs, length), np.int64)  # (B, P+N)
         self._agent_mask = np.zeros((self.num_envs, length), np.int64)  # (B, P+N)
         self._convs = [
             Conversation(self._input_ids[row], self._attention_mask[row], self._agent_mask[row])
             for row in range(self.num_envs)
-        ]
-        self._rngs = [seeding.np_random()[0] for _ in range(self.num_envs)]
-        self._samplers = [
-            PromptSampler(len(self.core.task), self.core.group_size) for _ in range(self.num_envs)
         ]
         self._started = False
 

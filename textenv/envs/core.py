@@ -4,7 +4,8 @@
 on it too) and validates actions. :class:`TextGenCore` resolves the rest of the checked arguments
 (:class:`~textenv.envs.arguments.TextGenArguments`: dataset, reward function, stop tokens), builds the spaces,
 tokenizes and caches prompts, samples prompts (with RLOO groups), decodes completions and scores them with
-checks on the reward function's output. The four environment classes only keep episode state.
+checks on the reward function's output. The four environment classes only keep episode state; the two
+single ones share their ``reset`` and ``step`` protocol (:class:`PromptEpisodes`).
 """
 
 from __future__ import annotations
@@ -14,8 +15,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
+from gymnasium.utils import seeding
+from gymnasium.vector.utils import batch_space
 
 from rewards.sentiment import VaderSentiment
 from rewards.validation import check_scores
@@ -330,6 +334,18 @@ class TokenAttributes:
     def group_size(self) -> int:
         return self.core.group_size
 
+    def _setup_token_rows(self, num_envs: int, length: int, episodes: int) -> None:
+        """What every token-level vector env builds alike: the spaces (one token id per row, observations
+        of ``length`` slots) and each row's RNG and sampler over ``episodes`` prompts (RNGs unseeded until
+        ``reset``)."""
+        self.num_envs: int = num_envs
+        self.single_action_space: spaces.Space[Any] = spaces.Discrete(self.core.vocab_size)
+        self.action_space: spaces.Space[Any] = spaces.MultiDiscrete(np.full(num_envs, self.core.vocab_size))
+        self.single_observation_space: spaces.Space[Any] = self.core.observation_space(length)
+        self.observation_space: spaces.Space[Any] = batch_space(self.single_observation_space, num_envs)
+        self._rngs = [seeding.np_random()[0] for _ in range(num_envs)]
+        self._samplers = [PromptSampler(episodes, self.core.group_size) for _ in range(num_envs)]
+
 
 class CoreAttributes(TokenAttributes):
     """Exposes the core's settings on an environment (``env.unwrapped.tokenizer`` and friends), and its
@@ -396,3 +412,52 @@ class CoreAttributes(TokenAttributes):
     def stop_token_ids(self) -> tuple[int, ...]:
         """The sorted ids that end an episode: EOS and the env's stop tokens."""
         return self.core.stop_token_ids
+
+
+class PromptEpisodes(CoreAttributes, gym.Env):
+    """The episode protocol of the two single TextGen envs (``TextGen-v0``, ``TextGenSeq-v0``): ``reset``
+    takes ``options["index"]`` (checked before anything changes) or the prompt sampler's next draw (a new
+    ``seed`` restarts the sampler) and the env sets its episode up in :meth:`_begin`; ``step`` refuses a
+    finished episode and the env acts in :meth:`_act`. Both render after each, in ``"human"`` mode."""
+
+    _sampler: PromptSampler
+    _index: int
+    _done: bool
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        index = self.core.reset_option(options, "index")
+        if index is not None:
+            index = self.core.check_index(index, 'options["index"]')
+        super().reset(seed=seed)
+        if seed is not None:
+            self._sampler.reset()
+        self._index = self._sampler.next(self.np_random) if index is None else index
+        self._begin()
+        if self.render_mode == "human":
+            self.render()
+        return self._obs(), self.core.prompt_info(self._index)
+
+    def step(self, action: Any) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
+        if self._done:
+            raise RuntimeError(
+                "step() was called after the episode ended (or before the first reset()); "
+                "call env.reset() to start a new episode."
+            )
+        reward, terminated, truncated, info = self._act(action)
+        if self.render_mode == "human":
+            self.render()
+        return self._obs(), reward, terminated, truncated, info
+
+    def _begin(self) -> None:
+        """Start the episode on prompt ``self._index``."""
+        raise NotImplementedError
+
+    def _act(self, action: Any) -> tuple[float, bool, bool, dict[str, Any]]:
+        """Take ``action`` in the running episode: ``(reward, terminated, truncated, info)``. A reward
+        function that raises must leave the episode as it was."""
+        raise NotImplementedError
+
+    def _obs(self) -> dict[str, np.ndarray]:
+        raise NotImplementedError

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from textenv.envs.arguments import TextGenArguments, check_num_envs
-from textenv.envs.core import CoreAttributes, PromptSampler, RewardFn, TextGenCore
+from textenv.envs.core import CoreAttributes, PromptEpisodes, PromptSampler, TextGenCore
 from textenv.envs.state import check_indices
 
 
-class TextGenSeqEnv(CoreAttributes, gym.Env):
+class TextGenSeqEnv(PromptEpisodes):
     """
     ## Description
 
@@ -63,38 +61,8 @@ class TextGenSeqEnv(CoreAttributes, gym.Env):
 
     state_fields = ("_np_random", "_sampler", "_index", "_completion", "_done")
 
-    def __init__(
-        self,
-        model: str | Path | None = None,
-        tokenizer: Any | None = None,
-        task: str | None = None,
-        dataset: Any | None = None,
-        reward_fn: RewardFn | None = None,
-        max_prompt_tokens: int = 64,
-        max_new_tokens: int = 48,
-        render_mode: str | None = None,
-        group_size: int = 1,
-        split: str = "train",
-        vocab_size: int | None = None,
-        stop_token_ids: Any | None = None,
-        stop_strings: Any | None = None,
-    ) -> None:
-        args = TextGenArguments(
-            model=model,
-            tokenizer=tokenizer,
-            task=task,
-            dataset=dataset,
-            reward_fn=reward_fn,
-            max_prompt_tokens=max_prompt_tokens,
-            max_new_tokens=max_new_tokens,
-            render_mode=render_mode,
-            group_size=group_size,
-            split=split,
-            vocab_size=vocab_size,
-            stop_token_ids=stop_token_ids,
-            stop_strings=stop_strings,
-        )
-        self._setup_core(args)
+    def __init__(self, **kwargs: Any) -> None:
+        self._setup_core(TextGenArguments(**kwargs))  # TextGenEnv's keyword arguments, checked once
         self._start_episodes()
 
     @classmethod
@@ -122,34 +90,15 @@ class TextGenSeqEnv(CoreAttributes, gym.Env):
         input_ids, attention_mask = self.core.encode_prompt(self._index)
         return {"input_ids": input_ids.copy(), "attention_mask": attention_mask.copy()}
 
-    def reset(
-        self, *, seed: int | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        index = self.core.reset_option(options, "index")
-        if index is not None:
-            index = self.core.check_index(index, 'options["index"]')
-        super().reset(seed=seed)
-        if seed is not None:
-            self._sampler.reset()
-        self._index = self._sampler.next(self.np_random) if index is None else index
+    def _begin(self) -> None:  # reset(): a prompt, no completion yet
         self._completion, self._done = "", False
-        if self.render_mode == "human":
-            self.render()
-        return self._obs(), self.core.prompt_info(self._index)
 
-    def step(self, action: Any) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
-        if self._done:
-            raise RuntimeError(
-                "step() was called after the episode ended (or before the first reset()); "
-                "call env.reset() to start a new episode."
-            )
+    def _act(self, action: Any) -> tuple[float, bool, bool, dict[str, Any]]:  # step(): the whole completion
         tokens = self.core.check_tokens(action, (self.max_new_tokens,), "TextGenSeq-v0 action")
         completion = self.core.decode([self.core.completion_ids(tokens)])[0]
         reward = float(self.core.score([self._index], [completion])[0])  # may raise: nothing changed yet
         self._completion, self._done = completion, True
-        if self.render_mode == "human":
-            self.render()
-        return self._obs(), reward, True, False, self.core.final_info(self._index, self._completion)
+        return reward, True, False, self.core.final_info(self._index, self._completion)
 
     def render(self) -> str | None:
         """``"ansi"``: return prompt + completion (once stepped) as text; ``"human"``: print it."""

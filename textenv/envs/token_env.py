@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
 from textenv.envs.arguments import TextGenArguments
-from textenv.envs.core import CoreAttributes, PromptSampler, RewardFn
+from textenv.envs.core import PromptEpisodes, PromptSampler
 from textenv.envs.state import check_indices, check_layout
 
 
-class TextGenEnv(CoreAttributes, gym.Env):
+class TextGenEnv(PromptEpisodes):
     """
     ## Description
 
@@ -66,9 +64,9 @@ class TextGenEnv(CoreAttributes, gym.Env):
     - ``reset(options={"index": i})`` starts an episode on dataset example i (``0 <= i < len(dataset)``)
       instead of a sampled one.
     - A ``reward_fn`` that raises leaves the episode as it was before that step, so it can be stepped again.
-    - Every argument is checked once, when the env is made
-      (:class:`~textenv.envs.arguments.TextGenArguments`, a frozen dataclass; ``env.unwrapped.core.args``
-      holds the env's).
+    - Every argument is a keyword argument, a field of :class:`~textenv.envs.arguments.TextGenArguments` (a
+      frozen dataclass: one signature for the four TextGen envs), checked once when the env is made
+      (``env.unwrapped.core.args`` holds the env's).
 
     >>> import gymnasium as gym, textenv
     >>> env = gym.make("TextGen-v0", model="tiny-sp", dataset=["Once upon a time"], max_new_tokens=8)
@@ -86,38 +84,8 @@ class TextGenEnv(CoreAttributes, gym.Env):
 
     state_fields = ("_np_random", "_sampler", "_input_ids", "_attention_mask", "_index", "_length", "_done")
 
-    def __init__(
-        self,
-        model: str | Path | None = None,
-        tokenizer: Any | None = None,
-        task: str | None = None,
-        dataset: Any | None = None,
-        reward_fn: RewardFn | None = None,
-        max_prompt_tokens: int = 64,
-        max_new_tokens: int = 48,
-        render_mode: str | None = None,
-        group_size: int = 1,
-        split: str = "train",
-        vocab_size: int | None = None,
-        stop_token_ids: Any | None = None,
-        stop_strings: Any | None = None,
-    ) -> None:
-        args = TextGenArguments(
-            model=model,
-            tokenizer=tokenizer,
-            task=task,
-            dataset=dataset,
-            reward_fn=reward_fn,
-            max_prompt_tokens=max_prompt_tokens,
-            max_new_tokens=max_new_tokens,
-            render_mode=render_mode,
-            group_size=group_size,
-            split=split,
-            vocab_size=vocab_size,
-            stop_token_ids=stop_token_ids,
-            stop_strings=stop_strings,
-        )
-        self._setup_core(args)
+    def __init__(self, **kwargs: Any) -> None:
+        self._setup_core(TextGenArguments(**kwargs))  # the keyword arguments below, checked once
         self.action_space = spaces.Discrete(self.core.vocab_size)
         self.observation_space = self.core.observation_space(self.max_prompt_tokens + self.max_new_tokens)
         self._sampler = PromptSampler(len(self.dataset), self.group_size)
@@ -146,31 +114,14 @@ class TextGenEnv(CoreAttributes, gym.Env):
     def _obs(self) -> dict[str, np.ndarray]:
         return {"input_ids": self._input_ids.copy(), "attention_mask": self._attention_mask.copy()}
 
-    def reset(
-        self, *, seed: int | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        index = self.core.reset_option(options, "index")
-        if index is not None:
-            index = self.core.check_index(index, 'options["index"]')
-        super().reset(seed=seed)
-        if seed is not None:
-            self._sampler.reset()
-        self._index = self._sampler.next(self.np_random) if index is None else index
+    def _begin(self) -> None:  # reset(): the prompt in the first P slots, nothing generated
         prompt_ids, prompt_mask = self.core.encode_prompt(self._index)
         P = self.max_prompt_tokens
         self._input_ids[:P], self._input_ids[P:] = prompt_ids, self.pad_token_id
         self._attention_mask[:P], self._attention_mask[P:] = prompt_mask, 0
         self._length, self._done = 0, False
-        if self.render_mode == "human":
-            self.render()
-        return self._obs(), self.core.prompt_info(self._index)
 
-    def step(self, action: Any) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
-        if self._done:
-            raise RuntimeError(
-                "step() was called after the episode ended (or before the first reset()); "
-                "call env.reset() to start a new episode."
-            )
+    def _act(self, action: Any) -> tuple[float, bool, bool, dict[str, Any]]:  # step(): one token
         token = int(self.core.check_tokens(action, (), "TextGen-v0 action"))
         position = self.max_prompt_tokens + self._length
         terminated = bool(self.core.is_stop(np.int64(token)))
@@ -185,9 +136,7 @@ class TextGenEnv(CoreAttributes, gym.Env):
         self._input_ids[position] = token
         self._attention_mask[position] = 1
         self._length += 1
-        if self.render_mode == "human":
-            self.render()
-        return self._obs(), reward, terminated, truncated, info
+        return reward, terminated, truncated, info
 
     def render(self) -> str | None:
         """``"ansi"``: return prompt + completion so far as text; ``"human"``: print it."""

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gymnasium import spaces
 from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
-from gymnasium.vector.utils import batch_space
 
 from textenv.envs.arguments import TextGenArguments, check_num_envs
-from textenv.envs.core import CoreAttributes, PromptSampler, RewardFn
+from textenv.envs.core import CoreAttributes
 from textenv.envs.state import check_indices, check_layout
 
 
@@ -49,48 +46,11 @@ class TextGenVectorEnv(CoreAttributes, VectorEnv):
 
     state_fields = ("_rngs", "_samplers", "_input_ids", "_attention_mask", "_indices", "_lengths", "_started")
 
-    def __init__(
-        self,
-        num_envs: int = 1,
-        model: str | Path | None = None,
-        tokenizer: Any | None = None,
-        task: str | None = None,
-        dataset: Any | None = None,
-        reward_fn: RewardFn | None = None,
-        max_prompt_tokens: int = 64,
-        max_new_tokens: int = 48,
-        render_mode: str | None = None,
-        group_size: int = 1,
-        split: str = "train",
-        vocab_size: int | None = None,
-        stop_token_ids: Any | None = None,
-        stop_strings: Any | None = None,
-    ) -> None:
+    def __init__(self, num_envs: int = 1, **kwargs: Any) -> None:
         num_envs = check_num_envs(num_envs)
-        args = TextGenArguments(
-            model=model,
-            tokenizer=tokenizer,
-            task=task,
-            dataset=dataset,
-            reward_fn=reward_fn,
-            max_prompt_tokens=max_prompt_tokens,
-            max_new_tokens=max_new_tokens,
-            render_mode=render_mode,
-            group_size=group_size,
-            split=split,
-            vocab_size=vocab_size,
-            stop_token_ids=stop_token_ids,
-            stop_strings=stop_strings,
-        )
-        self._setup_core(args)
-        self.num_envs = num_envs
+        self._setup_core(TextGenArguments(**kwargs))  # TextGenEnv's keyword arguments, checked once
         P, N = self.max_prompt_tokens, self.max_new_tokens
-        self.single_action_space = spaces.Discrete(self.core.vocab_size)
-        self.action_space = spaces.MultiDiscrete(np.full(num_envs, self.core.vocab_size))
-        self.single_observation_space = self.core.observation_space(P + N)
-        self.observation_space = batch_space(self.single_observation_space, num_envs)
-        self._rngs = [seeding.np_random()[0] for _ in range(num_envs)]
-        self._samplers = [PromptSampler(len(self.dataset), self.group_size) for _ in range(num_envs)]
+        self._setup_token_rows(num_envs, P + N, len(self.dataset))
         self._input_ids = np.full((num_envs, P + N), self.pad_token_id, np.int64)  # (B, P+N)
         self._attention_mask = np.zeros((num_envs, P + N), np.int64)  # (B, P+N)
         self._indices = np.zeros(num_envs, np.int64)  # dataset index per row
