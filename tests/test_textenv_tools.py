@@ -254,3 +254,10 @@ def test_the_vector_env_counts_tool_calls_per_row() -> None:
             final = info["final_info"]
             counts.setdefault(int(row), (int(final["tool_calls"][row]), int(final["bad_tool_calls"][row])))
     assert counts == {0: (1, 0), 1: (1, 1)}
+
+
+def test_a_prompt_too_short_for_the_tools_description_is_warned_about() -> None:
+    task = FunctionTask(["What is 2 + 3?"], answer_five, tools=[add])
+    env = gym.make("TextChat-v0", model="tiny-sp", task=task, max_prompt_tokens=32)
+    with pytest.warns(UserWarning, match="make the env with max_prompt_tokens=\\d+ or more"):
+        env.reset(seed=0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -248,6 +249,7 @@ class ChatCore(TokenCore):
         self.P, self.N, self.T = self.max_prompt_tokens, self.max_new_tokens, int(args.max_turn_tokens)
         self.max_turns = int(args.max_turns)
         self._opening_cache: dict[int, list[int]] = {}
+        self._warned_cut_tools = False
         self.reward_seconds = 0.0  # time in the task's replies (its rewards), for the agents' time breakdown
 
     def observation_space(self, length: int) -> spaces.Dict:
@@ -263,6 +265,16 @@ class ChatCore(TokenCore):
         if index not in self._opening_cache:
             system = self.task.system_prompt
             self._opening_cache[index] = self.chat.opening_ids(system, dialogue.opening, self.tools)
+            length = len(self._opening_cache[index])
+            if self.tools is not None and length > self.P and not self._warned_cut_tools:
+                self._warned_cut_tools = True
+                warnings.warn(
+                    f"the opening of episode {index} (system prompt with the tools' description, first "
+                    f"message) is {length} tokens; the env keeps its last max_prompt_tokens={self.P}, so the "
+                    "model does not see the start of the tools' description: make the env with "
+                    f"max_prompt_tokens={length} or more",
+                    stacklevel=2,
+                )
         ids = self._opening_cache[index][-self.P :]
         P, pad = self.P, self.P - len(ids)
         conv.ids[:], conv.mask[:], conv.agent[:] = self.pad_token_id, 0, 0
