@@ -243,7 +243,8 @@ def test_the_vector_env_counts_tool_calls_per_row() -> None:
         max_turns=2,
     )
     envs.reset(seed=0)
-    tokenizer, eos = envs.unwrapped.tokenizer, envs.unwrapped.eos_token_id
+    unwrapped: Any = envs.unwrapped
+    tokenizer, eos = unwrapped.tokenizer, unwrapped.eos_token_id
     messages = [call("add", a=2, b=3), "<tool_call>oops</tool_call>"]
     plans = [[*tokenizer(m, add_special_tokens=False)["input_ids"], eos, eos] for m in messages]
     counts: dict[int, tuple[int, int]] = {}
