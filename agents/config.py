@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from agents.precision import ROLLOUT_PRECISIONS
+from agents.turn_credit import TURN_BASELINES
 from infra.engine import PRECISIONS
 from textenv.envs.arguments import MAX_SEQUENCE_TOKENS
 
@@ -146,6 +147,16 @@ class PolicyGradientConfig(AlgorithmConfig):
     ptx_dataset: str | list[str] | None = None
     """The ptx text: a ``.jsonl`` file (``"text"`` per line), a text file (one text per line) or a list of
     strings; needed when ``ptx_coef > 0``."""
+    turn_level_credit: bool = False
+    """Multi-turn envs: one advantage per agent turn (the discounted return from the turn on, minus a
+    baseline per turn index), given to every agent token of the turn, instead of token-level GAE (PPO) or
+    one advantage per episode (REINFORCE, GRPO). See :mod:`agents.turn_credit`."""
+    turn_gamma: float = 1.0
+    """Discount per agent turn of ``turn_level_credit``'s returns."""
+    turn_baseline: str = "leave_one_out"
+    """``turn_level_credit``'s baseline per turn index: ``leave_one_out`` (the mean return at that turn of
+    the other episodes of the prompt's group, or of the batch without prompt groups; unbiased) or
+    ``batch_norm`` (GEM's return batch normalisation per turn index)."""
 
     @property
     def micro_batch_size(self) -> int:
@@ -195,6 +206,14 @@ class PolicyGradientConfig(AlgorithmConfig):
             raise ValueError(
                 f"ptx_coef={self.ptx_coef} with ptx_dataset={self.ptx_dataset!r}: the pretraining mix needs "
                 "both, ptx_coef > 0 and ptx_dataset (a .jsonl/.txt file or a list of texts); or neither"
+            )
+        if not isinstance(self.turn_level_credit, bool):
+            raise TypeError(f"turn_level_credit must be True or False, got {self.turn_level_credit!r}")
+        if not 0 < self.turn_gamma <= 1:
+            raise ValueError(f"turn_gamma must be in (0, 1], got {self.turn_gamma}; 1.0 does not discount")
+        if self.turn_baseline not in TURN_BASELINES:
+            raise ValueError(
+                f"turn_baseline={self.turn_baseline!r} is not known; use one of {TURN_BASELINES}"
             )
         if isinstance(self.ptx_dataset, str) and not self.ptx_dataset.strip():
             raise ValueError("ptx_dataset is an empty string; pass a .jsonl/.txt file or a list of texts")

@@ -266,9 +266,10 @@ def group_policy_loss(
     beta: float = 0.0,
 ) -> GroupLoss:
     """The loss of GRPO and its variants for (E, N) log-probs of the current network, the behaviour log-probs
-    ``old_logprobs`` and (E,) ``advantages``: the clipped surrogate on token ratios or on the sequence ratio
-    (``importance_sampling_level``), times the rollout-correction ``weights`` (E, N) if given, plus ``beta``
-    times the k3 KL to ``ref_logprobs``, averaged by ``loss_type`` (:func:`aggregate_loss`).
+    ``old_logprobs`` and (E,) ``advantages`` (or (E, N): turn-level credit): the clipped surrogate on token
+    ratios or on the sequence ratio (``importance_sampling_level``), times the rollout-correction ``weights``
+    (E, N) if given, plus ``beta`` times the k3 KL to ``ref_logprobs``, averaged by ``loss_type``
+    (:func:`aggregate_loss`).
 
     >>> logprobs, old = torch.log(torch.tensor([[2.0, 0.5]])), torch.zeros(1, 2)
     >>> args = dict(epsilon=0.2, epsilon_high=0.28, loss_type="bnpo", max_new_tokens=2, token_count=2)
@@ -287,7 +288,8 @@ def group_policy_loss(
     log_ratio = logprobs - old_logprobs  # (E, N)
     if importance_sampling_level == "sequence":
         log_ratio = sequence_log_ratio(log_ratio, mask)  # (E, 1)
-    surrogate = clipped_surrogate(log_ratio, advantages[:, None], epsilon, epsilon_high)
+    per_token = advantages if advantages.dim() == 2 else advantages[:, None]  # (E, N) per turn, or (E, 1)
+    surrogate = clipped_surrogate(log_ratio, per_token, epsilon, epsilon_high)
     token_loss = surrogate.loss.expand_as(logprobs)  # (E, N)
     if weights is not None:
         token_loss = token_loss * weights

@@ -16,6 +16,10 @@ The variants by name (TRL's ``GRPOConfig`` uses the same option names):
   ``overlong_buffer``;
 - GSPO (Zheng et al. 2025): ``importance_sampling_level="sequence"``.
 
+On multi-turn envs ``turn_level_credit=True`` replaces the group advantage by one per agent turn, with a
+leave-one-out (or batch-normalised) baseline per turn index within the prompt's group
+(:mod:`agents.turn_credit`).
+
 >>> GRPOConfig(loss_type="dr_grpo", scale_rewards="none").epsilon_high is None
 True
 """
@@ -236,7 +240,14 @@ class GRPO(OnPolicyAlgorithm):
         rewards = batch.rewards
         if cfg.overlong_buffer:
             rewards = rewards + overlong_penalty(batch.gen_mask.sum(-1), n_new, cfg.overlong_buffer)
-        advantages = group_advantages(rewards, batch.group_ids, cfg.scale_rewards)  # (E,)
+        if cfg.turn_level_credit:  # (E, N): one advantage per agent turn; scale_rewards is not used
+            token_rewards = batch.token_rewards.clone()
+            if cfg.overlong_buffer:  # on the last agent token, as the episode's reward
+                last = mask.shape[1] - 1 - torch.flip(batch.gen_mask, [1]).argmax(1)
+                token_rewards[torch.arange(len(rewards)), last] += rewards - batch.rewards
+            advantages = self._turn_advantages(batch._replace(gen_mask=mask), token_rewards)
+        else:
+            advantages = group_advantages(rewards, batch.group_ids, cfg.scale_rewards)  # (E,)
         weights: torch.Tensor | None = None
         stats: dict[str, Any] = {}
         if correcting and batch.old_logprobs is not None:  # the copy's log-probs vs the update path's

@@ -48,6 +48,7 @@ from agents.ptx import PretrainingMix
 from agents.rollout import RolloutBatch
 from agents.sampling import Sampling, draw, process_logits
 from agents.scoring import RolloutSamples, ScoredBatch, rollout_samples, score_batch
+from agents.turn_credit import turn_advantages
 
 SelfOnPolicy = TypeVar("SelfOnPolicy", bound="OnPolicyAlgorithm")
 
@@ -197,6 +198,14 @@ class OnPolicyAlgorithm(TextAlgorithm):
             shared_groups=shared_groups,
             weights=weights,
         )
+
+    def _turn_advantages(self, batch: RolloutBatch, token_rewards: torch.Tensor) -> torch.Tensor:
+        """(E, N) turn-level advantages (``turn_level_credit``; :func:`agents.turn_credit.turn_advantages`)
+        of (E, N) ``token_rewards`` over the agent tokens; the leave-one-out baseline compares episodes of
+        one prompt group when the env has groups (``group_size > 1``), else the whole batch."""
+        cfg = self.config
+        groups = batch.group_ids if self.group_size > 1 else torch.zeros_like(batch.group_ids)
+        return turn_advantages(token_rewards, batch.gen_mask, groups, cfg.turn_gamma, cfg.turn_baseline)
 
     def _evaluate(self, samples: RolloutSamples) -> CompletionEval:
         """Log-probs, entropy and values of a minibatch's tokens under the trained network (with gradients),

@@ -5,6 +5,8 @@ last one. GAE(gamma, lambda) over the generated tokens, whitened advantages, cli
 clipped value loss, entropy bonus, several epochs of minibatches, gradient clipping (DeepSpeed
 ``gradient_clipping``) and an early stop when the approximate KL to the rollout policy passes
 ``1.5 * target_kl``. Every minibatch computes the log-probs and values of all its tokens in one forward pass.
+With ``turn_level_credit=True`` (multi-turn envs) the advantages are per agent turn instead
+(:mod:`agents.turn_credit`).
 
 >>> PPOConfig(clip_range=0.2).n_epochs
 4
@@ -85,6 +87,8 @@ class PPO(OnPolicyAlgorithm):
         # task rewards sit on the agent token they followed: the last, or each turn's end in a conversation
         token_rewards = batch.token_rewards - self.kl_ctl.value * scored.kl  # (E, N)
         advantages, returns = compute_gae(token_rewards, scored.old_values, mask, cfg.gamma, cfg.gae_lambda)
+        if cfg.turn_level_credit:  # one advantage per agent turn; the value head still fits the GAE returns
+            advantages = self._turn_advantages(batch, token_rewards)
         if cfg.whiten_advantages:
             advantages = masked_whiten(advantages, mask)
 

@@ -8,6 +8,8 @@ Each episode's return is its task reward minus ``kl_coef`` times its summed per-
 - ``baseline="rloo"`` (Ahmadian et al. 2024): the mean return of the *other* episodes with the same prompt in
   the batch. Make the env with ``group_size=k`` so each prompt is drawn k times in a row; episodes whose
   prompt appears once in the batch fall back to the moving average.
+- ``turn_level_credit=True`` (multi-turn envs): one advantage per agent turn with a baseline per turn index
+  instead (:mod:`agents.turn_credit`); ``baseline`` is then not used.
 
 >>> REINFORCEConfig(baseline="rloo").baseline
 'rloo'
@@ -22,7 +24,7 @@ from typing import Any
 import torch
 
 from agents.config import PolicyGradientConfig
-from agents.losses import masked_mean
+from agents.losses import masked_mean, masked_var
 from agents.on_policy import OnPolicyAlgorithm
 
 BASELINES = ("moving_average", "rloo")
@@ -93,8 +95,13 @@ class REINFORCE(OnPolicyAlgorithm):
             baseline = leave_one_out_baseline(returns, batch.group_ids, fallback=moving)
         else:
             baseline = torch.full_like(returns, moving)
-        advantages = returns - baseline
-        if cfg.normalize_advantages:
+        advantages = returns - baseline  # (E,), or (E, N) per agent turn:
+        if cfg.turn_level_credit:
+            token_rewards = batch.token_rewards - self.kl_ctl.value * scored.kl  # (E, N)
+            advantages = self._turn_advantages(batch, token_rewards)
+        if cfg.normalize_advantages and cfg.turn_level_credit:
+            advantages = advantages / (masked_var(advantages, batch.gen_mask).sqrt() + 1e-8)
+        elif cfg.normalize_advantages:
             advantages = advantages / (advantages.std() + 1e-8)
         self.baseline_value = cfg.baseline_decay * moving + (1 - cfg.baseline_decay) * float(returns.mean())
 
@@ -104,7 +111,8 @@ class REINFORCE(OnPolicyAlgorithm):
             assert ev.entropy is not None
             mask = samples.gen_mask  # (b, N)
             entropy = masked_mean(ev.entropy, mask)
-            loss = -masked_mean(samples.advantages[:, None] * ev.logprobs, mask) - cfg.ent_coef * entropy
+            advantage = samples.advantages if samples.advantages.dim() == 2 else samples.advantages[:, None]
+            loss = -masked_mean(advantage * ev.logprobs, mask) - cfg.ent_coef * entropy
             self._gradient_step(self._with_ptx(loss))  # + ptx_coef * LM loss (PPO-ptx), if set
             losses.append(loss.item())
             entropies.append(entropy.item())

@@ -243,8 +243,12 @@ def test_arithmetic_is_a_bounded_finite_number_or_a_value_error(expression: str)
 @SETTINGS
 @given(inside=EXPRESSION | st.text(max_size=60) | JSON.map(json.dumps), around=st.text(max_size=20))
 def test_the_calculator_answers_any_call_with_a_result_turn(inside: str, around: str) -> None:
-    reply = CalculatorTask(split="test", size=2).start(0).respond(f"{around}<calc>{inside}</calc>")
-    assert isinstance(reply.content, str) and reply.content.startswith("<result>") and not reply.done
+    tools = CalculatorTask(split="test", size=2).tools
+    assert tools is not None
+    call = json.dumps({"name": "calculate", "arguments": {"expression": inside}})
+    for message in (f"{around}<tool_call>{call}</tool_call>", f"{around}<tool_call>{inside}</tool_call>"):
+        answer = tools.answer(message)
+        assert answer is not None and isinstance(answer.content, str) and answer.calls >= 1
 
 
 @SETTINGS

@@ -55,16 +55,20 @@ def test_arithmetic_the_model_writes_gets_a_value_error_or_a_finite_bounded_valu
 
 @pytest.mark.parametrize("expression", ["0**-1", "9" * 190 + ".0**2", "1e309", "(" * 100 + "1"])
 def test_the_calculator_tool_answers_every_call_with_a_result_or_an_error(expression: str) -> None:
-    reply = CalculatorTask(split="test", size=2).start(0).respond(f"<calc>{expression}</calc>")
-    assert reply.content.startswith("<result>error: ") and not reply.done
-    assert "inf" not in reply.content.removeprefix("<result>error: ")
+    tools = CalculatorTask(split="test", size=2).tools
+    assert tools is not None
+    answer = tools.answer(
+        f'<tool_call>{{"name": "calculate", "arguments": {{"expression": "{expression}"}}}}</tool_call>'
+    )
+    assert answer is not None and answer.content.startswith("error: calculate raised ValueError: ")
+    assert "inf" not in answer.content.removeprefix("error: ") and answer.bad_calls == 1
 
 
 GARBAGE = [
     "",
-    "<calc>",
-    "<calc></calc>",
-    "<calc><calc>1</calc></calc>",
+    "<tool_call>",
+    "<tool_call></tool_call>",
+    "<tool_call><tool_call>1</tool_call></tool_call>",
     "9" * 5000,
     "-" + "9" * 400 + ".5",
     "\x00\udcff\ufffd",
@@ -79,6 +83,8 @@ def test_the_tasks_answer_garbage_with_a_reply(message: str) -> None:
         reply = task.start(0).respond(message)
         assert reply.content is None or isinstance(reply.content, str)
         assert -1 <= reply.reward <= 1
+        answer = task.tools.answer(message) if task.tools is not None else None
+        assert answer is None or (isinstance(answer.content, str) and answer.bad_calls == answer.calls)
 
 
 def test_the_user_simulator_answers_garbage() -> None:
@@ -95,11 +101,14 @@ def test_a_calculator_episode_survives_the_models_worst_text() -> None:
     tokenizer, eos = env.unwrapped.tokenizer, env.unwrapped.eos_token_id
     for expression in ["0**-1", "9" * 60 + ".0**2", "1e309", "2**64**64"]:
         env.reset(seed=0)
-        ids = tokenizer(f"<calc>{expression}</calc>", add_special_tokens=False)["input_ids"]
+        call = (
+            f'<tool_call>{{"name": "calculate", "arguments": {{"expression": "{expression}"}}}}</tool_call>'
+        )
+        ids = tokenizer(call, add_special_tokens=False)["input_ids"]
         for token in [*ids, eos]:
             _, reward, terminated, truncated, _ = env.step(token)
         assert not terminated and reward == pytest.approx(-0.05)
-        assert "<result>error: " in env.render()
+        assert "tool: error: calculate raised ValueError: " in env.render()
 
 
 def nan_task(reward: object) -> FunctionTask:

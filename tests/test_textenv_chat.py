@@ -166,9 +166,14 @@ def test_calculator_task_answers_tool_calls_and_scores_the_final_answer() -> Non
     task = CalculatorTask(split="test", size=5)
     dialogue = task.start(0)
     _, answer = task.problems[0]
-    reply = dialogue.respond("Let me compute <calc>2*(3+4)</calc>")
-    assert reply.content == "<result>14</result>" and reply.reward == -0.05 and not reply.done
-    assert dialogue.respond("<calc>os.system('x')</calc>").content.startswith("<result>error")
+    assert task.tools is not None
+    answer_of = task.tools.answer(
+        'Let me compute <tool_call>{"name": "calculate", "arguments": {"expression": "2*(3+4)"}}</tool_call>'
+    )
+    assert answer_of is not None and answer_of.content == "14" and answer_of.reward == -0.05
+    call = '<tool_call>{"name": "calculate", "arguments": {"expression": "os.system(1)"}}</tool_call>'
+    error = task.tools.answer(call)
+    assert error is not None and error.content.startswith("error: calculate raised ValueError: not allowed")
     final = dialogue.respond(f"The answer is {int(answer)}.")
     assert final.done and final.success and final.reward == 1.0 and final.content is None
     assert not task.start(0).respond("It is 123456789.").success

@@ -76,7 +76,14 @@ register(
     id="TextChat-Calculator-v0",
     entry_point="textenv.envs.chat_env:TextChatEnv",
     vector_entry_point="textenv.envs.chat_vector_env:TextChatVectorEnv",
-    kwargs={"task": "calculator", "max_turn_tokens": 24, "max_turns": 4},
+    # the tool's description fills about 200 of SmolLM2's tokens, a call about 30
+    kwargs={
+        "task": "calculator",
+        "max_prompt_tokens": 224,
+        "max_new_tokens": 256,
+        "max_turn_tokens": 48,
+        "max_turns": 4,
+    },
 )
 register(
     id="TextChat-UserSim-v0",

@@ -10,13 +10,15 @@ Built-in tasks (:data:`CHAT_TASKS`):
 
 - ``"guess"``, :class:`GuessNumberTask`: find a secret number in ``[low, high]``; the host answers
   "Higher." / "Lower." / "Correct!". Reward ``1 - turn_cost * (guesses - 1)`` on success, else 0.
-- ``"calculator"``, :class:`CalculatorTask`: arithmetic word problems; ``<calc>12*7</calc>`` asks the
-  calculator tool (a safe ``ast`` evaluator, :func:`safe_arithmetic`, never ``eval``); any other message is
-  the final answer (its last number). Reward 1 for the right answer, minus ``call_cost`` per tool call.
+- ``"calculator"``, :class:`CalculatorTask`: arithmetic word problems with the tool :func:`calculate` (a
+  safe ``ast`` evaluator, :func:`safe_arithmetic`, never ``eval``), called with JSON in ``<tool_call>`` tags;
+  any other message is the final answer (its last number). Reward 1 for the right answer, minus ``call_cost``
+  per tool call.
 - ``"usersim"``, :class:`UserSimTask`: a frozen LM plays a customer with a persona; each agent turn is
   rewarded with the VADER sentiment of the user's reply (in [-1, 1]); success is a positive last reply.
 
-Your own task is a function: ``FunctionTask(openings, respond)`` with ``respond(turns, message) -> Reply``.
+Your own task is a function: ``FunctionTask(openings, respond)`` with ``respond(turns, message) -> Reply``;
+``tools=[fn, ...]`` gives it tools from plain Python functions (:mod:`textenv.tools`).
 
 >>> task = GuessNumberTask(split="test", low=1, high=4)
 >>> dialogue = task.start(0)
@@ -42,6 +44,7 @@ import numpy as np
 
 from rewards.sentiment import VaderSentiment
 from textenv.models import load_model, load_tokenizer
+from textenv.tools import Tools, describe_tools, template_supports_tools
 
 SPLIT_SEEDS = {"train": 0, "test": 1}
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
@@ -77,6 +80,10 @@ class ChatTask(ABC):
     """A seeded, finite list of episodes; :meth:`start` opens one as a :class:`Dialogue`."""
 
     system_prompt: str = "You are a helpful assistant."
+    tools: Tools | None = None
+    """The task's tools (:class:`textenv.tools.Tools`), or None. The env describes them in the system prompt
+    and answers a message that calls one with a ``"tool"`` turn itself; the dialogue sees the other
+    messages."""
 
     def __init__(self, split: str = "train", size: int = 1000) -> None:
         if split not in SPLIT_SEEDS:
@@ -101,14 +108,31 @@ FALLBACK_CHAT_TEMPLATE = (
 """The template for tokenizers without one: ``Role: content<eos>`` per message, then ``Assistant:``."""
 
 
-def render_chat(tokenizer: Any, messages: Sequence[dict[str, str]], add_generation_prompt: bool) -> str:
+def render_chat(
+    tokenizer: Any,
+    messages: Sequence[dict[str, str]],
+    add_generation_prompt: bool,
+    tools: Tools | None = None,
+) -> str:
     """``messages`` as text with the tokenizer's chat template (:data:`FALLBACK_CHAT_TEMPLATE` if it has
-    none)."""
+    none). With ``tools``, a template that reads ``tools`` gets their JSON schemas
+    (``apply_chat_template(..., tools=...)``); any other template gets them described at the end of the
+    system message (:func:`textenv.tools.describe_tools`; one is added if there is none)."""
     template = None if getattr(tokenizer, "chat_template", None) else FALLBACK_CHAT_TEMPLATE
+    messages, schemas = list(messages), None
+    if tools is not None and template is None and template_supports_tools(tokenizer):
+        schemas = tools.schemas
+    elif tools is not None:
+        described = describe_tools(tools.schemas)
+        if messages and messages[0]["role"] == "system":
+            messages[0] = {"role": "system", "content": f"{messages[0]['content']}\n\n{described}"}
+        else:
+            messages.insert(0, {"role": "system", "content": described})
     return str(
         tokenizer.apply_chat_template(
-            list(messages),
+            messages,
             chat_template=template,
+            tools=schemas,
             tokenize=False,
             add_generation_prompt=add_generation_prompt,
         )
@@ -258,22 +282,20 @@ _PROBLEMS = [
 ]
 
 
+def calculate(expression: str) -> str:
+    """Evaluate an arithmetic expression exactly.
+
+    Args:
+        expression: numbers with + - * / // % ** and parentheses, e.g. "12*7"
+    """
+    return format_number(safe_arithmetic(expression))
+
+
 class _CalculatorDialogue(Dialogue):
-    CALL = re.compile(r"<calc>(.*?)</calc>", re.DOTALL)
+    def __init__(self, question: str, answer: float) -> None:
+        self.answer, self.opening = answer, question
 
-    def __init__(self, question: str, answer: float, call_cost: float, max_calls: int) -> None:
-        self.answer, self.call_cost, self.max_calls, self.calls = answer, call_cost, max_calls, 0
-        self.opening = question
-
-    def respond(self, message: str) -> Reply:
-        call = self.CALL.search(message)
-        if call is not None and self.calls < self.max_calls:
-            self.calls += 1
-            try:
-                result = f"<result>{format_number(safe_arithmetic(call.group(1)))}</result>"
-            except Exception as error:  # noqa: BLE001  (the model's text never ends the episode with an error)
-                result = f"<result>error: {error or type(error).__name__}</result>"
-            return Reply(result, reward=-self.call_cost)
+    def respond(self, message: str) -> Reply:  # tool calls are answered by the env (CalculatorTask.tools)
         numbers = _NUMBER.findall(message)
         correct = bool(numbers) and math.isclose(float(numbers[-1]), self.answer, abs_tol=1e-6)
         return Reply(None, reward=1.0 if correct else 0.0, done=True, success=correct)
@@ -282,15 +304,15 @@ class _CalculatorDialogue(Dialogue):
 class CalculatorTask(ChatTask):
     """Arithmetic word problems with a calculator tool.
 
-    The agent may write ``<calc>EXPRESSION</calc>`` (numbers, ``+ - * / // % **``, parentheses); the tool
-    answers ``<result>VALUE</result>`` (or ``<result>error: ...</result>``) at a cost of ``call_cost`` each
-    (at most ``max_calls``; later calls count as answers). Any message without a call is the final answer:
-    its last number is compared with the truth, reward 1 if equal, and the episode ends.
+    The tool is :func:`calculate` (the bounded ``ast`` evaluator :func:`safe_arithmetic`, never ``eval``),
+    called as ``<tool_call>{"name": "calculate", "arguments": {"expression": "12*7"}}</tool_call>``; the env
+    answers in a tool turn (``84``, or ``error: ...``) at a cost of ``call_cost`` each (at most ``max_calls``
+    per episode; later calls count as answers). Any message without a call is the final answer: its last
+    number is compared with the truth, reward 1 if equal, and the episode ends.
     """
 
     system_prompt = (
-        "Solve the problem. To use the calculator write <calc>expression</calc>, e.g. <calc>12*7</calc>. "
-        "Then give the final answer as a number."
+        "Solve the problem. Use the calculate tool for arithmetic, then give the final answer as a number."
     )
 
     def __init__(
@@ -310,11 +332,11 @@ class CalculatorTask(ChatTask):
             text, expression = _PROBLEMS[kind]
             formula = expression.format(a=a, b=b)
             self.problems.append((text.format(a=a, b=b), safe_arithmetic(formula)))
-        self.call_cost, self.max_calls = float(call_cost), int(max_calls)
+        self.tools = Tools([calculate], call_cost=call_cost, max_calls=max_calls)
 
     def start(self, index: int) -> Dialogue:
         question, answer = self.problems[index]
-        return _CalculatorDialogue(question, answer, self.call_cost, self.max_calls)
+        return _CalculatorDialogue(question, answer)
 
 
 # ---- user simulator ---------------------------------------------------------------------------------------
@@ -416,7 +438,9 @@ class FunctionTask(ChatTask):
     """A task from a function: ``respond(turns, message) -> Reply | str`` plays the other party.
 
     ``turns`` is the conversation so far as ``{"role", "content"}`` dicts (ending with the agent's
-    ``message``); ``openings`` are the first user messages, one episode each.
+    ``message``); ``openings`` are the first user messages, one episode each. ``tools``: typed, docstringed
+    functions (or a :class:`textenv.tools.Tools` with its limits and costs) the agent may call; the env
+    answers those calls, and ``respond`` sees only the agent's other messages.
 
     >>> task = FunctionTask(["Say hi."], lambda turns, msg: Reply(None, reward=float("hi" in msg), done=True))
     >>> task.start(0).respond("hi there").reward
@@ -428,6 +452,7 @@ class FunctionTask(ChatTask):
         openings: Sequence[str],
         respond: Callable[[list[dict[str, str]], str], Reply | str],
         system_prompt: str = "You are a helpful assistant.",
+        tools: Sequence[Callable[..., Any]] | Tools | None = None,
     ) -> None:
         if isinstance(openings, str) or not openings:
             raise ValueError("openings must be a non-empty list of first user messages.")
@@ -435,6 +460,7 @@ class FunctionTask(ChatTask):
             raise TypeError("respond must be a function (turns, message) -> Reply | str.")
         super().__init__("train", len(openings))
         self.openings, self.respond, self.system_prompt = list(openings), respond, system_prompt
+        self.tools = tools if isinstance(tools, Tools) or tools is None else Tools(tools)
 
     def start(self, index: int) -> Dialogue:
         return _FunctionDialogue(self.openings[index], self.respond)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,7 @@ from textenv.chat_tasks import Dialogue, Reply, load_chat_task, render_chat
 from textenv.envs.arguments import ChatArguments
 from textenv.envs.core import TokenCore
 from textenv.hubs import hub_chat_task, is_hub_task
+from textenv.tools import Tools
 
 SENTINEL = "\u2063AGENT\u2063"  # stands for the agent's message while the template is rendered
 CONVERSATION_ARRAYS = ("ids", "mask", "agent")
@@ -29,6 +31,8 @@ CONVERSATION_FIELDS = tuple(
     "index turns length turn_start exchanges messages agent_turns success done".split()
 )
 """Its other state: everything but the dialogue, which is rebuilt from ``index`` and ``messages``."""
+TOOL_FIELDS = ("tool_calls", "bad_tool_calls")
+"""Its tool-call counters, saved too (0 when a state saved before tools lacks them)."""
 
 
 class ChatTokens:
@@ -61,9 +65,9 @@ class ChatTokens:
             )
         return text
 
-    def opening_ids(self, system_prompt: str, opening: str) -> list[int]:
+    def opening_ids(self, system_prompt: str, opening: str, tools: Tools | None = None) -> list[int]:
         messages = [{"role": "system", "content": system_prompt}, {"role": "user", "content": opening}]
-        text = render_chat(self.tokenizer, messages, add_generation_prompt=True)
+        text = render_chat(self.tokenizer, messages, add_generation_prompt=True, tools=tools)
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def reply_ids(self, role: str, content: str, agent_closed: bool) -> list[int]:
@@ -113,7 +117,7 @@ class ChatTemplateError(ValueError):
         self.turn = turn
 
 
-def check_chat_template(tokenizer: Any) -> None:
+def check_chat_template(tokenizer: Any, require_tool_turns: bool = False) -> None:
     """Raise :class:`ChatTemplateError` unless ``tokenizer``'s chat template is prefix-continuous.
 
     The chat envs never re-render a conversation: they render the opening once, then append the agent's
@@ -126,6 +130,8 @@ def check_chat_template(tokenizer: Any) -> None:
     reasoning (``<think>...</think>``) of earlier assistant turns (Qwen3-style). Tokenizers without a
     template get :data:`~textenv.chat_tasks.FALLBACK_CHAT_TEMPLATE`, which passes. The chat envs call this
     when they are made and refuse a template that fails (a few milliseconds: three short conversations).
+    A template that cannot render a ``"tool"`` turn at all passes unless ``require_tool_turns`` (the envs
+    set it for a task with tools).
 
     >>> from textenv import load_tokenizer
     >>> check_chat_template(load_tokenizer("tiny-sp"))  # the fallback template: no error
@@ -146,7 +152,7 @@ def check_chat_template(tokenizer: Any) -> None:
             renderings = [render_chat(tokenizer, messages[:end], True) for end in ends]
             suffixes = [_text_after_agent(tokenizer, [reply]) for reply in messages[3::2]]
         except Exception as error:  # a template may refuse a role (e.g. "tool") or raise_exception() itself
-            if has_tool:
+            if has_tool and not require_tool_turns:
                 continue  # only tasks that answer with tool turns need them; such a task fails when it does
             raise ChatTemplateError(
                 f"The chat template cannot render a plain conversation (system, user, assistant, user "
@@ -216,6 +222,8 @@ class Conversation:
     agent_turns: int = 0
     success: bool = False
     done: bool = True
+    tool_calls: int = 0  # the agent's tool calls in this episode (ChatTask.tools), bad ones included
+    bad_tool_calls: int = 0  # malformed, unknown, bad arguments, timed out or raised
 
 
 class ChatCore(TokenCore):
@@ -230,11 +238,18 @@ class ChatCore(TokenCore):
             self.task = hub_chat_task(str(args.task), args.split, **(args.task_kwargs or {}))
         else:
             self.task = load_chat_task(args.task, args.split, **(args.task_kwargs or {}))
-        check_chat_template(self.tokenizer)
+        self.tools: Tools | None = getattr(self.task, "tools", None)
+        if self.tools is not None and not isinstance(self.tools, Tools):
+            raise TypeError(
+                f"the chat task's tools are {type(self.tools).__name__}; give a textenv.tools.Tools, e.g. "
+                "self.tools = Tools([add, multiply]), or None"
+            )
+        check_chat_template(self.tokenizer, require_tool_turns=self.tools is not None)
         self.chat = ChatTokens(self.tokenizer)
         self.P, self.N, self.T = self.max_prompt_tokens, self.max_new_tokens, int(args.max_turn_tokens)
         self.max_turns = int(args.max_turns)
         self._opening_cache: dict[int, list[int]] = {}
+        self._warned_cut_tools = False
         self.reward_seconds = 0.0  # time in the task's replies (its rewards), for the agents' time breakdown
 
     def observation_space(self, length: int) -> spaces.Dict:
@@ -248,13 +263,25 @@ class ChatCore(TokenCore):
         if longer), the N slots empty. Returns the reset info."""
         dialogue = self.task.start(index)
         if index not in self._opening_cache:
-            self._opening_cache[index] = self.chat.opening_ids(self.task.system_prompt, dialogue.opening)
+            system = self.task.system_prompt
+            self._opening_cache[index] = self.chat.opening_ids(system, dialogue.opening, self.tools)
+            length = len(self._opening_cache[index])
+            if self.tools is not None and length > self.P and not self._warned_cut_tools:
+                self._warned_cut_tools = True
+                warnings.warn(
+                    f"the opening of episode {index} (system prompt with the tools' description, first "
+                    f"message) is {length} tokens; the env keeps its last max_prompt_tokens={self.P}, so the "
+                    "model does not see the start of the tools' description: make the env with "
+                    f"max_prompt_tokens={length} or more",
+                    stacklevel=2,
+                )
         ids = self._opening_cache[index][-self.P :]
         P, pad = self.P, self.P - len(ids)
         conv.ids[:], conv.mask[:], conv.agent[:] = self.pad_token_id, 0, 0
         conv.ids[pad:P], conv.mask[pad:P] = ids, 1
         conv.index, conv.dialogue, conv.length, conv.turn_start = index, dialogue, 0, 0
         conv.exchanges, conv.messages, conv.agent_turns, conv.success, conv.done = [], [], 0, False, False
+        conv.tool_calls = conv.bad_tool_calls = 0
         conv.turns = [
             {"role": "system", "content": self.task.system_prompt},
             {"role": "user", "content": dialogue.opening},
@@ -274,8 +301,15 @@ class ChatCore(TokenCore):
             return 0.0, False, False, {}
         message = self.tokenizer.decode(turn.tolist(), skip_special_tokens=True).strip()
         start_time = time.perf_counter()
+        tool_answer = None
         try:
-            reply = conv.dialogue.respond(message)
+            if self.tools is not None and self.tools.answers(message, conv.tool_calls):
+                tool_answer = self._call_tools(message, conv.tool_calls)
+                reply = Reply(
+                    tool_answer.content, reward=tool_answer.reward, role="tool", success=conv.success
+                )
+            else:
+                reply = conv.dialogue.respond(message)
         except Exception as error:  # a bug in the task's own code: say whose, on which message
             if sys.version_info >= (3, 11):  # exception notes
                 task = type(self.task).__name__
@@ -290,6 +324,9 @@ class ChatCore(TokenCore):
             conv.turns.append({"role": reply.role, "content": reply.content})
         conv.agent_turns += 1
         conv.success = reply.success
+        if tool_answer is not None:
+            conv.tool_calls += tool_answer.calls
+            conv.bad_tool_calls += tool_answer.bad_calls
         terminated, truncated, info = reply.done, False, {}
         if not terminated and conv.agent_turns >= self.max_turns:
             truncated = True
@@ -308,6 +345,14 @@ class ChatCore(TokenCore):
             conv.done = True
             info |= self.final_info(conv)
         return reward, bool(terminated), truncated, info
+
+    def _call_tools(self, message: str, calls_so_far: int) -> Any:
+        """The tools' answer to ``message`` (:meth:`textenv.tools.Tools.answer`), within ``max_calls``."""
+        assert self.tools is not None
+        limit = self.tools.max_calls
+        answer = self.tools.answer(message, None if limit is None else limit - calls_so_far)
+        assert answer is not None
+        return answer
 
     def check_reply(self, reply: Any) -> float:
         """The reward of the task's ``reply``, refused like a reward function's scores (rewards.check_scores:
@@ -351,7 +396,8 @@ class ChatCore(TokenCore):
     def conversation_state(self, conv: Conversation) -> dict[str, Any]:
         """``conv`` as JSON-able data: its arrays, turns, counters and the agent's messages so far."""
         state: dict[str, Any] = {name: getattr(conv, name).tolist() for name in CONVERSATION_ARRAYS}
-        return state | {name: copy.deepcopy(getattr(conv, name)) for name in CONVERSATION_FIELDS}
+        fields = (*CONVERSATION_FIELDS, *TOOL_FIELDS)
+        return state | {name: copy.deepcopy(getattr(conv, name)) for name in fields}
 
     def restore_conversation(self, conv: Conversation, state: dict[str, Any]) -> None:
         """Write :meth:`conversation_state`'s ``state`` into ``conv`` (in place: its arrays may be views of a
@@ -371,16 +417,25 @@ class ChatCore(TokenCore):
             array[:] = saved
         for name in CONVERSATION_FIELDS:
             setattr(conv, name, copy.deepcopy(state[name]))
+        for name in TOOL_FIELDS:
+            setattr(conv, name, int(state.get(name, 0)))
         conv.dialogue = None
         if not conv.done:
             conv.dialogue = self.task.start(conv.index)
+            calls = 0  # the messages the tools answered are not replayed (nor the tools run again)
             for message in conv.messages:
-                conv.dialogue.respond(message)
+                if self.tools is not None and self.tools.answers(message, calls):
+                    calls += self.tools.count(message)
+                else:
+                    conv.dialogue.respond(message)
 
     def final_info(self, conv: Conversation) -> dict[str, Any]:
-        """The info of a finished episode: the turns as text, success, and what the agents' logs read."""
+        """The info of a finished episode: the turns as text, success, and what the agents' logs read; with
+        tools, the episode's ``tool_calls`` and ``bad_tool_calls``."""
         transcript = "\n".join(f"{t['role']}: {t['content']}" for t in conv.turns[2:])
-        return {
+        counts = {"tool_calls": conv.tool_calls, "bad_tool_calls": conv.bad_tool_calls}
+        tools = counts if self.tools is not None else {}
+        return tools | {
             "turns": list(conv.turns),
             "success": bool(conv.success),
             "agent_turns": conv.agent_turns,

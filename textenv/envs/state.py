@@ -202,6 +202,9 @@ def check_conversation(state: Any, prompt_len: int, vocab_size: int, episodes: i
         for turn in turns
     ):
         raise ValueError("saved conversation 'turns' must be {'role': str, 'content': str} dicts")
+    for name in ("tool_calls", "bad_tool_calls"):  # absent in states saved before tools
+        if name in state:
+            check_int(name, state[name], 0, 2**31)
     for name in ("success", "done"):
         if not isinstance(state[name], bool):
             raise ValueError(f"saved conversation {name!r} is {state[name]!r}; expected true or false")
