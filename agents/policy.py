@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import nn
-from transformers import DynamicCache, GenerationConfig, PreTrainedModel
+from transformers import CompileConfig, DynamicCache, GenerationConfig, PreTrainedModel
 
 from agents.kv_cache import kv_layers
 from agents.losses import entropy_from_logits, logprobs_from_logits
@@ -266,6 +266,7 @@ def generate_completions(
     eos_token_id: int | list[int] | None,
     deterministic: bool,
     sampling: Sampling = PLAIN_SAMPLING,
+    compiled: bool = False,
 ) -> torch.Tensor:
     """Sequence-level actions: (B, N) completions of (B, T) prompts from ``lm.generate``, right-padded.
 
@@ -274,7 +275,8 @@ def generate_completions(
     Generation stops at ``eos_token_id`` (one id, or a list: the env's stop tokens, EOS among them).
     Sampling with ``sampling``'s temperature, top-k and top-p, or greedy when ``deterministic``; token ids
     ``>= n_actions`` (vocabulary rows outside the action space) are never generated (``suppress_tokens``,
-    generation's form of :func:`action_logits`).
+    generation's form of :func:`action_logits`). ``compiled``: transformers' static cache (P + N slots) and
+    its compiled forward (CUDA graphs on a GPU, inductor elsewhere), compiled at the first call.
     """
     config = GenerationConfig(
         max_new_tokens=max_new_tokens,
@@ -288,6 +290,11 @@ def generate_completions(
     vocab = lm.get_output_embeddings().weight.shape[0]
     if vocab > n_actions:
         config.suppress_tokens = list(range(n_actions, vocab))
+    if compiled:
+        config.cache_implementation = "static"
+        mode = "reduce-overhead" if input_ids.device.type == "cuda" else "default"
+        config.compile_config = CompileConfig(dynamic=False, mode=mode)
+        config.compile_config._compile_all_devices = True  # transformers compiles on GPUs only by default
     out = lm.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
     completion = out[:, input_ids.shape[1] :]  # (B, <=N)
     actions = torch.full((input_ids.shape[0], max_new_tokens), pad_token_id, device=input_ids.device)
