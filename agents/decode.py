@@ -193,10 +193,14 @@ class Decoder:
         if self.active and not torch._dynamo.is_dynamo_supported():
             self.give_up("torch.compile does not support this Python or platform")
         if self.active:
-            start = time.perf_counter()
+            start, rng = time.perf_counter(), torch.random.get_rng_state()
+            cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
             try:
                 result = run(True)
             except Exception as error:  # noqa: BLE001  (whatever stops the compiler: the eager path goes on)
+                torch.random.set_rng_state(rng)  # the eager run draws what it would have drawn
+                if cuda_rng is not None:
+                    torch.cuda.set_rng_state_all(cuda_rng)
                 self.give_up(f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
             else:
                 if self.compile_seconds is None:
