@@ -33,7 +33,7 @@ from agents.decode import Decoder, write_slots
 
 class StepModel(Protocol):
     """What :func:`cached_step` steps: ``model(input_ids, attention_mask, position_ids, past_key_values=...,
-    logits_to_keep=...)`` (the signature of :meth:`agents.policy.ActorCritic.forward`) returns ``(logits,
+    logits_to_keep=...)`` (the signature of :meth:`agents.policy.StepNetwork.forward`) returns ``(logits,
     values or None)``; the causal LM is ``model.lm`` (its config sizes a cache)."""
 
     lm: Any

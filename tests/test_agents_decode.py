@@ -123,17 +123,7 @@ def test_multi_turn_rows_on_the_static_cache_match_eager(monkeypatch: pytest.Mon
     monkeypatch.setattr(agents.kv_cache, "_extend_static", counting)
     batches = []
     for decode in ("eager", "compiled"):
-        torch.manual_seed(0)
-        env = chat_env(num_envs=4, max_turns=3)
-        chat = PPO(
-            env,
-            model="tiny-sp",
-            seed=0,
-            precision="fp32",
-            episodes_per_rollout=8,
-            minibatch_size=8,
-            decode=decode,
-        )
+        chat = agent(decode, chat_env(num_envs=4, max_turns=3))
         batches.append(first_rollout(chat)[0])
         if decode == "compiled":
             assert chat._step_cache.write_slot is not None  # it ran on the static rows
@@ -155,17 +145,7 @@ def test_a_one_line_notice_when_torch_cannot_compile(kind: str, monkeypatch: pyt
         return fails
 
     def rollout(decode: str) -> torch.Tensor:
-        torch.manual_seed(0)
-        ppo = PPO(
-            make_env(kind),
-            model="tiny-sp",
-            seed=0,
-            precision="fp32",
-            episodes_per_rollout=8,
-            minibatch_size=8,
-            decode=decode,
-        )
-        return first_rollout(ppo)[0].input_ids
+        return first_rollout(agent(decode, make_env(kind)))[0].input_ids
 
     monkeypatch.setattr(agents.decode.torch, "compile", broken)
     import transformers.generation.utils as generation
