@@ -223,6 +223,7 @@ def cached_step(
         if prefill_len > 0:
             model(ids, mask, past_key_values=prefill, logits_to_keep=1)
             cache.prefill_tokens += int(mask.sum())
+        static = static and (prefill_len > 0 or not fresh)  # nothing to size the static rows: adopt later
         if static:
             assert decoder is not None
             _write_static_rows(cache, decoder, rows, prefill, mask, fresh=fresh, total=total)
