@@ -33,11 +33,11 @@ from agents import PPO
 STOPS = [5, 6, 7, 8, 9, 10]  # episodes end early and out of step: rows restart at different times
 
 
-def agent(decode: str, **settings: Any) -> PPO:
+def agent(decode: str, env: Any = None, **settings: Any) -> PPO:
+    """A seeded fp32 PPO on ``env`` (default: 4 envs with stop tokens and groups of 2, so that a group's
+    next episode reuses its prompt)."""
     torch.manual_seed(0)
-    env = make_env(
-        stop_token_ids=STOPS, group_size=2
-    )  # groups of 2: a group's next episode reuses the prompt
+    env = make_env(stop_token_ids=STOPS, group_size=2) if env is None else env
     config = {"episodes_per_rollout": 8, "minibatch_size": 8, "precision": "fp32", **settings}
     return PPO(env, model="tiny-sp", seed=0, decode=decode, **config)
 
