@@ -5,8 +5,8 @@ observation prefix each row holds. :func:`cached_step` gives the next token's lo
 observations in one forward: rows whose observation extends what they hold feed their last token; a
 conversation's new turn is fed on top of what is cached (:func:`extend_cache`); an RLOO group's next episode
 reuses its cached prompt; any other row is prefilled again (packed to its real tokens, :func:`_packed`).
-:func:`cache_arrays` / :func:`restore_cache` turn a cache into the arrays of a checkpoint's
-``rollout_state.npz`` and back.
+:func:`agents.saving.cache_arrays` / :func:`agents.saving.restore_cache` turn a cache into the arrays of a
+checkpoint's ``rollout_state.npz`` and back.
 
 The models stepped here are :class:`agents.policy.ActorCritic`, :class:`agents.policy.FrozenLM` or
 :class:`agents.lora.AdapterDisabledLM`: anything with their ``forward`` signature and an ``lm``
@@ -23,7 +23,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
-import numpy as np
 import torch
 from transformers import DynamicCache
 from transformers.cache_utils import Cache, DynamicLayer
@@ -364,65 +363,6 @@ def _to_dynamic(cache: StepCache) -> None:
     for index, layer in enumerate(kv_layers(cache.past)):
         past.update(layer.keys.clone(), layer.values.clone(), index)
     cache.past, cache.write_slot = past, None
-
-
-KV_BOOKKEEPING = ("slot_mask", "fed_ids", "fed_mask", "fed_len")
-"""The :class:`StepCache` fields a checkpoint keeps beside the keys and values."""
-
-
-def cache_arrays(cache: StepCache) -> dict[str, np.ndarray]:
-    """A token-level agent's KV cache (:class:`StepCache`) as arrays for a checkpoint's
-    ``rollout_state.npz``: the bookkeeping and every layer's keys and values (in float32, which holds bf16
-    exactly). Kept across updates (``keep_kv_cache``), the cache was computed with earlier weights, so a
-    resumed run needs it to go on exactly as the saved one would. ``{}`` when it holds nothing."""
-    if cache.past is None or cache.slot_mask is None or cache.fed_ids is None:
-        return {}
-    arrays = {f"kv_{name}": getattr(cache, name).cpu().numpy() for name in KV_BOOKKEEPING}
-    if cache.outdated is not None:
-        arrays["kv_outdated"] = cache.outdated.cpu().numpy()
-    if cache.write_slot is not None:  # compiled decode's static rows
-        arrays["kv_write_slot"] = cache.write_slot.cpu().numpy()
-    for index, layer in enumerate(kv_layers(cache.past)):
-        arrays[f"kv_keys_{index}"] = layer.keys.float().cpu().numpy()
-        arrays[f"kv_values_{index}"] = layer.values.float().cpu().numpy()
-    return arrays
-
-
-def restore_cache(
-    arrays: dict[str, np.ndarray], cache: StepCache, config: Any, dtype: torch.dtype, device: torch.device
-) -> None:
-    """Fill an empty ``cache`` from :func:`cache_arrays`' arrays (nothing when they hold no cache); a cache
-    that does not fit the model (``config``) raises ValueError saying what is off."""
-    if "kv_slot_mask" not in arrays:
-        return
-    slot_mask = torch.as_tensor(arrays["kv_slot_mask"])
-    layers = config.num_hidden_layers
-    if sum(key.startswith("kv_keys_") for key in arrays) != layers or slot_mask.dim() != 2:
-        raise ValueError(f"the saved KV cache does not fit the model ({layers} layers); load it with its own")
-    past = DynamicCache(config=config)
-    for index in range(layers):
-        keys, values = (torch.as_tensor(arrays[f"kv_{kind}_{index}"]) for kind in ("keys", "values"))
-        if keys.dim() != 4 or keys.shape != values.shape or keys.shape[::2] != slot_mask.shape:
-            raise ValueError(
-                f"layer {index} of the saved KV cache has shape {tuple(keys.shape)}, which does not match "
-                f"its slot mask {tuple(slot_mask.shape)}"
-            )
-        past.update(keys.to(device, dtype), values.to(device, dtype), index)
-    cache.past = past
-    for name in KV_BOOKKEEPING:
-        setattr(cache, name, torch.as_tensor(arrays[f"kv_{name}"]).to(device))
-    if "kv_outdated" in arrays:
-        cache.outdated = torch.as_tensor(arrays["kv_outdated"]).to(device, torch.bool)
-    if "kv_write_slot" in arrays:
-        write_slot = torch.as_tensor(arrays["kv_write_slot"])
-        if write_slot.shape != slot_mask.shape[:1] or bool(
-            ((write_slot < 0) | (write_slot > slot_mask.shape[1])).any()
-        ):
-            raise ValueError(
-                f"kv_write_slot of the saved KV cache must hold {slot_mask.shape[0]} slots, each in "
-                f"0..{slot_mask.shape[1]}; load the checkpoint with the run that saved it"
-            )
-        cache.write_slot = write_slot.to(device, torch.long)
 
 
 def extend_cache(

@@ -34,7 +34,7 @@ from agents.base import TextAlgorithm
 from agents.config import PolicyGradientConfig
 from agents.decode import Decoder, resolve_decode
 from agents.ema import ExponentialMovingAverage
-from agents.kv_cache import StepCache, cache_arrays, cached_step
+from agents.kv_cache import StepCache, cached_step
 from agents.losses import AdaptiveKLController, logprobs_from_logits
 from agents.policy import (
     ActorCritic,
@@ -47,6 +47,7 @@ from agents.precision import RolloutCopy, acting_copy
 from agents.ptx import PretrainingMix
 from agents.rollout import RolloutBatch
 from agents.sampling import Sampling, draw, process_logits
+from agents.saving import cache_arrays
 from agents.scoring import RolloutSamples, ScoredBatch, score_batch
 
 SelfOnPolicy = TypeVar("SelfOnPolicy", bound="OnPolicyAlgorithm")
