@@ -34,6 +34,7 @@ from transformers import PreTrainedModel
 
 from agents import distributed, lora, run_logging
 from agents.config import AlgorithmConfig
+from agents.decode import Decoder
 from agents.kv_cache import StepCache
 from agents.layout import env_attr, load_lm, read_layout
 from agents.packing import packed_linears
@@ -175,6 +176,7 @@ class TextAlgorithm(Checkpointing, BaseAlgorithm):  # type: ignore[misc]  # save
             token_level=self.token_level,
         )
         self._step_cache = StepCache()
+        self.decoder: Decoder | None = None  # the compiled decode step (policy-gradient agents' ``decode``)
         self._rollout_start = 0  # num_timesteps when the current rollout began
         self._good_weights: list[torch.Tensor] | None = None
         self._diverged = False
@@ -250,7 +252,8 @@ class TextAlgorithm(Checkpointing, BaseAlgorithm):  # type: ignore[misc]  # save
         start, start_timesteps = time.perf_counter(), self.num_timesteps
         tokenizer = self._env_attr("tokenizer")
         callback.on_rollout_start()
-        pack = getattr(self.config, "pack_cpu_weights", False)  # agents.packing: bitwise the same outputs
+        # agents.packing: bitwise the same outputs; a compiled decode step brings its own kernels
+        pack = getattr(self.config, "pack_cpu_weights", False) and not (self.decoder and self.decoder.active)
         with packed_linears(self.actor, enabled=pack, rows=self.n_envs):
             while not self._rollout_done():
                 obs = self._last_obs

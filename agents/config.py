@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from agents.decode import DECODE_MODES
 from agents.precision import ROLLOUT_PRECISIONS
 from agents.turn_credit import TURN_BASELINES
 from infra.engine import PRECISIONS
@@ -137,6 +138,15 @@ class PolicyGradientConfig(AlgorithmConfig):
     those weights that lives only during the rollout; False saves that memory. No effect elsewhere, nor on
     unmerged LoRA adapters (``rollout_merge_lora=True`` acts on a plain copy, which is packed). See
     :mod:`agents.packing`."""
+    decode: str = "eager"
+    """How rollouts decode: ``"eager"`` (one eager forward per token on a growing ``DynamicCache``),
+    ``"compiled"`` (a preallocated per-row KV cache of P + N slots and one ``torch.compile``d step reused for
+    every token: inductor on a CPU, CUDA graphs on a GPU; sequence-level envs generate with transformers'
+    static cache, compiled) or ``"auto"`` (compiled on a GPU, eager on a CPU). The first compiled step
+    compiles (logged as ``time/decode_compile_s``; torch's compile caches shorten it in later runs); where
+    torch cannot compile, a one-line ``RuntimeWarning`` says so and the eager step is used. With
+    ``"compiled"`` the rollout's linears are not packed (``pack_cpu_weights``: the compiler owns the
+    kernels) and ``predict`` stays eager. See :mod:`agents.decode`."""
     ema_decay: float | None = None
     """Keep an fp32 exponential moving average of the actor's weights with this decay (e.g. 0.992), updated
     after every optimizer step, saved with checkpoints, exported by ``export(path, ema=True)``; None: no EMA
@@ -185,6 +195,8 @@ class PolicyGradientConfig(AlgorithmConfig):
         for flag in ("rollout_merge_lora", "keep_kv_cache", "pack_cpu_weights"):
             if not isinstance(getattr(self, flag), bool):
                 raise TypeError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
+        if self.decode not in DECODE_MODES:
+            raise ValueError(f"decode={self.decode!r} is not known; use one of {DECODE_MODES}")
         check_number("temperature", self.temperature, "0.7")
         check_number("top_p", self.top_p, "0.9")
         if self.temperature <= 0:

@@ -33,8 +33,9 @@ from torch import nn
 from agents import distributed, run_logging
 from agents.base import TextAlgorithm
 from agents.config import PolicyGradientConfig
+from agents.decode import Decoder, resolve_decode
 from agents.ema import ExponentialMovingAverage
-from agents.kv_cache import StepCache, cache_arrays, cached_step
+from agents.kv_cache import StepCache, cached_step
 from agents.losses import AdaptiveKLController, logprobs_from_logits
 from agents.policy import (
     ActorCritic,
@@ -47,6 +48,7 @@ from agents.precision import RolloutCopy, acting_copy
 from agents.ptx import PretrainingMix
 from agents.rollout import RolloutBatch
 from agents.sampling import Sampling, draw, process_logits
+from agents.saving import cache_arrays
 from agents.scoring import RolloutSamples, ScoredBatch, rollout_samples, score_batch
 from agents.turn_credit import turn_advantages
 
@@ -75,6 +77,7 @@ class OnPolicyAlgorithm(TextAlgorithm):
         cfg = self.config
         self.kl_ctl = AdaptiveKLController(cfg.init_kl_coef, cfg.target_kl_ref, cfg.kl_horizon)
         self.sampling = Sampling(cfg.temperature, cfg.top_k, cfg.top_p)
+        self.decoder = Decoder() if resolve_decode(cfg.decode, self.device) == "compiled" else None
         bf16_copy = cfg.rollout_precision == "bf16" and self.precision == "fp32"
         if (bf16_copy or cfg.rollout_merge_lora) and self.rollout_copy is None:
             self.rollout_copy = acting_copy(self.policy, self.precision, cfg)
@@ -102,18 +105,24 @@ class OnPolicyAlgorithm(TextAlgorithm):
         return logits.argmax(-1) if deterministic else draw(logits)
 
     def _generate(self, ids: torch.Tensor, mask: torch.Tensor, deterministic: bool) -> torch.Tensor:
-        """Sequence-level action: (B, N) completion ids; see :func:`agents.policy.generate_completions`."""
-        return generate_completions(
-            self.actor.lm,
-            ids,
-            mask,
-            max_new_tokens=self.max_new_tokens,
-            n_actions=self.n_actions,
-            pad_token_id=self.pad_token_id,
-            eos_token_id=self.stop_token_ids,
-            deterministic=deterministic,
-            sampling=self.sampling,
-        )
+        """Sequence-level action: (B, N) completion ids; see :func:`agents.policy.generate_completions`
+        (compiled, on a static cache, with ``decode="compiled"``)."""
+
+        def run(compiled: bool) -> torch.Tensor:
+            return generate_completions(
+                self.actor.lm,
+                ids,
+                mask,
+                max_new_tokens=self.max_new_tokens,
+                n_actions=self.n_actions,
+                pad_token_id=self.pad_token_id,
+                eos_token_id=self.stop_token_ids,
+                deterministic=deterministic,
+                sampling=self.sampling,
+                compiled=compiled,
+            )
+
+        return self.decoder.attempt(run) if self.decoder is not None else run(False)
 
     def _predict_actions(
         self, ids: torch.Tensor, mask: torch.Tensor, state: Any, deterministic: bool
@@ -131,7 +140,9 @@ class OnPolicyAlgorithm(TextAlgorithm):
         level: (B, N) generated completions, whose log-probs are computed when the rollout is scored."""
         if not self.token_level:
             return self._generate(ids, mask, deterministic=False), None
-        logits, values = cached_step(self.actor, ids, mask, self.prompt_len, self._step_cache)
+        logits, values = cached_step(
+            self.actor, ids, mask, self.prompt_len, self._step_cache, decoder=self.decoder
+        )
         logits = process_logits(action_logits(logits, self.n_actions), self.sampling)  # (B, A) float32
         actions = self._sample(logits, deterministic=False)
         assert values is not None
@@ -298,6 +309,8 @@ class OnPolicyAlgorithm(TextAlgorithm):
         self.logger.record("rollout/ep_rew_mean", float(batch.rewards.mean()))
         self.logger.record("rollout/ep_len_mean", float(batch.gen_mask.sum(-1).mean()))
         self.logger.record("time/tokens_per_s", self.rollout.tokens / max(self._rollout_time, 1e-9))
+        if self.decoder is not None and self.decoder.compile_seconds is not None:
+            self.logger.record("time/decode_compile_s", self.decoder.compile_seconds)
         self.logger.record("time/total_timesteps", self.num_timesteps, exclude="tensorboard")
         run_logging.log_samples(self.logger, self.rollout.samples, self.num_timesteps)
 

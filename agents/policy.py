@@ -28,7 +28,8 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import nn
-from transformers import DynamicCache, GenerationConfig, PreTrainedModel
+from transformers import CompileConfig, DynamicCache, GenerationConfig, PreTrainedModel
+from transformers.cache_utils import Cache
 
 from agents.kv_cache import kv_layers
 from agents.losses import entropy_from_logits, logprobs_from_logits
@@ -45,7 +46,44 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-class ActorCritic(nn.Module):
+class StepNetwork(nn.Module):
+    """What :class:`ActorCritic` and :class:`FrozenLM` share: a causal LM ``self.lm`` that stays in
+    ``eval()`` mode, and one ``forward`` (the signature :func:`agents.kv_cache.cached_step` and
+    :func:`completion_logits` call) that returns ``(logits, values or None)``."""
+
+    lm: Any
+
+    def train(self, mode: bool = True) -> StepNetwork:  # dropout stays off; see the module docstring
+        return super().train(False)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
+        logits_to_keep: int = 0,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits (B, K, V) and values (B, K) or None of the last ``logits_to_keep`` positions (all if 0)."""
+        out = lm_forward(
+            self.lm, input_ids, attention_mask, position_ids, past_key_values, logits_to_keep, self.has_values
+        )
+        if not self.has_values:
+            return out.logits, None
+        hidden = out.hidden_states[-1]  # (B, T, H)
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]  # (B, K, H)
+        return out.logits, self.values(hidden)
+
+    has_values = False
+    """Whether :meth:`values` reads the last hidden states (a value head)."""
+
+    def values(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(B, K, H) last hidden states -> (B, K) float32 values."""
+        raise NotImplementedError
+
+
+class ActorCritic(StepNetwork):
     """A causal LM (the actor) with a scalar value head on its last hidden state."""
 
     def __init__(self, lm: PreTrainedModel) -> None:
@@ -56,53 +94,22 @@ class ActorCritic(nn.Module):
         nn.init.zeros_(self.value_head.weight)
         nn.init.zeros_(self.value_head.bias)
 
-    def train(self, mode: bool = True) -> ActorCritic:  # dropout stays off; see the module docstring
-        return super().train(False)
+    has_values = True
 
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        position_ids: torch.Tensor | None = None,
-        past_key_values: DynamicCache | None = None,
-        logits_to_keep: int = 0,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits (B, K, V) and values (B, K) of the last ``logits_to_keep`` positions (all if 0)."""
-        out = lm_forward(
-            self.lm, input_ids, attention_mask, position_ids, past_key_values, logits_to_keep, hidden=True
-        )
-        hidden = out.hidden_states[-1]  # (B, T, H)
-        if logits_to_keep:
-            hidden = hidden[:, -logits_to_keep:]  # (B, K, H)
-        values = self.value_head(hidden).squeeze(-1).float()  # (B, K)
-        return out.logits, values
+    def values(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.value_head(hidden).squeeze(-1).float()  # (B, K)
 
 
-class FrozenLM(nn.Module):
+class FrozenLM(StepNetwork):
     """A copy of a causal LM that takes no gradient step: the KL penalty's reference, DQN's target network.
 
-    Its ``forward`` has :class:`ActorCritic`'s signature and returns ``(logits, None)`` (no value head), so
-    :func:`completion_logits` and :func:`agents.kv_cache.cached_step` take either.
+    Its ``forward`` returns ``(logits, None)`` (no value head), so :func:`completion_logits` and
+    :func:`agents.kv_cache.cached_step` take either.
     """
 
     def __init__(self, lm: PreTrainedModel) -> None:
         super().__init__()
         self.lm = copy.deepcopy(lm).eval().requires_grad_(False)
-
-    def train(self, mode: bool = True) -> FrozenLM:
-        return super().train(False)
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        position_ids: torch.Tensor | None = None,
-        past_key_values: DynamicCache | None = None,
-        logits_to_keep: int = 0,
-    ) -> tuple[torch.Tensor, None]:
-        """Logits (B, K, V) of the last ``logits_to_keep`` positions (all if 0), and no values."""
-        out = lm_forward(self.lm, input_ids, attention_mask, position_ids, past_key_values, logits_to_keep)
-        return out.logits, None
 
 
 def lm_forward(
@@ -110,7 +117,7 @@ def lm_forward(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     position_ids: torch.Tensor | None = None,
-    past_key_values: DynamicCache | None = None,
+    past_key_values: Cache | None = None,
     logits_to_keep: int = 0,
     hidden: bool = False,
 ) -> Any:
@@ -266,6 +273,7 @@ def generate_completions(
     eos_token_id: int | list[int] | None,
     deterministic: bool,
     sampling: Sampling = PLAIN_SAMPLING,
+    compiled: bool = False,
 ) -> torch.Tensor:
     """Sequence-level actions: (B, N) completions of (B, T) prompts from ``lm.generate``, right-padded.
 
@@ -274,7 +282,8 @@ def generate_completions(
     Generation stops at ``eos_token_id`` (one id, or a list: the env's stop tokens, EOS among them).
     Sampling with ``sampling``'s temperature, top-k and top-p, or greedy when ``deterministic``; token ids
     ``>= n_actions`` (vocabulary rows outside the action space) are never generated (``suppress_tokens``,
-    generation's form of :func:`action_logits`).
+    generation's form of :func:`action_logits`). ``compiled``: transformers' static cache (P + N slots) and
+    its compiled forward (CUDA graphs on a GPU, inductor elsewhere), compiled at the first call.
     """
     config = GenerationConfig(
         max_new_tokens=max_new_tokens,
@@ -288,6 +297,11 @@ def generate_completions(
     vocab = lm.get_output_embeddings().weight.shape[0]
     if vocab > n_actions:
         config.suppress_tokens = list(range(n_actions, vocab))
+    if compiled:
+        config.cache_implementation = "static"
+        mode = "reduce-overhead" if input_ids.device.type == "cuda" else "default"
+        config.compile_config = CompileConfig(dynamic=False, mode=mode)
+        config.compile_config._compile_all_devices = True  # transformers compiles on GPUs only by default
     out = lm.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
     completion = out[:, input_ids.shape[1] :]  # (B, <=N)
     actions = torch.full((input_ids.shape[0], max_new_tokens), pad_token_id, device=input_ids.device)

@@ -7,7 +7,9 @@ state; :meth:`Checkpointing.load` rebuilds an agent from such a directory. Each 
 checkpoint through ``_extra_state`` / ``_load_extra_state`` (JSON-able state: the KL controller, a baseline,
 DQN's exploration), ``_extra_modules`` (networks saved as safetensors: an EMA, DQN's target network),
 ``_extra_files`` (further files: DQN's replay), ``_resume_arrays`` (the running episodes' statistics and a
-kept KV cache) and ``_after_load`` (the last step of :meth:`Checkpointing.load`).
+kept KV cache) and ``_after_load`` (the last step of :meth:`Checkpointing.load`). A kept KV cache
+(:class:`agents.kv_cache.StepCache`, eager or on compiled decoding's static rows) goes into
+``rollout_state.npz`` as the arrays of :func:`cache_arrays` and comes back through :func:`restore_cache`.
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ import numpy as np
 import torch
 from stable_baselines3.common.vec_env import VecEnv
 from torch import nn
+from transformers import DynamicCache
 
 from agents import checkpoint, distributed, lora
 from agents.config import AlgorithmConfig
-from agents.kv_cache import StepCache, restore_cache
+from agents.kv_cache import StepCache, kv_layers
 from agents.policy import ActorCritic
 from agents.rollout import RolloutCollector
 
@@ -256,3 +259,62 @@ def resume_files(agent: CheckpointHost) -> dict[str, FileWriter]:
         return {}
     starts = np.asarray(agent._last_episode_starts)
     return checkpoint.resume_files(agent.env, agent._last_obs, starts, agent._resume_arrays())
+
+
+KV_BOOKKEEPING = ("slot_mask", "fed_ids", "fed_mask", "fed_len")
+"""The :class:`StepCache` fields a checkpoint keeps beside the keys and values."""
+
+
+def cache_arrays(cache: StepCache) -> dict[str, np.ndarray]:
+    """A token-level agent's KV cache (:class:`StepCache`) as arrays for a checkpoint's
+    ``rollout_state.npz``: the bookkeeping and every layer's keys and values (in float32, which holds bf16
+    exactly). Kept across updates (``keep_kv_cache``), the cache was computed with earlier weights, so a
+    resumed run needs it to go on exactly as the saved one would. ``{}`` when it holds nothing."""
+    if cache.past is None or cache.slot_mask is None or cache.fed_ids is None:
+        return {}
+    arrays = {f"kv_{name}": getattr(cache, name).cpu().numpy() for name in KV_BOOKKEEPING}
+    if cache.outdated is not None:
+        arrays["kv_outdated"] = cache.outdated.cpu().numpy()
+    if cache.write_slot is not None:  # compiled decode's static rows
+        arrays["kv_write_slot"] = cache.write_slot.cpu().numpy()
+    for index, layer in enumerate(kv_layers(cache.past)):
+        arrays[f"kv_keys_{index}"] = layer.keys.float().cpu().numpy()
+        arrays[f"kv_values_{index}"] = layer.values.float().cpu().numpy()
+    return arrays
+
+
+def restore_cache(
+    arrays: dict[str, np.ndarray], cache: StepCache, config: Any, dtype: torch.dtype, device: torch.device
+) -> None:
+    """Fill an empty ``cache`` from :func:`cache_arrays`' arrays (nothing when they hold no cache); a cache
+    that does not fit the model (``config``) raises ValueError saying what is off."""
+    if "kv_slot_mask" not in arrays:
+        return
+    slot_mask = torch.as_tensor(arrays["kv_slot_mask"])
+    layers = config.num_hidden_layers
+    if sum(key.startswith("kv_keys_") for key in arrays) != layers or slot_mask.dim() != 2:
+        raise ValueError(f"the saved KV cache does not fit the model ({layers} layers); load it with its own")
+    past = DynamicCache(config=config)
+    for index in range(layers):
+        keys, values = (torch.as_tensor(arrays[f"kv_{kind}_{index}"]) for kind in ("keys", "values"))
+        if keys.dim() != 4 or keys.shape != values.shape or keys.shape[::2] != slot_mask.shape:
+            raise ValueError(
+                f"layer {index} of the saved KV cache has shape {tuple(keys.shape)}, which does not match "
+                f"its slot mask {tuple(slot_mask.shape)}"
+            )
+        past.update(keys.to(device, dtype), values.to(device, dtype), index)
+    cache.past = past
+    for name in KV_BOOKKEEPING:
+        setattr(cache, name, torch.as_tensor(arrays[f"kv_{name}"]).to(device))
+    if "kv_outdated" in arrays:
+        cache.outdated = torch.as_tensor(arrays["kv_outdated"]).to(device, torch.bool)
+    if "kv_write_slot" in arrays:
+        write_slot = torch.as_tensor(arrays["kv_write_slot"])
+        if write_slot.shape != slot_mask.shape[:1] or bool(
+            ((write_slot < 0) | (write_slot > slot_mask.shape[1])).any()
+        ):
+            raise ValueError(
+                f"kv_write_slot of the saved KV cache must hold {slot_mask.shape[0]} slots, each in "
+                f"0..{slot_mask.shape[1]}; load the checkpoint with the run that saved it"
+            )
+        cache.write_slot = write_slot.to(device, torch.long)

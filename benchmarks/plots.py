@@ -10,6 +10,7 @@ the band.
 - :func:`curve` and :func:`plot`: the mean over seeds with a band of ± one sample std over seeds, the runs
   aligned by iteration (or evaluation) index up to the shortest run; a cell of one seed is drawn dashed with
   markers and no band.
+- :func:`scaling`: :mod:`benchmarks.throughput`'s sweep, tokens/s against the batch and the completion length.
 - :func:`kl_curves` and :func:`overoptimisation`: proxy and gold reward against the KL to the reference, on
   a symmetric-log KL axis (linear below 1 nat), so a run that stays within a few nats is not squeezed
   against one that drifts by 50.
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 
@@ -234,6 +235,29 @@ def overoptimisation(
         axis.set_xscale("symlog", linthresh=1.0)  # linear up to 1 nat, logarithmic beyond
         _finish(axis, f"{task}\n{what}", KL_LABEL + ", symlog axis", ylabel, band=banded, thin=True)
     return _save(figure, out / figure_name(env_id, "overoptimisation")), peaks
+
+
+def scaling(sweep: dict[str, list[dict[str, object]]], path: str | Path) -> Path:
+    """The scaling sweep as one figure: rollout (each decode) and update tokens/s against the batch size and
+    against the completion length."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for axis, (name, key, label) in zip(
+        axes,
+        (("batch", "num_envs", "batch (envs)"), ("length", "max_new_tokens", "completion length N")),
+        strict=True,
+    ):
+        rows = sweep[name]
+        xs = [row[key] for row in rows]
+        for decode in ("eager", "compiled"):
+            ys = [cast("dict", row["rollout_tokens_per_s_by_decode"]).get(decode) for row in rows]
+            if all(y is not None for y in ys):
+                axis.plot(xs, ys, marker="o", label=f"rollout, {decode} decode")
+        axis.plot(xs, [row["ppo_update_tokens_per_s"] for row in rows], marker="s", label="PPO update")
+        axis.set_xscale("log", base=2)
+        axis.set_xticks(xs, [str(x) for x in xs])
+        _finish(axis, f"throughput against the {label.split(' (')[0]}", label, "tokens/s")
+    return _save(figure, Path(path))
 
 
 def _finish(axis: Any, title: str, xlabel: str, ylabel: str, band: bool = False, thin: bool = False) -> None:

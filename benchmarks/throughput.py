@@ -7,7 +7,16 @@ Measures in one run:
 2. PPO update tokens/s (``--n-epochs`` epochs over the rollout, reference forward included) vs a bare
    forward + backward + AdamW step of the same LM over the same minibatches, through a DeepSpeed engine in the
    same precision (target ratio >= 0.8);
-3. peak resident memory (RSS) of the process.
+3. peak resident memory (RSS) of the process;
+4. the roofline of decoding: the rollout's time per decode step (its ``act`` phase per env step: the model's
+   forwards, prefills included, and sampling) against the time of the model's linear layers alone at the
+   rollout's batch (every ``F.linear`` call of one decode step, recorded by hooks on the ``nn.Linear``
+   modules and timed at those shapes): ``decode_vs_linear``; and the bf16 GEMM peak of the device (a 2048^3
+   matmul) against the update's GFLOP/s (6 x linear weights x tokens per epoch, plus 2 x for the reference
+   forward: an estimate that leaves out attention);
+5. eager vs compiled decoding (the agents' ``decode``) side by side, and with ``--scaling`` rollout and
+   update tokens/s over batch sizes and completion lengths (``scaling`` in the JSON, plotted by
+   :func:`benchmarks.plots.scaling` with ``--plot``).
 
 Where the agent packs its bf16 CPU weights for rollouts (``pack_cpu_weights``, :mod:`agents.packing`), the
 rollout is also timed with packing off, alternating with the timed rollouts with it on, so that its speed-up
@@ -17,11 +26,13 @@ Usage::
 
     python -m benchmarks.throughput --precision bf16 --json t.json   # SmolLM2-135M, batch 8, 64 + 48 tokens
     python -m benchmarks.throughput --model tiny-smollm2 --num-envs 4 --max-new-tokens 8   # smoke run
+    python -m benchmarks.throughput --precision bf16 --num-envs 16 --scaling --json t.json --plot scaling.png
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import resource
 import time
@@ -35,9 +46,11 @@ import tyro
 
 import textenv  # noqa: F401  (registers the envs)
 from agents import PPO, packing
+from agents.decode import Decoder
 from agents.policy import position_ids_from_mask
 from agents.rollout import RolloutBatch
-from benchmarks import provenance
+from benchmarks import plots, provenance
+from benchmarks.roofline import gemm_peak_gflops, linear_calls, time_linears
 from infra import engine
 from infra.cli import check_options
 from infra.storage import atomic_write_text
@@ -74,6 +87,19 @@ class Args:
     ``rollout_merge_lora``) instead of through the unmerged adapters."""
     pack_cpu_weights: bool = True
     """The agent's ``pack_cpu_weights`` (bf16 on a CPU: roll out on oneDNN-packed weights)."""
+    decode: str = "eager"
+    """The agent's ``decode`` (``eager``, ``compiled`` or ``auto``), behind ``rollout_tokens_per_s``."""
+    compare_decode: bool = True
+    """Also time the rollout with the other decode (eager vs compiled side by side, alternating)."""
+    scaling: bool = False
+    """Also measure rollout and update tokens/s at each of ``--scaling-batches`` (at ``--max-new-tokens``)
+    and each of ``--scaling-lengths`` (at ``--num-envs``), one fresh agent per point."""
+    scaling_batches: tuple[int, ...] = (8, 16, 32, 64)
+    """Batch sizes (envs) of the scaling sweep."""
+    scaling_lengths: tuple[int, ...] = (48, 128, 512)
+    """Completion lengths N of the scaling sweep."""
+    plot: str | None = None
+    """With ``--scaling``: write the sweep's figure (PNG) here."""
     baselines: bool = True
     """Also time ``generate()`` and the bare training step (off under ZeRO-3: its weights are partitioned)."""
     json: str | None = None
@@ -185,11 +211,56 @@ def _time_bare_step(agent: PPO, batch: RolloutBatch, tokens: float, args: Args) 
     return best
 
 
-def main(argv: list[str] | None = None) -> dict[str, object]:
-    args = tyro.cli(Args, args=argv, prog="python -m benchmarks.throughput", description=__doc__)
+def _timed_rollouts(
+    agent: PPO, args: Args, packs: bool
+) -> tuple[dict[str, tuple[float, float]], float | None]:
+    """Best rollout tokens/s and best seconds per decode step (the ``act`` phase per env step) of each
+    variant: the agent's own (``"default"``), unpacked weights and the other decode, alternating; the
+    default runs last (its batch is the one the update trains on). A compiled variant is warmed up (compiled)
+    by an untimed rollout first; also returns the compiled decoder's compile seconds (None: none ran)."""
+    own = agent.decoder
+    other = None if own is not None else Decoder()
+    variants: dict[str, tuple[bool, Decoder | None]] = {}
+    if packs and own is None:
+        variants["unpacked"] = (False, None)
+    if args.compare_decode:
+        variants["compiled" if other is not None else "eager"] = (args.pack_cpu_weights, other)
+    variants["default"] = (args.pack_cpu_weights, own)
+    _, callback = agent._setup_learn(total_timesteps=10**9)
+    venv = agent.env
+    assert venv is not None
+    best = {name: (0.0, float("inf")) for name in variants}
+
+    def rollout(pack: bool, decoder: Decoder | None) -> None:
+        agent.config.pack_cpu_weights, agent.decoder = pack, decoder
+        agent._last_obs = cast("dict[str, np.ndarray]", venv.reset())
+        agent._step_cache = type(agent._step_cache)()
+        agent.collect_rollouts(venv, callback)
+
+    for name, (pack, decoder) in variants.items():
+        if (
+            decoder is not None
+            and name != "default"
+            or (decoder is not None and decoder.compile_seconds is None)
+        ):
+            rollout(pack, decoder)  # compiles
+    for _ in range(args.repeats):
+        for name, (pack, decoder) in variants.items():
+            rollout(pack, decoder)
+            steps = agent.rollout.tokens / args.num_envs
+            tokens_per_s, step_s = (
+                agent.rollout.tokens / agent._rollout_time,
+                agent._phase_seconds["act"] / steps,
+            )
+            best[name] = (max(best[name][0], tokens_per_s), min(best[name][1], step_s))
+    agent.decoder = own
+    compiled = own if own is not None else (other if args.compare_decode else None)
+    return best, None if compiled is None else compiled.compile_seconds
+
+
+def measure(args: Args) -> dict[str, object]:
+    """One run of every measurement of the module docstring (1-5 without the scaling sweep)."""
     ds_config, peft_config = _deepspeed_config(args.deepspeed_config), _lora_config(args.lora_rank)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     env = gym.make_vec(
         "TextGen-v0",
         num_envs=args.num_envs,
@@ -212,23 +283,15 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         peft_config=peft_config,
         rollout_merge_lora=args.rollout_merge_lora,
         pack_cpu_weights=args.pack_cpu_weights,
+        decode=args.decode,
     )
     n_new = args.max_new_tokens
-    packs = args.pack_cpu_weights and agent.precision == "bf16" and packing.cpu_bf16()
-    modes = (True, False) if packs else (args.pack_cpu_weights,)  # packing on, then off (A/B in one run)
+    packs = (
+        args.pack_cpu_weights and agent.precision == "bf16" and packing.cpu_bf16() and agent.decoder is None
+    )
 
-    # 1. rollout through the gym API vs generate()
-    rollout_tps = dict.fromkeys(modes, 0.0)
-    _, callback = agent._setup_learn(total_timesteps=10**9)
-    venv = agent.env
-    assert venv is not None
-    for _ in range(args.repeats):
-        for mode in reversed(modes):  # the packed rollout last: its batch is the one the update trains on
-            agent.config.pack_cpu_weights = mode
-            agent._last_obs = cast("dict[str, np.ndarray]", venv.reset())
-            agent._step_cache = type(agent._step_cache)()
-            agent.collect_rollouts(venv, callback)
-            rollout_tps[mode] = max(rollout_tps[mode], agent.rollout.tokens / agent._rollout_time)
+    # 1. rollout through the gym API (each variant) vs generate()
+    timed, compile_s = _timed_rollouts(agent, args, packs)
     batch = agent.rollout_batch
     assert batch is not None
     generate_tps = _time_generate(agent, batch, args) if args.baselines else None
@@ -237,19 +300,34 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     #    over the same minibatches; tokens/s counts every generated token once per epoch.
     tokens = float(batch.gen_mask.sum())
     agent.config.pack_cpu_weights = args.pack_cpu_weights
-    update_tps = 0.0
+    update_tps, update_s = 0.0, float("inf")
     for _ in range(args.repeats):
         start = time.perf_counter()
         agent.train()
         _synchronize()
-        update_tps = max(update_tps, args.n_epochs * tokens / (time.perf_counter() - start))
+        update_s = min(update_s, time.perf_counter() - start)
+        update_tps = max(update_tps, args.n_epochs * tokens / update_s)
     bare_tps = _time_bare_step(agent, batch, tokens, args) if args.baselines else None
 
-    rollout, update = rollout_tps[modes[0]], update_tps
-    unpacked = {"rollout_unpacked_tokens_per_s": round(rollout_tps[False], 1)} if packs else {}
-    if packs:
-        unpacked["packing_rollout_speedup"] = round(rollout / rollout_tps[False], 3)
-    result: dict[str, object] = {
+    # 4. the roofline: a decode step against its linear layers; the update against the GEMM peak
+    calls = linear_calls(agent.actor, args.num_envs, agent.device)
+    linear_s = time_linears(calls)
+    weights = sum(layer.weight.numel() for layer, _ in calls)
+    processed = batch.input_ids.shape[0] * (batch.input_ids.shape[1] - 1)  # tokens per forward over the batch
+    update_flops = (6 * args.n_epochs + 2) * weights * processed
+    peak = gemm_peak_gflops(agent.device)
+
+    rollout = timed["default"][0]
+    decode = "compiled" if agent.decoder is not None else "eager"
+    by_decode = {decode: timed["default"]}
+    by_decode |= {name: value for name, value in timed.items() if name in ("eager", "compiled")}
+    unpacked = (
+        {"rollout_unpacked_tokens_per_s": round(timed["unpacked"][0], 1)} if "unpacked" in timed else {}
+    )
+    if unpacked:
+        unpacked["packing_rollout_speedup"] = round(rollout / timed["unpacked"][0], 3)
+    both = "eager" in by_decode and "compiled" in by_decode
+    return {
         "model": args.model,
         "precision": agent.precision,
         "num_envs": args.num_envs,
@@ -259,19 +337,76 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "generate_tokens_per_s": round(generate_tps, 1) if generate_tps else None,
         "rollout_vs_generate": round(rollout / generate_tps, 3) if generate_tps else None,
         "n_epochs": args.n_epochs,
-        "ppo_update_tokens_per_s": round(update, 1),
+        "ppo_update_tokens_per_s": round(update_tps, 1),
         "bare_train_tokens_per_s": round(bare_tps, 1) if bare_tps else None,
-        "update_vs_bare": round(update / bare_tps, 3) if bare_tps else None,
+        "update_vs_bare": round(update_tps / bare_tps, 3) if bare_tps else None,
         "pack_cpu_weights": packs,
         **unpacked,
+        "decode": decode,
+        "rollout_tokens_per_s_by_decode": {name: round(tps, 1) for name, (tps, _) in by_decode.items()},
+        "compiled_vs_eager": round(by_decode["compiled"][0] / by_decode["eager"][0], 3) if both else None,
+        "decode_compile_s": round(compile_s, 2) if compile_s is not None else None,
+        "decode_step_ms_by_decode": {name: round(step * 1e3, 3) for name, (_, step) in by_decode.items()},
+        "linear_ms": round(linear_s * 1e3, 3),
+        "decode_vs_linear": round(timed["default"][1] / linear_s, 3),
+        "decode_vs_linear_by_decode": {
+            name: round(step / linear_s, 3) for name, (_, step) in by_decode.items()
+        },
+        "gemm_peak_gflops": round(peak, 1),
+        "update_gflops": round(update_flops / update_s / 1e9, 1),
+        "update_vs_peak": round(update_flops / update_s / 1e9 / peak, 3),
         **peak_memory_gib(),
         "zero_stage": agent.zero_stage,
         "engine": type(agent.engine).__name__,  # DeepSpeedHybridEngine where the Hybrid Engine is on
         "lora_rank": args.lora_rank,
         "rollout_merge_lora": args.rollout_merge_lora,
         "malloc_tuned": engine.keep_freed_memory(),  # applied by the agent's engine, for both sides alike
-        "provenance": provenance.record(),
     }
+
+
+SCALING_KEYS = (
+    "rollout_tokens_per_s",
+    "ppo_update_tokens_per_s",
+    "rollout_tokens_per_s_by_decode",
+    "decode_vs_linear",
+)
+
+
+def scaling(args: Args) -> dict[str, list[dict[str, object]]]:
+    """Rollout and update tokens/s at each batch of ``args.scaling_batches`` and each completion length of
+    ``args.scaling_lengths`` (one fresh agent per point, no baselines, one repeat)."""
+    points = {"batch": [(b, args.max_new_tokens) for b in args.scaling_batches]}
+    points["length"] = [(args.num_envs, n) for n in args.scaling_lengths]
+    sweep: dict[str, list[dict[str, object]]] = {}
+    for axis, settings in points.items():
+        sweep[axis] = []
+        for num_envs, n_new in settings:
+            point = dataclasses.replace(
+                args,
+                num_envs=num_envs,
+                max_new_tokens=n_new,
+                minibatch_size=min(args.minibatch_size, num_envs),
+                baselines=False,
+                repeats=1,
+                scaling=False,
+            )
+            result = measure(point)
+            sweep[axis].append(
+                {"num_envs": num_envs, "max_new_tokens": n_new} | {k: result[k] for k in SCALING_KEYS}
+            )
+    return sweep
+
+
+def main(argv: list[str] | None = None) -> dict[str, object]:
+    args = tyro.cli(Args, args=argv, prog="python -m benchmarks.throughput", description=__doc__)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = measure(args)
+    if args.scaling:
+        result["scaling"] = scaling(args)
+        if args.plot:
+            plots.scaling(cast("dict[str, list[dict[str, object]]]", result["scaling"]), args.plot)
+    result["provenance"] = provenance.record()
     print(json.dumps(result, indent=2))
     if args.json:
         atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")

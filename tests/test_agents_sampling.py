@@ -216,11 +216,11 @@ def test_kept_kv_cache_spares_in_flight_rows_a_second_prefill(keep: bool, monkey
     cold: list[int] = []  # per step: mid-episode rows whose cache does not hold their observation's prefix
     real_step = on_policy.cached_step
 
-    def counting(model, ids, mask, prompt_len, cache):  # noqa: ANN001, ANN202
+    def counting(model, ids, mask, prompt_len, cache, **kwargs):  # noqa: ANN001, ANN003, ANN202
         generated = mask[:, prompt_len:].sum(-1)
         held = cache.fed_len if cache.fed_len is not None else torch.zeros_like(generated)
         cold.append(int(((generated > 0) & (held != prompt_len + generated - 1)).sum()))
-        return real_step(model, ids, mask, prompt_len, cache)
+        return real_step(model, ids, mask, prompt_len, cache, **kwargs)
 
     monkeypatch.setattr(on_policy, "cached_step", counting)
     env = make_env(stop_token_ids=[5, 6, 7, 8, 9, 10])

@@ -280,13 +280,41 @@ def test_vs_trl_smoke(tmp_path: Path) -> None:
     "lora", [[], ["--lora-rank", "2", "--rollout-merge-lora"]], ids=["full", "lora-merged"]
 )
 def test_throughput_smoke(tmp_path: Path, lora: list[str]) -> None:
+    """The full-weights run also compares eager and compiled decoding and sweeps one point of each scaling
+    axis, at the shapes of tests/test_agents_decode.py (torch's compile cache then has the step)."""
     out = tmp_path / "throughput.json"
-    argv = ["--model", "tiny-sp", "--num-envs", "2", "--max-new-tokens", "4", "--minibatch-size", "2"]
-    argv += ["--n-epochs", "1", "--repeats", "1", "--threads", "1", "--json", str(out), *lora]
+    argv = ["--model", "tiny-sp", "--num-envs", "4", "--max-new-tokens", "8", "--max-prompt-tokens", "12"]
+    argv += [
+        "--minibatch-size",
+        "2",
+        "--n-epochs",
+        "1",
+        "--repeats",
+        "1",
+        "--threads",
+        "1",
+        "--json",
+        str(out),
+    ]
+    if lora:
+        argv += [*lora, "--no-compare-decode"]
+    else:
+        argv += ["--precision", "fp32", "--scaling", "--scaling-batches", "4", "--scaling-lengths", "8"]
+        argv += ["--plot", str(tmp_path / "scaling.png")]
     result = throughput.main(argv)
-    assert json.loads(out.read_text()) == result and result["num_envs"] == 2 and result["n_epochs"] == 1
+    assert json.loads(out.read_text()) == result and result["num_envs"] == 4 and result["n_epochs"] == 1
     assert result["rollout_tokens_per_s"] > 0 and result["ppo_update_tokens_per_s"] > 0
     assert result["rollout_merge_lora"] == bool(lora) and result["lora_rank"] == (2 if lora else 0)
+    assert result["linear_ms"] > 0 and result["decode_vs_linear"] > 1  # a step does more than its linears
+    assert result["gemm_peak_gflops"] > 0 and 0 < result["update_vs_peak"]
+    if not lora:
+        assert set(result["rollout_tokens_per_s_by_decode"]) == {"eager", "compiled"}
+        assert result["compiled_vs_eager"] > 0 and result["decode_compile_s"] > 0
+        sweep = result["scaling"]
+        assert [p["num_envs"] for p in sweep["batch"]] == [4] and [
+            p["max_new_tokens"] for p in sweep["length"]
+        ] == [8]
+        assert (tmp_path / "scaling.png").stat().st_size > 0
 
 
 def test_gpu_cases_run_in_their_own_processes_and_failures_are_recorded(tmp_path: Path) -> None:
