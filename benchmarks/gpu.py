@@ -46,6 +46,10 @@ def _case(precision: str, stage: int, *extra: str, **config: object) -> list[str
 CASES: dict[str, list[str]] = {
     "zero2-bf16": _case("bf16", 2),
     "zero2-bf16-batch128": _case("bf16", 2, "--num-envs", "128", "--minibatch-size", "32"),
+    "zero2-bf16-compiled": _case("bf16", 2, "--decode", "compiled"),
+    "zero2-bf16-batch128-compiled": _case(
+        "bf16", 2, "--num-envs", "128", "--minibatch-size", "32", "--decode", "compiled"
+    ),
     "zero2-fp32": _case("fp32", 2),
     "zero0-bf16": _case("bf16", 0),
     "zero3-bf16": _case("bf16", 3, "--no-baselines"),

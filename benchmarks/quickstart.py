@@ -70,6 +70,8 @@ class Args:
     """Seed of the agent, the prompt sampler and the evaluation samples."""
     precision: str = "auto"
     """The agent's precision: 'auto' (bf16 where the hardware runs it natively), 'bf16' or 'fp32'."""
+    decode: str = "eager"
+    """Rollout decoding: 'eager', 'compiled' (a static KV cache and one torch.compile'd step) or 'auto'."""
     logdir: str = "runs"
     """TensorBoard root; the run lands in <logdir>/TextGen-v0/ppo/seed<k>-<time>/."""
 
@@ -174,6 +176,7 @@ def main(argv: list[str] | None = None) -> tuple[float, float]:
         n_epochs=args.n_epochs,
         init_kl_coef=args.init_kl_coef,
         precision=args.precision,
+        decode=args.decode,
     )
     policy, reference = agent.policy.lm, agent.reference.lm
 

@@ -95,6 +95,8 @@ class Args:
     """The contestants to run, in this order."""
     precision: str = "auto"
     """Our agents' precision: auto (bf16 where native), bf16 or fp32."""
+    decode: str = "eager"
+    """Our agents' rollout decoding: eager, compiled (a static KV cache, one torch.compile'd step) or auto."""
     keep_freed_memory: bool = True
     """Tune glibc's malloc for every contestant, TRL included, as our agents do on CPU
     (:func:`infra.engine.keep_freed_memory`); with --no-keep-freed-memory nobody gets it."""
@@ -256,6 +258,7 @@ def train_ours(args: Args, algo: str) -> dict:
         "minibatch_size": args.minibatch_size or args.batch_size,
         "init_kl_coef": args.kl_coef,
         "target_kl_ref": None,
+        "decode": args.decode,
         **entry.settings,
     }
     if algo == "grpo":  # the KL is GRPO's loss term, as in TRL

@@ -244,6 +244,14 @@ def test_quickstart_smoke(tmp_path: Path) -> None:
         assert noise not in out + err, f"{noise!r} in the output:\n{out}\n{err}"
 
 
+def test_quickstart_hands_its_decode_option_to_the_agent(tmp_path: Path) -> None:
+    from benchmarks import quickstart
+
+    args = ["--model", "tiny-sp", "--iterations", "1", "--eval-prompts", "2", "--logdir", str(tmp_path)]
+    with pytest.raises(ValueError, match="decode='fast'"):
+        quickstart.main([*args, "--decode", "fast"])
+
+
 def test_vs_trl_smoke(tmp_path: Path) -> None:
     out = tmp_path / "vs.json"
     results = vs_trl.main(
