@@ -27,7 +27,7 @@ from stable_baselines3.common.utils import polyak_update, safe_mean
 from torch import nn
 from transformers import PreTrainedModel
 
-from agents import q_learning, run_logging, soft_q
+from agents import dqn_diagnostics, q_learning, run_logging, soft_q
 from agents.base import TextAlgorithm
 from agents.config import AlgorithmConfig
 from agents.exploration import Exploration
@@ -101,6 +101,9 @@ class DQNConfig(AlgorithmConfig):
     """Factor on env rewards in the TD targets (Q is in logit units; raise it when logit gaps are large)."""
     save_replay_buffer: bool = True
     """Include the replay buffer in :meth:`DQN.save` checkpoints (needed for an exact resume)."""
+    log_step_size: bool = False
+    """Log how far each update moved the logits (``train/logit_step``, ...: :mod:`agents.dqn_diagnostics`),
+    at the cost of one more forward pass per update; it changes nothing else."""
 
     @property
     def micro_batch_size(self) -> int:
@@ -209,7 +212,7 @@ class DQN(TextAlgorithm):
         )
         self.replay_rng = np.random.default_rng(self.seed)
         self.exploration = Exploration.from_config(cfg)
-        self.last_target_update = 0
+        self.last_target_update, self.last_target_sync = 0, 0  # env steps, updates
         self._reference_cache = StepCache()
         self._pending_samples: list[tuple[str, str]] = []  # rollout samples not yet logged
 
@@ -253,7 +256,7 @@ class DQN(TextAlgorithm):
     def _store_rollout(self, completed: bool) -> None:
         """Move the finished episodes into the replay (those of a stopped rollout too)."""
         for episode in self.rollout.episodes:
-            self.replay.add_episode(episode)
+            self.replay.add_episode(episode, stamp=self._n_updates)  # for the replay's age
         self._episode_num += len(self.rollout)
         self._pending_samples = (self._pending_samples + self.rollout.samples)[:4]
 
@@ -270,14 +273,19 @@ class DQN(TextAlgorithm):
         for _ in range(gradient_steps):
             batch = self.replay.sample(batch_size, self.replay_rng, self.device)
             terms = update(networks, batch, cfg, level=level, n_actions=self.n_actions, exploration=explore)
+            now = dqn_diagnostics.update_stats(terms, cfg.conservative_coef)  # (module docstring)
+            assert batch.stamps is not None
+            now |= dqn_diagnostics.replay_age(self._n_updates, batch.stamps[batch.rows])
+            now["target_lag"] = self._n_updates - self.last_target_sync
             self._gradient_step(terms.loss)
+            if cfg.log_step_size and terms.detail is not None:
+                now |= dqn_diagnostics.step_stats(self.engine, batch, terms.detail, self.n_actions)
             self._n_updates += 1
-            stats["loss"].append(terms.loss.item())
-            stats["td_loss"].append(terms.td_loss.item())
-            if terms.penalty is not None:
-                stats["conservative_penalty"].append(terms.penalty.item())
-            stats["q_mean"].append(terms.q_taken.mean().item())
-            stats["target_q_mean"].append(terms.targets.mean().item())
+            for name, value in now.items():
+                stats[name].append(value)
+        if cfg.tau < 1:  # Polyak averaging: how far the target is behind, before this round's update
+            pairs = self._target_source().parameters(), self.target.parameters()
+            stats["target_distance"].append(dqn_diagnostics.relative_distance(*pairs))
         self._update_target()
         for name, values in stats.items():
             self.logger.record(f"train/{name}", float(np.mean(values)))
@@ -288,9 +296,13 @@ class DQN(TextAlgorithm):
         due = (self.num_timesteps - self.last_target_update) // self.config.target_update_interval
         if due > 0:
             tau = 1.0 - (1.0 - self.config.tau) ** due
-            source = self.policy if self.config.value_head else self.policy.lm  # with V(s): the value head
-            polyak_update(source.parameters(), self.target.parameters(), tau)
+            polyak_update(self._target_source().parameters(), self.target.parameters(), tau)
             self.last_target_update += due * self.config.target_update_interval
+            self.last_target_sync = self._n_updates
+
+    def _target_source(self) -> nn.Module:
+        """What the target network copies: the LM, with V(s) the whole Q-network (the value head too)."""
+        return self.policy if self.config.value_head else self.policy.lm
 
     def learn(  # type: ignore[override]
         self,
@@ -347,6 +359,7 @@ class DQN(TextAlgorithm):
             "exploration_rate": self.exploration.value,
             "exploration_horizon": self.exploration.horizon,
             "last_target_update": self.last_target_update,
+            "last_target_sync": self.last_target_sync,
             "replay_rng": self.replay_rng.bit_generator.state,
         }
 
@@ -354,6 +367,7 @@ class DQN(TextAlgorithm):
         self.exploration.value = float(state["exploration_rate"])
         self.exploration.horizon = state.get("exploration_horizon")  # absent in older checkpoints
         self.last_target_update = int(state["last_target_update"])
+        self.last_target_sync = int(state.get("last_target_sync", 0))  # absent in older checkpoints
         self.replay_rng.bit_generator.state = state["replay_rng"]
 
     def _extra_modules(self) -> dict[str, nn.Module]:

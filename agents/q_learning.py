@@ -228,6 +228,17 @@ def agent_td_targets(
     return torch.zeros_like(packed).scatter(1, order, packed)
 
 
+class LossDetail(NamedTuple):
+    """What :mod:`agents.dqn_diagnostics` reads of an update besides the loss: at its B transitions."""
+
+    logits: torch.Tensor  # (U, N, A) the online LM's logits (in the graph: the gradient shares)
+    ref_logits: torch.Tensor | None  # (U, N, A) the reference LM's, where the update computed them
+    rows: torch.Tensor  # (B,) the episode row of each transition in the loss
+    positions: torch.Tensor  # (B,) its position
+    actions: torch.Tensor  # (B,) its token
+    q_max: torch.Tensor  # (B,) max_a Q(s, a), no gradient
+
+
 class QLoss(NamedTuple):
     """One DQN update's loss and what is logged of it; the last two are at the B sampled transitions."""
 
@@ -236,6 +247,7 @@ class QLoss(NamedTuple):
     penalty: torch.Tensor | None  # () the CQL term (None without reference logits or with weight 0)
     q_taken: torch.Tensor  # (B,) Q(s, a) of the sampled transitions
     targets: torch.Tensor  # (B,) their n-step targets
+    detail: LossDetail | None = None  # for the diagnostics (update_terms fills it in)
 
 
 def q_loss(
@@ -281,6 +293,31 @@ class QNetworks(NamedTuple):
     reference: Any  # the reference LM (FrozenLM, or a LoRA agent's AdapterDisabledLM)
 
 
+class Forwards(NamedTuple):
+    """The three networks' outputs over the sampled episodes (:func:`forwards`)."""
+
+    logits: torch.Tensor  # (U, N, A) the online network's, with gradients
+    values: torch.Tensor | None  # (U, N) its value head's (None without one)
+    target_logits: torch.Tensor  # (U, N, A) the target network's
+    target_values: torch.Tensor | None  # (U, N)
+    ref_logits: torch.Tensor | None  # (U, N, A) the reference LM's (None unless asked for)
+
+
+def forwards(networks: QNetworks, batch: ReplaySamples, n_actions: int, reference: bool) -> Forwards:
+    """The forwards of one update over the episodes of ``batch``: the online network through the DeepSpeed
+    engine (with gradients), then the target network and, if ``reference``, the reference LM (without)."""
+    engine, target, ref_lm = networks
+    ids, attn, n_new = batch.input_ids, batch.attention_mask, batch.gen_mask.shape[1]
+    logits, values = completion_logits(engine, ids, attn, n_new, n_actions)  # (U, N, A), (U, N)
+    # a view (same values, same gradients): a gradient taken to it for the diagnostics stops there, short of
+    # the engine's output, whose backward hooks must run only in engine.backward
+    logits = logits.view_as(logits)
+    with torch.no_grad():
+        target_logits, target_values = completion_logits(target, ids, attn, n_new, n_actions)
+        ref_logits = completion_logits(ref_lm, ids, attn, n_new, n_actions)[0] if reference else None
+    return Forwards(logits, values, target_logits, target_values, ref_logits)
+
+
 def update_terms(
     networks: QNetworks,
     batch: ReplaySamples,
@@ -294,19 +331,15 @@ def update_terms(
     the online forward through the DeepSpeed engine (with gradients), the target network's and, for the CQL
     term or epsilon-greedy expected SARSA, the reference LM's (``networks``); settings from the
     :class:`~agents.dqn.DQNConfig` ``config``, the behaviour policy from ``exploration``."""
-    engine, target, reference = networks
-    ids, attn, n_new = batch.input_ids, batch.attention_mask, batch.gen_mask.shape[1]
     expected_sarsa, dueling = config.target == "expected_sarsa", config.dueling
-    logits, head = completion_logits(engine, ids, attn, n_new, n_actions)  # (U, N, A), (U, N)
-    q = q_values(logits, head if dueling else None, level)  # (U, N, A) for every slot
+    # the reference LM, for the CQL term and pi_explore
+    with_reference = config.conservative_coef > 0 or (expected_sarsa and exploration.uses_reference)
+    out = forwards(networks, batch, n_actions, with_reference)
+    q = q_values(out.logits, out.values if dueling else None, level)  # (U, N, A) for every slot
     with torch.no_grad():
-        target_logits, target_head = completion_logits(target, ids, attn, n_new, n_actions)
-        target_q = q_values(target_logits, target_head if dueling else None, level)
-        ref_logits = None  # (U, N, A) the reference LM, for the CQL term and pi_explore
-        if config.conservative_coef > 0 or (expected_sarsa and exploration.uses_reference):
-            ref_logits, _ = completion_logits(reference, ids, attn, n_new, n_actions)
-        mu = exploration.behaviour_probs(q.detach(), ref_logits) if expected_sarsa else None
-    return q_loss(
+        target_q = q_values(out.target_logits, out.target_values if dueling else None, level)
+        mu = exploration.behaviour_probs(q.detach(), out.ref_logits) if expected_sarsa else None
+    terms = q_loss(
         q,
         target_q,
         batch,
@@ -314,7 +347,11 @@ def update_terms(
         gamma=config.gamma,
         n_steps=config.n_steps,
         reward_scale=config.reward_scale,
-        ref_logits=ref_logits,
+        ref_logits=out.ref_logits,
         conservative_coef=config.conservative_coef,
         behaviour_probs=mu,
     )
+    rows, positions = batch.rows, batch.positions
+    actions = batch.input_ids[:, -q.shape[1] :][rows, positions]  # (B,)
+    q_max = q.detach()[rows, positions].max(-1).values
+    return terms._replace(detail=LossDetail(out.logits, out.ref_logits, rows, positions, actions, q_max))

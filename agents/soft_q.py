@@ -30,8 +30,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from agents.policy import completion_logits
-from agents.q_learning import QLoss, QNetworks, agent_td_targets, conservative_penalty
+from agents.q_learning import (
+    LossDetail,
+    QLoss,
+    QNetworks,
+    agent_td_targets,
+    conservative_penalty,
+    forwards,
+)
 from agents.replay import ReplaySamples
 
 
@@ -141,19 +147,16 @@ def update_terms(
     loss covers every agent token of those episodes, not only the sampled transitions: the forwards computed
     them all anyway. The signature of :func:`agents.q_learning.update_terms`; ``exploration`` is not used
     (the behaviour policy never enters the soft target)."""
-    engine, target, reference = networks
-    ids, attn, n_new = batch.input_ids, batch.attention_mask, batch.gen_mask.shape[1]
     rows, positions = batch.gen_mask.nonzero(as_tuple=True)  # every agent token of the sampled episodes
     batch = batch._replace(rows=rows, positions=positions)
-    logits, values = completion_logits(engine, ids, attn, n_new, n_actions)  # (U, N, A), (U, N)
-    with torch.no_grad():
-        target_logits, target_values = completion_logits(target, ids, attn, n_new, n_actions)
-        ref_logits, _ = completion_logits(reference, ids, attn, n_new, n_actions)
+    out = forwards(networks, batch, n_actions, reference=True)
+    values, target_values, ref_logits = out.values, out.target_values, out.ref_logits
     assert values is not None and target_values is not None, "soft Q-learning needs the value head"
-    return soft_q_loss(
-        logits,
+    assert ref_logits is not None
+    terms = soft_q_loss(
+        out.logits,
         values,
-        target_logits,
+        out.target_logits,
         target_values,
         ref_logits,
         batch,
@@ -164,3 +167,10 @@ def update_terms(
         level=level,
         conservative_coef=config.conservative_coef,
     )
+    actions = batch.input_ids[:, -out.logits.shape[1] :][rows, positions]  # (B,)
+    with torch.no_grad():  # max_a Q(s, a) = V(s) + beta * max_a log(pi / pi_ref)
+        ratios = torch.log_softmax(out.logits[rows, positions].float(), -1)
+        ratios -= torch.log_softmax(ref_logits[rows, positions].float(), -1)
+        q_max = level + values[rows, positions].float() + config.soft_q_coef * ratios.max(-1).values
+    detail = LossDetail(out.logits, ref_logits, rows, positions, actions, q_max)
+    return terms._replace(detail=detail)
