@@ -81,6 +81,9 @@ class DQNConfig(AlgorithmConfig):
     """Boltzmann exploration: final T."""
     n_steps: int = 4
     """n of the n-step return (the reward comes only at the end of an episode)."""
+    td_lambda: float | None = None
+    """0 <= lambda <= 1: lambda-returns instead of n-step ones (:func:`agents.q_learning.lambda_returns`;
+    1 is the Monte Carlo return, with soft Q-learning the path consistency target of Guo et al. 2021)."""
     dueling: bool = False
     """Q(s, a) = V(s) + logit(s, a) - max_a' logit(s, a'), V(s) = the replay's mean return + the value head
     (:func:`agents.q_learning.q_values`): for a pretrained LM whose logits sit far from the rewards' level
@@ -126,11 +129,13 @@ class DQNConfig(AlgorithmConfig):
         rates_ok = 0 < self.tau <= 1 and 0 < self.gamma <= 1
         eps_ok = all(0 <= e <= 1 for e in eps) and 0 < self.exploration_fraction <= 1
         ref_ok = self.conservative_coef >= 0 and self.top_k >= 0 and 0 < self.top_p <= 1
+        lam_bad = self.td_lambda is not None and not 0 <= self.td_lambda <= 1
         targets = q_learning.TARGETS
         fix = {  # message (what is wrong, how to fix) -> is it wrong
             f"train_freq={self.train_freq}: use e.g. 4, (4, 'step') or (1, 'episode')": not unit_ok,
             f"batch_size={bs} > buffer_size: raise buffer_size or lower batch_size": bs > self.buffer_size,
             "batch_size, target_update_interval, n_steps must be >= 1": not sizes_ok,
+            f"td_lambda={self.td_lambda}: use None (n-step returns) or 0 <= td_lambda <= 1": lam_bad,
             "learning_starts must be >= 0": self.learning_starts < 0,
             "gradient_steps must be >= 1, or -1 (as many as env steps)": steps_bad,
             f"need 0 < tau <= 1 and 0 < gamma <= 1, got {self.tau}, {self.gamma}": not rates_ok,

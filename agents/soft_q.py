@@ -70,9 +70,13 @@ def soft_targets(
     gamma: float,
     n_steps: int,
     reward_scale: float = 1.0,
+    td_lambda: float | None = None,
 ) -> torch.Tensor:
     """(U, N) n-step soft targets (module docstring) from the target network's (U, N) log-ratios of the taken
-    tokens and its (U, N) state values V(s_t) (level included), over the agent's tokens of ``batch``.
+    tokens and its (U, N) state values V(s_t) (level included), over the agent's tokens of ``batch``. With
+    ``td_lambda``, the lambda-return of the penalised rewards instead
+    (:func:`agents.q_learning.lambda_returns`): lambda = 1 is the Monte Carlo soft return, the multi-step path
+    consistency target of Guo et al. 2021; lambda = 0 the one-step soft Bellman target.
 
     >>> from agents.replay import ReplaySamples
     >>> one = torch.ones(1, 2)
@@ -82,7 +86,8 @@ def soft_targets(
     """
     agent = batch.gen_mask
     penalised = batch.rewards * reward_scale - beta * target_ratios * agent  # (U, N)
-    return (beta * target_ratios + agent_td_targets(target_values, agent, penalised, gamma, n_steps)) * agent
+    returns = agent_td_targets(target_values, agent, penalised, gamma, n_steps, td_lambda)
+    return (beta * target_ratios + returns) * agent
 
 
 def soft_q_loss(
@@ -99,6 +104,7 @@ def soft_q_loss(
     reward_scale: float = 1.0,
     level: float = 0.0,
     conservative_coef: float = 0.0,
+    td_lambda: float | None = None,
 ) -> QLoss:
     """The loss of one soft DQN update on ``batch``: online (U, N, A) ``logits`` and (U, N) ``values``, the
     target network's, and the reference LM's (U, N, A) ``ref_logits``; Huber loss of Q(s_t, a_t) against
@@ -119,6 +125,7 @@ def soft_q_loss(
             gamma=gamma,
             n_steps=n_steps,
             reward_scale=reward_scale,
+            td_lambda=td_lambda,
         )[rows, positions]  # (B,)
     logprobs = torch.log_softmax(logits[rows, positions].float(), -1)  # (B, A)
     ratio = logprobs.gather(-1, actions[rows, positions, None]).squeeze(-1) - ref_taken[rows, positions]
@@ -166,6 +173,7 @@ def update_terms(
         reward_scale=config.reward_scale,
         level=level,
         conservative_coef=config.conservative_coef,
+        td_lambda=config.td_lambda,
     )
     actions = batch.input_ids[:, -out.logits.shape[1] :][rows, positions]  # (B,)
     with torch.no_grad():  # max_a Q(s, a) = V(s) + beta * max_a log(pi / pi_ref)
