@@ -184,7 +184,8 @@ class ReplayBuffer:
             sys.getsizeof(entry) + sum(sys.getsizeof(part) for part in entry)
             for entry in self.episodes.values()
         )
-        tables = sys.getsizeof(self.episodes) + sys.getsizeof(self.live) + 64 * len(self.live)
+        counters = sum(sys.getsizeof(table) + 64 * len(table) for table in (self.live, self.stamps))
+        tables = sys.getsizeof(self.episodes) + counters
         return int(self.episode_of.nbytes + self.position_of.nbytes + tokens + tables)
 
     # ---- persistence (optional part of a checkpoint) ----------------------------------------------------
