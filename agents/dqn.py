@@ -27,7 +27,7 @@ from stable_baselines3.common.utils import polyak_update, safe_mean
 from torch import nn
 from transformers import PreTrainedModel
 
-from agents import q_learning, run_logging, soft_q
+from agents import dqn_diagnostics, q_learning, run_logging, soft_q
 from agents.base import TextAlgorithm
 from agents.config import AlgorithmConfig
 from agents.exploration import Exploration
@@ -81,6 +81,9 @@ class DQNConfig(AlgorithmConfig):
     """Boltzmann exploration: final T."""
     n_steps: int = 4
     """n of the n-step return (the reward comes only at the end of an episode)."""
+    td_lambda: float | None = None
+    """0 <= lambda <= 1: lambda-returns instead of n-step ones (:func:`agents.q_learning.lambda_returns`;
+    1 is the Monte Carlo return, with soft Q-learning the path consistency target of Guo et al. 2021)."""
     dueling: bool = False
     """Q(s, a) = V(s) + logit(s, a) - max_a' logit(s, a'), V(s) = the replay's mean return + the value head
     (:func:`agents.q_learning.q_values`): for a pretrained LM whose logits sit far from the rewards' level
@@ -101,6 +104,9 @@ class DQNConfig(AlgorithmConfig):
     """Factor on env rewards in the TD targets (Q is in logit units; raise it when logit gaps are large)."""
     save_replay_buffer: bool = True
     """Include the replay buffer in :meth:`DQN.save` checkpoints (needed for an exact resume)."""
+    log_step_size: bool = False
+    """Log how far each update moved the logits (``train/logit_step``, ...: :mod:`agents.dqn_diagnostics`),
+    at the cost of one more forward pass per update; it changes nothing else."""
 
     @property
     def micro_batch_size(self) -> int:
@@ -123,11 +129,13 @@ class DQNConfig(AlgorithmConfig):
         rates_ok = 0 < self.tau <= 1 and 0 < self.gamma <= 1
         eps_ok = all(0 <= e <= 1 for e in eps) and 0 < self.exploration_fraction <= 1
         ref_ok = self.conservative_coef >= 0 and self.top_k >= 0 and 0 < self.top_p <= 1
+        lam_bad = self.td_lambda is not None and not 0 <= self.td_lambda <= 1
         targets = q_learning.TARGETS
         fix = {  # message (what is wrong, how to fix) -> is it wrong
             f"train_freq={self.train_freq}: use e.g. 4, (4, 'step') or (1, 'episode')": not unit_ok,
             f"batch_size={bs} > buffer_size: raise buffer_size or lower batch_size": bs > self.buffer_size,
             "batch_size, target_update_interval, n_steps must be >= 1": not sizes_ok,
+            f"td_lambda={self.td_lambda}: use None (n-step returns) or 0 <= td_lambda <= 1": lam_bad,
             "learning_starts must be >= 0": self.learning_starts < 0,
             "gradient_steps must be >= 1, or -1 (as many as env steps)": steps_bad,
             f"need 0 < tau <= 1 and 0 < gamma <= 1, got {self.tau}, {self.gamma}": not rates_ok,
@@ -209,7 +217,7 @@ class DQN(TextAlgorithm):
         )
         self.replay_rng = np.random.default_rng(self.seed)
         self.exploration = Exploration.from_config(cfg)
-        self.last_target_update = 0
+        self.last_target_update, self.last_target_sync = 0, 0  # env steps, updates
         self._reference_cache = StepCache()
         self._pending_samples: list[tuple[str, str]] = []  # rollout samples not yet logged
 
@@ -253,7 +261,7 @@ class DQN(TextAlgorithm):
     def _store_rollout(self, completed: bool) -> None:
         """Move the finished episodes into the replay (those of a stopped rollout too)."""
         for episode in self.rollout.episodes:
-            self.replay.add_episode(episode)
+            self.replay.add_episode(episode, stamp=self._n_updates)  # for the replay's age
         self._episode_num += len(self.rollout)
         self._pending_samples = (self._pending_samples + self.rollout.samples)[:4]
 
@@ -270,14 +278,19 @@ class DQN(TextAlgorithm):
         for _ in range(gradient_steps):
             batch = self.replay.sample(batch_size, self.replay_rng, self.device)
             terms = update(networks, batch, cfg, level=level, n_actions=self.n_actions, exploration=explore)
+            now = dqn_diagnostics.update_stats(terms, cfg.conservative_coef)  # (module docstring)
+            assert batch.stamps is not None
+            now |= dqn_diagnostics.replay_age(self._n_updates, batch.stamps[batch.rows])
+            now["target_lag"] = self._n_updates - self.last_target_sync
             self._gradient_step(terms.loss)
+            if cfg.log_step_size and terms.detail is not None:
+                now |= dqn_diagnostics.step_stats(self.engine, batch, terms.detail, self.n_actions)
             self._n_updates += 1
-            stats["loss"].append(terms.loss.item())
-            stats["td_loss"].append(terms.td_loss.item())
-            if terms.penalty is not None:
-                stats["conservative_penalty"].append(terms.penalty.item())
-            stats["q_mean"].append(terms.q_taken.mean().item())
-            stats["target_q_mean"].append(terms.targets.mean().item())
+            for name, value in now.items():
+                stats[name].append(value)
+        if cfg.tau < 1:  # Polyak averaging: how far the target is behind, before this round's update
+            pairs = self._target_source().parameters(), self.target.parameters()
+            stats["target_distance"].append(dqn_diagnostics.relative_distance(*pairs))
         self._update_target()
         for name, values in stats.items():
             self.logger.record(f"train/{name}", float(np.mean(values)))
@@ -288,9 +301,13 @@ class DQN(TextAlgorithm):
         due = (self.num_timesteps - self.last_target_update) // self.config.target_update_interval
         if due > 0:
             tau = 1.0 - (1.0 - self.config.tau) ** due
-            source = self.policy if self.config.value_head else self.policy.lm  # with V(s): the value head
-            polyak_update(source.parameters(), self.target.parameters(), tau)
+            polyak_update(self._target_source().parameters(), self.target.parameters(), tau)
             self.last_target_update += due * self.config.target_update_interval
+            self.last_target_sync = self._n_updates
+
+    def _target_source(self) -> nn.Module:
+        """What the target network copies: the LM, with V(s) the whole Q-network (the value head too)."""
+        return self.policy if self.config.value_head else self.policy.lm
 
     def learn(  # type: ignore[override]
         self,
@@ -347,6 +364,7 @@ class DQN(TextAlgorithm):
             "exploration_rate": self.exploration.value,
             "exploration_horizon": self.exploration.horizon,
             "last_target_update": self.last_target_update,
+            "last_target_sync": self.last_target_sync,
             "replay_rng": self.replay_rng.bit_generator.state,
         }
 
@@ -354,6 +372,7 @@ class DQN(TextAlgorithm):
         self.exploration.value = float(state["exploration_rate"])
         self.exploration.horizon = state.get("exploration_horizon")  # absent in older checkpoints
         self.last_target_update = int(state["last_target_update"])
+        self.last_target_sync = int(state.get("last_target_sync", 0))  # absent in older checkpoints
         self.replay_rng.bit_generator.state = state["replay_rng"]
 
     def _extra_modules(self) -> dict[str, nn.Module]:

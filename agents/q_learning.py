@@ -116,6 +116,34 @@ def n_step_targets(
     return targets * mask
 
 
+def lambda_returns(
+    rewards: torch.Tensor, bootstrap: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+) -> torch.Tensor:
+    """lambda-returns (TD(lambda), Sutton 1988; for DQN, Daley & Amato 2019) over right-padded episodes that
+    end (terminally) at their last real token, the arguments as in :func:`n_step_targets`. Backwards from
+    the end: ``G_t = r_t + gamma * ((1 - lam) * bootstrap_{t+1} + lam * G_{t+1})``, ``G = r`` at the last
+    token. lam = 0 is the one-step target, lam = 1 the Monte Carlo return (no bootstrap at all); in between,
+    the reward at the end reaches every earlier token in one update instead of one target update per n
+    tokens.
+
+    >>> rewards, bootstrap = torch.tensor([[0.0, 0.0, 1.0]]), torch.tensor([[5.0, 6.0, 7.0]])
+    >>> [lambda_returns(rewards, bootstrap, torch.ones(1, 3), 1.0, lam).tolist() for lam in (0.0, 0.5, 1.0)]
+    [[[6.0, 7.0, 1.0]], [[5.0, 4.0, 1.0]], [[1.0, 1.0, 1.0]]]
+    """
+    mask = mask.to(rewards.dtype)
+    rewards, bootstrap = rewards * mask, bootstrap * mask
+    returns = torch.zeros_like(rewards)
+    later = torch.zeros_like(rewards[:, 0])  # G_{t+1}
+    for t in reversed(range(rewards.shape[1])):
+        if t + 1 < rewards.shape[1]:
+            ahead = (1 - lam) * bootstrap[:, t + 1] + lam * later
+            later = rewards[:, t] + gamma * mask[:, t + 1] * ahead
+        else:
+            later = rewards[:, t]
+        returns[:, t] = later
+    return returns * mask
+
+
 def double_dqn_values(online_q: torch.Tensor, target_q: torch.Tensor) -> torch.Tensor:
     """Q_target(s, argmax_a Q_online(s, a)) for (..., V) Q-values -> (...).
 
@@ -210,11 +238,17 @@ def episode_td_targets(
 
 
 def agent_td_targets(
-    bootstrap: torch.Tensor, agent_mask: torch.Tensor, rewards: torch.Tensor, gamma: float, n_steps: int
+    bootstrap: torch.Tensor,
+    agent_mask: torch.Tensor,
+    rewards: torch.Tensor,
+    gamma: float,
+    n_steps: int,
+    td_lambda: float | None = None,
 ) -> torch.Tensor:
     """n-step targets (E, N) over the agent's tokens only: the ``agent_mask`` (E, N) slots, in order, are the
     steps, the other slots (the other party's tokens, padding) are skipped and get target 0. ``rewards``
     (E, N) is each reward on the agent token it followed and ``bootstrap`` (E, N) V(s_t) before each token.
+    With ``td_lambda``, :func:`lambda_returns` instead (``n_steps`` is not used).
 
     >>> agent = torch.tensor([[1.0, 1.0, 0.0, 0.0, 1.0]])   # the agent, the env (2 tokens), the agent again
     >>> values = torch.tensor([[1.0, 2.0, 50.0, 60.0, 4.0]])   # the env's slots are never read
@@ -222,10 +256,23 @@ def agent_td_targets(
     tensor([[1.0000, 2.5000, 0.0000, 0.0000, 1.0000]])
     """
     order = torch.argsort((agent_mask == 0).to(torch.int8), dim=1, stable=True)  # (E, N) agent slots first
-    packed = n_step_targets(
-        rewards.gather(1, order), bootstrap.gather(1, order), agent_mask.gather(1, order), gamma, n_steps
-    )  # (E, N), 0 past each row's agent tokens
+    packed_args = rewards.gather(1, order), bootstrap.gather(1, order), agent_mask.gather(1, order), gamma
+    if td_lambda is None:
+        packed = n_step_targets(*packed_args, n_steps)  # (E, N), 0 past each row's agent tokens
+    else:
+        packed = lambda_returns(*packed_args, td_lambda)
     return torch.zeros_like(packed).scatter(1, order, packed)
+
+
+class LossDetail(NamedTuple):
+    """What :mod:`agents.dqn_diagnostics` reads of an update besides the loss: at its B transitions."""
+
+    logits: torch.Tensor  # (U, N, A) the online LM's logits (in the graph: the gradient shares)
+    ref_logits: torch.Tensor | None  # (U, N, A) the reference LM's, where the update computed them
+    rows: torch.Tensor  # (B,) the episode row of each transition in the loss
+    positions: torch.Tensor  # (B,) its position
+    actions: torch.Tensor  # (B,) its token
+    q_max: torch.Tensor  # (B,) max_a Q(s, a), no gradient
 
 
 class QLoss(NamedTuple):
@@ -236,6 +283,7 @@ class QLoss(NamedTuple):
     penalty: torch.Tensor | None  # () the CQL term (None without reference logits or with weight 0)
     q_taken: torch.Tensor  # (B,) Q(s, a) of the sampled transitions
     targets: torch.Tensor  # (B,) their n-step targets
+    detail: LossDetail | None = None  # for the diagnostics (update_terms fills it in)
 
 
 def q_loss(
@@ -250,10 +298,12 @@ def q_loss(
     ref_logits: torch.Tensor | None = None,
     conservative_coef: float = 0.0,
     behaviour_probs: torch.Tensor | None = None,
+    td_lambda: float | None = None,
 ) -> QLoss:
     """The loss of one DQN update on ``batch``: online ``q`` and ``target_q`` (U, N, A) of its U episodes,
     bootstrapped by ``target`` (:func:`bootstrap_values`; ``behaviour_probs`` for expected SARSA), n-step
-    targets over the agent's tokens (:func:`agent_td_targets`, rewards times ``reward_scale``), the Huber loss
+    targets over the agent's tokens (:func:`agent_td_targets`, rewards times ``reward_scale``; lambda-returns
+    with ``td_lambda``), the Huber loss
     at the sampled transitions, plus ``conservative_coef`` times :func:`conservative_penalty` there towards
     the reference LM's (U, N, A) ``ref_logits``. Gradients reach ``q`` at the sampled agent tokens only.
     """
@@ -261,7 +311,8 @@ def q_loss(
     actions = batch.input_ids[:, -n_new:]  # (U, N) the token taken in each state
     with torch.no_grad():
         bootstrap = bootstrap_values(target, q.detach(), target_q, actions, behaviour_probs)  # (U, N)
-        targets = agent_td_targets(bootstrap, batch.gen_mask, batch.rewards * reward_scale, gamma, n_steps)
+        rewards = batch.rewards * reward_scale
+        targets = agent_td_targets(bootstrap, batch.gen_mask, rewards, gamma, n_steps, td_lambda)
     rows, positions = batch.rows, batch.positions  # (B,)
     q_taken = q.gather(-1, actions[..., None]).squeeze(-1)[rows, positions]  # (B,)
     td_loss = F.smooth_l1_loss(q_taken, targets[rows, positions])
@@ -281,6 +332,31 @@ class QNetworks(NamedTuple):
     reference: Any  # the reference LM (FrozenLM, or a LoRA agent's AdapterDisabledLM)
 
 
+class Forwards(NamedTuple):
+    """The three networks' outputs over the sampled episodes (:func:`forwards`)."""
+
+    logits: torch.Tensor  # (U, N, A) the online network's, with gradients
+    values: torch.Tensor | None  # (U, N) its value head's (None without one)
+    target_logits: torch.Tensor  # (U, N, A) the target network's
+    target_values: torch.Tensor | None  # (U, N)
+    ref_logits: torch.Tensor | None  # (U, N, A) the reference LM's (None unless asked for)
+
+
+def forwards(networks: QNetworks, batch: ReplaySamples, n_actions: int, reference: bool) -> Forwards:
+    """The forwards of one update over the episodes of ``batch``: the online network through the DeepSpeed
+    engine (with gradients), then the target network and, if ``reference``, the reference LM (without)."""
+    engine, target, ref_lm = networks
+    ids, attn, n_new = batch.input_ids, batch.attention_mask, batch.gen_mask.shape[1]
+    logits, values = completion_logits(engine, ids, attn, n_new, n_actions)  # (U, N, A), (U, N)
+    # a view (same values, same gradients): a gradient taken to it for the diagnostics stops there, short of
+    # the engine's output, whose backward hooks must run only in engine.backward
+    logits = logits.view_as(logits)
+    with torch.no_grad():
+        target_logits, target_values = completion_logits(target, ids, attn, n_new, n_actions)
+        ref_logits = completion_logits(ref_lm, ids, attn, n_new, n_actions)[0] if reference else None
+    return Forwards(logits, values, target_logits, target_values, ref_logits)
+
+
 def update_terms(
     networks: QNetworks,
     batch: ReplaySamples,
@@ -294,19 +370,15 @@ def update_terms(
     the online forward through the DeepSpeed engine (with gradients), the target network's and, for the CQL
     term or epsilon-greedy expected SARSA, the reference LM's (``networks``); settings from the
     :class:`~agents.dqn.DQNConfig` ``config``, the behaviour policy from ``exploration``."""
-    engine, target, reference = networks
-    ids, attn, n_new = batch.input_ids, batch.attention_mask, batch.gen_mask.shape[1]
     expected_sarsa, dueling = config.target == "expected_sarsa", config.dueling
-    logits, head = completion_logits(engine, ids, attn, n_new, n_actions)  # (U, N, A), (U, N)
-    q = q_values(logits, head if dueling else None, level)  # (U, N, A) for every slot
+    # the reference LM, for the CQL term and pi_explore
+    with_reference = config.conservative_coef > 0 or (expected_sarsa and exploration.uses_reference)
+    out = forwards(networks, batch, n_actions, with_reference)
+    q = q_values(out.logits, out.values if dueling else None, level)  # (U, N, A) for every slot
     with torch.no_grad():
-        target_logits, target_head = completion_logits(target, ids, attn, n_new, n_actions)
-        target_q = q_values(target_logits, target_head if dueling else None, level)
-        ref_logits = None  # (U, N, A) the reference LM, for the CQL term and pi_explore
-        if config.conservative_coef > 0 or (expected_sarsa and exploration.uses_reference):
-            ref_logits, _ = completion_logits(reference, ids, attn, n_new, n_actions)
-        mu = exploration.behaviour_probs(q.detach(), ref_logits) if expected_sarsa else None
-    return q_loss(
+        target_q = q_values(out.target_logits, out.target_values if dueling else None, level)
+        mu = exploration.behaviour_probs(q.detach(), out.ref_logits) if expected_sarsa else None
+    terms = q_loss(
         q,
         target_q,
         batch,
@@ -314,7 +386,12 @@ def update_terms(
         gamma=config.gamma,
         n_steps=config.n_steps,
         reward_scale=config.reward_scale,
-        ref_logits=ref_logits,
+        ref_logits=out.ref_logits,
         conservative_coef=config.conservative_coef,
         behaviour_probs=mu,
+        td_lambda=config.td_lambda,
     )
+    rows, positions = batch.rows, batch.positions
+    actions = batch.input_ids[:, -q.shape[1] :][rows, positions]  # (B,)
+    q_max = q.detach()[rows, positions].max(-1).values
+    return terms._replace(detail=LossDetail(out.logits, out.ref_logits, rows, positions, actions, q_max))

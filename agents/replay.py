@@ -44,6 +44,7 @@ class ReplaySamples(NamedTuple):
     rewards: torch.Tensor  # (U, N) float32, each reward on the agent token it followed
     rows: torch.Tensor  # (B,) int64, episode row of each sampled transition
     positions: torch.Tensor  # (B,) int64, index t of the sampled token within the completion
+    stamps: torch.Tensor | None = None  # (U,) int64, each episode's ``stamp`` (the updates done when added)
 
 
 class ReplayBuffer:
@@ -64,6 +65,7 @@ class ReplayBuffer:
         # id -> (token ids, prompt length, (n,) float32 rewards, (n,) uint8 agent flags), n completion tokens
         self.episodes: dict[int, tuple[np.ndarray, int, np.ndarray, np.ndarray]] = {}
         self.live: dict[int, int] = {}  # id -> transitions of it still stored
+        self.stamps: dict[int, int] = {}  # id -> the caller's stamp when it was added (e.g. the update count)
         self.next_slot, self.size, self.next_episode = 0, 0, 0
 
     def __len__(self) -> int:
@@ -73,17 +75,17 @@ class ReplayBuffer:
     def n_episodes(self) -> int:
         return len(self.episodes)
 
-    def add_episode(self, episode: Episode) -> None:
+    def add_episode(self, episode: Episode, stamp: int = 0) -> None:
         """One finished episode as the rollout collector keeps it (in the observation layout): its real
         prompt and generated tokens, its rewards by token (or its one reward) and, in a conversation, the
-        agent's tokens among them (``agent_mask``)."""
+        agent's tokens among them (``agent_mask``); ``stamp`` as in :meth:`add`."""
         prompt_len = self.prompt_len
         ids, mask = episode.input_ids, episode.attention_mask.astype(bool)  # (P+N,)
         generated = mask[prompt_len:]  # (N,)
         prompt, completion = ids[:prompt_len][mask[:prompt_len]], ids[prompt_len:][generated]
         rewards = episode.reward if episode.token_rewards is None else episode.token_rewards[generated]
         agent = None if episode.agent_mask is None else episode.agent_mask[generated]
-        self.add(prompt, completion, rewards, agent)
+        self.add(prompt, completion, rewards, agent, stamp=stamp)
 
     def add(
         self,
@@ -91,10 +93,13 @@ class ReplayBuffer:
         tokens: list[int] | np.ndarray,
         reward: float | list[float] | np.ndarray,
         agent_mask: list[int] | np.ndarray | None = None,
+        stamp: int = 0,
     ) -> None:
         """One finished episode: its real (unpadded) prompt tokens and generated tokens; ``agent_mask``
         (default: all 1) marks the tokens the agent wrote (only those become transitions), and ``reward``
-        is one reward per token (each after its agent token) or a float (after the last agent token)."""
+        is one reward per token (each after its agent token) or a float (after the last agent token).
+        ``stamp`` is kept with it and comes back in :attr:`ReplaySamples.stamps` (DQN: its update count,
+        for the replay's age)."""
         tokens = np.asarray(tokens).reshape(-1)
         count = len(tokens)
         if count > self.max_new_tokens:
@@ -120,7 +125,7 @@ class ReplayBuffer:
         prompt = np.asarray(prompt_ids).reshape(-1)[-self.prompt_len :]
         stored = np.concatenate([prompt, tokens]).astype(self.token_dtype)
         self.episodes[episode] = (stored, len(prompt), rewards, agent)
-        self.live[episode] = 0
+        self.live[episode], self.stamps[episode] = 0, int(stamp)
         for t in actions[: self.buffer_size]:
             slot = self.next_slot
             if self.size == self.buffer_size:
@@ -138,7 +143,7 @@ class ReplayBuffer:
     def _release(self, episode: int) -> None:
         self.live[episode] -= 1
         if self.live[episode] == 0:
-            del self.live[episode], self.episodes[episode]
+            del self.live[episode], self.episodes[episode], self.stamps[episode]
 
     def sample(
         self, batch_size: int, rng: np.random.Generator, device: torch.device | str = "cpu"
@@ -166,6 +171,9 @@ class ReplayBuffer:
             rewards=torch.as_tensor(rewards, device=device),
             rows=torch.as_tensor(rows.reshape(-1), device=device),
             positions=torch.as_tensor(self.position_of[slots].astype(np.int64), device=device),
+            stamps=torch.as_tensor(
+                [self.stamps[int(e)] for e in episode_ids], dtype=torch.int64, device=device
+            ),
         )
 
     @property
@@ -176,7 +184,8 @@ class ReplayBuffer:
             sys.getsizeof(entry) + sum(sys.getsizeof(part) for part in entry)
             for entry in self.episodes.values()
         )
-        tables = sys.getsizeof(self.episodes) + sys.getsizeof(self.live) + 64 * len(self.live)
+        counters = sum(sys.getsizeof(table) + 64 * len(table) for table in (self.live, self.stamps))
+        tables = sys.getsizeof(self.episodes) + counters
         return int(self.episode_of.nbytes + self.position_of.nbytes + tokens + tables)
 
     # ---- persistence (optional part of a checkpoint) ----------------------------------------------------
@@ -197,6 +206,7 @@ class ReplayBuffer:
             reward_arena=reward_arena,
             agent_arena=agent_arena,
             live=np.array([self.live[int(i)] for i in ids], dtype=np.int64),
+            stamps=np.array([self.stamps[int(i)] for i in ids], dtype=np.int64),
             arena=arena,
             episode_of=self.episode_of,
             position_of=self.position_of,
@@ -217,7 +227,8 @@ class ReplayBuffer:
         starts = np.concatenate([[0], np.cumsum(data["lengths"])])
         n_prompt = data["prompt_lengths"]
         completion_starts = np.concatenate([[0], np.cumsum(data["lengths"] - n_prompt)])
-        self.episodes, self.live = {}, {}
+        self.episodes, self.live, self.stamps = {}, {}, {}
+        stamps = data["stamps"] if "stamps" in data else np.zeros(len(data["ids"]), np.int64)  # older files
         for k, episode in enumerate(data["ids"].tolist()):
             stored = data["arena"][starts[k] : starts[k + 1]].astype(self.token_dtype)
             part = slice(completion_starts[k], completion_starts[k + 1])
@@ -228,4 +239,4 @@ class ReplayBuffer:
                 rewards = np.zeros(len(agent), np.float32)
                 rewards[-1] = data["rewards"][k]
             self.episodes[episode] = (stored, int(n_prompt[k]), rewards, agent)
-            self.live[episode] = int(data["live"][k])
+            self.live[episode], self.stamps[episode] = int(data["live"][k]), int(stamps[k])

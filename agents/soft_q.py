@@ -30,8 +30,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from agents.policy import completion_logits
-from agents.q_learning import QLoss, QNetworks, agent_td_targets, conservative_penalty
+from agents.q_learning import (
+    LossDetail,
+    QLoss,
+    QNetworks,
+    agent_td_targets,
+    conservative_penalty,
+    forwards,
+)
 from agents.replay import ReplaySamples
 
 
@@ -64,9 +70,13 @@ def soft_targets(
     gamma: float,
     n_steps: int,
     reward_scale: float = 1.0,
+    td_lambda: float | None = None,
 ) -> torch.Tensor:
     """(U, N) n-step soft targets (module docstring) from the target network's (U, N) log-ratios of the taken
-    tokens and its (U, N) state values V(s_t) (level included), over the agent's tokens of ``batch``.
+    tokens and its (U, N) state values V(s_t) (level included), over the agent's tokens of ``batch``. With
+    ``td_lambda``, the lambda-return of the penalised rewards instead
+    (:func:`agents.q_learning.lambda_returns`): lambda = 1 is the Monte Carlo soft return, the multi-step path
+    consistency target of Guo et al. 2021; lambda = 0 the one-step soft Bellman target.
 
     >>> from agents.replay import ReplaySamples
     >>> one = torch.ones(1, 2)
@@ -76,7 +86,8 @@ def soft_targets(
     """
     agent = batch.gen_mask
     penalised = batch.rewards * reward_scale - beta * target_ratios * agent  # (U, N)
-    return (beta * target_ratios + agent_td_targets(target_values, agent, penalised, gamma, n_steps)) * agent
+    returns = agent_td_targets(target_values, agent, penalised, gamma, n_steps, td_lambda)
+    return (beta * target_ratios + returns) * agent
 
 
 def soft_q_loss(
@@ -93,6 +104,7 @@ def soft_q_loss(
     reward_scale: float = 1.0,
     level: float = 0.0,
     conservative_coef: float = 0.0,
+    td_lambda: float | None = None,
 ) -> QLoss:
     """The loss of one soft DQN update on ``batch``: online (U, N, A) ``logits`` and (U, N) ``values``, the
     target network's, and the reference LM's (U, N, A) ``ref_logits``; Huber loss of Q(s_t, a_t) against
@@ -113,6 +125,7 @@ def soft_q_loss(
             gamma=gamma,
             n_steps=n_steps,
             reward_scale=reward_scale,
+            td_lambda=td_lambda,
         )[rows, positions]  # (B,)
     logprobs = torch.log_softmax(logits[rows, positions].float(), -1)  # (B, A)
     ratio = logprobs.gather(-1, actions[rows, positions, None]).squeeze(-1) - ref_taken[rows, positions]
@@ -141,19 +154,16 @@ def update_terms(
     loss covers every agent token of those episodes, not only the sampled transitions: the forwards computed
     them all anyway. The signature of :func:`agents.q_learning.update_terms`; ``exploration`` is not used
     (the behaviour policy never enters the soft target)."""
-    engine, target, reference = networks
-    ids, attn, n_new = batch.input_ids, batch.attention_mask, batch.gen_mask.shape[1]
     rows, positions = batch.gen_mask.nonzero(as_tuple=True)  # every agent token of the sampled episodes
     batch = batch._replace(rows=rows, positions=positions)
-    logits, values = completion_logits(engine, ids, attn, n_new, n_actions)  # (U, N, A), (U, N)
-    with torch.no_grad():
-        target_logits, target_values = completion_logits(target, ids, attn, n_new, n_actions)
-        ref_logits, _ = completion_logits(reference, ids, attn, n_new, n_actions)
+    out = forwards(networks, batch, n_actions, reference=True)
+    values, target_values, ref_logits = out.values, out.target_values, out.ref_logits
     assert values is not None and target_values is not None, "soft Q-learning needs the value head"
-    return soft_q_loss(
-        logits,
+    assert ref_logits is not None
+    terms = soft_q_loss(
+        out.logits,
         values,
-        target_logits,
+        out.target_logits,
         target_values,
         ref_logits,
         batch,
@@ -163,4 +173,12 @@ def update_terms(
         reward_scale=config.reward_scale,
         level=level,
         conservative_coef=config.conservative_coef,
+        td_lambda=config.td_lambda,
     )
+    actions = batch.input_ids[:, -out.logits.shape[1] :][rows, positions]  # (B,)
+    with torch.no_grad():  # max_a Q(s, a) = V(s) + beta * max_a log(pi / pi_ref)
+        ratios = torch.log_softmax(out.logits[rows, positions].float(), -1)
+        ratios -= torch.log_softmax(ref_logits[rows, positions].float(), -1)
+        q_max = level + values[rows, positions].float() + config.soft_q_coef * ratios.max(-1).values
+    detail = LossDetail(out.logits, ref_logits, rows, positions, actions, q_max)
+    return terms._replace(detail=detail)
