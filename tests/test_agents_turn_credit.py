@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 import torch
-from test_agents_chat import StopAfterRollouts, make_env, success_rate
+from test_agents_chat import StopAfterRollouts, make_env
 
 from agents import GRPO, PPO, REINFORCE, on_policy
 from agents.config import PolicyGradientConfig
@@ -63,22 +63,3 @@ def test_the_option_gives_every_agent_token_its_turns_advantage(name: str, monke
     torch.testing.assert_close(advantages, expected)  # (E, N): ignoring the option gives GAE's or (E,) ones
     ids = turn_ids(batch.gen_mask)
     assert int(ids.max()) >= 1 and expected.abs().sum() > 0  # several turns, and something to learn from
-
-
-@pytest.mark.parametrize("algo", [PPO, REINFORCE], ids=["ppo", "reinforce"])
-def test_agents_with_turn_level_credit_learn_the_guessing_game(algo: type) -> None:
-    torch.set_num_threads(1)
-    agent = algo(
-        make_env(),
-        model="tiny-sp",
-        episodes_per_rollout=32,
-        minibatch_size=16,
-        seed=0,
-        learning_rate=1e-2,
-        init_kl_coef=0.0,
-        turn_level_credit=True,
-    )
-    before = success_rate(agent)
-    agent.learn(total_timesteps=10**6, callback=StopAfterRollouts(8))
-    after = success_rate(agent)
-    assert after >= before + 0.2, (before, after)  # measured (seed 0): 0.0 -> 0.53 with either agent
