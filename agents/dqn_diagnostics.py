@@ -19,7 +19,7 @@ round's updates):
   soft Q-learning);
 - with ``DQNConfig.log_step_size``, the effective step on the LM's logits: one more forward of the online
   network (no gradients) on the update's episodes after the step gives ``logit_step`` (mean
-  |logits_after - logits_before|), ``logprob_step`` (mean |change of log pi| of the taken tokens) and
+  ``|logits_after - logits_before|``), ``logprob_step`` (mean ``|change of log pi|`` of the taken tokens) and
   ``step_kl`` (KL(pi_before || pi_after)) (:func:`logit_step`).
 
 Cost: all but the last reuse tensors the update computed; the gradient shares take a backward pass through
@@ -52,7 +52,7 @@ def mean_std(name: str, values: torch.Tensor) -> dict[str, float]:
 
 
 def td_error_stats(q_taken: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
-    """Mean and std of |target - Q(s, a)| over the (B,) transitions.
+    """Mean and std of ``|target - Q(s, a)|`` over the (B,) transitions.
 
     >>> td_error_stats(torch.tensor([1.0, 1.0]), torch.tensor([2.0, 4.0]))
     {'td_abs_mean': 2.0, 'td_abs_std': 1.0}
@@ -99,7 +99,7 @@ def kl_divergence(logits: torch.Tensor, other_logits: torch.Tensor) -> torch.Ten
 
 def logit_step(before: torch.Tensor, after: torch.Tensor, actions: torch.Tensor) -> dict[str, float]:
     """How far one update moved the (B, A) logits at B states where the (B,) ``actions`` were taken:
-    mean |after - before|, mean |change of log pi(a)| and KL(pi_before || pi_after).
+    mean ``|after - before|``, mean ``|change of log pi(a)|`` and KL(pi_before || pi_after).
 
     >>> logit_step(torch.zeros(1, 2), torch.tensor([[1.0, 1.0]]), torch.tensor([0]))   # a shift: pi stays
     {'logit_step': 1.0, 'logprob_step': 0.0, 'step_kl': 0.0}
