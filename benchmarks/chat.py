@@ -90,7 +90,8 @@ class Args:
     task_kwargs: str = '{"high": 5, "invalid_cost": 0.1}'
     """JSON object of task settings (e.g. the guessing game's range; a message without a number costs 0.1)."""
     evals: int = 10
-    """Held-out evaluations per run, spread over training (the first before it, the last after it)."""
+    """Held-out evaluations per run, spread over training (the first before it, the last after it; at most
+    one per rollout)."""
     hints_hidden_eval: bool = True
     """guess: also score the model before and after training with the host's hints hidden (its own floor)."""
     turn_level_credit: bool = False
@@ -166,12 +167,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         extra: dict[str, Any] = {"n_epochs": args.n_epochs} if "n_epochs" in names else {}
         # the KL to the reference: a reward penalty (PPO, REINFORCE), or GRPO's loss term beta
         extra |= {"beta": args.init_kl_coef} if "beta" in names else {"init_kl_coef": args.init_kl_coef}
-        if args.turn_level_credit:
-            if "turn_level_credit" not in names:
-                raise SystemExit(
-                    f"--turn-level-credit: --algo {args.algo} has no turn-level credit; use ppo, "
-                    "reinforce or grpo"
-                )
+        if args.turn_level_credit:  # every policy-gradient config has it (agents.config)
             extra |= {
                 "turn_level_credit": True,
                 "turn_gamma": args.turn_gamma,

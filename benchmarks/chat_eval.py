@@ -112,18 +112,16 @@ def means(scores: dict[str, list[float]]) -> dict[str, float]:
 
 def eval_points(rollouts: int, evals: int) -> list[int]:
     """The rollout counts (0: before training, ``rollouts``: after it) at which ``evals`` evaluations run,
-    spread evenly over training.
+    spread evenly over training; at most one per rollout count (``rollouts + 1`` in all).
 
     >>> eval_points(20, 10)
     [0, 2, 4, 7, 9, 11, 13, 16, 18, 20]
-    >>> eval_points(1, 2)
-    [0, 1]
+    >>> eval_points(1, 2), eval_points(2, 10)
+    ([0, 1], [0, 1, 2])
     """
-    if not 2 <= evals <= rollouts + 1:
-        raise ValueError(
-            f"--evals {evals} must be between 2 (before and after training) and --rollouts + 1 = "
-            f"{rollouts + 1} (one per rollout), e.g. --evals {min(10, rollouts + 1)}"
-        )
+    if evals < 2:
+        raise ValueError(f"--evals {evals} must be >= 2 (before and after training), e.g. --evals 10")
+    evals = min(evals, rollouts + 1)
     return sorted({round(i * rollouts / (evals - 1)) for i in range(evals)})
 
 
