@@ -154,9 +154,10 @@ class EvalDuringTraining(BaseCallback):
     def _evaluate(self) -> None:
         scores = self.run_eval()
         record = {"rollout": self.done, "timesteps": int(self.model.num_timesteps)} | means(scores)
+        record |= {"train_kl": self.kl.values[-1]} if self.kl.values else {}  # the last update's
         self.evals.append(record | {"episodes": scores})
         for key, value in record.items():
-            if key not in ("rollout", "timesteps"):
+            if key not in ("rollout", "timesteps", "train_kl"):
                 self.model.logger.record(f"eval/{key}", value)
         self.model.logger.dump(step=self.model.num_timesteps)
         print(json.dumps(record), flush=True)
