@@ -1,12 +1,21 @@
-"""Multi-turn RL on a real chat model: success rate on held-out conversations before and after training.
+"""Multi-turn RL on a real chat model: success rate on held-out conversations over training, against the floor
+a strategy must beat.
 
     python -m benchmarks.chat --task guess --algo ppo --seeds 0 1 2   # the README's result, ~15 min
 
 For each seed the model (SmolLM2-135M-Instruct by default) plays the same held-out episodes of the task's
 test split (``--eval-episodes``, episode i in a fixed order, sampled at temperature 1 under a fixed torch
-seed), trains for ``--rollouts`` rollouts of ``--episodes-per-rollout`` conversations on ``TextChat-v0``,
-and plays them again. ``summary.json`` (written atomically under ``--out``) holds each seed's success
-rates, the mean change with its 95 % t-interval over seeds, the settings, package versions and the machine.
+seed) ``--evals`` times: before training, after it, and spread in between (:mod:`benchmarks.chat_eval`),
+while it trains for ``--rollouts`` rollouts of ``--episodes-per-rollout`` conversations on ``TextChat-v0``.
+Each evaluation keeps success, return, agent turns used and (tasks with tools) tool calls and bad tool calls,
+per episode; ``eval/*`` goes to TensorBoard under ``--out``/tensorboard. The **floor** is the best success
+of a policy that ignores the other party's turns (the guessing game: distinct random guesses, exact; the same
+model is also scored with the host's hints hidden). ``summary.json`` (written atomically under ``--out``,
+after every seed) holds each seed's evaluations, the training KL to the reference per update, the mean
+change with its 95 % t-interval over seeds, and the intervals that treat seeds and episodes both as random
+(:func:`benchmarks.metrics.seeds_and_prompts_interval`) for the change and for success after training minus
+the floor, with the verdict whether it excludes the floor. The task has no validation split: settings
+chosen by these test-episode curves are tuned on the test episodes, and a report must say so.
 """
 
 from __future__ import annotations
@@ -22,11 +31,18 @@ import gymnasium as gym
 import numpy as np
 import torch
 import tyro
-from stable_baselines3.common.callbacks import BaseCallback
 
 import textenv  # noqa: F401  (registers the envs)
 from agents import ALGORITHMS
 from benchmarks import provenance
+from benchmarks.chat_eval import (
+    EvalDuringTraining,
+    eval_points,
+    evaluate,
+    interval_summary,
+    means,
+    task_floor,
+)
 from benchmarks.metrics import mean_interval
 from infra.cli import check_options
 from infra.storage import atomic_write_text
@@ -73,6 +89,19 @@ class Args:
     """N: slots of the rest of the conversation."""
     task_kwargs: str = '{"high": 5, "invalid_cost": 0.1}'
     """JSON object of task settings (e.g. the guessing game's range; a message without a number costs 0.1)."""
+    evals: int = 10
+    """Held-out evaluations per run, spread over training (the first before it, the last after it; at most
+    one per rollout)."""
+    hints_hidden_eval: bool = True
+    """guess: also score the model before and after training with the host's hints hidden (its own floor)."""
+    turn_level_credit: bool = False
+    """One advantage per agent turn (agents.turn_credit), not token-level credit (PPO, REINFORCE, GRPO)."""
+    turn_gamma: float = 1.0
+    """--turn-level-credit: discount per agent turn."""
+    turn_baseline: str = "leave_one_out"
+    """--turn-level-credit: baseline per turn index, leave_one_out or batch_norm."""
+    tensorboard: bool = True
+    """Write the training logs and eval/* to TensorBoard under --out/tensorboard."""
     threads: int = 2
     """torch CPU threads."""
     out: Path = Path("benchmarks/results/chat-cpu/guess-ppo")
@@ -93,66 +122,25 @@ class Args:
                 "max_prompt_tokens",
                 "max_new_tokens",
                 "threads",
+                "evals",
+                "turn_gamma",
             ),
         )
+        eval_points(self.rollouts, self.evals)  # a clear error for --evals out of range
 
 
-class StopAfterRollouts(BaseCallback):
-    """Stops ``learn`` after ``count`` rollouts and their updates; keeps each rollout's mean return."""
-
-    def __init__(self, count: int) -> None:
-        super().__init__()
-        self.count, self.done = count, 0
-        self.returns: list[float] = []
-
-    def _on_rollout_end(self) -> None:
-        self.done += 1
-        self.returns.append(float(self.model.rollout_batch.rewards.mean()))  # type: ignore[attr-defined]
-
-    def _on_step(self) -> bool:
-        return self.done < self.count
-
-
-def env_kwargs(args: Args, split: str) -> dict[str, Any]:
+def env_kwargs(args: Args, split: str, **task_kwargs: Any) -> dict[str, Any]:
+    """``TextChat-v0``'s arguments for ``split``, with ``task_kwargs`` over ``--task-kwargs``."""
     return {
         "model": args.model,
         "task": args.task,
-        "task_kwargs": json.loads(args.task_kwargs),
+        "task_kwargs": json.loads(args.task_kwargs) | task_kwargs,
         "split": split,
         "max_prompt_tokens": args.max_prompt_tokens,
         "max_new_tokens": args.max_new_tokens,
         "max_turn_tokens": args.max_turn_tokens,
         "max_turns": args.max_turns,
     }
-
-
-def success_rate(agent: Any, args: Args, seed: int) -> tuple[float, float]:
-    """(success rate, mean return) of the first ``eval_episodes`` test episodes, ``num_envs`` at a time."""
-    env = gym.make_vec(
-        "TextChat-v0",
-        num_envs=args.num_envs,
-        vectorization_mode="vector_entry_point",
-        **env_kwargs(args, "test"),
-    )
-    successes, returns = [], []
-    torch.manual_seed(seed)
-    for start in range(0, args.eval_episodes, args.num_envs):
-        indices = [min(start + row, args.eval_episodes - 1) for row in range(args.num_envs)]
-        obs, _ = env.reset(seed=seed, options={"indices": indices})
-        state, total = None, np.zeros(args.num_envs)
-        finished: dict[int, tuple[bool, float]] = {}
-        while len(finished) < args.num_envs:
-            actions, state = agent.predict(obs, state=state)
-            obs, rewards, terminated, truncated, info = env.step(actions)
-            total += rewards
-            for row in np.flatnonzero(terminated | truncated).tolist():
-                if row not in finished:  # only each row's first episode counts
-                    finished[row] = (bool(info["final_info"]["success"][row]), float(total[row]))
-            total[terminated | truncated] = 0.0
-        for row_index in range(min(args.num_envs, args.eval_episodes - start)):
-            successes.append(finished[row_index][0])
-            returns.append(finished[row_index][1])
-    return float(np.mean(successes)), float(np.mean(returns))
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -179,6 +167,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         extra: dict[str, Any] = {"n_epochs": args.n_epochs} if "n_epochs" in names else {}
         # the KL to the reference: a reward penalty (PPO, REINFORCE), or GRPO's loss term beta
         extra |= {"beta": args.init_kl_coef} if "beta" in names else {"init_kl_coef": args.init_kl_coef}
+        if args.turn_level_credit:  # every policy-gradient config has it (agents.config)
+            extra |= {
+                "turn_level_credit": True,
+                "turn_gamma": args.turn_gamma,
+                "turn_baseline": args.turn_baseline,
+            }
+        logs: dict[str, Any] = {"tensorboard_log": str(args.out / "tensorboard")} if args.tensorboard else {}
         agent = entry.agent(
             env,
             model=args.model,
@@ -187,48 +182,132 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             learning_rate=args.learning_rate,
             seed=seed,
             precision=args.precision,
+            **logs,
             **extra,
             **entry.settings,
         )
-        before = success_rate(agent, args, seed)
-        stop = StopAfterRollouts(args.rollouts)
-        agent.learn(total_timesteps=10**9, callback=stop)
-        after = success_rate(agent, args, seed)
-        runs.append(
-            {
-                "seed": seed,
-                "success_before": before[0],
-                "success_after": after[0],
-                "return_before": before[1],
-                "return_after": after[1],
-                "train_return_per_rollout": stop.returns,
-                "seconds": time.perf_counter() - start,
-            }
-        )
-        print(json.dumps(runs[-1]), flush=True)
+        runs.append(train_and_evaluate(args, agent, seed) | {"seconds": time.perf_counter() - start})
+        print(json.dumps({k: v for k, v in runs[-1].items() if k != "evals"}), flush=True)
         write_summary(args, runs)  # after every seed, so that a run cut short keeps what it measured
     return write_summary(args, runs)
 
 
+def train_and_evaluate(args: Args, agent: Any, seed: int) -> dict[str, Any]:
+    """One seed's run: ``--evals`` evaluations over ``--rollouts`` rollouts of training (and, for the guessing
+    game, the hints-hidden evaluations before and after); its record in ``summary.json``."""
+    test = env_kwargs(args, "test")
+    callback = EvalDuringTraining(
+        args.rollouts,
+        eval_points(args.rollouts, args.evals),
+        lambda: evaluate(agent, test, args.eval_episodes, args.num_envs, seed),
+    )
+    hidden = args.task == "guess" and args.hints_hidden_eval
+    hidden_env = env_kwargs(args, "test", hints=False)
+    hidden_before = evaluate(agent, hidden_env, args.eval_episodes, args.num_envs, seed) if hidden else None
+    agent.learn(total_timesteps=10**9, callback=callback)
+    callback.finish()
+    hidden_after = evaluate(agent, hidden_env, args.eval_episodes, args.num_envs, seed) if hidden else None
+    before, after = callback.evals[0], callback.evals[-1]
+    run: dict[str, Any] = {
+        "seed": seed,
+        "success_before": before["success"],
+        "success_after": after["success"],
+        "return_before": before["return"],
+        "return_after": after["return"],
+        "turns_before": before["turns"],
+        "turns_after": after["turns"],
+        "train_return_per_rollout": callback.returns,
+        "train_kl_per_rollout": callback.kl.values,
+        "train_kl_last": callback.kl.values[-1] if callback.kl.values else None,
+    }
+    run |= {f"{key}_after": after[key] for key in ("tool_calls", "bad_tool_calls") if key in after}
+    if hidden_before is not None and hidden_after is not None:
+        run |= {
+            "success_hints_hidden_before": means(hidden_before)["success"],
+            "success_hints_hidden_after": means(hidden_after)["success"],
+            "episode_success_hints_hidden_after": hidden_after["success"],
+        }
+    return run | {"evals": callback.evals}
+
+
 def write_summary(args: Args, runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """``summary.json``: the seeds so far, their mean success before and after, the change with 95 % CIs."""
+    """``summary.json``: the seeds so far, their mean success before and after, the change with 95 % CIs
+    (over seeds; over seeds and episodes), the floor and success after training minus the floor."""
     changes = [run["success_after"] - run["success_before"] for run in runs]
-    summary = {
+    after = [run["evals"][-1]["episodes"]["success"] for run in runs]  # (S, P)
+    before = [run["evals"][0]["episodes"]["success"] for run in runs]
+    floor, floor_note = task_floor(args.task, json.loads(args.task_kwargs), args.max_turns)
+    summary: dict[str, Any] = {
         "env": "TextChat-v0",
         "task": args.task,
         "algo": args.algo,
+        "credit": "turn" if args.turn_level_credit else "token",
         "success_before": float(np.mean([run["success_before"] for run in runs])),
         "success_after": float(np.mean([run["success_after"] for run in runs])),
         "success_before_ci95": mean_interval([run["success_before"] for run in runs]),
         "success_after_ci95": mean_interval([run["success_after"] for run in runs]),
         "change": float(np.mean(changes)),
         "change_ci95": mean_interval(changes),
+        "change_seeds_and_prompts": interval_summary((np.asarray(after) - np.asarray(before)).tolist()),
+        "turns_before": float(np.mean([run["turns_before"] for run in runs])),
+        "turns_after": float(np.mean([run["turns_after"] for run in runs])),
+        "train_kl_last": _mean_of(runs, "train_kl_last"),
+        "kl_note": "train_kl_*: the training rollouts' mean per-episode KL to the reference (summed over "
+        "agent tokens), logged after each update; the evaluated episodes' KL is not measured",
+        "floor": floor,
+        "floor_note": floor_note,
+        "success_hints_hidden_after": _mean_of(runs, "success_hints_hidden_after"),
+        "eval_success_curve": _curve(runs),
+    }
+    summary |= {
+        key: _mean_of(runs, key) for key in ("tool_calls_after", "bad_tool_calls_after") if key in runs[0]
+    }
+    if floor is not None:
+        above = interval_summary((np.asarray(after) - floor).tolist())
+        summary["after_minus_floor"] = above
+        summary["beats_floor"] = (
+            None if above["excludes_zero"] is None else bool(above["ci95_seeds_and_prompts"][0] > 0)
+        )
+        summary["verdict"] = (
+            "one seed: no interval over seeds (run 2 or more)"
+            if above["excludes_zero"] is None
+            else (
+                "beats the floor: the 95 % seeds-and-prompts interval of success after training minus the "
+                "floor lies above 0"
+            )
+            if summary["beats_floor"]
+            else "does not beat the floor: the 95 % seeds-and-prompts interval includes or lies below it"
+        )
+    if "episode_success_hints_hidden_after" in runs[0]:
+        hidden = [run["episode_success_hints_hidden_after"] for run in runs]
+        summary["after_minus_hints_hidden"] = interval_summary(
+            (np.asarray(after) - np.asarray(hidden)).tolist()
+        )
+    summary |= {
         "runs": runs,
         "settings": {key: str(value) for key, value in dataclasses.asdict(args).items()},
         "provenance": provenance.record(),
     }
     atomic_write_text(args.out / "summary.json", json.dumps(summary, indent=2))
     return summary
+
+
+def _mean_of(runs: list[dict[str, Any]], key: str) -> float | None:
+    values = [run[key] for run in runs if run.get(key) is not None]
+    return float(np.mean(values)) if values else None
+
+
+def _curve(runs: list[dict[str, Any]]) -> list[dict[str, float]]:
+    """Mean success (and turns) over seeds at each evaluation point (the seeds share the points)."""
+    points = [[(e["rollout"], e["success"], e["turns"]) for e in run["evals"]] for run in runs]
+    return [
+        {
+            "rollout": row[0][0],
+            "success": float(np.mean([p[1] for p in row])),
+            "turns": float(np.mean([p[2] for p in row])),
+        }
+        for row in zip(*points, strict=True)
+    ]
 
 
 if __name__ == "__main__":

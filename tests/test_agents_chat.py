@@ -16,6 +16,7 @@ from agents.kv_cache import StepCache, cached_step
 from agents.losses import compute_gae
 from agents.policy import FrozenLM, lm_forward
 from agents.rollout import RolloutCollector
+from benchmarks.metrics import seeds_and_prompts_interval
 
 GAME = {  # guess 1 or 2 in two turns of up to 8 tokens; a message without a number costs 0.2 at once
     "model": "tiny-sp",
@@ -209,37 +210,64 @@ def test_dqn_runs_on_text_chat() -> None:
     assert agent._n_updates >= 1 and len(agent.replay) > 0
 
 
-def test_benchmark_script_smoke(tmp_path) -> None:
+def test_benchmark_script_smoke(tmp_path, monkeypatch, capsys) -> None:
+    """Evaluations over training, the floor and its intervals in summary.json; --turn-level-credit reaches the
+    agent's advantages."""
+    from agents import on_policy
     from benchmarks import chat
 
-    argv = [
-        "--model",
-        "tiny-sp",
-        "--seeds",
-        "0",
-        "1",
-        "--rollouts",
-        "1",
+    turn_calls = []
+    real = on_policy.turn_advantages
+    monkeypatch.setattr(on_policy, "turn_advantages", lambda *a: turn_calls.append(1) or real(*a))
+    argv = ["--model", "tiny-sp", "--seeds", "0", "1", "--rollouts", "1", "--evals", "2"]
+    argv += [
         "--eval-episodes",
         "2",
         "--num-envs",
         "2",
-    ]
-    argv += [
         "--episodes-per-rollout",
         "2",
         "--max-turn-tokens",
         "2",
-        "--max-turns",
-        "1",
-        "--out",
-        str(tmp_path),
     ]
-    summary = chat.main([*argv, "--max-prompt-tokens", "32", "--max-new-tokens", "32", "--threads", "1"])
+    argv += ["--max-turns", "1", "--max-prompt-tokens", "32", "--max-new-tokens", "32", "--threads", "1"]
+    summary = chat.main([*argv, "--out", str(tmp_path)])
     saved = json.loads((tmp_path / "summary.json").read_text())
-    assert saved["change"] == summary["change"] and len(saved["runs"]) == 2
+    assert saved["change"] == summary["change"] and len(saved["runs"]) == 2 and not turn_calls
     low, high = saved["change_ci95"]
     assert low <= saved["change"] <= high and 0.0 <= saved["success_before"] <= 1.0
+    assert saved["floor"] == 0.2 and saved["credit"] == "token"  # 1 guess of 1..5
+    for run in saved["runs"]:
+        assert [e["rollout"] for e in run["evals"]] == [0, 1]
+        assert run["success_before"] == run["evals"][0]["success"]
+        assert len(run["evals"][-1]["episodes"]["success"]) == 2 and run["turns_after"] == 1.0
+        assert len(run["train_kl_per_rollout"]) == 1 and 0.0 <= run["success_hints_hidden_after"] <= 1.0
+    expected = seeds_and_prompts_interval(
+        [[s - 0.2 for s in run["evals"][-1]["episodes"]["success"]] for run in saved["runs"]]
+    )
+    assert saved["after_minus_floor"]["ci95_seeds_and_prompts"] == pytest.approx(expected)
+    assert saved["beats_floor"] == (expected[0] > 0) and "floor" in saved["verdict"]
+    assert list(tmp_path.glob("tensorboard/**/events.out.tfevents.*"))
+    turn = chat.main([*argv, "--turn-level-credit", "--seeds", "0", "--out", str(tmp_path / "turn")])
+    assert turn["credit"] == "turn" and turn_calls and turn["verdict"].startswith("one seed")
+    with pytest.raises(SystemExit):
+        chat.main([*argv, "--evals", "1", "--out", str(tmp_path)])
+    assert "--evals 1 must be >= 2" in capsys.readouterr().err
+
+
+def test_benchmark_evaluation_is_reproducible_and_leaves_the_rng_alone() -> None:
+    """Every evaluation plays the same episodes with the same samples; training's torch RNG goes on as if
+    no evaluation had run."""
+    from benchmarks.chat_eval import evaluate
+
+    env_args = GAME | {"task": "guess", "split": "test"}
+    agent = PPO(make_env(num_envs=2), model="tiny-sp", episodes_per_rollout=2, minibatch_size=2, seed=0)
+    torch.manual_seed(5)
+    state = torch.random.get_rng_state()
+    first = evaluate(agent, env_args, episodes=3, num_envs=2, seed=1)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert evaluate(agent, env_args, episodes=3, num_envs=2, seed=1) == first
+    assert len(first["success"]) == len(first["turns"]) == 3 and "tool_calls" not in first
 
 
 def test_logged_samples_are_a_uniform_draw_of_the_rollouts_episodes() -> None:

@@ -189,6 +189,21 @@ def test_guess_task_rewards_fewer_turns() -> None:
     assert slow.respond(str(secret)).reward == pytest.approx(0.9)
 
 
+def test_guess_task_without_hints_only_says_wrong() -> None:
+    """hints=False: the host gives no direction (the floor's game), but a right guess still wins."""
+    hinted, hidden = (
+        GuessNumberTask(split="test", size=4, high=10),
+        GuessNumberTask("test", 4, high=10, hints=False),
+    )
+    secret = int(hidden.secrets[0])
+    assert secret == int(hinted.secrets[0])  # same episodes
+    wrong = str(1 if secret != 1 else 2)
+    assert hinted.start(0).respond(wrong).content in ("Higher.", "Lower.")
+    dialogue = hidden.start(0)
+    assert dialogue.respond(wrong).content == "Wrong."
+    assert dialogue.respond(str(secret)).success
+
+
 def test_user_simulator_is_a_frozen_lm_and_rewards_sentiment() -> None:
     task = UserSimTask(split="test", size=4, model="tiny-sp", reply_tokens=6)
     first, second = task.start(0), task.start(0)

@@ -141,11 +141,11 @@ def render_chat(
 
 # ---- guessing game ----------------------------------------------------------------------------------------
 class _GuessDialogue(Dialogue):
-    def __init__(self, secret: int, low: int, high: int, turn_cost: float, invalid_cost: float) -> None:
-        self.secret, self.low, self.high, self.turn_cost = secret, low, high, turn_cost
-        self.invalid_cost = invalid_cost
+    def __init__(self, task: GuessNumberTask, secret: int) -> None:
+        self.secret, self.low, self.high, self.turn_cost = secret, task.low, task.high, task.turn_cost
+        self.invalid_cost, self.hints = task.invalid_cost, task.hints
         self.guesses = 0
-        self.opening = f"I'm thinking of a whole number from {low} to {high}. Guess it!"
+        self.opening = f"I'm thinking of a whole number from {self.low} to {self.high}. Guess it!"
 
     def respond(self, message: str) -> Reply:
         self.guesses += 1
@@ -157,6 +157,8 @@ class _GuessDialogue(Dialogue):
         if guess == self.secret:
             reward = max(0.0, 1.0 - self.turn_cost * (self.guesses - 1))
             return Reply(f"Correct! It was {self.secret}.", reward=reward, done=True, success=True)
+        if not self.hints:
+            return Reply("Wrong.")
         return Reply("Higher." if guess < self.secret else "Lower.")
 
 
@@ -166,7 +168,9 @@ class GuessNumberTask(ChatTask):
     Each agent message's first number is its guess; the host answers "Higher." or "Lower." (or asks for a
     number). Reward ``max(0, 1 - turn_cost * (guesses - 1))`` when the number is found, else 0: success,
     and fewer turns, pay. Optionally a message without any number costs ``invalid_cost`` at once (a per-turn
-    shaping term, 0 by default). Secrets are drawn uniformly with the split's seed.
+    shaping term, 0 by default). Secrets are drawn uniformly with the split's seed. With ``hints=False``
+    the host only says "Wrong." to a wrong guess: the game without the information a strategy uses (a
+    policy that wins it no better than distinct random guesses ignores the host).
     """
 
     system_prompt = "You are playing a number guessing game. Answer with one number per message."
@@ -179,17 +183,17 @@ class GuessNumberTask(ChatTask):
         high: int = 10,
         turn_cost: float = 0.1,
         invalid_cost: float = 0.0,
+        hints: bool = True,
     ) -> None:
         super().__init__(split, size)
         if not low < high:
             raise ValueError(f"need low < high, got low={low}, high={high}.")
         self.low, self.high, self.turn_cost = int(low), int(high), float(turn_cost)
-        self.invalid_cost = float(invalid_cost)
+        self.invalid_cost, self.hints = float(invalid_cost), bool(hints)
         self.secrets = self.rng.integers(self.low, self.high + 1, size=size)
 
     def start(self, index: int) -> Dialogue:
-        secret = int(self.secrets[index])
-        return _GuessDialogue(secret, self.low, self.high, self.turn_cost, self.invalid_cost)
+        return _GuessDialogue(self, int(self.secrets[index]))
 
 
 # ---- calculator tool use ----------------------------------------------------------------------------------
