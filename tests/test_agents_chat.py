@@ -161,6 +161,13 @@ def success_rate(agent, env_id: str = "TextChat-v0", episodes: int = 32) -> floa
     return float(np.mean(done[:episodes]))
 
 
+def tiny_chat_sizes(episodes_per_rollout: int) -> list[str]:
+    """benchmarks.chat options for a one-turn, two-token run on two envs, evaluated on two episodes."""
+    sizes = {"eval-episodes": 2, "num-envs": 2, "episodes-per-rollout": episodes_per_rollout, "threads": 1}
+    sizes |= {"max-turn-tokens": 2, "max-turns": 1, "max-prompt-tokens": 32, "max-new-tokens": 32}
+    return [item for name, value in sizes.items() for item in (f"--{name}", str(value))]
+
+
 @pytest.mark.parametrize("turn_level_credit", [False, True], ids=["token-credit", "turn-credit"])
 @pytest.mark.parametrize("algo", [PPO, REINFORCE], ids=["ppo", "reinforce"])
 def test_agents_learn_the_guessing_game(algo, turn_level_credit: bool) -> None:
@@ -219,18 +226,7 @@ def test_benchmark_script_smoke(tmp_path, monkeypatch, capsys) -> None:
     turn_calls = []
     real = on_policy.turn_advantages
     monkeypatch.setattr(on_policy, "turn_advantages", lambda *a: turn_calls.append(1) or real(*a))
-    argv = ["--model", "tiny-sp", "--seeds", "0", "1", "--rollouts", "1", "--evals", "2"]
-    argv += [
-        "--eval-episodes",
-        "2",
-        "--num-envs",
-        "2",
-        "--episodes-per-rollout",
-        "2",
-        "--max-turn-tokens",
-        "2",
-    ]
-    argv += ["--max-turns", "1", "--max-prompt-tokens", "32", "--max-new-tokens", "32", "--threads", "1"]
+    argv = ["--model", "tiny-sp", "--seeds", "0", "1", "--rollouts", "1", "--evals", "2", *tiny_chat_sizes(2)]
     summary = chat.main([*argv, "--out", str(tmp_path)])
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert saved["change"] == summary["change"] and len(saved["runs"]) == 2 and not turn_calls
@@ -300,17 +296,7 @@ def test_benchmark_script_takes_every_policy_gradient_algorithm(tmp_path) -> Non
 
     assert set(chat.ALGOS) == {"ppo", "reinforce", "rloo", "grpo", "dr-grpo", "dapo", "gspo"}
     argv = ["--model", "tiny-sp", "--algo", "rloo", "--group-size", "2", "--seeds", "0", "--rollouts", "1"]
-    argv += [
-        "--eval-episodes",
-        "2",
-        "--num-envs",
-        "2",
-        "--episodes-per-rollout",
-        "4",
-        "--max-turn-tokens",
-        "2",
-    ]
-    argv += ["--max-turns", "1", "--max-prompt-tokens", "32", "--max-new-tokens", "32", "--threads", "1"]
+    argv += tiny_chat_sizes(4)
     summary = chat.main([*argv, "--out", str(tmp_path)])
     assert summary["algo"] == "rloo" and len(summary["runs"][0]["train_return_per_rollout"]) == 1
     grpo = chat.main([*argv[:3], "grpo", *argv[4:], "--out", str(tmp_path / "grpo")])  # GRPO: KL as beta
