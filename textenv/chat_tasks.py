@@ -10,8 +10,9 @@ Built-in tasks (:data:`CHAT_TASKS`):
 
 - ``"guess"``, :class:`GuessNumberTask`: find a secret number in ``[low, high]``; the host answers
   "Higher." / "Lower." / "Correct!". Reward ``1 - turn_cost * (guesses - 1)`` on success, else 0.
-- ``"calculator"``, :class:`CalculatorTask`: arithmetic word problems with the tool :func:`calculate` (a
-  safe ``ast`` evaluator, :func:`safe_arithmetic`, never ``eval``), called with JSON in ``<tool_call>`` tags;
+- ``"calculator"``, :class:`CalculatorTask`: arithmetic word problems with the tool
+  :func:`textenv.arithmetic.calculate` (a safe ``ast`` evaluator, never ``eval``), called with JSON in
+  ``<tool_call>`` tags;
   any other message is the final answer (its last number). Reward 1 for the right answer, minus ``call_cost``
   per tool call.
 - ``"usersim"``, :class:`UserSimTask`: a frozen LM plays a customer with a persona; each agent turn is
@@ -30,9 +31,7 @@ Your own task is a function: ``FunctionTask(openings, respond)`` with ``respond(
 
 from __future__ import annotations
 
-import ast
 import math
-import operator
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -43,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from rewards.sentiment import VaderSentiment
+from textenv.arithmetic import calculate, safe_arithmetic
 from textenv.models import load_model, load_tokenizer
 from textenv.tools import Tools, describe_tools, template_supports_tools
 
@@ -197,83 +197,6 @@ class GuessNumberTask(ChatTask):
 
 
 # ---- calculator tool use ----------------------------------------------------------------------------------
-_BINARY: dict[type, Callable[[Any, Any], Any]] = {
-    ast.Add: operator.add,
-    ast.Sub: operator.sub,
-    ast.Mult: operator.mul,
-    ast.Div: operator.truediv,
-    ast.FloorDiv: operator.floordiv,
-    ast.Mod: operator.mod,
-    ast.Pow: operator.pow,
-}
-_UNARY: dict[type, Callable[[Any], Any]] = {ast.UAdd: operator.pos, ast.USub: operator.neg}
-MAX_EXPRESSION_CHARS = 200
-MAX_MAGNITUDE = 1e15
-
-
-def safe_arithmetic(expression: str) -> float:
-    """The value of an arithmetic expression: numbers, ``+ - * / // % **``, unary signs and parentheses.
-
-    Parsed with :mod:`ast` and evaluated node by node over a whitelist (never ``eval``); names, calls,
-    attributes and everything else raise ``ValueError``, as do division by zero, exponents above 64, and
-    numbers or results that are not finite or beyond 1e15 in magnitude: whatever text it gets, it returns a
-    bounded finite number or raises ``ValueError`` saying what was wrong.
-
-    >>> safe_arithmetic("12 * (3 + 4)")
-    84
-    >>> safe_arithmetic("__import__('os')")
-    Traceback (most recent call last):
-    ValueError: not allowed in a calculation: Call
-    >>> safe_arithmetic("0 ** -1")
-    Traceback (most recent call last):
-    ValueError: division by zero
-    """
-    if len(expression) > MAX_EXPRESSION_CHARS:
-        raise ValueError(f"expression longer than {MAX_EXPRESSION_CHARS} characters")
-    try:
-        tree = ast.parse(expression.strip(), mode="eval")
-    except SyntaxError as error:
-        raise ValueError(f"not an arithmetic expression: {error.msg}") from None
-    except (RecursionError, MemoryError, ValueError):  # nesting too deep, a NUL byte
-        raise ValueError("not an arithmetic expression") from None
-
-    def bounded(number: Any) -> Any:
-        if isinstance(number, complex) or not math.isfinite(number) or abs(number) > MAX_MAGNITUDE:
-            raise ValueError(f"number out of range (the calculator works within +-{MAX_MAGNITUDE:.0e})")
-        return number
-
-    def value(node: ast.AST) -> Any:
-        if isinstance(node, ast.Constant) and type(node.value) in (int, float):
-            return bounded(node.value)
-        if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
-            return _UNARY[type(node.op)](value(node.operand))
-        if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
-            left, right = value(node.left), value(node.right)
-            if isinstance(node.op, ast.Pow) and abs(right) > 64:
-                raise ValueError("exponent above 64")
-            if isinstance(node.op, (ast.Div, ast.FloorDiv, ast.Mod)) and right == 0:
-                raise ValueError("division by zero")
-            if isinstance(node.op, ast.Pow) and left == 0 and right < 0:
-                raise ValueError("division by zero")
-            try:
-                return bounded(_BINARY[type(node.op)](left, right))
-            except (ArithmeticError, OverflowError):  # a float power beyond the float range
-                raise ValueError(
-                    f"number out of range (the calculator works within +-{MAX_MAGNITUDE:.0e})"
-                ) from None
-        raise ValueError(f"not allowed in a calculation: {type(node).__name__}")
-
-    try:
-        return value(tree.body)
-    except RecursionError:
-        raise ValueError("expression nested too deeply") from None
-
-
-def format_number(number: float) -> str:
-    """``84.0`` -> ``"84"``, ``0.5`` -> ``"0.5"`` (at most 6 decimals)."""
-    return str(int(number)) if float(number).is_integer() else f"{number:.6f}".rstrip("0")
-
-
 _PROBLEMS = [
     ("A shop packs {a} boxes with {b} pens each. How many pens is that?", "{a}*{b}"),
     ("Sam had {a} stickers and got {b} more. How many stickers does Sam have?", "{a}+{b}"),
@@ -284,15 +207,6 @@ _PROBLEMS = [
     ),
     ("A train travels {a} km per hour for {b} hours. How far does it go, in km?", "{a}*{b}"),
 ]
-
-
-def calculate(expression: str) -> str:
-    """Evaluate an arithmetic expression exactly.
-
-    Args:
-        expression: numbers with + - * / // % ** and parentheses, e.g. "12*7"
-    """
-    return format_number(safe_arithmetic(expression))
 
 
 class _CalculatorDialogue(Dialogue):
@@ -308,7 +222,8 @@ class _CalculatorDialogue(Dialogue):
 class CalculatorTask(ChatTask):
     """Arithmetic word problems with a calculator tool.
 
-    The tool is :func:`calculate` (the bounded ``ast`` evaluator :func:`safe_arithmetic`, never ``eval``),
+    The tool is :func:`~textenv.arithmetic.calculate` (the bounded ``ast`` evaluator of
+    :mod:`textenv.arithmetic`, never ``eval``),
     called as ``<tool_call>{"name": "calculate", "arguments": {"expression": "12*7"}}</tool_call>``; the env
     answers in a tool turn (``84``, or ``error: ...``) at a cost of ``call_cost`` each (at most ``max_calls``
     per episode; later calls count as answers). Any message without a call is the final answer: its last
