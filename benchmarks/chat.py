@@ -153,8 +153,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(f"--algo {args.algo} needs --group-size 2 or more (got {args.group_size}), e.g. 4.")
     group: dict[str, Any] = {"group_size": args.group_size} if entry.group_prompts else {}
     torch.set_num_threads(args.threads)
-    runs = []
+    runs = finished_runs(args)
     for seed in args.seeds:
+        if any(run["seed"] == seed for run in runs):
+            print(f"seed {seed}: finished in {args.out / 'summary.json'}, kept", flush=True)
+            continue
         start = time.perf_counter()
         env = gym.make_vec(
             "TextChat-v0",
@@ -190,6 +193,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(json.dumps({k: v for k, v in runs[-1].items() if k != "evals"}), flush=True)
         write_summary(args, runs)  # after every seed, so that a run cut short keeps what it measured
     return write_summary(args, runs)
+
+
+def finished_runs(args: Args) -> list[dict[str, Any]]:
+    """The seeds of ``args.seeds`` that ``--out``/summary.json already holds from a run with the same settings
+    (all but ``--seeds`` and ``--threads``), so that a run cut short resumes at its first unfinished seed. A
+    summary from other settings is an error, never overwritten: pick another ``--out``."""
+    path = args.out / "summary.json"
+    if not path.exists():
+        return []
+    try:
+        old = json.loads(path.read_text())
+        settings, runs = old["settings"], old["runs"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise SystemExit(f"{path} is not a benchmarks.chat summary ({err}); pick another --out") from err
+    ignored = {"seeds", "threads"}
+    new = {key: str(value) for key, value in dataclasses.asdict(args).items() if key not in ignored}
+    differs = sorted(key for key in new if settings.get(key) != new[key])
+    if differs:
+        raise SystemExit(
+            f"{path} holds runs with other settings ({', '.join(differs)} differ); pick another --out "
+            "or rerun with the same settings to resume"
+        )
+    return [run for run in runs if run["seed"] in args.seeds]
 
 
 def train_and_evaluate(args: Args, agent: Any, seed: int) -> dict[str, Any]:
