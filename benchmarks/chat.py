@@ -3,19 +3,20 @@ a strategy must beat.
 
     python -m benchmarks.chat --task guess --algo ppo --seeds 0 1 2   # the README's result, ~15 min
 
-For each seed the model (SmolLM2-135M-Instruct by default) plays the same held-out episodes of the task's
-test split (``--eval-episodes``, episode i in a fixed order, sampled at temperature 1 under a fixed torch
-seed) ``--evals`` times: before training, after it, and spread in between (:mod:`benchmarks.chat_eval`),
-while it trains for ``--rollouts`` rollouts of ``--episodes-per-rollout`` conversations on ``TextChat-v0``.
-Each evaluation keeps success, return, agent turns used and (tasks with tools) tool calls and bad tool calls,
-per episode; ``eval/*`` goes to TensorBoard under ``--out``/tensorboard. The **floor** is the best success
-of a policy that ignores the other party's turns (the guessing game: distinct random guesses, exact; the same
-model is also scored with the host's hints hidden). ``summary.json`` (written atomically under ``--out``,
-after every seed) holds each seed's evaluations, the training KL to the reference per update, the mean
-change with its 95 % t-interval over seeds, and the intervals that treat seeds and episodes both as random
+For each seed the model (SmolLM2-135M-Instruct by default) plays the same held-out episodes of the task's test
+split (``--eval-split validation`` to choose settings: the validation split; ``--eval-episodes``, episode i in
+a fixed order, sampled at temperature 1 under a fixed torch seed) ``--evals`` times: before training, after
+it, and spread in between (:mod:`benchmarks.chat_eval`), while it trains for ``--rollouts`` rollouts of
+``--episodes-per-rollout`` conversations on ``TextChat-v0``. Each evaluation keeps success, return, agent
+turns used and (tasks with tools) tool calls and bad tool calls, per episode; ``eval/*`` goes to TensorBoard
+under ``--out``/tensorboard. The **floor** is the best success of a policy that ignores the other party's
+turns (the guessing game: distinct random guesses, exact; the same model is also scored with the host's hints
+hidden). ``summary.json`` (written atomically under ``--out``, after every seed) holds each seed's
+evaluations, the training KL to the reference per update, the mean change with its 95 % t-interval over seeds,
+and the intervals that treat seeds and episodes both as random
 (:func:`benchmarks.metrics.seeds_and_prompts_interval`) for the change and for success after training minus
-the floor, with the verdict whether it excludes the floor. The task has no validation split: settings
-chosen by these test-episode curves are tuned on the test episodes, and a report must say so.
+the floor, with the verdict whether it excludes the floor. Settings are chosen on ``--eval-split validation``
+runs, never on the test episodes' curves; a pilot whose settings were not chosen that way says so.
 """
 
 from __future__ import annotations
@@ -100,6 +101,8 @@ class Args:
     """--turn-level-credit: discount per agent turn."""
     turn_baseline: str = "leave_one_out"
     """--turn-level-credit: baseline per turn index, leave_one_out or batch_norm."""
+    eval_split: str = "test"
+    """The split of the held-out evaluations: test (reported results) or validation (choosing settings)."""
     tensorboard: bool = True
     """Write the training logs and eval/* to TensorBoard under --out/tensorboard."""
     threads: int = 2
@@ -127,6 +130,11 @@ class Args:
             ),
         )
         eval_points(self.rollouts, self.evals)  # a clear error for --evals out of range
+        if self.eval_split not in ("test", "validation"):
+            raise ValueError(
+                f"--eval-split {self.eval_split!r} is not known; use test (reported results) or validation "
+                "(to choose settings), e.g. --eval-split validation."
+            )
 
 
 def env_kwargs(args: Args, split: str, **task_kwargs: Any) -> dict[str, Any]:
@@ -209,7 +217,9 @@ def finished_runs(args: Args) -> list[dict[str, Any]]:
         raise SystemExit(f"{path} is not a benchmarks.chat summary ({err}); pick another --out") from err
     ignored = {"seeds", "threads"}
     new = {key: str(value) for key, value in dataclasses.asdict(args).items() if key not in ignored}
-    differs = sorted(key for key in new if settings.get(key) != new[key])
+    # an option added since the summary was written ran at its default
+    default = {item.name: str(item.default) for item in dataclasses.fields(Args)}
+    differs = sorted(key for key in new if settings.get(key, default.get(key)) != new[key])
     if differs:
         raise SystemExit(
             f"{path} holds runs with other settings ({', '.join(differs)} differ); pick another --out "
@@ -221,14 +231,14 @@ def finished_runs(args: Args) -> list[dict[str, Any]]:
 def train_and_evaluate(args: Args, agent: Any, seed: int) -> dict[str, Any]:
     """One seed's run: ``--evals`` evaluations over ``--rollouts`` rollouts of training (and, for the guessing
     game, the hints-hidden evaluations before and after); its record in ``summary.json``."""
-    test = env_kwargs(args, "test")
+    test = env_kwargs(args, args.eval_split)
     callback = EvalDuringTraining(
         args.rollouts,
         eval_points(args.rollouts, args.evals),
         lambda: evaluate(agent, test, args.eval_episodes, args.num_envs, seed),
     )
     hidden = args.task == "guess" and args.hints_hidden_eval
-    hidden_env = env_kwargs(args, "test", hints=False)
+    hidden_env = env_kwargs(args, args.eval_split, hints=False)
     hidden_before = evaluate(agent, hidden_env, args.eval_episodes, args.num_envs, seed) if hidden else None
     agent.learn(total_timesteps=10**9, callback=callback)
     callback.finish()
@@ -268,6 +278,7 @@ def write_summary(args: Args, runs: list[dict[str, Any]]) -> dict[str, Any]:
         "task": args.task,
         "algo": args.algo,
         "credit": "turn" if args.turn_level_credit else "token",
+        "eval_split": args.eval_split,
         "success_before": float(np.mean([run["success_before"] for run in runs])),
         "success_after": float(np.mean([run["success_after"] for run in runs])),
         "success_before_ci95": mean_interval([run["success_before"] for run in runs]),

@@ -303,3 +303,47 @@ def test_benchmark_script_takes_every_policy_gradient_algorithm(tmp_path) -> Non
     assert grpo["algo"] == "grpo" and len(grpo["runs"][0]["train_return_per_rollout"]) == 1
     with pytest.raises(SystemExit, match="--algo rloo needs --group-size 2 or more"):
         chat.main([*argv, "--group-size", "1", "--out", str(tmp_path)])
+
+
+def test_benchmark_script_resumes_finished_seeds_and_evaluates_the_chosen_split(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    """A rerun keeps the seeds --out already holds (same settings) and trains only the others; other settings
+    are refused, not overwritten; --eval-split validation evaluates on the validation episodes."""
+    from benchmarks import chat
+
+    argv = [
+        "--model",
+        "tiny-sp",
+        "--rollouts",
+        "1",
+        "--evals",
+        "2",
+        *tiny_chat_sizes(2),
+        "--out",
+        str(tmp_path),
+    ]
+    first = chat.main([*argv, "--seeds", "0"])
+    trained, splits = [], []
+    real_train, real_evaluate = chat.train_and_evaluate, chat.evaluate
+    monkeypatch.setattr(
+        chat, "train_and_evaluate", lambda a, ag, seed: trained.append(seed) or real_train(a, ag, seed)
+    )
+    monkeypatch.setattr(
+        chat, "evaluate", lambda ag, env, *a: splits.append(env["split"]) or real_evaluate(ag, env, *a)
+    )
+    both = chat.main([*argv, "--seeds", "0", "1"])
+    assert trained == [1] and set(splits) == {"test"}
+    assert [run["seed"] for run in both["runs"]] == [0, 1] and both["runs"][0] == first["runs"][0]
+    before = (tmp_path / "summary.json").read_bytes()
+    with pytest.raises(SystemExit, match="learning_rate differ"):
+        chat.main([*argv, "--seeds", "0", "--learning-rate", "0.001"])
+    assert (tmp_path / "summary.json").read_bytes() == before  # refused, never overwritten
+    splits.clear()
+    validation = chat.main(
+        [*argv[:-1], str(tmp_path / "validation"), "--seeds", "0", "--eval-split", "validation"]
+    )
+    assert set(splits) == {"validation"} and validation["eval_split"] == "validation"
+    with pytest.raises(SystemExit):
+        chat.main([*argv, "--eval-split", "dev"])
+    assert "--eval-split 'dev' is not known; use test" in capsys.readouterr().err

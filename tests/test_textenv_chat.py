@@ -331,3 +331,23 @@ def test_state_dict_refuses_another_env() -> None:
     )
     with pytest.raises(ValueError, match="max_prompt_tokens \\+ max_new_tokens"):
         bigger.unwrapped.load_state_dict(state)
+
+
+def test_chat_tasks_have_a_validation_split_drawn_apart_from_train_and_test() -> None:
+    """split="validation" (to choose settings on) draws its own episodes, reproducibly; an unknown split says
+    which ones exist."""
+    secrets = {
+        split: [int(s) for s in GuessNumberTask(split=split, size=64, high=1000).secrets]
+        for split in ("train", "validation", "test")
+    }
+    assert secrets["validation"] not in (secrets["train"], secrets["test"])
+    assert [int(s) for s in GuessNumberTask(split="validation", size=64, high=1000).secrets] == secrets[
+        "validation"
+    ]
+    env = gym.make(
+        "TextChat-v0", model="tiny-sp", task="guess", split="validation", task_kwargs={"high": 1000}
+    )
+    env.reset(seed=0, options={"index": 5})
+    assert env.unwrapped.core.task.split == "validation"
+    with pytest.raises(ValueError, match="split='dev' is not known; use one of train, validation, test"):
+        GuessNumberTask(split="dev")

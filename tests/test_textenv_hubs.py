@@ -28,6 +28,7 @@ from textenv.hubs import (
 )
 from textenv.hubs.packages import import_hub
 from textenv.hubs.reasoning_gym import task_names
+from textenv.hubs.textarena import TEST_SEED_OFFSET
 
 CHAIN = "reasoning_gym:chain_sum"
 TICTACTOE = "textarena:TicTacToe-v0"
@@ -147,8 +148,14 @@ def test_textarena_splits_differ_and_the_users_random_state_is_kept(no_network: 
     expected = random.Random(123).random()
     train = [TextArenaTask("KuhnPoker-v0", "train", size=4).start(i).opening for i in range(4)]
     test = [TextArenaTask("KuhnPoker-v0", "test", size=4).start(i).opening for i in range(4)]
+    validation = [TextArenaTask("KuhnPoker-v0", "validation", size=4).start(i).opening for i in range(4)]
     assert random.random() == expected  # TextArena reseeds the global random; the task restores it
-    assert train != test  # other games (seeds from TEST_SEED_OFFSET)
+    assert train != test and validation not in (train, test)  # other games (seeds from TEST_SEED_OFFSET)
+    assert [
+        TextArenaTask("KuhnPoker-v0", "validation", size=4).start(i).opening for i in range(4)
+    ] == validation
+    with pytest.raises(ValueError, match="size=1000000000 must be below"):
+        TextArenaTask("KuhnPoker-v0", "test", size=TEST_SEED_OFFSET)
 
 
 @pytest.mark.parametrize("game", list(OFFLINE_GAMES))

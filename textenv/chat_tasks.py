@@ -1,7 +1,10 @@
 """The other party of a conversation: offline multi-turn tasks with verifiable rewards for ``TextChat-v0``.
 
-A :class:`ChatTask` is a seeded, finite list of episodes (its ``split``: ``"train"`` or ``"test"`` draw from
-different seeds). ``task.start(i)`` opens episode i as a :class:`Dialogue`: the ``opening`` user message and
+A :class:`ChatTask` is a seeded, finite list of episodes. Its ``split`` picks the seed its episodes are drawn
+with: ``"train"`` to train on, ``"validation"`` to choose settings on (sweeps, pilots, presets) and ``"test"``
+for reported results only (:data:`SPLIT_SEEDS`). Procedural tasks with few distinct episodes (the guessing
+game's secrets) can repeat an episode across splits; the splits are independent draws, not disjoint sets.
+``task.start(i)`` opens episode i as a :class:`Dialogue`: the ``opening`` user message and
 ``respond(message)``, which reads the agent's message and returns a :class:`Reply`: the other party's next
 message (a host's feedback, a tool's output, a simulated user's answer), a reward and whether the task is
 over. The environment renders the reply with the tokenizer's chat template; the task only sees text.
@@ -46,7 +49,9 @@ from textenv.arithmetic import calculate, safe_arithmetic
 from textenv.models import load_model, load_tokenizer
 from textenv.tools import Tools, describe_tools, template_supports_tools
 
-SPLIT_SEEDS = {"train": 0, "test": 1}
+SPLIT_SEEDS = {"train": 0, "validation": 2, "test": 1}
+"""The seed of each split's episode draws: train on ``"train"``, choose settings on ``"validation"``, report
+``"test"``."""
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 

@@ -144,7 +144,8 @@ class TextChatEnv(ChatAttributes, gym.Env):
 
     - ``model`` (a textenv model name or local HF directory; only the tokenizer is loaded) or ``tokenizer``.
     - ``task``: ``"guess"`` (default), ``"calculator"``, ``"usersim"`` or a ``textenv.chat_tasks.ChatTask``
-      (e.g. a ``FunctionTask``); ``task_kwargs`` for a named task; ``split`` ``"train"``/``"test"``.
+      (e.g. a ``FunctionTask``); ``task_kwargs`` for a named task; ``split`` ``"train"``, ``"validation"``
+      (to choose settings on) or ``"test"``.
     - ``max_prompt_tokens=96``, ``max_new_tokens=160``, ``max_turn_tokens=16``, ``max_turns=6``,
       ``group_size=1`` (each episode index k times in a row, for RLOO), ``vocab_size=None``,
       ``render_mode`` (``"ansi"`` or ``"human"``).

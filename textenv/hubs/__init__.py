@@ -5,9 +5,9 @@
 - TextArena's games as ``TextChat-v0`` tasks against an offline opponent:
   ``gym.make("TextChat-v0", task="textarena:<game id>")`` (:mod:`textenv.hubs.textarena`).
 
-Both accept ``split="train"`` / ``"test"`` with disjoint seeds. The hub packages are imported only when such
-a task is made; a missing one raises an ImportError naming ``pip install 'textenv[hubs]'``. Hub code runs
-in-process with your rights, like any package you import.
+Both accept ``split="train"`` / ``"validation"`` / ``"test"`` with disjoint seeds. The hub packages are
+imported only when such a task is made; a missing one raises an ImportError naming ``pip install
+'textenv[hubs]'``. Hub code runs in-process with your rights, like any package you import.
 
 >>> is_hub_task("reasoning_gym:chain_sum"), is_hub_task("textarena:TicTacToe-v0"), is_hub_task("guess")
 (True, True, False)

@@ -7,13 +7,14 @@ text games. :class:`TextArenaTask` turns one into a :class:`~textenv.chat_tasks.
 - ``gym.make("TextChat-v0", task=TextArenaTask("KuhnPoker-v0", opponent=my_policy), ...)``.
 
 An episode is one game (seeded: episode ``i`` of a split is game seed ``i``, plus :data:`TEST_SEED_OFFSET` in
-the test split, so the splits never share a game). The opening user message is what the game shows the
-agent's player first (its rules, the board); after each agent message (its move, in the game's format, e.g.
-``[4]``) the other players move, each by ``opponent`` (default :func:`random_move`: a uniformly random move
-among those the game lists, seeded per episode), and the next user message is everything the agent's player
-saw since its move (the others' moves, the board, an invalid-move notice: the game's own retry rule
-applies). The reward is the game's own reward for the agent's player when the game ends (+1 win, -1 loss,
-0 draw in two-player games; a score in [0, 1] in puzzles); ``success`` is a reward of 1 or more.
+the test split and twice that in the validation split, so the splits never share a game). The opening user
+message is what the game shows the agent's player first (its rules, the board); after each agent message (its
+move, in the game's format, e.g. ``[4]``) the other players move, each by ``opponent`` (default
+:func:`random_move`: a uniformly random move among those the game lists, seeded per episode), and the next
+user message is everything the agent's player saw since its move (the others' moves, the board, an
+invalid-move notice: the game's own retry rule applies). The reward is the game's own reward for the agent's
+player when the game ends (+1 win, -1 loss, 0 draw in two-player games; a score in [0, 1] in puzzles);
+``success`` is a reward of 1 or more.
 
 The games in :data:`OFFLINE_GAMES` (and their TextArena variants, such as ``"KuhnPoker-v0-short"``) were
 checked to run without network access, and ``tests/test_textenv_hubs.py`` plays each with sockets refused.
@@ -42,7 +43,8 @@ from textenv.hubs.packages import import_hub
 
 PREFIX = "textarena:"
 TEST_SEED_OFFSET = 1_000_000_000
-"""The test split's game seeds start here (the train split's at 0)."""
+"""The test split's game seeds start here (the train split's at 0, the validation split's at twice this)."""
+SPLIT_OFFSETS = {"train": 0, "test": TEST_SEED_OFFSET, "validation": 2 * TEST_SEED_OFFSET}
 OFFLINE_GAMES: dict[str, int] = {
     "TicTacToe-v0": 2,
     "ConnectFour-v0": 2,
@@ -153,7 +155,7 @@ class TextArenaTask(ChatTask):
 
     - ``game``: a TextArena id from :data:`OFFLINE_GAMES` or one of its variants (``"TicTacToe-v0"``).
     - ``split``, ``size``: ``size`` games per split, game seeds ``0..size-1`` (train) or from
-      :data:`TEST_SEED_OFFSET` (test).
+      :data:`TEST_SEED_OFFSET` (test) or twice that (validation); ``size`` must be below it.
     - ``opponent``: the policy of the other seats, ``(observation, rng) -> move`` (default
       :func:`random_move`); ``agent_player``: the agent's seat (0 by default; None draws it per episode).
     - ``num_players``: for games outside :data:`OFFLINE_GAMES` (which need ``allow_unchecked=True``).
@@ -175,6 +177,10 @@ class TextArenaTask(ChatTask):
         allow_unchecked: bool = False,
     ) -> None:
         super().__init__(split, size)
+        if size >= TEST_SEED_OFFSET:
+            raise ValueError(
+                f"size={size} must be below {TEST_SEED_OFFSET} so that the splits' game seeds stay apart."
+            )
         family = _game_family(game)
         if family is None and not allow_unchecked:
             raise ValueError(
@@ -194,7 +200,7 @@ class TextArenaTask(ChatTask):
             raise TypeError("opponent must be a function (observation, rng) -> move, e.g. random_move.")
         self.game, self.num_players, self.agent_player = game, int(players), agent_player
         self.opponent: Opponent = opponent if opponent is not None else random_move
-        self.seed_offset = TEST_SEED_OFFSET if split == "test" else 0
+        self.seed_offset = SPLIT_OFFSETS[split]
 
     def start(self, index: int) -> Dialogue:
         if not 0 <= index < self.size:
