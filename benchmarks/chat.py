@@ -11,12 +11,13 @@ it, and spread in between (:mod:`benchmarks.chat_eval`), while it trains for ``-
 turns used and (tasks with tools) tool calls and bad tool calls, per episode; ``eval/*`` goes to TensorBoard
 under ``--out``/tensorboard. The **floor** is the best success of a policy that ignores the other party's
 turns (the guessing game: distinct random guesses, exact; the same model is also scored with the host's hints
-hidden). ``summary.json`` (written atomically under ``--out``, after every seed) holds each seed's
-evaluations, the training KL to the reference per update, the mean change with its 95 % t-interval over seeds,
-and the intervals that treat seeds and episodes both as random
-(:func:`benchmarks.metrics.seeds_and_prompts_interval`) for the change and for success after training minus
-the floor, with the verdict whether it excludes the floor. Settings are chosen on ``--eval-split validation``
-runs, never on the test episodes' curves; a pilot whose settings were not chosen that way says so.
+hidden; the calculator task: the same model without the tool, measured). ``summary.json`` (written atomically
+under ``--out``, after every seed) holds each seed's evaluations, the training KL to the reference per update,
+the mean change with its 95 % t-interval over seeds, and the intervals that treat seeds and episodes both as
+random (:func:`benchmarks.metrics.seeds_and_prompts_interval`) for the change and for success after training
+minus the floor, with the verdict whether it excludes the floor. Settings are chosen on ``--eval-split
+validation`` runs, never on the test episodes' curves; a pilot whose settings were not chosen that way says
+so.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import textenv  # noqa: F401  (registers the envs)
 from agents import ALGORITHMS
 from benchmarks import provenance
 from benchmarks.chat_eval import (
+    FLOOR_EVALS,
     EvalDuringTraining,
     eval_points,
     evaluate,
@@ -93,8 +95,9 @@ class Args:
     evals: int = 10
     """Held-out evaluations per run, spread over training (the first before it, the last after it; at most
     one per rollout)."""
-    hints_hidden_eval: bool = True
-    """guess: also score the model before and after training with the host's hints hidden (its own floor)."""
+    floor_eval: bool = True
+    """Also score the model before and after training on the same episodes with the other party's help
+    removed (guess: the host's hints hidden; calculator: no tool), its own floor."""
     turn_level_credit: bool = False
     """One advantage per agent turn (agents.turn_credit), not token-level credit (PPO, REINFORCE, GRPO)."""
     turn_gamma: float = 1.0
@@ -229,20 +232,21 @@ def finished_runs(args: Args) -> list[dict[str, Any]]:
 
 
 def train_and_evaluate(args: Args, agent: Any, seed: int) -> dict[str, Any]:
-    """One seed's run: ``--evals`` evaluations over ``--rollouts`` rollouts of training (and, for the guessing
-    game, the hints-hidden evaluations before and after); its record in ``summary.json``."""
+    """One seed's run: ``--evals`` evaluations over ``--rollouts`` rollouts of training (and the floor
+    evaluations of :data:`~benchmarks.chat_eval.FLOOR_EVALS` before and after); its summary.json record."""
     test = env_kwargs(args, args.eval_split)
     callback = EvalDuringTraining(
         args.rollouts,
         eval_points(args.rollouts, args.evals),
         lambda: evaluate(agent, test, args.eval_episodes, args.num_envs, seed),
     )
-    hidden = args.task == "guess" and args.hints_hidden_eval
-    hidden_env = env_kwargs(args, args.eval_split, hints=False)
-    hidden_before = evaluate(agent, hidden_env, args.eval_episodes, args.num_envs, seed) if hidden else None
+    name, blind_kwargs = FLOOR_EVALS.get(args.task, ("", {}))
+    blind = bool(name) and args.floor_eval
+    blind_env = env_kwargs(args, args.eval_split, **blind_kwargs)
+    blind_before = evaluate(agent, blind_env, args.eval_episodes, args.num_envs, seed) if blind else None
     agent.learn(total_timesteps=10**9, callback=callback)
     callback.finish()
-    hidden_after = evaluate(agent, hidden_env, args.eval_episodes, args.num_envs, seed) if hidden else None
+    blind_after = evaluate(agent, blind_env, args.eval_episodes, args.num_envs, seed) if blind else None
     before, after = callback.evals[0], callback.evals[-1]
     run: dict[str, Any] = {
         "seed": seed,
@@ -257,11 +261,11 @@ def train_and_evaluate(args: Args, agent: Any, seed: int) -> dict[str, Any]:
         "train_kl_last": callback.kl.values[-1] if callback.kl.values else None,
     }
     run |= {f"{key}_after": after[key] for key in ("tool_calls", "bad_tool_calls") if key in after}
-    if hidden_before is not None and hidden_after is not None:
+    if blind_before is not None and blind_after is not None:
         run |= {
-            "success_hints_hidden_before": means(hidden_before)["success"],
-            "success_hints_hidden_after": means(hidden_after)["success"],
-            "episode_success_hints_hidden_after": hidden_after["success"],
+            f"success_{name}_before": means(blind_before)["success"],
+            f"success_{name}_after": means(blind_after)["success"],
+            f"episode_success_{name}_after": blind_after["success"],
         }
     return run | {"evals": callback.evals}
 
@@ -293,7 +297,6 @@ def write_summary(args: Args, runs: list[dict[str, Any]]) -> dict[str, Any]:
         "agent tokens), logged after each update; the evaluated episodes' KL is not measured",
         "floor": floor,
         "floor_note": floor_note,
-        "success_hints_hidden_after": _mean_of(runs, "success_hints_hidden_after"),
         "eval_success_curve": _curve(runs),
     }
     summary |= {
@@ -315,11 +318,12 @@ def write_summary(args: Args, runs: list[dict[str, Any]]) -> dict[str, Any]:
             if summary["beats_floor"]
             else "does not beat the floor: the 95 % seeds-and-prompts interval includes or lies below it"
         )
-    if "episode_success_hints_hidden_after" in runs[0]:
-        hidden = [run["episode_success_hints_hidden_after"] for run in runs]
-        summary["after_minus_hints_hidden"] = interval_summary(
-            (np.asarray(after) - np.asarray(hidden)).tolist()
-        )
+    name = FLOOR_EVALS.get(args.task, ("",))[0]
+    if f"episode_success_{name}_after" in runs[0]:  # the model with the other party's help removed
+        blind = [run[f"episode_success_{name}_after"] for run in runs]
+        summary[f"success_{name}_before"] = _mean_of(runs, f"success_{name}_before")
+        summary[f"success_{name}_after"] = _mean_of(runs, f"success_{name}_after")
+        summary[f"after_minus_{name}"] = interval_summary((np.asarray(after) - np.asarray(blind)).tolist())
     summary |= {
         "runs": runs,
         "settings": {key: str(value) for key, value in dataclasses.asdict(args).items()},

@@ -11,8 +11,9 @@ training, the floor a strategy must beat, and the intervals that compare with it
 - The **floor** is the best success of a policy that ignores the other party's turns. For the guessing game
   that policy can only avoid repeating itself: distinct uniformly random guesses (:func:`guess_floor`). The
   same model is also scored with the host's hints hidden (the task's ``hints=False``: the host only says
-  "Wrong."), its own floor. For other tasks no floor is computed (the summary says so): the calculator's would
-  be the same model answering without the tool, which the script does not run.
+  "Wrong."), its own floor. The calculator task's floor is measured, not computed: the same model answering
+  the same problems without the tool (``CalculatorTask(tool=False)``). :data:`FLOOR_EVALS` names each task's
+  floor evaluation.
 """
 
 from __future__ import annotations
@@ -60,10 +61,20 @@ def task_floor(task: str, task_kwargs: dict[str, Any], max_turns: int) -> tuple[
             f"distinct uniformly random guesses in [{low}, {high}] with {max_turns} turns: "
             f"{min(max_turns, count)} / {count} (exact)"
         )
-    return None, (
-        f"no floor for task {task!r}: only the guessing game's is computed (a tool task's would be the same "
-        "model answering without the tool, which this script does not run)"
-    )
+    if task == "calculator":
+        return None, (
+            "measured, not computed: the same model answering the same problems without the tool "
+            "(success_without_tool_*, after_minus_without_tool)"
+        )
+    return None, f"no floor for task {task!r}: only the guessing game's is computed"
+
+
+FLOOR_EVALS: dict[str, tuple[str, dict[str, Any]]] = {
+    "guess": ("hints_hidden", {"hints": False}),
+    "calculator": ("without_tool", {"tool": False}),
+}
+"""Per task: the name and the task settings of its floor evaluation, the same model playing the same episodes
+with the other party's help removed (the guessing game's hints; the calculator task's tool)."""
 
 
 def evaluate(agent: Any, env_kwargs: dict[str, Any], episodes: int, num_envs: int, seed: int) -> dict:

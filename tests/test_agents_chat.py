@@ -238,6 +238,7 @@ def test_benchmark_script_smoke(tmp_path, monkeypatch, capsys) -> None:
         assert run["success_before"] == run["evals"][0]["success"]
         assert len(run["evals"][-1]["episodes"]["success"]) == 2 and run["turns_after"] == 1.0
         assert len(run["train_kl_per_rollout"]) == 1 and 0.0 <= run["success_hints_hidden_after"] <= 1.0
+    assert 0.0 <= saved["success_hints_hidden_after"] <= 1.0 and "after_minus_hints_hidden" in saved
     expected = seeds_and_prompts_interval(
         [[s - 0.2 for s in run["evals"][-1]["episodes"]["success"]] for run in saved["runs"]]
     )
@@ -347,3 +348,30 @@ def test_benchmark_script_resumes_finished_seeds_and_evaluates_the_chosen_split(
     with pytest.raises(SystemExit):
         chat.main([*argv, "--eval-split", "dev"])
     assert "--eval-split 'dev' is not known; use test" in capsys.readouterr().err
+
+
+def test_benchmark_script_scores_the_calculator_without_its_tool_as_the_floor(tmp_path) -> None:
+    """The calculator task's floor is the same model on the same problems without the tool, scored before
+    and after training and compared per problem."""
+    from benchmarks import chat
+
+    argv = [
+        "--model",
+        "tiny-sp",
+        "--task",
+        "calculator",
+        "--task-kwargs",
+        "{}",
+        "--seeds",
+        "0",
+        "--rollouts",
+        "1",
+    ]
+    summary = chat.main([*argv, *tiny_chat_sizes(2), "--out", str(tmp_path)])
+    run = summary["runs"][0]
+    assert (
+        0.0 <= run["success_without_tool_before"] <= 1.0
+        and len(run["episode_success_without_tool_after"]) == 2
+    )
+    assert summary["floor"] is None and "without the tool" in summary["floor_note"]
+    assert "after_minus_without_tool" in summary and "success_hints_hidden_after" not in summary

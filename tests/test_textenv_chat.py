@@ -351,3 +351,16 @@ def test_chat_tasks_have_a_validation_split_drawn_apart_from_train_and_test() ->
     assert env.unwrapped.core.task.split == "validation"
     with pytest.raises(ValueError, match="split='dev' is not known; use one of train, validation, test"):
         GuessNumberTask(split="dev")
+
+
+def test_calculator_task_without_its_tool_asks_the_same_problems_in_the_head() -> None:
+    with_tool, without = (
+        CalculatorTask(split="test", size=3),
+        CalculatorTask(split="test", size=3, tool=False),
+    )
+    assert with_tool.problems == without.problems and without.tools is None and with_tool.tools is not None
+    assert "calculate" not in without.system_prompt and "calculate" in with_tool.system_prompt
+    call = '<tool_call>{"name": "calculate", "arguments": {"expression": "1+1"}}</tool_call>'
+    assert without.start(0).respond(call).done  # a call is read as the (wrong or right) answer
+    with pytest.raises(TypeError, match="tool='no' must be True"):
+        CalculatorTask(tool="no")

@@ -232,12 +232,15 @@ class CalculatorTask(ChatTask):
     called as ``<tool_call>{"name": "calculate", "arguments": {"expression": "12*7"}}</tool_call>``; the env
     answers in a tool turn (``84``, or ``error: ...``) at a cost of ``call_cost`` each (at most ``max_calls``
     per episode; later calls count as answers). Any message without a call is the final answer: its last
-    number is compared with the truth, reward 1 if equal, and the episode ends.
+    number is compared with the truth, reward 1 if equal, and the episode ends. ``tool=False`` plays the same
+    problems without the tool (not described, and a call is read as an answer): the floor a policy that uses
+    the tool must beat, the same model answering in its head.
     """
 
     system_prompt = (
         "Solve the problem. Use the calculate tool for arithmetic, then give the final answer as a number."
     )
+    no_tool_prompt = "Solve the problem. Give the final answer as a number."
 
     def __init__(
         self,
@@ -246,8 +249,11 @@ class CalculatorTask(ChatTask):
         max_operand: int = 99,
         call_cost: float = 0.05,
         max_calls: int = 3,
+        tool: bool = True,
     ) -> None:
         super().__init__(split, size)
+        if not isinstance(tool, bool):
+            raise TypeError(f"tool={tool!r} must be True (the calculate tool) or False (answer without it).")
         kinds = self.rng.integers(len(_PROBLEMS), size=size)
         operands = self.rng.integers(2, max_operand + 1, size=(size, 2))
         self.problems = []
@@ -256,7 +262,9 @@ class CalculatorTask(ChatTask):
             text, expression = _PROBLEMS[kind]
             formula = expression.format(a=a, b=b)
             self.problems.append((text.format(a=a, b=b), safe_arithmetic(formula)))
-        self.tools = Tools([calculate], call_cost=call_cost, max_calls=max_calls)
+        self.tools = Tools([calculate], call_cost=call_cost, max_calls=max_calls) if tool else None
+        if not tool:
+            self.system_prompt = self.no_tool_prompt
 
     def start(self, index: int) -> Dialogue:
         question, answer = self.problems[index]
