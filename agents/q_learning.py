@@ -369,7 +369,7 @@ def update_terms(
     """One DQN update's :class:`QLoss` on ``batch``, Q read from the logits (raw, or dueling with ``level``):
     the online forward through the DeepSpeed engine (with gradients), the target network's and, for the CQL
     term or epsilon-greedy expected SARSA, the reference LM's (``networks``); settings from the
-    :class:`~agents.dqn.DQNConfig` ``config``, the behaviour policy from ``exploration``."""
+    :class:`~agents.dqn_config.DQNConfig` ``config``, the behaviour policy from ``exploration``."""
     expected_sarsa, dueling = config.target == "expected_sarsa", config.dueling
     # the reference LM, for the CQL term and pi_explore
     with_reference = config.conservative_coef > 0 or (expected_sarsa and exploration.uses_reference)

@@ -150,7 +150,7 @@ def update_terms(
 ) -> QLoss:
     """One soft DQN update's :class:`~agents.q_learning.QLoss` on the episodes of ``batch``: the online
     forward through the DeepSpeed engine (logits and values, with gradients), then the target network's and
-    the reference LM's (``networks``), settings from the :class:`~agents.dqn.DQNConfig` ``config``. The
+    the reference LM's (``networks``), settings from the :class:`~agents.dqn_config.DQNConfig` ``config``. The
     loss covers every agent token of those episodes, not only the sampled transitions: the forwards computed
     them all anyway. The signature of :func:`agents.q_learning.update_terms`; ``exploration`` is not used
     (the behaviour policy never enters the soft target)."""
