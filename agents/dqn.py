@@ -74,6 +74,17 @@ class DQN(TextAlgorithm):
         target = q_learning.FrozenActorCritic(self.policy) if self.config.value_head else FrozenLM(lm)
         self.target: FrozenLM | q_learning.FrozenActorCritic = target.to(self.device)
 
+    def _param_groups(self) -> list[dict[str, Any]] | None:
+        """With ``value_lr_scale`` != 1, the value head in a group of its own at the engine's learning rate
+        times it (:class:`DQNConfig`); otherwise one group."""
+        scale = self.config.value_lr_scale
+        if scale == 1:
+            return None
+        head = list(self.policy.value_head.parameters())
+        rest = [p for p in self.policy.parameters() if p.requires_grad and all(p is not h for h in head)]
+        learning_rate = self.ds_config["optimizer"]["params"]["lr"] * scale
+        return [{"params": rest}, {"params": head, "lr": learning_rate}]
+
     def _setup_model(self) -> None:
         super()._setup_model()
         if not self.token_level:

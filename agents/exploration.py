@@ -159,8 +159,8 @@ class Exploration:
 
     @classmethod
     def from_config(cls, config: Any) -> Exploration:
-        """The exploration a :class:`~agents.dqn_config.DQNConfig` describes (its ``exploration*`` fields and the
-        reference sampling settings ``temperature``, ``top_k``, ``top_p``)."""
+        """The exploration a :class:`~agents.dqn_config.DQNConfig` describes (its ``exploration*`` fields and
+        the reference sampling settings ``temperature``, ``top_k``, ``top_p``)."""
         boltzmann = config.exploration == "boltzmann"
         initial = config.exploration_initial_temperature if boltzmann else config.exploration_initial_eps
         final = config.exploration_final_temperature if boltzmann else config.exploration_final_eps
