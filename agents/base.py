@@ -132,6 +132,11 @@ class TextAlgorithm(Checkpointing, BaseAlgorithm):  # type: ignore[misc]  # save
                 'partitioned weights); use "stage": 2, with "offload_optimizer" if memory is short'
             )
 
+    def _param_groups(self) -> list[dict[str, Any]] | None:
+        """Extension point: the optimizer's parameter groups of ``self.policy``'s trainable parameters (a head
+        with its own ``"lr"``: :func:`infra.engine.initialize`), or None for one group (the default)."""
+        return None
+
     def _setup_model(self) -> None:
         assert self.env is not None and self._initial_lm is not None  # __init__ and load always pass them
         lm, self._initial_lm = self._initial_lm, None  # from here on the LM is self.policy.lm
@@ -165,7 +170,7 @@ class TextAlgorithm(Checkpointing, BaseAlgorithm):  # type: ignore[misc]  # save
             print(f"{self.algo_name}: precision {self.precision} (setting {self.config.precision!r})")
         self.zero_stage = engine.zero_stage(self.ds_config)
         self._before_engine()
-        self.engine = engine.initialize(self.policy, self.ds_config)
+        self.engine = engine.initialize(self.policy, self.ds_config, self._param_groups())
         engine.cast_parameters(self.reference, next(self.policy.parameters()).dtype)  # as the policy's
         self.rollout = RolloutCollector(
             num_envs=self.n_envs,

@@ -1,7 +1,8 @@
 """Agent settings: :class:`AlgorithmConfig`, what every agent's config holds (the DeepSpeed engine reads it),
 and :class:`PolicyGradientConfig`, the rollout and KL settings that PPO and REINFORCE share.
 
-``agents.dqn.DQNConfig`` extends :class:`AlgorithmConfig` directly: DQN has no rollout size and no KL penalty.
+``agents.dqn_config.DQNConfig`` extends :class:`AlgorithmConfig` directly: DQN has no rollout size and no KL
+penalty.
 
 >>> PolicyGradientConfig(minibatch_size=8).episodes_per_rollout
 64

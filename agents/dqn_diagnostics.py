@@ -6,6 +6,11 @@ round's updates):
 - the TD error ``delta = target - Q(s, a)``: ``td_abs_mean``, ``td_abs_std`` (:func:`td_error_stats`);
 - the scale of Q: ``q_taken_mean/std`` (Q of the taken tokens), ``q_max_mean/std`` (max_a Q(s, a)),
   ``target_mean/std`` (the TD targets), to compare with the rewards' scale (times ``reward_scale``);
+- with a value head (dueling, soft Q): whether V(s) carries the state values: ``v_mean/std``, V(s) (the
+  replay's mean return plus the head) over the sampled states, whose spread is to be set against
+  ``target_std``, and ``v_explained_variance``, the share of the targets' variance V(s) accounts for (SB3's
+  ``explained_variance``; 1: V alone predicts the targets, 0: no better than their mean; left out when the
+  targets do not vary); with ``value_expectile``, V's own loss ``value_loss``;
 - what of the loss touches the untaken tokens: ``conservative_share``, the weighted CQL term's share of
   the loss (:func:`loss_share`; the TD loss touches only the taken tokens' Q), and
   ``grad_untaken_share``, the share of the squared gradient norm on the LM's logits that falls on untaken
@@ -34,7 +39,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
 import torch
+from stable_baselines3.common.utils import explained_variance
 
 from agents.policy import completion_logits
 from agents.q_learning import LossDetail, QLoss
@@ -138,6 +145,22 @@ def relative_distance(online: Iterable[torch.Tensor], target: Iterable[torch.Ten
     return (diff / norm) ** 0.5 if norm > 0 else 0.0
 
 
+def value_stats(values: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+    """``v_mean``, ``v_std`` of the (B,) state values V(s) and ``v_explained_variance`` against the (B,) TD
+    targets (:func:`stable_baselines3.common.utils.explained_variance`; left out if the targets are equal).
+
+    >>> value_stats(torch.tensor([1.0, 3.0]), torch.tensor([0.0, 4.0]))   # 1 - var([-1, 1]) / var([0, 4])
+    {'v_mean': 2.0, 'v_std': 1.0, 'v_explained_variance': 0.75}
+    """
+    stats = mean_std("v", values)
+    explained = explained_variance(
+        values.detach().float().numpy(force=True), targets.detach().float().numpy(force=True)
+    )
+    if np.isfinite(explained):
+        stats["v_explained_variance"] = float(explained)
+    return stats
+
+
 def update_stats(terms: QLoss, conservative_coef: float) -> dict[str, float]:
     """The ``train/`` values of one update from its :class:`~agents.q_learning.QLoss`, read before its
     gradient step (the gradient shares need its graph): the loss terms, the TD error, the Q scale, the
@@ -149,6 +172,10 @@ def update_stats(terms: QLoss, conservative_coef: float) -> dict[str, float]:
         stats["conservative_penalty"] = terms.penalty.item()
         stats["conservative_share"] = loss_share(terms.td_loss, conservative_coef * terms.penalty)
     stats |= td_error_stats(q_taken, targets) | mean_std("q_taken", q_taken) | mean_std("target", targets)
+    if terms.values is not None:
+        stats |= value_stats(terms.values, targets)
+    if terms.value_loss is not None:
+        stats["value_loss"] = terms.value_loss.item()
     detail = terms.detail
     if detail is None:
         return stats

@@ -110,7 +110,7 @@ class Exploration:
     it. ``temperature``, ``top_k`` and ``top_p`` (0 and 1.0: off) turn the reference LM's logits into
     pi_explore (:attr:`sampling`, applied by :func:`agents.sampling.process_logits` as in the rollouts). The
     settings are checked on construction, with messages that name
-    :class:`~agents.dqn.DQNConfig` fields.
+    :class:`~agents.dqn_config.DQNConfig` fields.
 
     >>> explore = Exploration("epsilon_greedy", initial=1.0, final=0.0, schedule="linear", fraction=0.5)
     >>> explore.update(num_timesteps=25, horizon=100)   # T is now 100
@@ -159,8 +159,8 @@ class Exploration:
 
     @classmethod
     def from_config(cls, config: Any) -> Exploration:
-        """The exploration a :class:`~agents.dqn.DQNConfig` describes (its ``exploration*`` fields and the
-        reference sampling settings ``temperature``, ``top_k``, ``top_p``)."""
+        """The exploration a :class:`~agents.dqn_config.DQNConfig` describes (its ``exploration*`` fields and
+        the reference sampling settings ``temperature``, ``top_k``, ``top_p``)."""
         boltzmann = config.exploration == "boltzmann"
         initial = config.exploration_initial_temperature if boltzmann else config.exploration_initial_eps
         final = config.exploration_final_temperature if boltzmann else config.exploration_final_eps

@@ -36,6 +36,13 @@ degrades into non-words. The logsumexp pushes all untried tokens down, and the e
 keeps the *shape* of softmax(Q) on the reference LM. It is shift-invariant per state, so it does not fight the
 TD loss over the level of Q(s, .), only over the ranking of tokens.
 
+**Expectile V** (``value_expectile`` = tau, with the dueling form; ILQL, Snell et al. 2022): V(s) learns on
+its own loss, :func:`expectile_loss` of the TD targets of the taken tokens minus V(s), and the targets
+bootstrap from the target network's V(s) (which in the dueling form is max_a Q_targ(s, a), so the bootstrap
+is the ``q_learning`` one). V is detached in Q, so the TD loss reaches only the logits: they carry the
+advantage Q(s, a) - V(s), V the state values. **Its own learning rate**: ``value_lr_scale``
+(:meth:`agents.dqn.DQN._param_groups`).
+
 Exploration (epsilon-greedy, Boltzmann, the LM's own policy) and its schedules: :mod:`agents.exploration`.
 """
 
@@ -221,6 +228,19 @@ def conservative_penalty(q: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.T
     return (torch.logsumexp(q, -1) - (ref_logprobs.exp() * q).sum(-1)).mean()
 
 
+def expectile_loss(errors: torch.Tensor, tau: float) -> torch.Tensor:
+    """Expectile regression (IQL, Kostrikov et al. 2021; ILQL, Snell et al. 2022): the mean over the (...)
+    ``errors`` u = target - V of ``|tau - 1(u < 0)| * u^2``. tau = 0.5 is half the squared error (V learns
+    the mean); tau > 0.5 weighs targets above V more, so V learns an upper expectile, towards the best of the
+    actions in the data as tau -> 1.
+
+    >>> expectile_loss(torch.tensor([2.0, -1.0]), tau=0.7)   # (0.7 * 4 + 0.3 * 1) / 2
+    tensor(1.5500)
+    """
+    weight = torch.where(errors < 0, 1.0 - tau, tau)
+    return (weight * errors.square()).mean()
+
+
 def episode_td_targets(
     bootstrap: torch.Tensor, gen_mask: torch.Tensor, episode_rewards: torch.Tensor, gamma: float, n_steps: int
 ) -> torch.Tensor:
@@ -284,6 +304,8 @@ class QLoss(NamedTuple):
     q_taken: torch.Tensor  # (B,) Q(s, a) of the sampled transitions
     targets: torch.Tensor  # (B,) their n-step targets
     detail: LossDetail | None = None  # for the diagnostics (update_terms fills it in)
+    values: torch.Tensor | None = None  # (B,) V(s) of their states, level included, no gradient (value head)
+    value_loss: torch.Tensor | None = None  # () the expectile loss of V (``value_expectile``), in ``loss``
 
 
 def q_loss(
@@ -299,6 +321,7 @@ def q_loss(
     conservative_coef: float = 0.0,
     behaviour_probs: torch.Tensor | None = None,
     td_lambda: float | None = None,
+    bootstrap: torch.Tensor | None = None,
 ) -> QLoss:
     """The loss of one DQN update on ``batch``: online ``q`` and ``target_q`` (U, N, A) of its U episodes,
     bootstrapped by ``target`` (:func:`bootstrap_values`; ``behaviour_probs`` for expected SARSA), n-step
@@ -306,11 +329,13 @@ def q_loss(
     with ``td_lambda``), the Huber loss
     at the sampled transitions, plus ``conservative_coef`` times :func:`conservative_penalty` there towards
     the reference LM's (U, N, A) ``ref_logits``. Gradients reach ``q`` at the sampled agent tokens only.
+    A given (U, N) ``bootstrap`` (V(s) of every state) replaces ``target``'s.
     """
     n_new = q.shape[1]
     actions = batch.input_ids[:, -n_new:]  # (U, N) the token taken in each state
     with torch.no_grad():
-        bootstrap = bootstrap_values(target, q.detach(), target_q, actions, behaviour_probs)  # (U, N)
+        if bootstrap is None:
+            bootstrap = bootstrap_values(target, q.detach(), target_q, actions, behaviour_probs)  # (U, N)
         rewards = batch.rewards * reward_scale
         targets = agent_td_targets(bootstrap, batch.gen_mask, rewards, gamma, n_steps, td_lambda)
     rows, positions = batch.rows, batch.positions  # (B,)
@@ -369,15 +394,23 @@ def update_terms(
     """One DQN update's :class:`QLoss` on ``batch``, Q read from the logits (raw, or dueling with ``level``):
     the online forward through the DeepSpeed engine (with gradients), the target network's and, for the CQL
     term or epsilon-greedy expected SARSA, the reference LM's (``networks``); settings from the
-    :class:`~agents.dqn.DQNConfig` ``config``, the behaviour policy from ``exploration``."""
-    expected_sarsa, dueling = config.target == "expected_sarsa", config.dueling
+    :class:`~agents.dqn_config.DQNConfig` ``config``, the behaviour policy from ``exploration``. With
+    ``value_expectile`` (dueling), the targets bootstrap from the target network's V(s) (= max_a Q_targ(s,
+    a)), V is detached in Q, and :func:`expectile_loss` of V against the targets joins the loss."""
+    expectile, dueling = config.value_expectile, config.dueling
+    expected_sarsa = config.target == "expected_sarsa" and expectile is None
     # the reference LM, for the CQL term and pi_explore
     with_reference = config.conservative_coef > 0 or (expected_sarsa and exploration.uses_reference)
     out = forwards(networks, batch, n_actions, with_reference)
-    q = q_values(out.logits, out.values if dueling else None, level)  # (U, N, A) for every slot
+    values = out.values if dueling else None  # (U, N)
+    in_q = values.detach() if values is not None and expectile is not None else values
+    q = q_values(out.logits, in_q, level)  # (U, N, A) for every slot
     with torch.no_grad():
         target_q = q_values(out.target_logits, out.target_values if dueling else None, level)
         mu = exploration.behaviour_probs(q.detach(), out.ref_logits) if expected_sarsa else None
+        bootstrap = None
+        if expectile is not None and out.target_values is not None:
+            bootstrap = level + out.target_values.float()  # (U, N) the target network's V(s)
     terms = q_loss(
         q,
         target_q,
@@ -390,8 +423,16 @@ def update_terms(
         conservative_coef=config.conservative_coef,
         behaviour_probs=mu,
         td_lambda=config.td_lambda,
+        bootstrap=bootstrap,
     )
     rows, positions = batch.rows, batch.positions
     actions = batch.input_ids[:, -q.shape[1] :][rows, positions]  # (B,)
     q_max = q.detach()[rows, positions].max(-1).values
-    return terms._replace(detail=LossDetail(out.logits, out.ref_logits, rows, positions, actions, q_max))
+    terms = terms._replace(detail=LossDetail(out.logits, out.ref_logits, rows, positions, actions, q_max))
+    if values is None:
+        return terms
+    state_values = level + values[rows, positions].float()  # (B,) V(s), with gradients
+    if expectile is None:
+        return terms._replace(values=state_values.detach())
+    value_loss = expectile_loss(terms.targets - state_values, expectile)
+    return terms._replace(loss=terms.loss + value_loss, values=state_values.detach(), value_loss=value_loss)

@@ -21,6 +21,9 @@ The n-step target of token t, with l_t = log pi(a_t|s_t) - log pi_ref(a_t|s_t) o
 log-probability and the value head. An update's loss covers every agent token of the sampled transitions'
 episodes (:func:`update_terms`): the three forwards compute them all anyway, so this multiplies the signal per
 update by the episode length at no extra cost.
+
+With ``value_expectile`` (ILQL's expectile V, Snell et al. 2022) V(s) learns on a loss of its own and the TD
+loss reaches only the log-ratio, which then carries the advantage alone (:func:`soft_q_loss`).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from agents.q_learning import (
     QNetworks,
     agent_td_targets,
     conservative_penalty,
+    expectile_loss,
     forwards,
 )
 from agents.replay import ReplaySamples
@@ -105,11 +109,14 @@ def soft_q_loss(
     level: float = 0.0,
     conservative_coef: float = 0.0,
     td_lambda: float | None = None,
+    value_expectile: float | None = None,
 ) -> QLoss:
     """The loss of one soft DQN update on ``batch``: online (U, N, A) ``logits`` and (U, N) ``values``, the
     target network's, and the reference LM's (U, N, A) ``ref_logits``; Huber loss of Q(s_t, a_t) against
     :func:`soft_targets` at the sampled transitions, plus ``conservative_coef`` times the CQL term on the soft
-    Q-values there."""
+    Q-values there. With ``value_expectile`` = tau, V is detached in Q (the TD loss reaches only the
+    log-ratio) and learns on :func:`~agents.q_learning.expectile_loss` of the targets less beta times the
+    target network's log-ratio: samples of V(s) = Q(s, a) - beta * log(pi / pi_ref), the soft value."""
     n_new = logits.shape[1]
     actions = batch.input_ids[:, -n_new:]  # (U, N) the token taken in each state
     rows, positions = batch.rows, batch.positions  # (B,)
@@ -129,14 +136,21 @@ def soft_q_loss(
         )[rows, positions]  # (B,)
     logprobs = torch.log_softmax(logits[rows, positions].float(), -1)  # (B, A)
     ratio = logprobs.gather(-1, actions[rows, positions, None]).squeeze(-1) - ref_taken[rows, positions]
-    q_taken = level + values[rows, positions].float() + beta * ratio  # (B,)
+    state_values = level + values[rows, positions].float()  # (B,) V(s), with gradients
+    in_q = state_values if value_expectile is None else state_values.detach()
+    q_taken = in_q + beta * ratio  # (B,)
     td_loss = F.smooth_l1_loss(q_taken, targets)
-    loss, penalty = td_loss, None
+    loss, penalty, value_loss = td_loss, None, None
     if conservative_coef > 0:
         q = soft_q_values(logprobs, ref_logprobs[rows, positions], values[rows, positions], beta, level)
         penalty = conservative_penalty(q, ref_logprobs[rows, positions])
         loss = td_loss + conservative_coef * penalty
-    return QLoss(loss, td_loss, penalty, q_taken, targets)
+    if value_expectile is not None:
+        value_targets = targets - beta * target_ratios[rows, positions]  # (B,) samples of the soft V(s)
+        value_loss = expectile_loss(value_targets - state_values, value_expectile)
+        loss = loss + value_loss
+    detached = state_values.detach()
+    return QLoss(loss, td_loss, penalty, q_taken, targets, values=detached, value_loss=value_loss)
 
 
 def update_terms(
@@ -150,7 +164,7 @@ def update_terms(
 ) -> QLoss:
     """One soft DQN update's :class:`~agents.q_learning.QLoss` on the episodes of ``batch``: the online
     forward through the DeepSpeed engine (logits and values, with gradients), then the target network's and
-    the reference LM's (``networks``), settings from the :class:`~agents.dqn.DQNConfig` ``config``. The
+    the reference LM's (``networks``), settings from the :class:`~agents.dqn_config.DQNConfig` ``config``. The
     loss covers every agent token of those episodes, not only the sampled transitions: the forwards computed
     them all anyway. The signature of :func:`agents.q_learning.update_terms`; ``exploration`` is not used
     (the behaviour policy never enters the soft target)."""
@@ -174,6 +188,7 @@ def update_terms(
         level=level,
         conservative_coef=config.conservative_coef,
         td_lambda=config.td_lambda,
+        value_expectile=config.value_expectile,
     )
     actions = batch.input_ids[:, -out.logits.shape[1] :][rows, positions]  # (B,)
     with torch.no_grad():  # max_a Q(s, a) = V(s) + beta * max_a log(pi / pi_ref)

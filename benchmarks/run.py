@@ -7,7 +7,8 @@ A whole table (every task x algorithm x seed, in worker processes, resumable): :
 Tasks (``textenv.task_envs``): ``sentiment``, ``error-rate``, ``similarity``, ``preference``.
 Algorithms: ``zero-shot`` (the untrained model) and the entries of :data:`agents.ALGORITHMS`: ``ppo``,
 ``reinforce``, ``rloo`` (over ``--group-size`` samples per prompt), ``dqn`` (its TD target: ``--dqn-target``
-double_q, q_learning, sarsa or expected_sarsa) and ``soft-dqn``.
+double_q, q_learning, sarsa or expected_sarsa; lambda-returns: ``--dqn-td-lambda``; its value head:
+``--dqn-value-expectile``, ``--dqn-value-lr-scale``) and ``soft-dqn``.
 
 Budget: ``--budget 20000`` is env steps, i.e. generated tokens summed over all envs (``total_timesteps``);
 ``--budget 20it`` is rollout/update iterations of ``--episodes-per-rollout`` episodes each.
@@ -105,6 +106,15 @@ class RunSettings:
     """dqn: beta > 0 runs soft (KL-regularised) Q-learning instead (DQNConfig.soft_q_coef, agents.soft_q):
     Q = V(s) + beta log(pi / pi_ref), acting with the policy's own samples, no CQL term. With the preset's
     reward_scale 5, beta 0.05 is the KL coefficient 0.01 of the other agents."""
+    dqn_td_lambda: float | None = None
+    """dqn: 0 <= lambda <= 1: lambda-returns instead of the preset's 8-step ones (DQNConfig.td_lambda; 1 is
+    the Monte Carlo return, with soft Q-learning the path consistency target); None keeps n-step returns."""
+    dqn_value_expectile: float | None = None
+    """dqn: 0 < tau < 1: V(s) learns on its own expectile loss towards the TD targets, which bootstrap from
+    V(s'), and the TD loss reaches only the logits (ILQL; DQNConfig.value_expectile), e.g. 0.7; None: off."""
+    dqn_value_lr_scale: float = 1.0
+    """dqn: the value head's learning rate is --learning-rate times this (DQNConfig.value_lr_scale), e.g.
+    100; 1: the same rate as the LM."""
     max_new_tokens: int | None = None
     """Completion length N; None keeps the task's."""
     eval_prompts: int = 64
@@ -164,6 +174,17 @@ class RunSettings:
         if not (math.isfinite(self.dqn_soft_q_coef) and self.dqn_soft_q_coef >= 0):
             flag = "--dqn-soft-q-coef"
             raise ValueError(f"{flag} {self.dqn_soft_q_coef} must be >= 0 (0: off), e.g. {flag} 0.05.")
+        lam, tau, scale = self.dqn_td_lambda, self.dqn_value_expectile, self.dqn_value_lr_scale
+        if lam is not None and not 0 <= lam <= 1:  # NaN too
+            flag = "--dqn-td-lambda"
+            raise ValueError(f"{flag} {lam} must be in [0, 1] (1: Monte Carlo returns), e.g. {flag} 0.9.")
+        if tau is not None and not 0 < tau < 1:
+            raise ValueError(
+                f"--dqn-value-expectile {tau} must be in (0, 1), e.g. --dqn-value-expectile 0.7."
+            )
+        if not (math.isfinite(scale) and scale > 0):
+            flag = "--dqn-value-lr-scale"
+            raise ValueError(f"{flag} {scale} must be > 0 (1: off), e.g. {flag} 100.")
         check_options(self)
 
 
@@ -199,6 +220,12 @@ class Args(RunSettings):
             )
         if self.algo == "soft-dqn" and self.dqn_soft_q_coef == 0:
             self.dqn_soft_q_coef = SOFT_DQN_COEF  # recorded in summary.json's args as it ran
+        value_options = self.dqn_value_expectile is not None or self.dqn_value_lr_scale != 1
+        if self.algo in DQN_ALGOS and value_options and not self.dqn_dueling and self.dqn_soft_q_coef == 0:
+            raise ValueError(
+                "--dqn-value-expectile and --dqn-value-lr-scale act on the value head, which raw-logit Q "
+                "(--no-dqn-dueling) lacks: drop --no-dqn-dueling, or add e.g. --dqn-soft-q-coef 0.05."
+            )
         parse_budget(self.budget)
 
 
@@ -303,6 +330,8 @@ def run_seed(args: Args, seed: int, command: str = "") -> Path:
             freq = preset.train_freq[0] if isinstance(preset.train_freq, tuple) else 1
             round_tokens = freq * int(eval_env.get_wrapper_attr("max_new_tokens"))
             dqn: dict[str, Any] = {"target": args.dqn_target, "dueling": args.dqn_dueling}
+            dqn |= {"td_lambda": args.dqn_td_lambda, "value_expectile": args.dqn_value_expectile}
+            dqn |= {"value_lr_scale": args.dqn_value_lr_scale}
             dqn |= {"learning_starts": round_tokens, "target_update_interval": 2 * round_tokens}  # warm-up
             if args.dqn_soft_q_coef > 0:  # soft Q-learning acts with its policy; log(pi/pi_ref) anchors it
                 dqn |= SOFT_Q_SETTINGS | {"soft_q_coef": args.dqn_soft_q_coef}

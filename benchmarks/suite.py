@@ -171,6 +171,7 @@ EXECUTION_ONLY = ("seeds", "logdir", "threads", "progress_bar", "eval_batch_size
 
 #: the value an option had in runs recorded before it existed (absent options otherwise match any value)
 BEFORE_OPTION = {"dqn_dueling": False, "dqn_soft_q_coef": 0.0, "eval_split": "test"}
+BEFORE_OPTION |= {"dqn_td_lambda": None, "dqn_value_expectile": None, "dqn_value_lr_scale": 1.0}
 
 
 def same_job(recorded: dict[str, Any], job: run.Args) -> bool:

@@ -200,6 +200,15 @@ def test_bad_budget_says_how_to_fix(capsys: pytest.CaptureFixture[str]) -> None:
         (["--init-kl-coef", "nan"], "--init-kl-coef nan must be >= 0"),
         (["--reward", "sentiment"], "--reward 'sentiment' is not known; use one of classifier, vader"),
         (["--algo", "rloo", "--group-size", "1"], "--algo rloo needs --group-size 2 or more (got 1)"),
+        (["--dqn-td-lambda", "1.5"], "--dqn-td-lambda 1.5 must be in [0, 1] (1: Monte Carlo returns), e.g."),
+        (["--dqn-td-lambda", "nan"], "--dqn-td-lambda nan must be in [0, 1]"),
+        (["--dqn-value-expectile", "1"], "--dqn-value-expectile 1.0 must be in (0, 1), e.g."),
+        (["--dqn-value-lr-scale", "0"], "--dqn-value-lr-scale 0.0 must be > 0 (1: off), e.g."),
+        (["--dqn-value-lr-scale", "inf"], "--dqn-value-lr-scale inf must be > 0"),
+        (
+            ["--algo", "dqn", "--no-dqn-dueling", "--dqn-value-expectile", "0.7"],
+            "act on the value head, which raw-logit Q (--no-dqn-dueling) lacks",
+        ),
     ],
 )
 def test_bad_run_settings_say_how_to_fix(

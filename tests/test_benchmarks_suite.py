@@ -115,6 +115,22 @@ def test_a_dqn_run_before_soft_q_learning_is_not_a_soft_job() -> None:
         run.Args(task="sentiment", algo="dqn", dqn_soft_q_coef=-1.0)
 
 
+@pytest.mark.parametrize(
+    ("option", "value"), [("dqn_td_lambda", 0.9), ("dqn_value_expectile", 0.7), ("dqn_value_lr_scale", 100.0)]
+)
+def test_a_dqn_run_before_the_value_options_is_not_a_job_with_them(option: str, value: float) -> None:
+    """Runs recorded before --dqn-td-lambda, --dqn-value-expectile, --dqn-value-lr-scale existed ran without
+    them: they count for the default job, not for one that sets the option."""
+    job = run.Args(task="similarity", algo="soft-dqn", budget="10240")
+    older = {k: v for k, v in dataclasses.asdict(job).items() if k != option}
+    assert suite.same_job(older, job)
+    with_option = dataclasses.replace(job, **{option: value})
+    assert not suite.same_job(older, with_option)
+    assert suite.same_job(dataclasses.asdict(with_option), with_option)
+    argv = suite.job_argv(with_option, seed=0)  # a suite passes it on
+    assert argv[argv.index("--" + option.replace("_", "-")) + 1] == str(value)
+
+
 def test_suite_runs_only_the_given_tasks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``--tasks`` builds a long table task by task: only those jobs run (and are committed); the partial
     report goes to <logdir>/report and leaves the published table alone."""

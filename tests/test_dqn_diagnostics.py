@@ -28,6 +28,7 @@ EVERY_UPDATE = (
     "target_lag",
 )
 STEP = ("logit_step", "logprob_step", "step_kl")
+VALUE = ("v_mean", "v_std")  # with a value head (and v_explained_variance, unless the targets are equal)
 GRADIENT_STEPS = 2
 
 
@@ -58,11 +59,12 @@ def run(total_timesteps: int = 96, **settings: Any) -> tuple[DQN, list[dict[str,
 @pytest.mark.parametrize(
     "settings, extra",
     [
-        (dict(dueling=True, tau=0.5), ("conservative_share", "kl_ref", "target_distance")),
-        (dict(soft_q_coef=0.1, exploration="policy", conservative_coef=0.0), ("kl_ref",)),
+        (dict(dueling=True, tau=0.5), ("conservative_share", "kl_ref", "target_distance", *VALUE)),
+        (dict(soft_q_coef=0.1, exploration="policy", conservative_coef=0.0), ("kl_ref", *VALUE)),
+        (dict(dueling=True, value_expectile=0.7), ("conservative_share", "kl_ref", *VALUE, "value_loss")),
         (dict(conservative_coef=0.0), ()),  # raw logits, no CQL: no reference forward, so no KL
     ],
-    ids=["dueling-cql-polyak", "soft-q", "raw"],
+    ids=["dueling-cql-polyak", "soft-q", "expectile-v", "raw"],
 )
 def test_keys_are_logged_finite(settings: dict[str, Any], extra: tuple[str, ...]) -> None:
     _, rows = run(log_step_size=True, **settings)
@@ -74,6 +76,10 @@ def test_keys_are_logged_finite(settings: dict[str, Any], extra: tuple[str, ...]
         assert 0 <= row["grad_untaken_share"] <= 1 and row.get("kl_ref", 0.0) >= 0 and row["step_kl"] >= 0
     if not extra:
         assert "kl_ref" not in rows[-1] and "conservative_share" not in rows[-1]
+        assert not any(key.startswith("v") for key in rows[-1])  # raw-logit Q: no value head
+    if "v_std" in extra:
+        explained = [row["v_explained_variance"] for row in rows if "v_explained_variance" in row]
+        assert explained and all(value <= 1 for value in explained), rows
     assert any(row["logit_step"] > 0 for row in rows)  # the updates do move the logits
 
 
